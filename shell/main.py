@@ -1,0 +1,52 @@
+"""The dfs command: one-shot subcommands (ca, local, ...) behind one parser.
+
+Each command group lives in its own module with a ``register(subparsers)``
+function; a parsed command carries ``run(args) -> int`` as its handler. Errors
+a user can cause are raised as :class:`CommandError` and printed as one line
+``dfs: <command>: <message>``, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dfs import __version__
+from dfs_shell import ca, local
+from dfs_shell.errors import CommandError
+
+COMMAND_GROUPS = (ca, local)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfs",
+        description="DFS: a distributed file system. Manage a cluster CA, run a local cluster.",
+    )
+    parser.add_argument("--version", action="version", version=f"dfs {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for group in COMMAND_GROUPS:
+        group.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args, "run", None)
+    if run is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(run(args) or 0)
+    except CommandError as error:
+        print(f"dfs: {error.command}: {error.message}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("dfs: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
