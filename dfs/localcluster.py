@@ -1,0 +1,431 @@
+"""A whole DFS cluster on one machine: real twistd processes on loopback ports.
+
+One class serves ``dfs local`` and the integration tests alike (one way to start a
+test cluster). ``create`` lays out a folder with a fresh CA, certificates, configs
+and free ports; ``start`` runs every node as ``python -m twisted -n dfs-meta|dfs-data``
+in its own session, so it outlives the command that started it; ``stop`` ends them
+by the pid in their pidfile, checking first that the pid is still that node.
+
+Layout of the folder::
+
+    cluster.json              what was created: nodes, ports, client config
+    ca/                       the cluster CA and every certificate and key
+    shared/                   replication and security configs, token key, Raft password
+    meta1/ ds1/ ds2/ ...      one folder per node: config, data/, twistd.pid, twistd.log
+    client/                   client_config.json for the admin identity
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from dfs.security.ca import CertificateAuthority
+from dfs.security.identity import Role
+
+HOST = "127.0.0.1"
+DESCRIPTION = "cluster.json"
+
+
+class LocalClusterError(Exception):
+    """A local cluster could not be created, started, reached or stopped."""
+
+
+@attrs.frozen
+class Node:
+    kind: str  # "meta" or "data"
+    name: str
+    directory: Path
+    listen_port: int
+    http_port: int
+
+    @property
+    def config_path(self) -> Path:
+        file = "metaserver_config.json" if self.kind == "meta" else "dataserver_config.json"
+        return self.directory / file
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "twistd.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.directory / "twistd.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.directory / "stderr.log"
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.listen_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
+
+    @property
+    def plugin(self) -> str:
+        return "dfs-meta" if self.kind == "meta" else "dfs-data"
+
+    def pid(self) -> int | None:
+        """The pid of this node's running process, or None if it is not running."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        # The pid may have been reused by an unrelated process since: only a process
+        # running this node's config is ours.
+        if str(self.config_path).encode() not in cmdline:
+            return None
+        if _is_zombie(pid):
+            return None
+        return pid
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """``count`` distinct ports free on ``host`` right now."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _write_secret(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32) + "\n")
+
+
+@attrs.define
+class LocalCluster:
+    directory: Path
+    nodes: list[Node]
+    client_config: Path
+    # Processes started by this object, so that an early exit is seen (and reaped).
+    _children: dict[str, subprocess.Popen[bytes]] = attrs.field(factory=dict, init=False)
+
+    # -- creation --------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path | str,
+        *,
+        metaservers: int = 1,
+        dataservers: int = 3,
+        heartbeat_interval: float = 1.0,
+        dataserver_dead_after: float = 10.0,
+        reserved_space: int = 0,
+    ) -> LocalCluster:
+        directory = Path(directory).absolute()
+        if (directory / DESCRIPTION).exists():
+            raise LocalClusterError(f"{directory} already holds a cluster")
+        if metaservers < 1 or dataservers < 0:
+            raise LocalClusterError("need at least one metaserver and no negative counts")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ca = CertificateAuthority.create(directory / "ca", common_name="DFS local cluster CA")
+
+        ports = iter(free_ports(2 * (metaservers + dataservers) + metaservers))
+        nodes = [
+            Node("meta", f"meta{i}", directory / f"meta{i}", next(ports), next(ports))
+            for i in range(1, metaservers + 1)
+        ] + [
+            Node("data", f"ds{i}", directory / f"ds{i}", next(ports), next(ports))
+            for i in range(1, dataservers + 1)
+        ]
+        raft_ports = {node.name: next(ports) for node in nodes if node.kind == "meta"}
+        meta_addresses = [node.address for node in nodes if node.kind == "meta"]
+
+        shared = directory / "shared"
+        shared.mkdir(mode=0o700)
+        _write_json(shared / "replication_config.json", {"default_replication": 3})
+        _write_json(
+            shared / "security_config.json",
+            {"token_key_file": "token.key", "raft_password_file": "raft.password"},
+        )
+        _write_secret(shared / "token.key")
+        _write_secret(shared / "raft.password")
+
+        for node in nodes:
+            node.directory.mkdir(mode=0o700)
+            role = Role.METASERVER if node.kind == "meta" else Role.DATASERVER
+            issued = ca.issue(role, node.name, [HOST, "localhost"], out_dir=node.directory)
+            common = {
+                "name": node.name,
+                "listen": node.address,
+                "http_listen": f"{HOST}:{node.http_port}",
+                "data_dir": "data",
+                "tls": {
+                    "certificate": issued.certificate_path.name,
+                    "key": issued.key_path.name,
+                    "ca": str(ca.certificate_path),
+                },
+                "security_config": str(shared / "security_config.json"),
+            }
+            if node.kind == "meta":
+                document = {
+                    **common,
+                    "raft_listen": f"{HOST}:{raft_ports[node.name]}",
+                    "raft_partners": [
+                        f"{HOST}:{port}" for name, port in raft_ports.items() if name != node.name
+                    ],
+                    "dataserver_dead_after": dataserver_dead_after,
+                    "replication_config": str(shared / "replication_config.json"),
+                }
+            else:
+                document = {
+                    **common,
+                    "metaservers": meta_addresses,
+                    "heartbeat_interval": heartbeat_interval,
+                    "reserved_space": reserved_space,
+                }
+            _write_json(node.config_path, document)
+
+        client_dir = directory / "client"
+        client_dir.mkdir(mode=0o700)
+        admin = ca.issue(Role.ADMIN, "admin", out_dir=client_dir)
+        client_config = client_dir / "client_config.json"
+        _write_json(
+            client_config,
+            {
+                "metaservers": meta_addresses,
+                "tls": {
+                    "certificate": admin.certificate_path.name,
+                    "key": admin.key_path.name,
+                    "ca": str(ca.certificate_path),
+                },
+            },
+        )
+        cluster = cls(directory=directory, nodes=nodes, client_config=client_config)
+        _write_json(directory / DESCRIPTION, cluster._describe())
+        return cluster
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "client_config": str(self.client_config),
+            "nodes": [
+                {
+                    "kind": node.kind,
+                    "name": node.name,
+                    "directory": str(node.directory),
+                    "listen_port": node.listen_port,
+                    "http_port": node.http_port,
+                }
+                for node in self.nodes
+            ],
+        }
+
+    @classmethod
+    def open(cls, directory: Path | str) -> LocalCluster:
+        directory = Path(directory).absolute()
+        try:
+            document = json.loads((directory / DESCRIPTION).read_text())
+            nodes = [
+                Node(
+                    kind=entry["kind"],
+                    name=entry["name"],
+                    directory=Path(entry["directory"]),
+                    listen_port=int(entry["listen_port"]),
+                    http_port=int(entry["http_port"]),
+                )
+                for entry in document["nodes"]
+            ]
+            return cls(directory=directory, nodes=nodes, client_config=Path(document["client_config"]))
+        except FileNotFoundError:
+            raise LocalClusterError(f"no local cluster in {directory}") from None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise LocalClusterError(f"{directory / DESCRIPTION} is damaged: {error}") from None
+
+    # -- nodes -----------------------------------------------------------
+
+    @property
+    def metaservers(self) -> list[Node]:
+        return [node for node in self.nodes if node.kind == "meta"]
+
+    @property
+    def dataservers(self) -> list[Node]:
+        return [node for node in self.nodes if node.kind == "data"]
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise LocalClusterError(f"no node named {name!r} in {self.directory}")
+
+    def running(self) -> dict[str, int]:
+        """Name to pid of every node whose process runs."""
+        return {node.name: pid for node in self.nodes if (pid := node.pid()) is not None}
+
+    # -- processes -------------------------------------------------------
+
+    def start_node(self, node: Node, extra_args: Sequence[str] = ()) -> None:
+        if node.pid() is not None:
+            return
+        node.pidfile.unlink(missing_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "twisted",
+            "--nodaemon",
+            "--pidfile",
+            str(node.pidfile),
+            "--logfile",
+            str(node.logfile),
+            node.plugin,
+            "--config",
+            str(node.config_path),
+            *extra_args,
+        ]
+        with open(node.stderr_path, "wb") as stderr:
+            self._children[node.name] = subprocess.Popen(
+                command,
+                cwd=node.directory,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                start_new_session=True,
+                close_fds=True,
+            )
+
+    def start(self) -> list[Node]:
+        """Start every node not running yet (metaservers first); return those started."""
+        started = []
+        for node in self.metaservers + self.dataservers:
+            if node.pid() is None:
+                self.start_node(node)
+                started.append(node)
+        return started
+
+    def signal_node(self, node: Node, signum: int) -> None:
+        pid = node.pid()
+        if pid is None:
+            raise LocalClusterError(f"{node.name} is not running")
+        os.kill(pid, signum)
+
+    def stop_node(self, node: Node, timeout: float = 15.0) -> None:
+        pid = node.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGCONT)  # a paused node cannot act on SIGTERM
+        os.kill(pid, signal.SIGTERM)
+        if not self._wait_gone(node, pid, timeout):
+            os.kill(pid, signal.SIGKILL)
+            self._wait_gone(node, pid, 5.0)
+        node.pidfile.unlink(missing_ok=True)
+
+    def kill_node(self, node: Node) -> None:
+        """kill -9, as a crash would; the pidfile stays behind as after a crash."""
+        pid = node.pid()
+        if pid is None:
+            raise LocalClusterError(f"{node.name} is not running")
+        os.kill(pid, signal.SIGKILL)
+        self._wait_gone(node, pid, 5.0)
+
+    def _wait_gone(self, node: Node, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            child = self._children.get(node.name)
+            if child is not None:
+                child.poll()  # reap it, so that it is gone rather than a zombie
+            if node.pid() != pid:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> list[str]:
+        """Stop every running node (dataservers first); return the names stopped."""
+        stopped = []
+        for node in self.dataservers + self.metaservers:
+            if node.pid() is not None:
+                self.stop_node(node, timeout)
+                stopped.append(node.name)
+        return stopped
+
+    # -- readiness -------------------------------------------------------
+
+    def status(self, node: Node, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The node's /api/v1/status document, or None if it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{node.http_url}/api/v1/status", timeout=timeout) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every node runs and every metaserver sees every dataserver alive."""
+        expected = {node.name for node in self.dataservers}
+        deadline = time.monotonic() + timeout
+        while True:
+            for node in self.nodes:
+                child = self._children.get(node.name)
+                if child is not None and child.poll() is not None:
+                    raise LocalClusterError(f"{node.name} exited: {self.last_error(node)}")
+            ready = True
+            for meta in self.metaservers:
+                status = self.status(meta)
+                if status is None:
+                    ready = False
+                    break
+                alive = {d["name"] for d in status["dataservers"] if d["state"] == "alive"}
+                if not expected <= alive:
+                    ready = False
+                    break
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise LocalClusterError(
+                    f"cluster in {self.directory} not ready after {timeout:.0f}s "
+                    f"(running: {', '.join(sorted(self.running())) or 'none'})"
+                )
+            time.sleep(0.1)
+
+    def last_error(self, node: Node) -> str:
+        """The last line a node printed to stderr, or a pointer to its log."""
+        try:
+            lines = [line for line in node.stderr_path.read_text().splitlines() if line.strip()]
+        except OSError:
+            lines = []
+        return lines[-1] if lines else f"see {node.logfile}"
+
+    def iter_logs(self) -> Iterator[tuple[Node, str]]:
+        for node in self.nodes:
+            try:
+                yield node, node.logfile.read_text()
+            except OSError:
+                yield node, ""
+
