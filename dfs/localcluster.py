@@ -298,8 +298,9 @@ class LocalCluster:
         node.pidfile.unlink(missing_ok=True)
         command = [
             sys.executable,
-            "-m",
-            "twisted",
+            "-c",
+            # twistd of this very Python, whatever its console script is called.
+            "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
             "--nodaemon",
             "--pidfile",
             str(node.pidfile),

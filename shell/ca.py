@@ -14,18 +14,17 @@ import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from dfs_shell.errors import CommandError
 
-from dfs.security.ca import CAError, CAFileExists, CertificateAuthority
+from dfs.security.ca import CAError, CAFileExistsError, CertificateAuthority
 from dfs.security.identity import Role
 
 _ROLES = [role.value for role in Role]
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``ca`` command and its ``init`` and ``issue`` subcommands."""
     parser = subparsers.add_parser(
         "ca",
@@ -101,7 +100,7 @@ def run_issue(args: argparse.Namespace) -> int:
         issued = authority.issue(
             role, args.name, args.hosts, days=args.days, overwrite=args.force, out_dir=args.out
         )
-    except CAFileExists as error:
+    except CAFileExistsError as error:
         raise CommandError("ca issue", f"{error} (use --force to replace it)") from None
     except CAError as error:
         raise CommandError("ca issue", str(error)) from None

@@ -424,7 +424,7 @@ def _as_config_error(file: str, error: InvalidValueError) -> ConfigError:
     name = str(error.got)
     section = error.key[: len(error.key) - len(name)]  # "tls." or ""
     hint = ""
-    close = difflib.get_close_matches(name, error.known, n=1)
+    close = difflib.get_close_matches(name, error.known, n=1, cutoff=0.5)
     if close:
         hint = f"did you mean '{section}{close[0]}'? "
     problem = f"unknown key '{error.key}' ({hint}known keys: {', '.join(error.known)})"

@@ -45,7 +45,7 @@ from dfs.security.identity import ORGANIZATION, Identity, Role, validate_name
 
 __all__ = [
     "CAError",
-    "CAFileExists",
+    "CAFileExistsError",
     "CertificateAuthority",
     "IssuedCertificate",
     "load_certificate",
@@ -82,7 +82,7 @@ class CAError(Exception):
     """A CA operation failed for a reason the user can fix; the message is one line."""
 
 
-class CAFileExists(CAError):
+class CAFileExistsError(CAError):
     """A file the operation would write already exists and overwriting was not asked for."""
 
     def __init__(self, path: Path) -> None:
@@ -143,7 +143,7 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         """Create a new CA in ``directory`` (made with mode 0700 if missing).
 
-        Refuses with :class:`CAFileExists` if ``ca.crt`` or ``ca.key`` is there
+        Refuses with :class:`CAFileExistsError` if ``ca.crt`` or ``ca.key`` is there
         already: replacing a CA silently would orphan every certificate it issued.
         """
         directory = Path(directory)
@@ -151,7 +151,7 @@ class CertificateAuthority:
         key_path = directory / CA_KEY_NAME
         for path in (certificate_path, key_path):
             if os.path.lexists(path):
-                raise CAFileExists(path)
+                raise CAFileExistsError(path)
         if not common_name or not common_name.strip():
             raise CAError("the CA name must not be empty")
         if len(common_name) > 64:
@@ -262,7 +262,7 @@ class CertificateAuthority:
         certificate, valid for ``days`` up to that moment (tests need those).
 
         Files go to ``out_dir`` (default: the CA directory, created 0700 if
-        missing). An existing file is a :class:`CAFileExists` unless
+        missing). An existing file is a :class:`CAFileExistsError` unless
         ``overwrite``; the CA's own files are never overwritten.
         """
         try:
@@ -293,7 +293,7 @@ class CertificateAuthority:
         if not overwrite:
             for path in (certificate_path, key_path):
                 if os.path.lexists(path):
-                    raise CAFileExists(path)
+                    raise CAFileExistsError(path)
 
         key = ec.generate_private_key(ec.SECP256R1())
         certificate = self._sign_leaf(identity, key, alt_names, valid_from, valid_until)
@@ -546,13 +546,13 @@ def _commit(temporary: Path, path: Path, overwrite: bool) -> None:
             # link() refuses an existing target atomically, unlike exists()-then-rename().
             os.link(temporary, path)
         except FileExistsError:
-            raise CAFileExists(path) from None
+            raise CAFileExistsError(path) from None
         except OSError as error:
             if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
                 raise
             # A filesystem without hard links: fall back to a (racy) check.
             if os.path.lexists(path):
-                raise CAFileExists(path) from None
+                raise CAFileExistsError(path) from None
             os.rename(temporary, path)
     except CAError:
         raise

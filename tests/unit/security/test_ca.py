@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -22,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from dfs.security.ca import (
     CLOCK_SKEW,
     CAError,
-    CAFileExists,
+    CAFileExistsError,
     CertificateAuthority,
     IssuedCertificate,
     load_certificate,
@@ -106,7 +107,7 @@ def test_ca_key_is_unencrypted_pem_matching_the_certificate(tmp_path: Path) -> N
 def test_second_init_refuses_and_leaves_the_first_ca_intact(tmp_path: Path) -> None:
     CertificateAuthority.create(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(CAFileExists, match=r"ca\.crt already exists") as caught:
+    with pytest.raises(CAFileExistsError, match=r"ca\.crt already exists") as caught:
         CertificateAuthority.create(tmp_path)
     assert caught.value.path == tmp_path / "ca.crt"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -114,7 +115,7 @@ def test_second_init_refuses_and_leaves_the_first_ca_intact(tmp_path: Path) -> N
 
 def test_init_refuses_when_only_the_key_is_left_over(tmp_path: Path) -> None:
     (tmp_path / "ca.key").write_text("old key")
-    with pytest.raises(CAFileExists, match=r"ca\.key"):
+    with pytest.raises(CAFileExistsError, match=r"ca\.key"):
         CertificateAuthority.create(tmp_path)
     assert (tmp_path / "ca.key").read_text() == "old key"
     assert not (tmp_path / "ca.crt").exists()
@@ -318,7 +319,7 @@ def test_issue_refuses_to_overwrite_and_leaves_the_files_alone(
 ) -> None:
     authority.issue(Role.DATASERVER, "ds1", ["127.0.0.1"], out_dir=tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(CAFileExists, match=r"ds1\.crt already exists") as caught:
+    with pytest.raises(CAFileExistsError, match=r"ds1\.crt already exists") as caught:
         authority.issue(Role.DATASERVER, "ds1", ["127.0.0.2"], out_dir=tmp_path)
     assert caught.value.path == tmp_path / "ds1.crt"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -328,7 +329,7 @@ def test_issue_refuses_when_only_the_key_exists_and_writes_nothing(
     authority: CertificateAuthority, tmp_path: Path
 ) -> None:
     (tmp_path / "ds1.key").write_text("someone's key")
-    with pytest.raises(CAFileExists, match=r"ds1\.key"):
+    with pytest.raises(CAFileExistsError, match=r"ds1\.key"):
         authority.issue(Role.DATASERVER, "ds1", out_dir=tmp_path)
     assert (tmp_path / "ds1.key").read_text() == "someone's key"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds1.key"]
@@ -379,7 +380,7 @@ def recorded_opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, 
     calls: list[tuple[str, int, int]] = []
     real_open = os.open
 
-    def recording_open(path: os.PathLike[str] | str, flags: int, mode: int = 0o777, **kw: object):  # type: ignore[no-untyped-def]
+    def recording_open(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
         calls.append((os.fspath(path), flags, mode))
         return real_open(path, flags, mode, **kw)
 
@@ -545,7 +546,9 @@ def test_mutual_tls_handshake_works_and_server_learns_the_caller(
     server = authority.issue(Role.DATASERVER, "ds1", ["127.0.0.1"], out_dir=tmp_path)
     client = authority.issue(Role.CLIENT, "alice", out_dir=tmp_path)
     server_side = _handshake(*_contexts(authority, server, client), hostname="127.0.0.1")
-    peer = x509.load_der_x509_certificate(server_side.getpeercert(binary_form=True))
+    der = server_side.getpeercert(binary_form=True)
+    assert der is not None
+    peer = x509.load_der_x509_certificate(der)
     assert identity_from_certificate(peer) == Identity(Role.CLIENT, "alice")
 
 

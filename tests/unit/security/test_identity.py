@@ -30,14 +30,12 @@ ANY_USAGE = ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE
 # One key for all hand-made certificates: generating keys is the slow part.
 _KEY = ec.generate_private_key(ec.SECP256R1())
 
-_UNSET = object()
-
 
 def make_certificate(
     organization: str | None = "DFS",
     unit: str | list[str] | None = "client",
     common_name: str | None = "alice",
-    usages: list[x509.ObjectIdentifier] | object | None = _UNSET,
+    usages: list[x509.ObjectIdentifier] | str | None = "by-role",
     ca: bool = False,
 ) -> x509.Certificate:
     """A self-signed certificate with exactly the subject and EKU a test wants."""
@@ -60,7 +58,7 @@ def make_certificate(
         .not_valid_after(now + timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
-    if usages is _UNSET:
+    if isinstance(usages, str):
         role = units[0] if units else "client"
         usages = (
             [SERVER_AUTH, CLIENT_AUTH] if role in ("metaserver", "dataserver") else [CLIENT_AUTH]
