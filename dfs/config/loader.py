@@ -81,7 +81,7 @@ class InvalidValueError(ValueError):
         return self
 
     def __str__(self) -> str:
-        return str(ConfigError("<config>", self.key, self.expected, _show(self.got)))
+        return str(_as_config_error("<config>", self))
 
 
 class UnknownKeyError(InvalidValueError):
@@ -286,7 +286,7 @@ class Section:
             default = attrs.NOTHING if field.default is attrs.NOTHING else kind.dump(field.default)
             raw = value.get(name, default)
             if raw is attrs.NOTHING:
-                raise InvalidValueError(f"{kind.expected} (the key is required)", None, name)
+                raise InvalidValueError(f"{kind.expected} (the key is required)", raw, name)
             if isinstance(raw, dict) and isinstance(default, dict):
                 raw = default | raw  # a section given in part keeps the defaults of the rest
             try:
@@ -316,7 +316,11 @@ def setting(kind: Kind, *, default: object = attrs.NOTHING) -> Any:
 
 @dataclass_transform(frozen_default=True, field_specifiers=(attrs.field, setting))
 def config_class(cls: type[T]) -> type[T]:
-    """Make ``cls`` a frozen attrs class whose :func:`setting` fields the loader walks."""
+    """Make ``cls`` a frozen attrs class whose :func:`setting` fields the loader walks.
+
+    Plain ``@attrs.frozen`` would do at run time; dataclass_transform tells type
+    checkers and linters that :func:`setting` declares a field, as ``attrs.field`` does.
+    """
     return attrs.frozen(cls)
 
 
@@ -420,11 +424,14 @@ def _settings(cls: type) -> dict[str, attrs.Attribute[Any]]:
 
 def _as_config_error(file: str, error: InvalidValueError) -> ConfigError:
     if not isinstance(error, UnknownKeyError):
-        return ConfigError(file, error.key, error.expected, _show(error.got))
+        got = None if error.got is attrs.NOTHING else _show(error.got)  # NOTHING: key missing
+        return ConfigError(file, error.key, error.expected, got)
     name = str(error.got)
     section = error.key[: len(error.key) - len(name)]  # "tls." or ""
     hint = ""
-    close = difflib.get_close_matches(name, error.known, n=1, cutoff=0.5)
+    # An abbreviation ("cert") is the likeliest slip; difflib catches the typos.
+    close = [key for key in error.known if name and (key.startswith(name) or name.startswith(key))]
+    close = close or difflib.get_close_matches(name, error.known, n=1)
     if close:
         hint = f"did you mean '{section}{close[0]}'? "
     problem = f"unknown key '{error.key}' ({hint}known keys: {', '.join(error.known)})"

@@ -24,7 +24,7 @@ from dfs import __version__
 from dfs.protocol.commands import Ping
 from dfs.protocol.errors import InvalidArgument, PermissionDenied
 from dfs.security.identity import Identity, InvalidIdentity, identity_from_certificate
-from dfs.security.tls import peer_certificate
+from dfs.security.tls import peer_certificate, verify_failure
 
 
 def _describe(reason: Failure) -> str:
@@ -92,10 +92,12 @@ class PeerSession(amp.AMP):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         if not self._handshake_done:
+            certificate_problem = verify_failure(self.transport)
             self.log.warn(
                 "refused connection from {address}: TLS handshake failed ({reason})",
                 address=self.peer_address,
-                reason=_describe(reason),
+                reason=_describe(reason)
+                + (f": {certificate_problem}" if certificate_problem else ""),
             )
         elif not self._refused and not reason.check(ConnectionDone):
             self.log.info(

@@ -543,7 +543,7 @@ def test_tls_check_names_the_missing_file(tmp_path: Path) -> None:
     tls = TLSFiles(tmp_path / "a.crt", tmp_path / "a.key", tmp_path / "ca.crt")
     tls.check("/etc/dfs/client_config.json")  # all there, no CRL: nothing to say
 
-    missing = attrs.evolve(tls, key=tmp_path / "gone.key")
+    missing = TLSFiles(tmp_path / "a.crt", tmp_path / "gone.key", tmp_path / "ca.crt")
     error, message = error_of(lambda: missing.check("/etc/dfs/client_config.json"))
     assert message == (
         f"/etc/dfs/client_config.json: key 'tls.key': expected an existing readable file, "
@@ -551,6 +551,11 @@ def test_tls_check_names_the_missing_file(tmp_path: Path) -> None:
     )
     assert (error.key, error.expected) == ("tls.key", "an existing readable file")
 
-    folder_as_crl = attrs.evolve(tls, crl=tmp_path)
+    folder_as_crl = TLSFiles(tls.certificate, tls.key, tls.ca, crl=tmp_path)
     error, _ = error_of(lambda: folder_as_crl.check("x.json", section="admin_tls"))
     assert error.key == "admin_tls.crl"
+
+
+def test_constructing_an_inconsistent_config_in_code_fails_too() -> None:
+    with pytest.raises(ValueError, match="min_replication"):
+        ReplicationConfig(min_replication=5)
