@@ -6,12 +6,10 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.editable_wheel import editable_wheel
 
-
 HERE = Path(__file__).parent
 VERSION = re.search(
     r'^__version__ = "([^"]+)"', (HERE / "dfs" / "__init__.py").read_text(), re.M
 ).group(1)
-
 
 
 class _PluginPath:
@@ -46,7 +44,7 @@ class EditableWithPlugins(editable_wheel):
 setup(
     name="dfs",
     version=VERSION,
-    description="A distributed file system on Twisted: replicated chunks, Raft metadata, mutual TLS",
+    description="A distributed file system on Twisted: replicated chunks, Raft, mutual TLS",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="MIT",
@@ -90,6 +88,7 @@ setup(
         "lint": [
             "ruff>=0.5",
             "mypy>=1.10",
+            "mypy-zope>=1.0.5",
         ],
     },
     cmdclass={"editable_wheel": EditableWithPlugins},

@@ -8,7 +8,8 @@ module knows nothing of metaservers or dataservers.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.twisted import MetricsResource

@@ -120,6 +120,17 @@ def free_ports(count: int, host: str = HOST) -> list[int]:
         return ports
 
 
+def twistd_argv(*arguments: str) -> list[str]:
+    """The command line running twistd with ``arguments`` under this very Python,
+    whatever its twistd console script is called (or if it has none)."""
+    return [
+        sys.executable,
+        "-c",
+        "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
+        *arguments,
+    ]
+
+
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
 
@@ -264,7 +275,9 @@ class LocalCluster:
                 )
                 for entry in document["nodes"]
             ]
-            return cls(directory=directory, nodes=nodes, client_config=Path(document["client_config"]))
+            return cls(
+                directory=directory, nodes=nodes, client_config=Path(document["client_config"])
+            )
         except FileNotFoundError:
             raise LocalClusterError(f"no local cluster in {directory}") from None
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -296,11 +309,7 @@ class LocalCluster:
         if node.pid() is not None:
             return
         node.pidfile.unlink(missing_ok=True)
-        command = [
-            sys.executable,
-            "-c",
-            # twistd of this very Python, whatever its console script is called.
-            "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
+        command = twistd_argv(
             "--nodaemon",
             "--pidfile",
             str(node.pidfile),
@@ -310,7 +319,7 @@ class LocalCluster:
             "--config",
             str(node.config_path),
             *extra_args,
-        ]
+        )
         with open(node.stderr_path, "wb") as stderr:
             self._children[node.name] = subprocess.Popen(
                 command,
@@ -429,4 +438,3 @@ class LocalCluster:
                 yield node, node.logfile.read_text()
             except OSError:
                 yield node, ""
-

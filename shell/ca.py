@@ -16,10 +16,10 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from dfs_shell.errors import CommandError
 
 from dfs.security.ca import CAError, CAFileExistsError, CertificateAuthority
 from dfs.security.identity import Role
+from dfs_shell.errors import CommandError
 
 _ROLES = [role.value for role in Role]
 

@@ -32,11 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = commands.add_parser("up", help="create (first time) and start the local cluster")
     _dir_option(up)
     up.add_argument(
-        "--dataservers", type=int, default=3, metavar="N",
+        "--dataservers",
+        type=int,
+        default=3,
+        metavar="N",
         help="number of dataservers when the cluster is created (default 3)",
     )
     up.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS",
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
         help="how long to wait for every dataserver to register (default 60)",
     )
     up.set_defaults(run=run_up)
@@ -52,7 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _dir_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dir", type=Path, default=None, metavar="DIR",
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help=f"folder of the cluster (default {default_dir()})",
     )
 

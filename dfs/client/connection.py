@@ -74,4 +74,3 @@ async def connect_metaserver(
         except Exception as error:
             failures.append(f"{address}: {type(error).__name__}: {error}")
     raise NoMetaserverReachable("no metaserver reachable (" + "; ".join(failures) + ")")
-

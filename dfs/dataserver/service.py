@@ -8,7 +8,7 @@ interval, registering again whenever the metaserver no longer knows it.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from prometheus_client import CollectorRegistry
@@ -131,12 +131,12 @@ class MetaserverLink(Service):
         # the call and the connection, and let the ClientService dial again.
         timeout = max(5.0, 3 * self._interval)
         call = session.callRemote(command, **arguments)
-        call.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda *_: _abort(session))
+        call.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda *_: session.abort())
         return await call
 
     async def _run(self) -> None:
         while True:
-            session = await self._client.whenConnected()
+            session = cast(PeerSession, await self._client.whenConnected())
             try:
                 reply = await self._call(
                     session,
@@ -168,13 +168,8 @@ class MetaserverLink(Service):
                     address=str(self.metaserver),
                     error=f"{type(error).__name__}: {error}",
                 )
-                _abort(session)
+                session.abort()
                 await deferLater(self._reactor, min(1.0, self._interval))
-
-
-def _abort(session: PeerSession) -> None:
-    if session.transport is not None:
-        session.transport.abortConnection()
 
 
 class DataserverMetrics:

@@ -21,12 +21,12 @@ from twisted.logger import Logger
 from dfs import __version__
 from dfs.config import Address, ConfigError, MetaserverConfig
 from dfs.httpstatus import status_site
+from dfs.metaserver.registry import DataserverRegistry, DataserverState, SpaceReport
 from dfs.node import add_all, check_name, http_listener, load_credentials, tls_listener
 from dfs.protocol.commands import Heartbeat, ListDataservers, RegisterDataserver
 from dfs.protocol.errors import InvalidArgument, PermissionDenied, UnknownDataserver
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, Role
-from dfs.metaserver.registry import DataserverRegistry, DataserverState, SpaceReport
 
 
 @attrs.define

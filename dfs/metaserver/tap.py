@@ -7,8 +7,8 @@ from typing import Any
 from twisted.application.service import MultiService
 
 from dfs.config import load_metaserver_config
-from dfs.node import NodeOptions, apply_overrides, exit_on_config_error
 from dfs.metaserver import service
+from dfs.node import NodeOptions, apply_overrides, exit_on_config_error
 
 
 class Options(NodeOptions):
@@ -16,7 +16,12 @@ class Options(NodeOptions):
     longdesc = "Run a DFS metaserver from its JSON configuration (see docs/configuration.md)."
     optParameters: list[list[Any]] = [
         *NodeOptions.optParameters,
-        ["dataserver-dead-after", None, None, "Seconds without heartbeat before a dataserver is dead."],
+        [
+            "dataserver-dead-after",
+            None,
+            None,
+            "Seconds without heartbeat before a dataserver is dead.",
+        ],
     ]
     overrides = (*NodeOptions.overrides, ("dataserver-dead-after", "dataserver_dead_after"))
 

@@ -109,4 +109,3 @@ class ListDataservers(DFSCommand):
 
 
 ALL_COMMANDS: tuple[type[DFSCommand], ...] = (Ping, RegisterDataserver, Heartbeat, ListDataservers)
-

@@ -10,11 +10,12 @@ affect only the connection they came on.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, ITCPTransport
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -23,7 +24,7 @@ from zope.interface import implementer
 from dfs import __version__
 from dfs.protocol.commands import Ping
 from dfs.protocol.errors import InvalidArgument, PermissionDenied
-from dfs.security.identity import Identity, InvalidIdentity, identity_from_certificate
+from dfs.security.identity import Identity, InvalidIdentity, Role, identity_from_certificate
 from dfs.security.tls import peer_certificate, verify_failure
 
 
@@ -88,9 +89,14 @@ class PeerSession(amp.AMP):
             address=self.peer_address,
             **fields,
         )
-        self.transport.abortConnection()
+        self.abort()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def abort(self) -> None:
+        """Drop the connection now, without waiting for buffered data to go out."""
+        if self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if not self._handshake_done:
             certificate_problem = verify_failure(self.transport)
             self.log.warn(
@@ -133,7 +139,8 @@ class PeerSession(amp.AMP):
                 error=type(error).__name__,
             )
             self._refused = True
-            self.transport.loseConnection()
+            if self.transport is not None:
+                self.transport.loseConnection()
 
     @Ping.responder
     def ping(self) -> dict[str, str]:
@@ -148,7 +155,7 @@ class PeerSession(amp.AMP):
     # -- authorisation ---------------------------------------------------
 
     def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], Any] | None:
-        entry = self._commandDispatch.get(name)
+        entry = self._commandDispatch.get(name)  # type: ignore[attr-defined]
         if entry is None:
             self.log.warn(
                 "refused unknown command {command!r} from {peer} at {address}",
@@ -158,7 +165,7 @@ class PeerSession(amp.AMP):
             )
             return None
         command, _ = entry
-        allowed = getattr(command, "allowed_roles", frozenset())
+        allowed: frozenset[Role] = getattr(command, "allowed_roles", frozenset())
         if self.peer is None or self.peer.role not in allowed:
             self.log.warn(
                 "denied {command} to {peer} at {address}: allowed roles are {allowed}",

@@ -50,7 +50,7 @@ class Role(enum.Enum):
 _ROLES = ", ".join(role.value for role in Role)
 
 
-class InvalidIdentity(Exception):  # noqa: N818 (the name other modules import)
+class InvalidIdentity(Exception):
     """A certificate that does not carry a usable DFS identity."""
 
 

@@ -26,7 +26,9 @@ DEAD_AFTER = 2.0
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., LocalCluster]]:
+def make_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., LocalCluster]]:
     clusters: list[LocalCluster] = []
 
     def make(metaservers: int = 1, dataservers: int = 3, **options: object) -> LocalCluster:

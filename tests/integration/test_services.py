@@ -38,7 +38,10 @@ async def test_every_dataserver_registers_and_is_listed(cluster, credentials):
 
 @pytest_twisted.ensureDeferred
 async def test_both_servers_answer_ping_and_know_the_caller(cluster, credentials):
-    for node, role in [(cluster.metaservers[0], "metaserver"), (cluster.dataservers[0], "dataserver")]:
+    for node, role in [
+        (cluster.metaservers[0], "metaserver"),
+        (cluster.dataservers[0], "dataserver"),
+    ]:
         session = await connect_server(reactor, Address.parse(node.address), credentials)
         answer = await session.callRemote(Ping)
         assert (answer["role"], answer["name"]) == (role, node.name)
@@ -48,7 +51,9 @@ async def test_both_servers_answer_ping_and_know_the_caller(cluster, credentials
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_client_certificate_cannot_register_as_a_dataserver(cluster, tmp_path, log_contains):
+async def test_a_client_certificate_cannot_register_as_a_dataserver(
+    cluster, tmp_path, log_contains
+):
     ca = CertificateAuthority.load(cluster.directory / "ca")
     issued = ca.issue(Role.CLIENT, "ds4", out_dir=tmp_path)
     client = ClientCredentials.from_config(
@@ -80,7 +85,13 @@ async def test_a_dataserver_cannot_register_under_another_name(cluster, credenti
     session = await connect_server(reactor, Address.parse(cluster.metaservers[0].address), creds)
     with pytest.raises(PermissionDenied, match="cannot register as dataserver 'ds2'"):
         await session.callRemote(
-            RegisterDataserver, name="ds2", address="127.0.0.1:1", capacity=1, free=1, used=0, chunks=0
+            RegisterDataserver,
+            name="ds2",
+            address="127.0.0.1:1",
+            capacity=1,
+            free=1,
+            used=0,
+            chunks=0,
         )
     session.transport.loseConnection()
 

@@ -73,11 +73,15 @@ async def attempt(options, address: Address) -> Exception | None:
 @pytest_twisted.ensureDeferred
 async def test_no_client_certificate_is_refused(cluster, credentials, poll, log_contains):
     authority = ssl.Certificate.loadPEM((cluster.directory / "ca" / "ca.crt").read_bytes())
-    error = await attempt(ssl.optionsForClientTLS("127.0.0.1", trustRoot=authority), meta_address(cluster))
+    error = await attempt(
+        ssl.optionsForClientTLS("127.0.0.1", trustRoot=authority), meta_address(cluster)
+    )
     assert error is not None
     await poll(
         lambda: log_contains(
-            cluster.metaservers[0].logfile, "refused connection", "peer did not return a certificate"
+            cluster.metaservers[0].logfile,
+            "refused connection",
+            "peer did not return a certificate",
         ),
         what="refusal logged",
     )
@@ -85,7 +89,9 @@ async def test_no_client_certificate_is_refused(cluster, credentials, poll, log_
 
 
 @pytest_twisted.ensureDeferred
-async def test_certificate_from_another_ca_is_refused(cluster, credentials, tmp_path, poll, log_contains):
+async def test_certificate_from_another_ca_is_refused(
+    cluster, credentials, tmp_path, poll, log_contains
+):
     other = CertificateAuthority.create(tmp_path / "other-ca")
     issued = other.issue(Role.ADMIN, "admin", out_dir=tmp_path)
     stranger = NodeCredentials.load(

@@ -6,14 +6,14 @@ dfs.dataserver.tap and are imported only when twistd runs that plugin.
 
 from twisted.application.service import ServiceMaker
 
-dfsMeta = ServiceMaker(
+dfs_meta = ServiceMaker(
     "DFS metaserver",
     "dfs.metaserver.tap",
     "DFS metaserver: namespace, dataserver registry, AMP over mutual TLS",
     "dfs-meta",
 )
 
-dfsData = ServiceMaker(
+dfs_data = ServiceMaker(
     "DFS dataserver",
     "dfs.dataserver.tap",
     "DFS dataserver: chunk storage, AMP over mutual TLS",

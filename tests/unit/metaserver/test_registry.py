@@ -14,7 +14,11 @@ def test_registered_dataserver_is_alive_and_listed():
     registry = DataserverRegistry(dead_after=10)
     assert registry.register("ds1", "127.0.0.1:7200", SPACE, now=0) is True
     [record] = registry.records()
-    assert (record.name, record.address, record.state) == ("ds1", "127.0.0.1:7200", DataserverState.ALIVE)
+    assert (record.name, record.address, record.state) == (
+        "ds1",
+        "127.0.0.1:7200",
+        DataserverState.ALIVE,
+    )
 
 
 def test_silent_dataserver_dies_once_and_must_register_again():

@@ -97,7 +97,7 @@ def test_registration_then_listing_then_death():
 
 
 def test_listing_is_for_people_and_metaservers():
-    ds, metaserver, pump, _ = connect(Identity(Role.DATASERVER, "ds1"))
+    ds, _, pump, _ = connect(Identity(Role.DATASERVER, "ds1"))
     result_of(register(ds), pump)
     failure = result_of(ds.callRemote(ListDataservers), pump)
     assert failure.check(PermissionDenied)
@@ -154,4 +154,3 @@ class _Raw(amp.Command):
     @classmethod
     def makeArguments(cls, objects, proto):
         return objects["box"]
-

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dfs_shell import ca
-from dfs_shell.errors import CommandError
 
 from dfs.security.ca import load_certificate
 from dfs.security.identity import Identity, Role, identity_from_certificate
+from dfs_shell import ca
+from dfs_shell.errors import CommandError
 
 Run = Callable[..., tuple[int, str, str]]
 

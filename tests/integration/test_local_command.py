@@ -1,0 +1,100 @@
+"""``dfs local up|status|down`` as a user runs them: real processes, real ports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dfs.config import load_client_config
+from dfs.localcluster import LocalCluster
+
+
+def dfs(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dfs_shell.main", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def folder(tmp_path):
+    directory = tmp_path / "local"
+    yield directory
+    # Whatever the test did, stop every process it started.
+    try:
+        LocalCluster.open(directory).stop()
+    except Exception:
+        pass
+
+
+def test_up_status_up_again_down(folder):
+    up = dfs("local", "up", "--dir", str(folder), "--dataservers", "2")
+    assert up.returncode == 0, up.stderr
+    client_config = up.stdout.strip()
+    config = load_client_config(client_config)
+    assert len(config.metaservers) == 1
+
+    cluster = LocalCluster.open(folder)
+    pids = cluster.running()
+    assert set(pids) == {"meta1", "ds1", "ds2"}
+
+    status = dfs("local", "status", "--dir", str(folder))
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = {line.split()[0]: line for line in status.stdout.splitlines()[3:]}
+    assert "running" in lines["meta1"]
+    assert lines["ds1"].endswith("running, alive") and lines["ds2"].endswith("running, alive")
+
+    again = dfs("local", "up", "--dir", str(folder))
+    assert again.returncode == 0
+    assert "already running" in again.stderr
+    assert again.stdout.strip() == client_config
+    assert cluster.running() == pids
+
+    down = dfs("local", "down", "--dir", str(folder))
+    assert down.returncode == 0
+    assert "stopped ds1, ds2, meta1" in down.stdout
+    assert cluster.running() == {}
+    for pid in pids.values():
+        assert not _alive(pid)
+
+    stopped = dfs("local", "status", "--dir", str(folder))
+    assert stopped.returncode == 3
+    assert stopped.stdout.count("stopped") == 3
+
+
+def test_up_again_after_down_restarts_the_same_cluster(folder):
+    assert dfs("local", "up", "--dir", str(folder), "--dataservers", "1").returncode == 0
+    assert dfs("local", "down", "--dir", str(folder)).returncode == 0
+    again = dfs("local", "up", "--dir", str(folder))
+    assert again.returncode == 0, again.stderr
+    assert set(LocalCluster.open(folder).running()) == {"meta1", "ds1"}
+
+
+def test_status_and_down_of_a_folder_without_a_cluster_say_so(tmp_path):
+    for command in ("status", "down"):
+        result = dfs("local", command, "--dir", str(tmp_path / "nothing"))
+        assert result.returncode == 1
+        assert (
+            result.stderr.strip()
+            == f"dfs: local {command}: no local cluster in {tmp_path / 'nothing'}"
+        )
+
+
+def test_bad_dataserver_count_is_refused(tmp_path):
+    result = dfs("local", "up", "--dir", str(tmp_path / "x"), "--dataservers", "0")
+    assert result.returncode == 1
+    assert "--dataservers must be at least 1" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
