@@ -135,7 +135,7 @@ class MetaserverSession(PeerSession):
     ) -> dict[str, Any]:
         assert self.peer is not None
         self.metaserver.heartbeat(self.peer, name, SpaceReport(capacity, free, used, chunks))
-        return {}
+        return {"delete": []}
 
     @ListDataservers.responder
     def list_dataservers(self) -> dict[str, Any]:

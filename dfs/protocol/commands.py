@@ -12,12 +12,7 @@ from typing import ClassVar
 
 from twisted.protocols import amp
 
-from dfs.protocol.errors import (
-    InvalidArgument,
-    NotLeader,
-    PermissionDenied,
-    UnknownDataserver,
-)
+from dfs.protocol.errors import ERROR_CODES
 from dfs.security.identity import Role
 
 ANY_ROLE: frozenset[Role] = frozenset(Role)
@@ -26,13 +21,33 @@ PEOPLE: frozenset[Role] = frozenset({Role.CLIENT, Role.ADMIN})
 
 
 class DFSCommand(amp.Command):
-    """Base command: common errors and the roles allowed to send it."""
+    """Base command: the roles allowed to send it. Any command may answer with any
+    error of :mod:`dfs.protocol.errors`, so a caller always gets the named class."""
 
-    errors: ClassVar[dict[type[Exception], bytes]] = {
-        PermissionDenied: PermissionDenied.code,
-        InvalidArgument: InvalidArgument.code,
-    }
+    errors: ClassVar[dict[type[Exception], bytes]] = dict(ERROR_CODES)
     allowed_roles: ClassVar[frozenset[Role]] = frozenset()
+
+
+class Bulk(amp.Argument):
+    """Bytes of any length: AMP values hold at most 65,535 bytes, so the data is cut
+    into pieces under the keys ``name``, ``name.1``, ``name.2``, ... and joined again."""
+
+    PIECE = 0xFFFF
+
+    def toBox(self, name: bytes, strings: dict, objects: dict, proto: object) -> None:  # type: ignore[override]
+        data = objects[amp._wireNameToPythonIdentifier(name)]
+        view = memoryview(data)
+        strings[name] = bytes(view[: self.PIECE])
+        for index, start in enumerate(range(self.PIECE, len(data), self.PIECE), start=1):
+            strings[name + b".%d" % index] = bytes(view[start : start + self.PIECE])
+
+    def fromBox(self, name: bytes, strings: dict, objects: dict, proto: object) -> None:  # type: ignore[override]
+        pieces = [strings[name]]
+        index = 1
+        while (key := name + b".%d" % index) in strings:
+            pieces.append(strings[key])
+            index += 1
+        objects[amp._wireNameToPythonIdentifier(name)] = b"".join(pieces)
 
 
 class Ping(DFSCommand):
@@ -67,7 +82,6 @@ class RegisterDataserver(DFSCommand):
         (b"metaserver", amp.Unicode()),
         (b"dead_after", amp.Float()),
     ]
-    errors: ClassVar[dict[type[Exception], bytes]] = {NotLeader: NotLeader.code}
     allowed_roles = frozenset({Role.DATASERVER})
 
 
@@ -82,8 +96,9 @@ class Heartbeat(DFSCommand):
         (b"used", amp.Integer()),
         (b"chunks", amp.Integer()),
     ]
-    response: ClassVar[list] = []
-    errors: ClassVar[dict[type[Exception], bytes]] = {UnknownDataserver: UnknownDataserver.code}
+    response: ClassVar[list] = [
+        (b"delete", amp.AmpList([(b"chunk_id", amp.Integer()), (b"version", amp.Integer())]))
+    ]
     allowed_roles = frozenset({Role.DATASERVER})
 
 
@@ -108,4 +123,381 @@ class ListDataservers(DFSCommand):
     allowed_roles = frozenset({Role.ADMIN, Role.CLIENT, Role.METASERVER})
 
 
-ALL_COMMANDS: tuple[type[DFSCommand], ...] = (Ping, RegisterDataserver, Heartbeat, ListDataservers)
+# -- the namespace: people ask a metaserver ------------------------------------
+
+ENTRY: list = [
+    (b"path", amp.Unicode()),
+    (b"name", amp.Unicode()),
+    (b"kind", amp.Unicode()),  # "file" or "directory"
+    (b"inode", amp.Integer()),
+    (b"owner", amp.Unicode()),
+    (b"group", amp.Unicode()),
+    (b"mode", amp.Integer()),
+    (b"mtime", amp.Float()),
+    (b"length", amp.Integer()),
+    (b"replication", amp.Integer()),
+    (b"chunk_size", amp.Integer()),
+    (b"complete", amp.Boolean()),
+]
+
+CHUNK: list = [
+    (b"chunk_id", amp.Integer()),
+    (b"version", amp.Integer()),
+    (b"length", amp.Integer()),
+    (b"locations", amp.ListOf(amp.Unicode())),
+]
+
+
+class NamespaceCommand(DFSCommand):
+    allowed_roles = PEOPLE
+
+
+class Mkdir(NamespaceCommand):
+    commandName = b"Mkdir"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"mode", amp.Integer()),
+        (b"parents", amp.Boolean()),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = []
+
+
+class Create(NamespaceCommand):
+    """Create a file and hold its write lease (renew it with RenewLease).
+    replication and chunk_size 0 mean the cluster's defaults."""
+
+    commandName = b"Create"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"mode", amp.Integer()),
+        (b"replication", amp.Integer()),
+        (b"chunk_size", amp.Integer()),
+        (b"overwrite", amp.Boolean()),
+        (b"client_id", amp.Unicode()),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = [
+        (b"replication", amp.Integer()),
+        (b"chunk_size", amp.Integer()),
+        (b"lease_period", amp.Float()),
+    ]
+
+
+class AddChunk(NamespaceCommand):
+    """Append a chunk to a file being written; answers the dataservers to write
+    it to, in pipeline order."""
+
+    commandName = b"AddChunk"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"client_id", amp.Unicode()),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = [
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"targets", amp.ListOf(amp.Unicode())),
+    ]
+
+
+class BumpChunkVersion(NamespaceCommand):
+    """A write pipeline lost a dataserver: the last chunk gets a new version so
+    that the lost replica is recognisably stale."""
+
+    commandName = b"BumpChunkVersion"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"client_id", amp.Unicode()),
+        (b"chunk_id", amp.Integer()),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = [(b"version", amp.Integer())]
+
+
+class CommitChunk(NamespaceCommand):
+    """Every replica in the pipeline holds ``length`` bytes of the chunk, on disk."""
+
+    commandName = b"CommitChunk"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"client_id", amp.Unicode()),
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"length", amp.Integer()),
+        (b"locations", amp.ListOf(amp.Unicode())),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = []
+
+
+class RenewLease(NamespaceCommand):
+    commandName = b"RenewLease"
+    arguments: ClassVar[list] = [(b"path", amp.Unicode()), (b"client_id", amp.Unicode())]
+    response: ClassVar[list] = []
+
+
+class CloseFile(NamespaceCommand):
+    commandName = b"CloseFile"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"client_id", amp.Unicode()),
+        (b"length", amp.Integer()),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = []
+
+
+class Stat(NamespaceCommand):
+    commandName = b"Stat"
+    arguments: ClassVar[list] = [(b"path", amp.Unicode())]
+    response: ClassVar[list] = ENTRY
+
+
+class ListDirectory(NamespaceCommand):
+    """One page of a directory's entries, by name, after ``start_after``."""
+
+    commandName = b"ListDirectory"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"start_after", amp.Unicode()),
+        (b"limit", amp.Integer()),
+    ]
+    response: ClassVar[list] = [(b"entries", amp.AmpList(ENTRY)), (b"more", amp.Boolean())]
+
+
+class GetChunks(NamespaceCommand):
+    """A page of a file's chunks with the dataservers that hold each."""
+
+    commandName = b"GetChunks"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"first", amp.Integer()),
+        (b"limit", amp.Integer()),
+    ]
+    response: ClassVar[list] = [
+        (b"length", amp.Integer()),
+        (b"chunks", amp.AmpList(CHUNK)),
+        (b"more", amp.Boolean()),
+    ]
+
+
+class Delete(NamespaceCommand):
+    commandName = b"Delete"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"recursive", amp.Boolean()),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = []
+
+
+class Rename(NamespaceCommand):
+    commandName = b"Rename"
+    arguments: ClassVar[list] = [
+        (b"source", amp.Unicode()),
+        (b"destination", amp.Unicode()),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = []
+
+
+class SetReplication(NamespaceCommand):
+    commandName = b"SetReplication"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"replication", amp.Integer()),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = []
+
+
+class DiskUsage(NamespaceCommand):
+    commandName = b"DiskUsage"
+    arguments: ClassVar[list] = [(b"path", amp.Unicode())]
+    response: ClassVar[list] = [
+        (b"files", amp.Integer()),
+        (b"directories", amp.Integer()),
+        (b"bytes", amp.Integer()),
+        (b"replicated_bytes", amp.Integer()),
+    ]
+
+
+class ClusterSpace(NamespaceCommand):
+    commandName = b"ClusterSpace"
+    arguments: ClassVar[list] = []
+    response: ClassVar[list] = [
+        (b"capacity", amp.Integer()),
+        (b"used", amp.Integer()),
+        (b"free", amp.Integer()),
+        (b"dataservers_alive", amp.Integer()),
+        (b"dataservers_dead", amp.Integer()),
+    ]
+
+
+class ReportBadReplica(NamespaceCommand):
+    """A reader found a replica corrupt, stale or unreachable."""
+
+    commandName = b"ReportBadReplica"
+    arguments: ClassVar[list] = [
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"address", amp.Unicode()),
+        (b"reason", amp.Unicode()),
+    ]
+    response: ClassVar[list] = []
+
+
+# -- chunk reports: dataservers tell metaservers what they hold -----------------
+
+REPLICA: list = [
+    (b"chunk_id", amp.Integer()),
+    (b"version", amp.Integer()),
+    (b"length", amp.Integer()),
+]
+
+
+class ReportChunks(DFSCommand):
+    """One batch of a full report of the replicas a dataserver holds, sent after
+    registering; ``last`` closes the report (replicas not reported are not there)."""
+
+    commandName = b"ReportChunks"
+    arguments: ClassVar[list] = [
+        (b"name", amp.Unicode()),
+        (b"chunks", amp.AmpList(REPLICA)),
+        (b"last", amp.Boolean()),
+    ]
+    response: ClassVar[list] = []
+    allowed_roles = frozenset({Role.DATASERVER})
+
+
+class ChunkReceived(DFSCommand):
+    """A replica was completed (written and fsynced) on this dataserver."""
+
+    commandName = b"ChunkReceived"
+    arguments: ClassVar[list] = [
+        (b"name", amp.Unicode()),
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"length", amp.Integer()),
+    ]
+    response: ClassVar[list] = []
+    allowed_roles = frozenset({Role.DATASERVER})
+
+
+# -- chunk data: clients and dataservers ask a dataserver ------------------------
+
+DATA_PEERS: frozenset[Role] = PEOPLE | {Role.DATASERVER}
+
+
+class OpenChunkWrite(DFSCommand):
+    """Start writing a replica here and forward to ``downstream`` (the rest of the
+    pipeline, in order); answers once every dataserver of the pipeline is ready."""
+
+    commandName = b"OpenChunkWrite"
+    arguments: ClassVar[list] = [
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"downstream", amp.ListOf(amp.Unicode())),
+    ]
+    response: ClassVar[list] = []
+    allowed_roles = DATA_PEERS
+
+
+class WriteChunkData(DFSCommand):
+    """One packet (at most 64 KiB) at ``offset``; answered once it is written here
+    and acknowledged by the rest of the pipeline."""
+
+    commandName = b"WriteChunkData"
+    arguments: ClassVar[list] = [
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"offset", amp.Integer()),
+        (b"data", Bulk()),
+    ]
+    response: ClassVar[list] = []
+    allowed_roles = DATA_PEERS
+
+
+class FinishChunkWrite(DFSCommand):
+    """The replica is complete at ``length`` bytes: fsync, rename into place, report
+    to the metaservers; answered once every replica of the pipeline is on disk."""
+
+    commandName = b"FinishChunkWrite"
+    arguments: ClassVar[list] = [
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"length", amp.Integer()),
+    ]
+    response: ClassVar[list] = [(b"locations", amp.ListOf(amp.Unicode()))]
+    allowed_roles = DATA_PEERS
+
+
+class RecoverChunkWrite(DFSCommand):
+    """Pipeline recovery: keep the first ``length`` bytes of the replica being
+    written, make it ``new_version`` and continue with ``downstream``."""
+
+    commandName = b"RecoverChunkWrite"
+    arguments: ClassVar[list] = [
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"new_version", amp.Integer()),
+        (b"length", amp.Integer()),
+        (b"downstream", amp.ListOf(amp.Unicode())),
+    ]
+    response: ClassVar[list] = []
+    allowed_roles = DATA_PEERS
+
+
+class AbortChunkWrite(DFSCommand):
+    commandName = b"AbortChunkWrite"
+    arguments: ClassVar[list] = [(b"chunk_id", amp.Integer()), (b"version", amp.Integer())]
+    response: ClassVar[list] = []
+    allowed_roles = DATA_PEERS
+
+
+class ReadChunk(DFSCommand):
+    """Bytes of a replica from a 64 KiB-aligned ``offset``, with the CRC32C of every
+    64 KiB block they cover, so the reader verifies them itself."""
+
+    commandName = b"ReadChunk"
+    arguments: ClassVar[list] = [
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"offset", amp.Integer()),
+        (b"length", amp.Integer()),
+    ]
+    response: ClassVar[list] = [(b"data", Bulk()), (b"checksums", amp.ListOf(amp.Integer()))]
+    allowed_roles = DATA_PEERS
+
+
+ALL_COMMANDS: tuple[type[DFSCommand], ...] = (
+    Ping,
+    RegisterDataserver,
+    Heartbeat,
+    ListDataservers,
+    Mkdir,
+    Create,
+    AddChunk,
+    BumpChunkVersion,
+    CommitChunk,
+    RenewLease,
+    CloseFile,
+    Stat,
+    ListDirectory,
+    GetChunks,
+    Delete,
+    Rename,
+    SetReplication,
+    DiskUsage,
+    ClusterSpace,
+    ReportBadReplica,
+    ReportChunks,
+    ChunkReceived,
+    OpenChunkWrite,
+    WriteChunkData,
+    FinishChunkWrite,
+    RecoverChunkWrite,
+    AbortChunkWrite,
+    ReadChunk,
+)

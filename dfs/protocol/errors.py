@@ -138,4 +138,4 @@ ALL_ERRORS: tuple[type[DFSError], ...] = (
     UnknownDataserver,
 )
 
-ERROR_CODES: dict[type[DFSError], bytes] = {error: error.code for error in ALL_ERRORS}
+ERROR_CODES: dict[type[Exception], bytes] = {error: error.code for error in ALL_ERRORS}
