@@ -118,6 +118,25 @@ class UnknownDataserver(DFSError):
     user_text = "Dataserver not registered"
 
 
+class PipelineBroken(DFSError):
+    """A dataserver further down a write pipeline failed; the message is its
+    host:port, so the writer knows which one to leave out."""
+
+    code = b"PIPELINE_BROKEN"
+    user_text = "Write pipeline broken"
+
+    @property
+    def address(self) -> str:
+        return self.message
+
+
+class ChunkNotFound(DFSError):
+    """This dataserver holds no replica of the chunk (at any version)."""
+
+    code = b"CHUNK_NOT_FOUND"
+    user_text = "No such chunk replica"
+
+
 ALL_ERRORS: tuple[type[DFSError], ...] = (
     NotLeader,
     FileNotFound,
@@ -136,6 +155,8 @@ ALL_ERRORS: tuple[type[DFSError], ...] = (
     SafeMode,
     InvalidArgument,
     UnknownDataserver,
+    PipelineBroken,
+    ChunkNotFound,
 )
 
 ERROR_CODES: dict[type[Exception], bytes] = {error: error.code for error in ALL_ERRORS}

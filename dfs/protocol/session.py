@@ -52,6 +52,7 @@ class PeerSession(amp.AMP):
         self.peer: Identity | None = None
         self._handshake_done = False
         self._refused = False
+        self._lost = False
 
     # -- connection life -------------------------------------------------
 
@@ -96,7 +97,13 @@ class PeerSession(amp.AMP):
         if self.transport is not None:
             cast(ITCPTransport, self.transport).abortConnection()
 
+    @property
+    def is_open(self) -> bool:
+        """Connected, and not closed or lost since."""
+        return self.transport is not None and not self._lost
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._lost = True
         if not self._handshake_done:
             certificate_problem = verify_failure(self.transport)
             self.log.warn(
