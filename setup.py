@@ -47,7 +47,6 @@ setup(
     description="A distributed file system on Twisted: replicated chunks, Raft, mutual TLS",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    license="MIT",
     python_requires=">=3.11",
     packages=[
         "dfs",

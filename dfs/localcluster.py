@@ -9,10 +9,11 @@ by the pid in their pidfile, checking first that the pid is still that node.
 Layout of the folder::
 
     cluster.json              what was created: nodes, ports, client config
-    ca/                       the cluster CA and every certificate and key
+    ca/                       the cluster CA (ca.crt, ca.key)
     shared/                   replication and security configs, token key, Raft password
-    meta1/ ds1/ ds2/ ...      one folder per node: config, data/, twistd.pid, twistd.log
-    client/                   client_config.json for the admin identity
+    meta1/ ds1/ ds2/ ...      one folder per node: its certificate and key, config,
+                              data/, twistd.pid, twistd.log, stderr.log
+    client/                   the admin certificate and key, client_config.json
 """
 
 from __future__ import annotations
@@ -397,7 +398,11 @@ class LocalCluster:
             return None
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until every node runs and every metaserver sees every dataserver alive."""
+        """Wait until every node runs, every dataserver says it is registered with
+        every metaserver, and every metaserver sees every dataserver alive.
+
+        Asking the dataservers too matters after a restart: a metaserver still
+        counts a stopped dataserver alive until its heartbeats are overdue."""
         expected = {node.name for node in self.dataservers}
         deadline = time.monotonic() + timeout
         while True:
@@ -405,17 +410,7 @@ class LocalCluster:
                 child = self._children.get(node.name)
                 if child is not None and child.poll() is not None:
                     raise LocalClusterError(f"{node.name} exited: {self.last_error(node)}")
-            ready = True
-            for meta in self.metaservers:
-                status = self.status(meta)
-                if status is None:
-                    ready = False
-                    break
-                alive = {d["name"] for d in status["dataservers"] if d["state"] == "alive"}
-                if not expected <= alive:
-                    ready = False
-                    break
-            if ready:
+            if self._ready(expected):
                 return
             if time.monotonic() > deadline:
                 raise LocalClusterError(
@@ -423,6 +418,22 @@ class LocalCluster:
                     f"(running: {', '.join(sorted(self.running())) or 'none'})"
                 )
             time.sleep(0.1)
+
+    def _ready(self, expected: set[str]) -> bool:
+        if len(self.running()) != len(self.nodes):
+            return False
+        for data in self.dataservers:
+            status = self.status(data)
+            if status is None or not all(link["registered"] for link in status["metaservers"]):
+                return False
+        for meta in self.metaservers:
+            status = self.status(meta)
+            if status is None:
+                return False
+            alive = {d["name"] for d in status["dataservers"] if d["state"] == "alive"}
+            if not expected <= alive:
+                return False
+        return True
 
     def last_error(self, node: Node) -> str:
         """The last line a node printed to stderr, or a pointer to its log."""

@@ -16,6 +16,7 @@ from cryptography import x509
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.protocol import Factory
 from twisted.python import usage
@@ -63,9 +64,11 @@ def exit_on_config_error(program: str, build: Callable[[], C]) -> C:
         _fail(program, str(error))
 
 
-def _fail(program: str, message: str) -> NoReturn:
-    print(f"{program}: configuration error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(78)
+def _fail(program: str, message: str, status: int = 78) -> NoReturn:
+    kind = "configuration error" if status == 78 else "error"
+    # sys.__stderr__: once twistd has started logging, sys.stderr goes to the log.
+    print(f"{program}: {kind}: {message}", file=sys.__stderr__, flush=True)
+    raise SystemExit(status)
 
 
 def load_credentials(tls: TLSFiles, source: str, role: Role) -> tuple[NodeCredentials, Identity]:
@@ -108,24 +111,40 @@ def check_name(name: str, identity: Identity, source: str) -> None:
 
 
 def tls_listener(
-    reactor: IReactorCore, address: Address, credentials: NodeCredentials, factory: Factory
+    program: str,
+    reactor: IReactorCore,
+    address: Address,
+    credentials: NodeCredentials,
+    factory: Factory,
 ) -> IService:
     endpoint = SSL4ServerEndpoint(
         reactor, address.port, credentials.server_options(), interface=address.host
     )
-    return _failing_loudly(StreamServerEndpointService(endpoint, factory))
+    return _Listener(endpoint, factory, program, address)
 
 
-def http_listener(reactor: IReactorCore, address: Address, site: Site) -> IService:
+def http_listener(program: str, reactor: IReactorCore, address: Address, site: Site) -> IService:
     endpoint = TCP4ServerEndpoint(reactor, address.port, interface=address.host)
-    return _failing_loudly(StreamServerEndpointService(endpoint, site))
+    return _Listener(endpoint, site, program, address)
 
 
-def _failing_loudly(listener: StreamServerEndpointService) -> StreamServerEndpointService:
-    # A daemon that cannot bind its port must stop at start-up (as twistd's strports
-    # services do), not run on without listening.
-    listener._raiseSynchronously = True
-    return listener
+class _Listener(StreamServerEndpointService):
+    """A listening port that a daemon cannot do without: failing to bind it stops
+    the daemon at start-up with one line, not a traceback, and not a daemon that
+    runs on without listening."""
+
+    def __init__(self, endpoint: Any, factory: Any, program: str, address: Address) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self._program = program
+        self._address = address
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            reason = error.socketError.strerror if error.socketError else str(error)
+            _fail(self._program, f"cannot listen on {self._address}: {reason}", 71)
 
 
 def add_all(parent: Any, services: Iterable[IService]) -> None:

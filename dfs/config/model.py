@@ -29,11 +29,11 @@ from dfs.config.loader import (
     load_config,
     setting,
 )
+from dfs.security.identity import validate_name
 
 _PORT = re.compile(r"[0-9]{1,5}")
 # Host names and IPv4 addresses; whether a name resolves is found out when connecting.
 _HOST = re.compile(r"[A-Za-z0-9_.-]+")
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _UMASK = re.compile(r"[0-7]{3,4}")
 
 
@@ -71,9 +71,8 @@ def _is_ipv6(text: str) -> bool:
 
 
 def _name(text: str) -> str:
-    if not _NAME.fullmatch(text):
-        raise ValueError(text)
-    return text
+    # The same rule as the names in certificates: a node's name must match its own.
+    return validate_name(text)
 
 
 def _umask(text: str) -> int:
@@ -82,7 +81,7 @@ def _umask(text: str) -> int:
     return int(text, 8)
 
 
-NAME = Parsed("1 to 64 characters from A-Z a-z 0-9 . _ -", _name)
+NAME = Parsed("1 to 64 characters from A-Z a-z 0-9 . _ -, not starting with . or -", _name)
 ADDRESS = Parsed("host:port", Address.parse)
 UMASK = Parsed('3 or 4 octal digits in a string, such as "022"', _umask, lambda v: f"{v:03o}")
 PATH = FilePath()

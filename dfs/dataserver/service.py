@@ -137,6 +137,17 @@ class MetaserverLink(Service):
     async def _run(self) -> None:
         while True:
             session = cast(PeerSession, await self._client.whenConnected())
+            if session.peer is None or session.peer.role is not Role.METASERVER:
+                # Any server certificate of the cluster matches a host name; only a
+                # metaserver's may receive our registration.
+                self.log.error(
+                    "{address} answered as {peer}, not as a metaserver; not registering",
+                    address=str(self.metaserver),
+                    peer=str(session.peer),
+                )
+                session.abort()
+                await deferLater(self._reactor, max(5.0, self._interval))
+                continue
             try:
                 reply = await self._call(
                     session,
@@ -209,13 +220,20 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
             file=source, key="data_dir", expected="a folder it can create", got=str(error)
         ) from None
 
+    if config.advertise is None and config.listen.host in ("0.0.0.0", "::", ""):
+        raise ConfigError(
+            file=source,
+            key="advertise",
+            expected="the host:port clients should use, since listen is a wildcard address",
+            got=None,
+        )
     dataserver = Dataserver(identity=identity, config=config)
     factory = Factory()
     factory.protocol = lambda: PeerSession(identity)
 
     top = MultiService()
     top.setName("dfs-data")
-    children = [tls_listener(reactor, config.listen, credentials, factory)]
+    children = [tls_listener("dfs-data", reactor, config.listen, credentials, factory)]
     for address in config.metaservers:
         link = MetaserverLink(reactor, address, credentials, dataserver)
         dataserver.links.append(link)
@@ -224,7 +242,9 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
         registry = CollectorRegistry()
         registry.register(DataserverMetrics(dataserver))
         children.append(
-            http_listener(reactor, config.http_listen, status_site(dataserver.status, registry))
+            http_listener(
+                "dfs-data", reactor, config.http_listen, status_site(dataserver.status, registry)
+            )
         )
     add_all(top, children)
     return top

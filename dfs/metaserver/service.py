@@ -198,7 +198,7 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
     top = MultiService()
     top.setName("dfs-meta")
     children = [
-        tls_listener(reactor, config.listen, credentials, factory),
+        tls_listener("dfs-meta", reactor, config.listen, credentials, factory),
         # Check often enough that a dead dataserver is noticed within ~10% of the timeout.
         TimerService(max(0.1, config.dataserver_dead_after / 10), metaserver.expire_dataservers),
     ]
@@ -206,7 +206,9 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         registry = CollectorRegistry()
         registry.register(MetaserverMetrics(metaserver))
         children.append(
-            http_listener(reactor, config.http_listen, status_site(metaserver.status, registry))
+            http_listener(
+                "dfs-meta", reactor, config.http_listen, status_site(metaserver.status, registry)
+            )
         )
     add_all(top, children)
     return top

@@ -27,6 +27,10 @@ from dfs.protocol.errors import InvalidArgument, PermissionDenied
 from dfs.security.identity import Identity, InvalidIdentity, Role, identity_from_certificate
 from dfs.security.tls import peer_certificate, verify_failure
 
+#: The largest box a peer may send: a data packet is 64 KiB, a page of a listing
+#: well under one MiB; anything much larger is an attempt to exhaust memory.
+MAX_BOX_BYTES = 4 * 1024 * 1024
+
 
 def _describe(reason: Failure) -> str:
     """One line for a connection-lost reason, OpenSSL error stacks included."""
@@ -53,6 +57,7 @@ class PeerSession(amp.AMP):
         self._handshake_done = False
         self._refused = False
         self._lost = False
+        self._box_bytes = 0
 
     # -- connection life -------------------------------------------------
 
@@ -133,6 +138,31 @@ class PeerSession(amp.AMP):
         )
         self._refused = True
         super().lengthLimitExceeded(length)
+
+    def proto_key(self, string: bytes) -> str:
+        if self._refused:
+            return "key"  # the connection is being dropped: keep nothing more
+        if not string:
+            self._box_bytes = 0  # the box is complete
+        return str(super().proto_key(string))
+
+    def proto_value(self, string: bytes) -> str:
+        if self._refused:
+            return "key"
+        self._box_bytes += len(string)
+        if self._box_bytes > MAX_BOX_BYTES:
+            self.log.warn(
+                "refused input from {peer} at {address}: a box of more than {limit} bytes; "
+                "closing the connection",
+                peer=str(self.peer),
+                address=self.peer_address,
+                limit=MAX_BOX_BYTES,
+            )
+            self._refused = True
+            self._currentBox = None
+            self.abort()
+            return "key"
+        return str(super().proto_value(string))
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         try:

@@ -22,7 +22,7 @@ def created(tmp_path) -> LocalCluster:
 
 def run_twistd(*arguments: str, cwd=None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        twistd_argv("--nodaemon", *arguments),
+        twistd_argv("--nodaemon", "--pidfile=", *arguments),
         capture_output=True,
         text=True,
         timeout=60,
@@ -162,3 +162,22 @@ def test_options_override_the_file(created):
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def test_a_port_in_use_stops_the_daemon_with_one_line(created):
+    node = created.metaservers[0]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", node.listen_port))
+        squatter.listen()
+        result = run_twistd("dfs-meta", "--config", str(node.config_path))
+    assert result.returncode == 71, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"dfs-meta: error: cannot listen on {node.address}: Address already in use"]
+
+
+def test_a_wildcard_listen_address_needs_an_advertised_address(created):
+    node = created.dataservers[0]
+    result = run_twistd(
+        "dfs-data", "--config", str(node.config_path), "--listen", f"0.0.0.0:{node.listen_port}"
+    )
+    assert_one_line_refusal(result, "key 'advertise'", "wildcard")

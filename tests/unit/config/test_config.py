@@ -413,7 +413,8 @@ def test_override_parses_like_the_file(tmp_path: Path, monkeypatch: pytest.Monke
             "name",
             "a/b",
             "--name",
-            "option --name: expected 1 to 64 characters from A-Z a-z 0-9 . _ -, got 'a/b'",
+            "option --name: expected 1 to 64 characters from A-Z a-z 0-9 . _ -, "
+            "not starting with . or -, got 'a/b'",
         ),
     ],
 )
@@ -496,7 +497,7 @@ def test_address_shows_ipv6_in_brackets() -> None:
 
 
 @given(
-    name=st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True),
+    name=st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", fullmatch=True),
     listen=addresses,
     advertise=st.none() | addresses,
     metaservers=st.lists(addresses, min_size=1, max_size=4, unique=True),

@@ -154,3 +154,15 @@ class _Raw(amp.Command):
     @classmethod
     def makeArguments(cls, objects, proto):
         return objects["box"]
+
+
+def test_a_box_beyond_the_size_limit_closes_the_connection():
+    from dfs.protocol.session import MAX_BOX_BYTES
+
+    client, metaserver, pump, _ = connect(Identity(Role.DATASERVER, "ds1"))
+    piece = b"\x00\x01k\xff\xff" + b"v" * 0xFFFF
+    for _ in range(MAX_BOX_BYTES // 0xFFFF + 2):
+        client.transport.write(piece)
+    pump.flush()
+    assert pump.serverIO.disconnecting
+    assert metaserver.registry.records() == []
