@@ -13,18 +13,25 @@ import sys
 from collections.abc import Sequence
 
 from dfs import __version__
-from dfs_shell import ca, local
+from dfs_shell import ca, files, local
 from dfs_shell.errors import CommandError
 
-COMMAND_GROUPS = (ca, local)
+COMMAND_GROUPS = (files, ca, local)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfs",
-        description="DFS: a distributed file system. Manage a cluster CA, run a local cluster.",
+        description="DFS: a distributed file system. Files, a cluster CA, a local cluster.",
     )
     parser.add_argument("--version", action="version", version=f"dfs {__version__}")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="CONFIG",
+        help="client config (default: $DFS_CONFIG, ~/.config/dfs/client_config.json, "
+        "/etc/dfs/client_config.json)",
+    )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.register(subparsers)

@@ -10,10 +10,9 @@ from typing import Any
 
 import attrs
 from cryptography import x509
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 
 from dfs.config import Address, ClientConfig
-from dfs.protocol.commands import Ping
+from dfs.protocol.dial import dial
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, identity_from_certificate
 from dfs.security.tls import NodeCredentials
@@ -43,21 +42,15 @@ async def connect_server(
     server_name: str | None = None,
     timeout: float = 10.0,
 ) -> PeerSession:
-    """An AMP session with the server at ``address`` once TLS has been verified.
-
-    ``server_name`` is the name the server's certificate must carry (defaults to the
-    host of ``address``). Fails with the TLS or connection error otherwise.
-    """
-    endpoint = wrapClientTLS(
-        credentials.credentials.client_options(server_name or address.host),
-        HostnameEndpoint(reactor, address.host, address.port, timeout=timeout),
+    """An AMP session with one server, as this client (see :func:`dfs.protocol.dial.dial`)."""
+    return await dial(
+        reactor,
+        address,
+        credentials.credentials,
+        credentials.identity,
+        server_name=server_name,
+        timeout=timeout,
     )
-    session = PeerSession(credentials.identity)
-    await connectProtocol(endpoint, session)
-    # TLS completes after the TCP connection; a Ping proves the handshake passed
-    # both ways and tells us who answered.
-    await session.callRemote(Ping).addTimeout(timeout, reactor)
-    return session
 
 
 async def connect_metaserver(

@@ -7,26 +7,43 @@ interval, registering again whenever the metaserver no longer knows it.
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any, cast
 
 import attrs
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService, TimerService, backoffPolicy
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from dfs import __version__
 from dfs.config import Address, ConfigError, DataserverConfig
-from dfs.dataserver.space import SpaceMeasure, measure_space
+from dfs.dataserver.chunkstore import ChunkStore, StoredChunk
+from dfs.dataserver.pipeline import ChunkService, PeerConnections
+from dfs.dataserver.space import SpaceMeasure
 from dfs.httpstatus import status_site
 from dfs.node import add_all, check_name, http_listener, load_credentials, tls_listener
-from dfs.protocol.commands import Heartbeat, RegisterDataserver
+from dfs.protocol.commands import (
+    AbortChunkWrite,
+    ChunkReceived,
+    FinishChunkWrite,
+    Heartbeat,
+    OpenChunkWrite,
+    Ping,
+    ReadChunk,
+    RecoverChunkWrite,
+    RegisterDataserver,
+    ReportChunks,
+    WriteChunkData,
+)
+from dfs.protocol.dial import dial
 from dfs.protocol.errors import UnknownDataserver
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, Role
@@ -39,23 +56,19 @@ class Dataserver:
 
     identity: Identity
     config: DataserverConfig
+    store: ChunkStore
     started_at: float = attrs.field(factory=time.time)
     links: list[MetaserverLink] = attrs.field(factory=list)
+    chunks: ChunkService | None = None
 
     @property
     def address(self) -> str:
         return str(self.config.advertise or self.config.listen)
 
-    def chunk_count(self) -> int:
-        return 0
-
     def space(self) -> SpaceMeasure:
-        return measure_space(
-            self.config.data_dir,
-            capacity=self.config.capacity,
-            reserved=self.config.reserved_space,
-            used=0,
-        )
+        used = self.store.used_bytes()
+        capacity = self.config.capacity or shutil.disk_usage(self.config.data_dir).total
+        return SpaceMeasure(capacity=capacity, free=self.store.free_bytes(), used=used)
 
     def report(self) -> dict[str, Any]:
         space = self.space()
@@ -64,8 +77,12 @@ class Dataserver:
             "capacity": space.capacity,
             "free": space.free,
             "used": space.used,
-            "chunks": self.chunk_count(),
+            "chunks": len(self.store.chunks()),
         }
+
+    def chunk_received(self, stored: StoredChunk) -> None:
+        for link in self.links:
+            link.chunk_received(stored)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -75,11 +92,51 @@ class Dataserver:
             "address": self.address,
             "uptime": max(0.0, time.time() - self.started_at),
             "space": attrs.asdict(self.space()),
+            "chunks": len(self.store.chunks()),
             "metaservers": [
                 {"address": str(link.metaserver), "registered": link.registered}
                 for link in self.links
             ],
         }
+
+
+class DataserverSession(PeerSession):
+    """One AMP connection to the dataserver: chunk writes and reads."""
+
+    def __init__(self, chunks: ChunkService, identity: Identity) -> None:
+        super().__init__(identity)
+        self.chunks = chunks
+
+    @OpenChunkWrite.responder
+    async def open_chunk_write(self, chunk_id: int, version: int, downstream: list[str]) -> dict:
+        await self.chunks.open_write(chunk_id, version, list(downstream))
+        return {}
+
+    @WriteChunkData.responder
+    async def write_chunk_data(self, chunk_id: int, version: int, offset: int, data: bytes) -> dict:
+        await self.chunks.write(chunk_id, version, offset, data)
+        return {}
+
+    @FinishChunkWrite.responder
+    async def finish_chunk_write(self, chunk_id: int, version: int, length: int) -> dict:
+        return {"locations": await self.chunks.finish(chunk_id, version, length)}
+
+    @RecoverChunkWrite.responder
+    async def recover_chunk_write(
+        self, chunk_id: int, version: int, new_version: int, length: int, downstream: list[str]
+    ) -> dict:
+        await self.chunks.recover(chunk_id, version, new_version, length, list(downstream))
+        return {}
+
+    @AbortChunkWrite.responder
+    async def abort_chunk_write(self, chunk_id: int, version: int) -> dict:
+        await self.chunks.abort(chunk_id, version)
+        return {}
+
+    @ReadChunk.responder
+    def read_chunk(self, chunk_id: int, version: int, offset: int, length: int) -> dict:
+        data, checksums = self.chunks.read(chunk_id, version, offset, length)
+        return {"data": data, "checksums": checksums}
 
 
 class MetaserverLink(Service):
@@ -111,6 +168,7 @@ class MetaserverLink(Service):
             clock=reactor,
         )
         self._loop: Deferred[None] | None = None
+        self._session: PeerSession | None = None
         self.registered = False
 
     def startService(self) -> None:
@@ -134,9 +192,75 @@ class MetaserverLink(Service):
         call.addTimeout(timeout, self._reactor, onTimeoutCancel=lambda *_: session.abort())
         return await call
 
+    async def _report_chunks(self, session: PeerSession) -> None:
+        """A full report of the replicas here, in batches that fit an AMP value."""
+        replicas = [
+            {"chunk_id": stored.chunk_id, "version": stored.version, "length": stored.length}
+            for stored in self._dataserver.store.chunks()
+        ]
+        batches = [replicas[i : i + REPORT_BATCH] for i in range(0, len(replicas), REPORT_BATCH)]
+        for index, batch in enumerate(batches or [[]]):
+            await self._call(
+                session,
+                ReportChunks,
+                name=self._dataserver.identity.name,
+                chunks=batch,
+                last=index == len(batches or [[]]) - 1,
+            )
+
+    async def _delete(self, replicas: list[dict[str, int]]) -> None:
+        store = self._dataserver.store
+
+        def delete_all() -> int:
+            return sum(store.delete(r["chunk_id"], r["version"]) for r in replicas)
+
+        deleted = await deferToThread(delete_all)
+        self.log.info(
+            "deleted {deleted} of {asked} replicas as metaserver {address} asked",
+            deleted=deleted,
+            asked=len(replicas),
+            address=str(self.metaserver),
+        )
+
+    def chunk_received(self, stored: StoredChunk) -> None:
+        """Tell the metaserver at once; if it misses this, the full report that
+        follows the next registration carries it."""
+        session = self._session
+        if session is None or not self.registered:
+            return
+        call = session.callRemote(
+            ChunkReceived,
+            name=self._dataserver.identity.name,
+            chunk_id=stored.chunk_id,
+            version=stored.version,
+            length=stored.length,
+        )
+        call.addErrback(
+            lambda failure: self.log.info(
+                "metaserver at {address} missed a chunk report: {error}",
+                address=str(self.metaserver),
+                error=failure.value,
+            )
+        )
+
     async def _run(self) -> None:
         while True:
             session = cast(PeerSession, await self._client.whenConnected())
+            try:
+                # The TLS handshake completes after the TCP connection: a Ping
+                # waits for it and so for the peer's identity.
+                await self._call(session, Ping)
+            except CancelledError:
+                raise
+            except Exception as error:
+                self.log.warn(
+                    "metaserver at {address} did not answer: {error}; retrying",
+                    address=str(self.metaserver),
+                    error=f"{type(error).__name__}: {error}",
+                )
+                session.abort()
+                await deferLater(self._reactor, min(1.0, self._interval))
+                continue
             if session.peer is None or session.peer.role is not Role.METASERVER:
                 # Any server certificate of the cluster matches a host name; only a
                 # metaserver's may receive our registration.
@@ -155,6 +279,8 @@ class MetaserverLink(Service):
                     address=self._dataserver.address,
                     **self._dataserver.report(),
                 )
+                await self._report_chunks(session)
+                self._session = session
                 self.registered = True
                 self.log.info(
                     "registered with metaserver {meta} at {address}",
@@ -163,17 +289,21 @@ class MetaserverLink(Service):
                 )
                 while True:
                     await deferLater(self._reactor, self._interval)
-                    await self._call(session, Heartbeat, **self._dataserver.report())
+                    answer = await self._call(session, Heartbeat, **self._dataserver.report())
+                    if answer["delete"]:
+                        await self._delete(answer["delete"])
             except CancelledError:
                 raise
             except UnknownDataserver:
                 self.registered = False
+                self._session = None
                 self.log.info(
                     "metaserver at {address} does not know us any more; registering again",
                     address=str(self.metaserver),
                 )
             except Exception as error:
                 self.registered = False
+                self._session = None
                 self.log.warn(
                     "link to metaserver at {address} failed: {error}; retrying",
                     address=str(self.metaserver),
@@ -181,6 +311,10 @@ class MetaserverLink(Service):
                 )
                 session.abort()
                 await deferLater(self._reactor, min(1.0, self._interval))
+
+
+#: Replicas per ReportChunks batch: about 40 bytes each on the wire, well under 64 KiB.
+REPORT_BATCH = 1000
 
 
 class DataserverMetrics:
@@ -227,13 +361,32 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
             expected="the host:port clients should use, since listen is a wildcard address",
             got=None,
         )
-    dataserver = Dataserver(identity=identity, config=config)
+    store = ChunkStore(
+        config.data_dir, reserved_space=config.reserved_space, capacity=config.capacity
+    )
+    scan = store.scan()
+    dataserver = Dataserver(identity=identity, config=config, store=store)
+    Logger().info(
+        "chunk store {root}: {count} replicas, {used} bytes",
+        root=str(config.data_dir),
+        count=len(scan.chunks),
+        used=store.used_bytes(),
+    )
+    peers = PeerConnections(
+        reactor,
+        lambda address: Deferred.fromCoroutine(dial(reactor, address, credentials, identity)),
+    )
+    chunks = ChunkService(reactor, store, peers, dataserver.address, dataserver.chunk_received)
+    dataserver.chunks = chunks
     factory = Factory()
-    factory.protocol = lambda: PeerSession(identity)
+    factory.protocol = lambda: DataserverSession(chunks, identity)
 
     top = MultiService()
     top.setName("dfs-data")
-    children = [tls_listener("dfs-data", reactor, config.listen, credentials, factory)]
+    children: list[Any] = [
+        tls_listener("dfs-data", reactor, config.listen, credentials, factory),
+        TimerService(60, chunks.expire_abandoned),
+    ]
     for address in config.metaservers:
         link = MetaserverLink(reactor, address, credentials, dataserver)
         dataserver.links.append(link)

@@ -14,15 +14,26 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from dfs import __version__
-from dfs.config import Address, ConfigError, MetaserverConfig
+from dfs.config import (
+    Address,
+    ConfigError,
+    MetaserverConfig,
+    load_replication_config,
+    load_security_config,
+)
 from dfs.httpstatus import status_site
+from dfs.metaserver.files import FileService
+from dfs.metaserver.namespace import Namespace
+from dfs.metaserver.raft import NamespaceLog, RaftService, RaftSettings
 from dfs.metaserver.registry import DataserverRegistry, DataserverState, SpaceReport
 from dfs.node import add_all, check_name, http_listener, load_credentials, tls_listener
+from dfs.protocol import commands
 from dfs.protocol.commands import Heartbeat, ListDataservers, RegisterDataserver
 from dfs.protocol.errors import InvalidArgument, PermissionDenied, UnknownDataserver
 from dfs.protocol.session import PeerSession
@@ -37,6 +48,7 @@ class Metaserver:
     config: MetaserverConfig
     clock: IReactorTime
     registry: DataserverRegistry
+    files: FileService | None = None
     started_at: float = attrs.field(factory=time.time)
     log = Logger()
 
@@ -67,9 +79,13 @@ class Metaserver:
         _check_space(space)
         if not self.registry.heartbeat(name, space, self.clock.seconds()):
             raise UnknownDataserver(f"dataserver {name} is not registered here")
+        if self.files is not None:
+            self.files.placement.reported(name)
 
     def expire_dataservers(self) -> None:
         for record in self.registry.expire(self.clock.seconds()):
+            if self.files is not None:
+                self.files.dataserver_dead(record.name)
             self.log.warn(
                 "dataserver {name} at {address} declared dead: no heartbeat for {age:.1f}s",
                 name=record.name,
@@ -135,11 +151,112 @@ class MetaserverSession(PeerSession):
     ) -> dict[str, Any]:
         assert self.peer is not None
         self.metaserver.heartbeat(self.peer, name, SpaceReport(capacity, free, used, chunks))
-        return {"delete": []}
+        return {"delete": self.files.deletions_for(name) if self.files else []}
 
     @ListDataservers.responder
     def list_dataservers(self) -> dict[str, Any]:
         return {"dataservers": self.metaserver.dataservers()}
+
+    # -- the namespace ---------------------------------------------------------------
+
+    @property
+    def files(self) -> FileService:
+        assert self.metaserver.files is not None
+        return self.metaserver.files
+
+    @property
+    def caller(self) -> Identity:
+        assert self.peer is not None  # roles are checked before responders run
+        return self.peer
+
+    @commands.Mkdir.responder
+    async def mkdir(self, path: str, mode: int, parents: bool, request_id: str) -> dict:
+        await self.files.mkdir(self.caller, path, mode, parents, request_id)
+        return {}
+
+    @commands.Create.responder
+    async def create(self, **arguments: Any) -> dict:
+        return await self.files.create(self.caller, **arguments)
+
+    @commands.AddChunk.responder
+    async def add_chunk(self, path: str, client_id: str, request_id: str) -> dict:
+        return await self.files.add_chunk(self.caller, path, client_id, request_id)
+
+    @commands.BumpChunkVersion.responder
+    async def bump_chunk_version(
+        self, path: str, client_id: str, chunk_id: int, request_id: str
+    ) -> dict:
+        version = await self.files.bump_chunk_version(
+            self.caller, path, client_id, chunk_id, request_id
+        )
+        return {"version": version}
+
+    @commands.CommitChunk.responder
+    async def commit_chunk(self, **arguments: Any) -> dict:
+        await self.files.commit_chunk(self.caller, **arguments)
+        return {}
+
+    @commands.RenewLease.responder
+    async def renew_lease(self, path: str, client_id: str) -> dict:
+        await self.files.renew_lease(self.caller, path, client_id)
+        return {}
+
+    @commands.CloseFile.responder
+    async def close_file(self, path: str, client_id: str, length: int, request_id: str) -> dict:
+        await self.files.close(self.caller, path, client_id, length, request_id)
+        return {}
+
+    @commands.Stat.responder
+    def stat(self, path: str) -> dict:
+        return self.files.stat(path)
+
+    @commands.ListDirectory.responder
+    def list_directory(self, path: str, start_after: str, limit: int) -> dict:
+        return self.files.list_directory(path, start_after, limit)
+
+    @commands.GetChunks.responder
+    def get_chunks(self, path: str, first: int, limit: int) -> dict:
+        return self.files.get_chunks(path, first, limit)
+
+    @commands.Delete.responder
+    async def delete(self, path: str, recursive: bool, request_id: str) -> dict:
+        await self.files.delete(self.caller, path, recursive, request_id)
+        return {}
+
+    @commands.Rename.responder
+    async def rename(self, source: str, destination: str, request_id: str) -> dict:
+        await self.files.rename(self.caller, source, destination, request_id)
+        return {}
+
+    @commands.SetReplication.responder
+    async def set_replication(self, path: str, replication: int, request_id: str) -> dict:
+        await self.files.set_replication(self.caller, path, replication, request_id)
+        return {}
+
+    @commands.DiskUsage.responder
+    def disk_usage(self, path: str) -> dict:
+        return self.files.du(path)
+
+    @commands.ClusterSpace.responder
+    def cluster_space(self) -> dict:
+        return self.files.df()
+
+    @commands.ReportBadReplica.responder
+    def report_bad_replica(self, chunk_id: int, version: int, address: str, reason: str) -> dict:
+        self.files.bad_replica(chunk_id, version, address, reason)
+        return {}
+
+    # -- replica reports from dataservers ---------------------------------------------
+
+    @commands.ReportChunks.responder
+    def report_chunks(self, name: str, chunks: list[dict[str, int]], last: bool) -> dict:
+        self.files.report_chunks(self.caller, name, chunks, last)
+        return {}
+
+    @commands.ChunkReceived.responder
+    def chunk_received(self, name: str, chunk_id: int, version: int, length: int) -> dict:
+        self.files.chunk_received(self.caller, name, chunk_id, version)
+        return {}
 
 
 class MetaserverMetrics:
@@ -170,6 +287,10 @@ class MetaserverMetrics:
             )
 
 
+#: Seconds between looks for expired write leases.
+LEASE_CHECK = 5.0
+
+
 def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
     """Build the metaserver's services from a loaded and overridden config."""
     if reactor is None:
@@ -186,28 +307,65 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
             file=source, key="data_dir", expected="a folder it can create", got=str(error)
         ) from None
 
+    replication = load_replication_config(config.replication_config)
+    security = load_security_config(config.security_config)
+    try:
+        password = security.raft_password_file.read_text().strip()
+    except OSError as error:
+        raise ConfigError(
+            file=str(security.source),
+            key="raft_password_file",
+            expected="a readable file holding the Raft password",
+            got=str(error),
+        ) from None
+    if not password:
+        raise ConfigError(
+            file=str(security.source),
+            key="raft_password_file",
+            expected="a file holding a non-empty password",
+            got="an empty file",
+        )
+    raft_dir = config.data_dir / "raft"
+    raft_dir.mkdir(mode=0o700, exist_ok=True)
+    namespace = NamespaceLog(Namespace(root_owner="dfs", root_group=security.superusergroup))
+    raft = RaftService(
+        reactor,
+        RaftSettings(
+            self_address=str(config.raft_listen),
+            partners=tuple(str(partner) for partner in config.raft_partners),
+            data_dir=raft_dir,
+            password=password,
+        ),
+        namespace,
+    )
+    registry = DataserverRegistry(dead_after=config.dataserver_dead_after)
     metaserver = Metaserver(
         identity=identity,
         config=config,
         clock=reactor,
-        registry=DataserverRegistry(dead_after=config.dataserver_dead_after),
+        registry=registry,
+        files=FileService(reactor, raft, namespace, registry, replication),
     )
     factory = Factory()
     factory.protocol = lambda: MetaserverSession(metaserver)
 
     top = MultiService()
     top.setName("dfs-meta")
-    children = [
+    files = metaserver.files
+    assert files is not None
+    children: list[Any] = [
+        raft,
         tls_listener("dfs-meta", reactor, config.listen, credentials, factory),
+        TimerService(LEASE_CHECK, lambda: Deferred.fromCoroutine(files.recover_expired_leases())),
         # Check often enough that a dead dataserver is noticed within ~10% of the timeout.
         TimerService(max(0.1, config.dataserver_dead_after / 10), metaserver.expire_dataservers),
     ]
     if config.http_listen is not None:
-        registry = CollectorRegistry()
-        registry.register(MetaserverMetrics(metaserver))
+        metrics = CollectorRegistry()
+        metrics.register(MetaserverMetrics(metaserver))
         children.append(
             http_listener(
-                "dfs-meta", reactor, config.http_listen, status_site(metaserver.status, registry)
+                "dfs-meta", reactor, config.http_listen, status_site(metaserver.status, metrics)
             )
         )
     add_all(top, children)

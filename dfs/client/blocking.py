@@ -1,0 +1,213 @@
+"""A blocking facade over the async client, for scripts and notebooks.
+
+crochet runs the Twisted reactor in a background thread; every call here hands a
+coroutine to it and waits for the answer:
+
+    from dfs.client.blocking import connect
+    with connect("client_config.json") as client:
+        client.mkdir("/data", parents=True)
+        with client.open("/data/a.txt", "wb") as f:
+            f.write(b"hello")
+        print(client.open("/data/a.txt").read())
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import crochet
+
+from dfs.client.client import DFSClient, Entry, Progress
+from dfs.client.reader import FileReader
+from dfs.client.writer import FileWriter
+from dfs.config import ClientConfig, load_client_config
+
+T = TypeVar("T")
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def run(
+    coroutine_function: Callable[..., Coroutine[Any, Any, T]],
+    *args: Any,
+    timeout: float | None = None,
+    **kwargs: Any,
+) -> T:
+    """Run ``coroutine_function(*args, **kwargs)`` in the reactor thread and wait."""
+    from twisted.internet.defer import Deferred
+
+    @crochet.run_in_reactor
+    def start() -> Deferred[T]:
+        return Deferred.fromCoroutine(coroutine_function(*args, **kwargs))
+
+    result = start()
+    try:
+        return cast(T, result.wait(threading.TIMEOUT_MAX if timeout is None else timeout))
+    except KeyboardInterrupt:
+        result.cancel()
+        raise
+
+
+def run_eventually(
+    coroutine_function: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any
+) -> crochet.EventualResult:
+    """Start it in the reactor thread; the caller polls or waits on the result."""
+    from twisted.internet.defer import Deferred
+
+    @crochet.run_in_reactor
+    def start() -> Deferred[T]:
+        return Deferred.fromCoroutine(coroutine_function(*args, **kwargs))
+
+    return start()
+
+
+class RemoteReader(io.RawIOBase):
+    """A DFS file open for reading, as a Python binary file."""
+
+    def __init__(self, reader: FileReader) -> None:
+        super().__init__()
+        self._reader = reader
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = run(self._reader.read, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return run(self._reader.read, size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._reader.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._reader.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            crochet.run_in_reactor(self._reader.close)().wait(10)
+        super().close()
+
+
+class RemoteWriter(io.RawIOBase):
+    """A DFS file open for writing, as a Python binary file; close() makes it whole."""
+
+    def __init__(self, writer: FileWriter) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        run(self._writer.write, data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            run(self._writer.close)
+        super().close()
+
+
+class BlockingClient:
+    """The methods of :class:`DFSClient`, blocking."""
+
+    def __init__(self, client: DFSClient, timeout: float | None = None) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def user(self) -> str:
+        return self._client.user
+
+    def close(self) -> None:
+        crochet.run_in_reactor(self._client.close)().wait(10)
+
+    def _run(self, method: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        return run(method, *args, timeout=self._timeout, **kwargs)
+
+    def mkdir(self, path: str, *, parents: bool = False, mode: int = 0o777) -> None:
+        self._run(self._client.mkdir, path, parents=parents, mode=mode)
+
+    def stat(self, path: str) -> Entry:
+        return self._run(self._client.stat, path)
+
+    def listdir(self, path: str) -> list[Entry]:
+        return self._run(self._client.listdir, path)
+
+    def delete(self, path: str, *, recursive: bool = False) -> None:
+        self._run(self._client.delete, path, recursive=recursive)
+
+    def rename(self, source: str, destination: str) -> None:
+        self._run(self._client.rename, source, destination)
+
+    def set_replication(self, path: str, replication: int) -> None:
+        self._run(self._client.set_replication, path, replication)
+
+    def du(self, path: str) -> dict[str, int]:
+        return self._run(self._client.du, path)
+
+    def df(self) -> dict[str, int]:
+        return self._run(self._client.df)
+
+    def open(self, path: str, mode: str = "rb", **options: Any) -> io.RawIOBase:
+        """``"rb"`` to read, ``"wb"`` to create (``"xb"`` to fail if it exists)."""
+        if mode == "rb":
+            return RemoteReader(self._run(self._client.open, path))
+        if mode in ("wb", "xb"):
+            writer = self._run(self._client.create, path, overwrite=mode == "wb", **options)
+            return RemoteWriter(writer)
+        raise ValueError(f"mode must be 'rb', 'wb' or 'xb', not {mode!r}")
+
+    def read_file(self, path: str) -> bytes:
+        return self._run(self._client.read_file, path)
+
+    def write_file(self, path: str, data: bytes, *, overwrite: bool = False) -> None:
+        self._run(self._client.write_file, path, data, overwrite=overwrite)
+
+    def put(
+        self,
+        local: str | Path,
+        remote: str,
+        *,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> int:
+        return self._run(self._client.put, local, remote, overwrite=overwrite, progress=progress)
+
+    def get(self, remote: str, local: str | Path, *, progress: Progress | None = None) -> int:
+        return self._run(self._client.get, remote, local, progress=progress)
+
+    @property
+    def async_client(self) -> DFSClient:
+        return self._client
+
+
+def connect(config: str | Path | ClientConfig, timeout: float | None = None) -> BlockingClient:
+    """Start the reactor thread (once) and connect as the config says."""
+    crochet.setup()
+    if not isinstance(config, ClientConfig):
+        config = load_client_config(config)
+    client = run(DFSClient.connect, _reactor(), config, timeout=timeout)
+    return BlockingClient(client, timeout)

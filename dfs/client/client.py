@@ -1,0 +1,278 @@
+"""The asynchronous DFS client: namespace operations and file streams.
+
+    client = await DFSClient.connect(reactor, load_client_config(path))
+    await client.mkdir("/data", parents=True)
+    writer = await client.create("/data/a.bin")
+    await writer.write(b"...")
+    await writer.close()
+    reader = await client.open("/data/a.bin")
+    data = await reader.read()
+
+Every method is a coroutine; wrap with ``Deferred.fromCoroutine`` where a Deferred
+is wanted, or use :mod:`dfs.client.blocking` from code that does not run a reactor.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from dfs.client.connection import ClientCredentials, connect_metaserver
+from dfs.client.reader import ChunkInfo, FileReader
+from dfs.client.writer import FileWriter, request_id
+from dfs.config import ClientConfig
+from dfs.protocol.commands import (
+    ClusterSpace,
+    Create,
+    Delete,
+    DiskUsage,
+    GetChunks,
+    ListDirectory,
+    Mkdir,
+    Rename,
+    SetReplication,
+    Stat,
+)
+from dfs.protocol.session import PeerSession
+
+#: Bytes handed to put/get progress callbacks at most this often.
+IO_SIZE = 4 * 1024 * 1024
+LIST_PAGE = 500
+CHUNK_PAGE = 400
+
+Progress = Callable[[int], None]
+
+
+@attrs.frozen
+class Entry:
+    path: str
+    name: str
+    kind: str
+    inode: int
+    owner: str
+    group: str
+    mode: int
+    mtime: float
+    length: int
+    replication: int
+    chunk_size: int
+    complete: bool
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "directory"
+
+    @classmethod
+    def from_answer(cls, answer: dict[str, Any]) -> Entry:
+        return cls(**{field.name: answer[field.name] for field in attrs.fields(cls)})
+
+
+class DFSClient:
+    """A connection to the cluster as the identity in the client's certificate."""
+
+    def __init__(
+        self, reactor: Any, config: ClientConfig, credentials: ClientCredentials, meta: PeerSession
+    ) -> None:
+        self._reactor = reactor
+        self.config = config
+        self.credentials = credentials
+        self._meta = meta
+        self.client_id = f"{credentials.identity.name}/{uuid.uuid4().hex}"
+
+    @classmethod
+    async def connect(cls, reactor: Any, config: ClientConfig) -> DFSClient:
+        credentials = ClientCredentials.from_config(config)
+        meta = await connect_metaserver(reactor, config, credentials)
+        return cls(reactor, config, credentials, meta)
+
+    @property
+    def user(self) -> str:
+        return self.credentials.identity.name
+
+    def close(self) -> None:
+        if self._meta.transport is not None:
+            self._meta.transport.loseConnection()
+
+    async def _call(self, command: Any, **arguments: Any) -> dict[str, Any]:
+        call = self._meta.callRemote(command, **arguments)
+        call.addTimeout(self.config.request_timeout, self._reactor)
+        return await call
+
+    # -- namespace --------------------------------------------------------------
+
+    async def mkdir(self, path: str, *, parents: bool = False, mode: int = 0o777) -> None:
+        await self._call(
+            Mkdir,
+            path=path,
+            mode=mode & ~self.config.umask,
+            parents=parents,
+            request_id=request_id(),
+        )
+
+    async def stat(self, path: str) -> Entry:
+        return Entry.from_answer(await self._call(Stat, path=path))
+
+    async def listdir(self, path: str) -> list[Entry]:
+        entries: list[Entry] = []
+        start_after = ""
+        while True:
+            answer = await self._call(
+                ListDirectory, path=path, start_after=start_after, limit=LIST_PAGE
+            )
+            entries += [Entry.from_answer(entry) for entry in answer["entries"]]
+            if not answer["more"] or not answer["entries"]:
+                return entries
+            start_after = entries[-1].name
+
+    async def delete(self, path: str, *, recursive: bool = False) -> None:
+        await self._call(Delete, path=path, recursive=recursive, request_id=request_id())
+
+    async def rename(self, source: str, destination: str) -> None:
+        await self._call(Rename, source=source, destination=destination, request_id=request_id())
+
+    async def set_replication(self, path: str, replication: int) -> None:
+        await self._call(
+            SetReplication, path=path, replication=replication, request_id=request_id()
+        )
+
+    async def du(self, path: str) -> dict[str, int]:
+        return dict(await self._call(DiskUsage, path=path))
+
+    async def df(self) -> dict[str, int]:
+        return dict(await self._call(ClusterSpace))
+
+    # -- files --------------------------------------------------------------------
+
+    async def create(
+        self,
+        path: str,
+        *,
+        overwrite: bool = False,
+        replication: int = 0,
+        chunk_size: int = 0,
+        mode: int = 0o666,
+    ) -> FileWriter:
+        answer = await self._call(
+            Create,
+            path=path,
+            mode=mode & ~self.config.umask,
+            replication=replication,
+            chunk_size=chunk_size,
+            overwrite=overwrite,
+            client_id=self.client_id,
+            request_id=request_id(),
+        )
+        return FileWriter(
+            self._reactor,
+            self._meta,
+            self.credentials,
+            path,
+            self.client_id,
+            answer["chunk_size"],
+            answer["lease_period"],
+            self.config.connect_timeout,
+        )
+
+    async def open(self, path: str) -> FileReader:
+        chunks: list[ChunkInfo] = []
+        offset = 0
+        first = 0
+        while True:
+            answer = await self._call(GetChunks, path=path, first=first, limit=CHUNK_PAGE)
+            for chunk in answer["chunks"]:
+                chunks.append(
+                    ChunkInfo(
+                        chunk_id=chunk["chunk_id"],
+                        version=chunk["version"],
+                        length=chunk["length"],
+                        offset=offset,
+                        locations=tuple(chunk["locations"]),
+                    )
+                )
+                offset += chunk["length"]
+            first += len(answer["chunks"])
+            if not answer["more"] or not answer["chunks"]:
+                break
+        return FileReader(
+            self._reactor,
+            self._meta,
+            self.credentials,
+            path,
+            answer["length"],
+            chunks,
+            self.config.connect_timeout,
+        )
+
+    async def write_file(
+        self, path: str, data: bytes, *, overwrite: bool = False, **options: Any
+    ) -> None:
+        writer = await self.create(path, overwrite=overwrite, **options)
+        await writer.write(data)
+        await writer.close()
+
+    async def read_file(self, path: str) -> bytes:
+        reader = await self.open(path)
+        try:
+            return await reader.read()
+        finally:
+            reader.close()
+
+    async def put(
+        self,
+        local: str | Path,
+        remote: str,
+        *,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> int:
+        """Copy a local file into DFS; returns the bytes copied. If it fails, the
+        partial file is removed, so no partial file is left visible."""
+        writer = await self.create(remote, overwrite=overwrite, **options)
+        copied = 0
+        try:
+            with open(local, "rb") as source:
+                while block := source.read(IO_SIZE):
+                    await writer.write(block)
+                    copied += len(block)
+                    if progress:
+                        progress(copied)
+            await writer.close()
+        except BaseException:
+            writer.abandon()
+            try:
+                await self.delete(remote)
+            except Exception:
+                pass
+            raise
+        return copied
+
+    async def get(self, remote: str, local: str | Path, *, progress: Progress | None = None) -> int:
+        """Copy a DFS file to a local file (written under a temporary name and
+        renamed, so an interrupted get leaves no partial file); returns bytes copied."""
+        reader = await self.open(remote)
+        target = Path(local)
+        temporary = target.with_name(f".{target.name}.dfs-part")
+        copied = 0
+        try:
+            with open(temporary, "wb") as sink:
+                while copied < reader.length:
+                    block = await reader.read(IO_SIZE)
+                    if not block:
+                        break
+                    sink.write(block)
+                    copied += len(block)
+                    if progress:
+                        progress(copied)
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        finally:
+            reader.close()
+        return copied

@@ -1,0 +1,316 @@
+"""Writing a file: chunk by chunk through a pipeline of dataservers.
+
+For each chunk the writer asks the metaserver for a chunk id and a pipeline
+(AddChunk), opens the pipeline on its first dataserver, streams packets of at most
+64 KiB with a window of packets in flight, and on a full chunk finishes it (every
+replica fsynced) and commits its length. When a dataserver of the pipeline fails,
+the writer gets a new chunk version from the metaserver, asks the survivors to keep
+the acknowledged bytes under that version, and resends what was not acknowledged:
+the user sees no error as long as one replica survives.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from dfs.client.connection import ClientCredentials, connect_server
+from dfs.config import Address
+from dfs.protocol.commands import (
+    AddChunk,
+    BumpChunkVersion,
+    CloseFile,
+    CommitChunk,
+    FinishChunkWrite,
+    OpenChunkWrite,
+    RecoverChunkWrite,
+    RenewLease,
+    WriteChunkData,
+)
+from dfs.protocol.errors import DFSError, PipelineBroken
+from dfs.protocol.session import PeerSession
+
+PACKET = 65536
+WINDOW = 16
+
+
+class WriteFailed(DFSError):
+    """Every replica of a chunk was lost while it was being written."""
+
+    user_text = "Write failed"
+
+
+@attrs.frozen
+class _Failed:
+    error: Exception
+
+
+def request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ChunkPipeline:
+    """One chunk being written through a pipeline of dataservers."""
+
+    log = Logger()
+
+    def __init__(self, file: FileWriter, chunk_id: int, version: int, targets: list[str]) -> None:
+        self._file = file
+        self.chunk_id = chunk_id
+        self.version = version
+        self.targets = list(targets)
+        self.length = 0  # bytes handed to the pipeline
+        self.acked = 0  # bytes every replica acknowledged
+        self._session: PeerSession | None = None
+        self._in_flight: deque[tuple[int, bytes, Deferred[Any]]] = deque()
+
+    async def open(self) -> None:
+        while True:
+            try:
+                self._session = await self._file.dial(self.targets[0])
+                await self._session.callRemote(
+                    OpenChunkWrite,
+                    chunk_id=self.chunk_id,
+                    version=self.version,
+                    downstream=self.targets[1:],
+                )
+                return
+            except Exception as error:
+                await self._lose(self._failed_address(error))
+
+    def _failed_address(self, error: Exception) -> str:
+        if isinstance(error, PipelineBroken) and error.address in self.targets:
+            return error.address
+        return self.targets[0]
+
+    async def write(self, data: bytes) -> None:
+        """Queue one packet; waits only when the window is full."""
+        while len(self._in_flight) >= WINDOW:
+            await self._settle_oldest()
+        self._send(self.length, data)
+        self.length += len(data)
+
+    def _send(self, offset: int, data: bytes) -> None:
+        assert self._session is not None
+        answer = self._session.callRemote(
+            WriteChunkData, chunk_id=self.chunk_id, version=self.version, offset=offset, data=data
+        )
+        # Answers are consumed in order, later; an error must not go unhandled meanwhile.
+        answer.addErrback(lambda failure: _Failed(failure.value))
+        self._in_flight.append((offset, data, answer))
+
+    async def _settle_oldest(self) -> None:
+        offset, data, answer = self._in_flight[0]
+        result = await answer
+        if isinstance(result, _Failed):
+            await self._recover(self._failed_address(result.error))
+            return
+        self._in_flight.popleft()
+        self.acked = offset + len(data)
+
+    async def _recover(self, failed: str) -> None:
+        """Drop ``failed`` from the pipeline, keep the acknowledged bytes on the
+        survivors under a new version, and resend everything not acknowledged."""
+        unacked = [(offset, data) for offset, data, _ in self._in_flight]
+        self._in_flight.clear()
+        await self._lose(failed)
+        while True:
+            try:
+                self._session = await self._file.dial(self.targets[0], fresh=True)
+                old, self.version = self.version, await self._file.bump_version(self.chunk_id)
+                await self._session.callRemote(
+                    RecoverChunkWrite,
+                    chunk_id=self.chunk_id,
+                    version=old,
+                    new_version=self.version,
+                    length=self.acked,
+                    downstream=self.targets[1:],
+                )
+                break
+            except Exception as error:
+                await self._lose(self._failed_address(error))
+        for offset, data in unacked:
+            self._send(offset, data)
+
+    async def _lose(self, failed: str) -> None:
+        self.log.warn(
+            "dataserver {address} left the pipeline of chunk {chunk_id}",
+            address=failed,
+            chunk_id=self.chunk_id,
+        )
+        self.targets = [target for target in self.targets if target != failed]
+        if not self.targets:
+            raise WriteFailed(f"chunk {self.chunk_id}: every dataserver of its pipeline failed")
+
+    async def finish(self) -> list[str]:
+        while self._in_flight:
+            await self._settle_oldest()
+        while True:
+            assert self._session is not None
+            try:
+                answer = await self._session.callRemote(
+                    FinishChunkWrite,
+                    chunk_id=self.chunk_id,
+                    version=self.version,
+                    length=self.length,
+                )
+                return list(answer["locations"])
+            except Exception as error:
+                await self._recover(self._failed_address(error))
+                while self._in_flight:
+                    await self._settle_oldest()
+
+
+class FileWriter:
+    """A file open for writing: ``await write(data)`` any number of times, then
+    ``await close()``. Nothing is visible as complete until close returns."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        meta: PeerSession,
+        credentials: ClientCredentials,
+        path: str,
+        client_id: str,
+        chunk_size: int,
+        lease_period: float,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._reactor = reactor
+        self._meta = meta
+        self._credentials = credentials
+        self.path = path
+        self._client_id = client_id
+        self.chunk_size = chunk_size
+        self._connect_timeout = connect_timeout
+        self._buffer = bytearray()
+        self._chunk: ChunkPipeline | None = None
+        self._committed = 0  # bytes of the file in committed chunks
+        self._sessions: dict[str, PeerSession] = {}
+        self.closed = False
+        self._lease = LoopingCall(self._renew)
+        self._lease.clock = reactor
+        self._lease.start(max(1.0, lease_period / 3), now=False).addErrback(self._renew_failed)
+
+    @property
+    def length(self) -> int:
+        return self._committed + (self._chunk.length if self._chunk else 0) + len(self._buffer)
+
+    async def dial(self, address: str, *, fresh: bool = False) -> PeerSession:
+        session = self._sessions.get(address)
+        if session is not None and session.is_open and not fresh:
+            return session
+        session = await connect_server(
+            self._reactor, Address.parse(address), self._credentials, timeout=self._connect_timeout
+        )
+        self._sessions[address] = session
+        return session
+
+    async def bump_version(self, chunk_id: int) -> int:
+        answer = await self._meta.callRemote(
+            BumpChunkVersion,
+            path=self.path,
+            client_id=self._client_id,
+            chunk_id=chunk_id,
+            request_id=request_id(),
+        )
+        return int(answer["version"])
+
+    async def write(self, data: bytes) -> None:
+        if self.closed:
+            raise ValueError("write to a closed file")
+        self._buffer += data
+        while len(self._buffer) >= PACKET or (
+            self._chunk is not None and self._chunk.length + len(self._buffer) >= self.chunk_size
+        ):
+            if not await self._push(final=False):
+                break
+
+    async def _push(self, *, final: bool) -> bool:
+        """Send one packet from the buffer; False when there is nothing to send."""
+        if self._chunk is None:
+            if not self._buffer:
+                return False
+            await self._start_chunk()
+        assert self._chunk is not None
+        room = self.chunk_size - self._chunk.length
+        size = min(PACKET, room, len(self._buffer))
+        if size < PACKET and size < room and not final:
+            return False
+        if size:
+            packet = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            await self._chunk.write(packet)
+        if self._chunk.length == self.chunk_size or (final and not self._buffer):
+            await self._end_chunk()
+        return True
+
+    async def _start_chunk(self) -> None:
+        answer = await self._meta.callRemote(
+            AddChunk, path=self.path, client_id=self._client_id, request_id=request_id()
+        )
+        self._chunk = ChunkPipeline(
+            self, answer["chunk_id"], answer["version"], list(answer["targets"])
+        )
+        await self._chunk.open()
+
+    async def _end_chunk(self) -> None:
+        chunk, self._chunk = self._chunk, None
+        assert chunk is not None
+        locations = await chunk.finish()
+        await self._meta.callRemote(
+            CommitChunk,
+            path=self.path,
+            client_id=self._client_id,
+            chunk_id=chunk.chunk_id,
+            version=chunk.version,
+            length=chunk.length,
+            locations=locations,
+            request_id=request_id(),
+        )
+        self._committed += chunk.length
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        while self._buffer or self._chunk is not None:
+            await self._push(final=True)
+        await self._meta.callRemote(
+            CloseFile,
+            path=self.path,
+            client_id=self._client_id,
+            length=self._committed,
+            request_id=request_id(),
+        )
+        self.closed = True
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._lease.running:
+            self._lease.stop()
+        for session in self._sessions.values():
+            if session.transport is not None:
+                session.transport.loseConnection()
+        self._sessions.clear()
+
+    def abandon(self) -> None:
+        """Stop writing without closing: the lease expires and the metaserver closes
+        the file at its last committed length."""
+        self.closed = True
+        self._stop()
+
+    def _renew(self) -> Deferred[Any]:
+        return self._meta.callRemote(RenewLease, path=self.path, client_id=self._client_id)
+
+    def _renew_failed(self, failure: Any) -> None:
+        self.log.warn(
+            "lease renewal for {path} failed: {error}", path=self.path, error=failure.value
+        )

@@ -1,0 +1,955 @@
+"""The dataserver's chunk store: chunk files and their CRC32C sidecars in one folder.
+
+Plain blocking file I/O, safe to call from several threads (the Twisted side runs the
+fsync-heavy calls in a thread pool). The on-disk layout, the sidecar format and the
+crash-safety argument are in docs/chunk-format.md; keep the two in step.
+
+A chunk is stored as ``<chunk_id>_<version>.chunk`` (the bytes, nothing else) and
+``<chunk_id>_<version>.crc`` (a CRC32C of every 64 KiB block) under
+``<root>/chunks/<chunk_id & 0xff as two hex digits>/``. Writers append to ``*.tmp``
+names; :meth:`ChunkWriter.finish` fsyncs both files, renames the sidecar, then the data
+file (the commit point), then fsyncs the folder. The store serves only the exact
+version asked for: an older replica is stale, never served, and deleted as soon as a
+newer version is complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import attrs
+import google_crc32c
+from twisted.logger import Logger
+
+from dfs.dataserver.space import measure_space
+from dfs.protocol.errors import (
+    ChecksumMismatch,
+    ChunkNotFound,
+    FileExists,
+    InvalidArgument,
+    NoSpace,
+    StaleChunk,
+)
+
+CHECKSUM_BLOCK = 65536
+"""Bytes covered by one CRC32C in the sidecar (the last block of a chunk may be shorter)."""
+
+SIDECAR_MAGIC = b"DFSC"
+SIDECAR_FORMAT = 1
+# magic, format, flags, block size, block count, chunk id, version, data length
+_HEADER = struct.Struct(">4sHHIIQQQ")
+_CRC = struct.Struct(">I")
+SIDECAR_HEADER_SIZE = _HEADER.size + _CRC.size
+"""Header plus its own CRC32C; the block CRCs follow, then a CRC32C of those."""
+
+_MAX_ID = 2**64 - 1
+_VERIFY_PIECE = 64 * CHECKSUM_BLOCK  # verify() reads 4 MiB at a time
+_FOLDER_NAME = re.compile(r"[0-9a-f]{2}")
+_FILE_NAME = re.compile(r"(0|[1-9][0-9]*)_(0|[1-9][0-9]*)\.(chunk|crc)(\.tmp)?")
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DATA, _SIDECAR = ".chunk", ".crc"
+_DATA_TMP, _SIDECAR_TMP = ".chunk.tmp", ".crc.tmp"
+
+
+@attrs.frozen
+class ChunkId:
+    chunk_id: int
+    version: int
+
+
+@attrs.frozen
+class StoredChunk:
+    """A complete replica: both files in place and of agreeing sizes."""
+
+    chunk_id: int
+    version: int
+    length: int
+
+    @property
+    def id(self) -> ChunkId:
+        return ChunkId(self.chunk_id, self.version)
+
+
+@attrs.frozen
+class ScanEntry:
+    """A file the startup scan removed or quarantined, and why."""
+
+    path: Path
+    reason: str
+    chunk: ChunkId | None = None
+
+
+@attrs.frozen
+class ScanReport:
+    chunks: list[StoredChunk]
+    discarded: list[ScanEntry]
+    quarantined: list[ScanEntry]
+    unknown: list[Path]
+
+
+def block_count(length: int) -> int:
+    """How many CRCs a chunk of ``length`` bytes has."""
+    return -(-length // CHECKSUM_BLOCK)
+
+
+def sidecar_size(length: int) -> int:
+    return SIDECAR_HEADER_SIZE + _CRC.size * block_count(length) + _CRC.size
+
+
+def encode_sidecar(chunk_id: int, version: int, length: int, crcs: list[int]) -> bytes:
+    """The sidecar file's bytes (format in docs/chunk-format.md)."""
+    if len(crcs) != block_count(length):
+        raise ValueError(f"{len(crcs)} CRCs for {length} bytes")
+    header = _HEADER.pack(
+        SIDECAR_MAGIC, SIDECAR_FORMAT, 0, CHECKSUM_BLOCK, len(crcs), chunk_id, version, length
+    )
+    table = struct.pack(f">{len(crcs)}I", *crcs)
+    return b"".join(
+        (
+            header,
+            _CRC.pack(google_crc32c.value(header)),
+            table,
+            _CRC.pack(google_crc32c.value(table)),
+        )
+    )
+
+
+def decode_sidecar(raw: bytes, chunk_id: int, version: int) -> tuple[int, bytes]:
+    """Check a whole sidecar; return (data length, the packed table of block CRCs).
+
+    Raises ``ChecksumMismatch`` naming what is wrong: a damaged sidecar makes the
+    replica as unusable as damaged data.
+    """
+    where = f"chunk {chunk_id} version {version}: sidecar"
+    if len(raw) < SIDECAR_HEADER_SIZE + _CRC.size:
+        raise ChecksumMismatch(f"{where} truncated ({len(raw)} bytes)")
+    header = raw[: _HEADER.size]
+    (header_crc,) = _CRC.unpack_from(raw, _HEADER.size)
+    if google_crc32c.value(header) != header_crc:
+        raise ChecksumMismatch(f"{where} header fails its CRC")
+    magic, fmt, _flags, block, count, sc_id, sc_version, length = _HEADER.unpack(header)
+    if magic != SIDECAR_MAGIC or fmt != SIDECAR_FORMAT or block != CHECKSUM_BLOCK:
+        raise ChecksumMismatch(f"{where} has unknown format {magic!r}/{fmt}/{block}")
+    if (sc_id, sc_version) != (chunk_id, version):
+        raise ChecksumMismatch(f"{where} belongs to chunk {sc_id} version {sc_version}")
+    if count != block_count(length) or len(raw) != sidecar_size(length):
+        raise ChecksumMismatch(f"{where} is {len(raw)} bytes for {length} data bytes")
+    table = raw[SIDECAR_HEADER_SIZE:-4]
+    (table_crc,) = _CRC.unpack_from(raw, len(raw) - 4)
+    if google_crc32c.value(table) != table_crc:
+        raise ChecksumMismatch(f"{where} block table fails its CRC")
+    return length, table
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _read_exact(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset``, or fewer only when the file ends first."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    pieces = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        pieces.append(more)
+        got += len(more)
+    return b"".join(pieces)
+
+
+def _unlink(path: str | Path) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _fsync_dir(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise_no_space(error: OSError, what: str) -> None:
+    """Turn a full file system (ENOSPC, EDQUOT) into the wire's NoSpace."""
+    if error.errno in _NO_SPACE_ERRNOS:
+        raise NoSpace(f"{what}: {os.strerror(error.errno)}") from error
+
+
+def _check_id(chunk_id: int, version: int) -> None:
+    for name, value in (("chunk id", chunk_id), ("version", version)):
+        if not 0 <= value <= _MAX_ID:
+            raise InvalidArgument(f"{name} {value} out of range")
+
+
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise InvalidArgument(f"bad byte range: offset {offset}, length {length}")
+
+
+class ChunkWriter:
+    """One replica being written: appends go to ``*.tmp`` files until :meth:`finish`.
+
+    Use from one thread at a time. CRCs are computed as data arrives and kept in memory
+    (4 bytes per 64 KiB), so the sidecar is written once, at :meth:`finish`.
+    """
+
+    def __init__(
+        self, store: ChunkStore, chunk_id: int, version: int, expected_length: int | None
+    ) -> None:
+        self._store = store
+        self.chunk_id = chunk_id
+        self.version = version
+        self.expected_length = expected_length
+        self._crcs: list[int] = []  # one per full block
+        self._partial_crc = 0  # of the bytes after the last full block
+        self._partial_len = 0
+        self._length = 0
+        self._closed = False
+        self._fd = os.open(
+            store._file(chunk_id, version, _DATA_TMP),
+            os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+            0o644,
+        )
+
+    @property
+    def id(self) -> ChunkId:
+        return ChunkId(self.chunk_id, self.version)
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def checksums(self) -> list[int]:
+        """CRC32C of every block so far; the last one covers a partial block if any."""
+        if self._partial_len:
+            return [*self._crcs, self._partial_crc]
+        return list(self._crcs)
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self._closed:
+            self.abort()
+
+    def __repr__(self) -> str:
+        return f"<ChunkWriter chunk {self.chunk_id} version {self.version} at {self._length}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"writer of chunk {self.chunk_id} version {self.version} is closed")
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at the end. NoSpace when the file system is full (nothing of
+        ``data`` is kept then, so the writer may go on after space is freed)."""
+        self._check_open()
+        if not isinstance(data, bytes):
+            data = bytes(data)  # google_crc32c takes bytes only
+        if not data:
+            return
+        try:
+            _write_all(self._fd, data, self._length)
+        except OSError as e:
+            try:
+                os.ftruncate(self._fd, self._length)
+            except OSError:
+                pass
+            _raise_no_space(e, f"chunk {self.chunk_id}")
+            raise
+        self._add_crcs(data)
+        self._length += len(data)
+
+    def _add_crcs(self, data: bytes) -> None:
+        # One CRC per block; an append may end or start in the middle of a block.
+        size = len(data)
+        pos = 0
+        if self._partial_len:
+            take = min(size, CHECKSUM_BLOCK - self._partial_len)
+            piece = data if take == size else data[:take]
+            self._partial_crc = google_crc32c.extend(self._partial_crc, piece)
+            self._partial_len += take
+            pos = take
+            if self._partial_len == CHECKSUM_BLOCK:
+                self._crcs.append(self._partial_crc)
+                self._partial_crc = self._partial_len = 0
+        crcs = self._crcs
+        value = google_crc32c.value
+        while size - pos >= CHECKSUM_BLOCK:
+            crcs.append(value(data[pos : pos + CHECKSUM_BLOCK]))
+            pos += CHECKSUM_BLOCK
+        if pos < size:
+            rest = data[pos:]
+            self._partial_crc = value(rest)
+            self._partial_len = len(rest)
+
+    def truncate(self, length: int) -> None:
+        """Drop every byte after ``length`` (pipeline recovery: back to the last
+        acknowledged length). The CRC of a now partial last block is recomputed from
+        the bytes on disk."""
+        self._check_open()
+        if not 0 <= length <= self._length:
+            raise InvalidArgument(
+                f"chunk {self.chunk_id}: cannot truncate {self._length} bytes to {length}"
+            )
+        os.ftruncate(self._fd, length)
+        full, rest = divmod(length, CHECKSUM_BLOCK)
+        del self._crcs[full:]
+        if rest:
+            tail = _read_exact(self._fd, rest, full * CHECKSUM_BLOCK)
+            if len(tail) != rest:
+                raise OSError(errno.EIO, f"chunk {self.chunk_id}: short read while truncating")
+            self._partial_crc = google_crc32c.value(tail)
+        else:
+            self._partial_crc = 0
+        self._partial_len = rest
+        self._length = length
+
+    def rebase(self, new_version: int) -> None:
+        """Make this replica in progress version ``new_version`` (pipeline recovery)."""
+        self._check_open()
+        self._store._rebase(self, new_version)
+
+    def finish(self) -> StoredChunk:
+        """Make the replica durable and visible; older versions of it are deleted.
+
+        Crash safety (docs/chunk-format.md): data fsynced, sidecar written and fsynced,
+        sidecar renamed, data renamed (the commit point), folder fsynced; only then is
+        the chunk in the index and this call returns.
+        """
+        self._check_open()
+        store = self._store
+        chunk_id, version = self.chunk_id, self.version
+        data_tmp = store._file(chunk_id, version, _DATA_TMP)
+        sidecar_tmp = store._file(chunk_id, version, _SIDECAR_TMP)
+        sidecar = store._file(chunk_id, version, _SIDECAR)
+        data = store._file(chunk_id, version, _DATA)
+        renamed: list[str] = []
+        try:
+            if store.fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            raw = encode_sidecar(chunk_id, version, self._length, self.checksums)
+            fd = os.open(sidecar_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, raw, 0)
+                if store.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(sidecar_tmp, sidecar)
+            renamed.append(sidecar)
+            os.rename(data_tmp, data)
+            renamed.insert(0, data)
+            if store.fsync:
+                _fsync_dir(store._folders[chunk_id & 0xFF])
+        except BaseException as e:
+            # Never acknowledged: remove whatever got its final name too, data first.
+            self._discard(renamed)
+            if isinstance(e, OSError):
+                _raise_no_space(e, f"chunk {chunk_id}")
+            raise
+        self._closed = True
+        return store._committed(self, StoredChunk(chunk_id, version, self._length))
+
+    def abort(self) -> None:
+        """Forget this replica: close and remove the temporaries. Safe to call twice."""
+        if not self._closed:
+            self._discard()
+
+    def _discard(self, renamed: list[str] | None = None) -> None:
+        self._closed = True
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        store = self._store
+        _unlink(store._file(self.chunk_id, self.version, _DATA_TMP))
+        _unlink(store._file(self.chunk_id, self.version, _SIDECAR_TMP))
+        for path in renamed or ():
+            _unlink(path)
+        store._forget_writer(self)
+
+
+class ChunkStore:
+    """Every chunk replica in one dataserver folder, with an in-memory index.
+
+    The index (chunk id -> the one complete version here) answers lookups without
+    touching the disk; :meth:`scan` builds it at startup. One lock guards the index
+    and the table of open writers; file I/O happens outside it.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        reserved_space: int,
+        capacity: int | None = None,
+        fsync: bool = True,
+    ) -> None:
+        if reserved_space < 0:
+            raise ValueError(f"reserved_space {reserved_space} < 0")
+        self.root = Path(root)
+        self.reserved_space = reserved_space
+        self.capacity = capacity
+        self.fsync = fsync
+        self.chunks_dir = self.root / "chunks"
+        self.quarantine_dir = self.root / "quarantine"
+        self._lock = threading.Lock()
+        self._index: dict[int, StoredChunk] = {}
+        self._used = 0
+        self._writers: dict[int, ChunkWriter] = {}
+        self._folders = [str(self.chunks_dir / f"{n:02x}") for n in range(256)]
+        self._folder_ready = [False] * 256
+        self._create_folders()
+        if google_crc32c.implementation != "c":
+            self.log.warn(
+                "google_crc32c runs its pure Python fallback: checksums will be far slower "
+                "than the disk (install a wheel with the C extension)"
+            )
+
+    def _create_folders(self) -> None:
+        created = not (self.chunks_dir.is_dir() and self.quarantine_dir.is_dir())
+        self.chunks_dir.mkdir(parents=True, exist_ok=True)
+        self.quarantine_dir.mkdir(exist_ok=True)
+        if created and self.fsync:
+            _fsync_dir(self.root)
+
+    def _ensure_folder(self, chunk_id: int) -> None:
+        # Subfolders appear on first use; the new entry is made durable before any
+        # chunk inside it can be acknowledged.
+        n = chunk_id & 0xFF
+        if self._folder_ready[n]:
+            return
+        try:
+            os.mkdir(self._folders[n])
+        except FileExistsError:
+            pass
+        else:
+            if self.fsync:
+                _fsync_dir(self.chunks_dir)
+        self._folder_ready[n] = True
+
+    # -- names ------------------------------------------------------------------
+
+    def folder(self, chunk_id: int) -> Path:
+        return self.chunks_dir / f"{chunk_id & 0xFF:02x}"
+
+    def data_path(self, chunk_id: int, version: int) -> Path:
+        return Path(self._file(chunk_id, version, _DATA))
+
+    def sidecar_path(self, chunk_id: int, version: int) -> Path:
+        return Path(self._file(chunk_id, version, _SIDECAR))
+
+    def temporary_path(self, chunk_id: int, version: int, *, sidecar: bool = False) -> Path:
+        return Path(self._file(chunk_id, version, _SIDECAR_TMP if sidecar else _DATA_TMP))
+
+    def _file(self, chunk_id: int, version: int, suffix: str) -> str:
+        # Plain strings: building a Path costs more than the open() on the read path.
+        return f"{self._folders[chunk_id & 0xFF]}/{chunk_id}_{version}{suffix}"
+
+    # -- index --------------------------------------------------------------------
+
+    def chunks(self) -> list[StoredChunk]:
+        with self._lock:
+            return sorted(self._index.values(), key=lambda c: c.chunk_id)
+
+    def get(self, chunk_id: int) -> StoredChunk | None:
+        with self._lock:
+            return self._index.get(chunk_id)
+
+    def writer(self, chunk_id: int) -> ChunkWriter | None:
+        """The open writer of this chunk, if any (pipeline recovery finds it here)."""
+        with self._lock:
+            return self._writers.get(chunk_id)
+
+    def used_bytes(self) -> int:
+        """Data bytes of the complete chunks (sidecars are not counted)."""
+        with self._lock:
+            return self._used
+
+    def free_bytes(self) -> int:
+        """What may still be written: min(fs free, capacity - used) - reserved, >= 0.
+
+        Bytes already written by open writers count as used; the rest of what they
+        announced (``expected_length``) is set aside as well.
+        """
+        with self._lock:
+            return self._free_bytes_locked()
+
+    def _free_bytes_locked(self) -> int:
+        in_progress = promised = 0
+        for writer in self._writers.values():
+            in_progress += writer.length
+            if writer.expected_length is not None:
+                promised += max(0, writer.expected_length - writer.length)
+        space = measure_space(
+            self.root,
+            capacity=self.capacity,
+            reserved=self.reserved_space,
+            used=self._used + in_progress,
+        )
+        return max(0, space.free - promised)
+
+    def _lookup(self, chunk_id: int, version: int) -> StoredChunk:
+        _check_id(chunk_id, version)
+        with self._lock:
+            stored = self._index.get(chunk_id)
+        if stored is None:
+            raise ChunkNotFound(f"chunk {chunk_id} is not stored here")
+        if stored.version < version:
+            raise StaleChunk(
+                f"chunk {chunk_id}: version {stored.version} here, {version} asked for"
+            )
+        if stored.version > version:
+            # The asker's version is the stale one: it should ask the metaserver again.
+            raise StaleChunk(
+                f"chunk {chunk_id}: version {version} asked for, newer version "
+                f"{stored.version} here"
+            )
+        return stored
+
+    def _vanished(self, chunk_id: int, version: int) -> Exception:
+        # A file was missing: deleted or replaced by a newer version since the lookup,
+        # or removed behind our back.
+        try:
+            self._lookup(chunk_id, version)
+        except (ChunkNotFound, StaleChunk) as e:
+            return e
+        return ChunkNotFound(f"chunk {chunk_id} version {version}: files missing")
+
+    # -- writing --------------------------------------------------------------------
+
+    def open_writer(
+        self, chunk_id: int, version: int, expected_length: int | None = None
+    ) -> ChunkWriter:
+        """Start a replica. FileExists if this version is complete here or the chunk
+        already has a writer; StaleChunk if a newer version is complete here; NoSpace
+        if less than ``expected_length`` (default one block) may be written."""
+        _check_id(chunk_id, version)
+        if expected_length is not None and expected_length < 0:
+            raise InvalidArgument(f"expected length {expected_length} < 0")
+        needed = expected_length or CHECKSUM_BLOCK
+        with self._lock:
+            stored = self._index.get(chunk_id)
+            if stored is not None and stored.version == version:
+                raise FileExists(f"chunk {chunk_id} version {version} is already complete")
+            if stored is not None and stored.version > version:
+                raise StaleChunk(
+                    f"chunk {chunk_id}: version {version} is older than version "
+                    f"{stored.version} here"
+                )
+            current = self._writers.get(chunk_id)
+            if current is not None:
+                raise FileExists(
+                    f"chunk {chunk_id} is already being written (version {current.version})"
+                )
+            free = self._free_bytes_locked()
+            if free < needed:
+                raise NoSpace(
+                    f"chunk {chunk_id}: {needed} bytes wanted, {free} free "
+                    f"above the reserved {self.reserved_space}"
+                )
+            try:
+                self._ensure_folder(chunk_id)
+                writer = ChunkWriter(self, chunk_id, version, expected_length)
+            except OSError as e:
+                _raise_no_space(e, f"chunk {chunk_id}")
+                raise
+            self._writers[chunk_id] = writer
+        return writer
+
+    def _rebase(self, writer: ChunkWriter, new_version: int) -> None:
+        chunk_id = writer.chunk_id
+        _check_id(chunk_id, new_version)
+        if new_version <= writer.version:
+            raise InvalidArgument(
+                f"chunk {chunk_id}: new version {new_version} is not above {writer.version}"
+            )
+        with self._lock:
+            stored = self._index.get(chunk_id)
+            if stored is not None and stored.version >= new_version:
+                raise StaleChunk(
+                    f"chunk {chunk_id}: version {stored.version} here, cannot rebase "
+                    f"to {new_version}"
+                )
+            # An open file keeps working across a rename. The sidecar has no temporary
+            # yet: it is written at finish.
+            os.rename(
+                self._file(chunk_id, writer.version, _DATA_TMP),
+                self._file(chunk_id, new_version, _DATA_TMP),
+            )
+            writer.version = new_version
+
+    def _committed(self, writer: ChunkWriter, stored: StoredChunk) -> StoredChunk:
+        chunk_id = stored.chunk_id
+        with self._lock:
+            if self._writers.get(chunk_id) is writer:
+                del self._writers[chunk_id]
+            old = self._index.get(chunk_id)
+            newer = old is not None and old.version > stored.version
+            if not newer:
+                self._index[chunk_id] = stored
+                self._used += stored.length - (old.length if old is not None else 0)
+        if newer:
+            assert old is not None
+            self._remove_files(chunk_id, stored.version)
+            raise StaleChunk(f"chunk {chunk_id}: version {old.version} completed meanwhile")
+        if old is not None and old.version != stored.version:
+            self._remove_files(chunk_id, old.version)
+        return stored
+
+    def _forget_writer(self, writer: ChunkWriter) -> None:
+        with self._lock:
+            if self._writers.get(writer.chunk_id) is writer:
+                del self._writers[writer.chunk_id]
+
+    def _remove_files(self, chunk_id: int, version: int) -> bool:
+        # Data first: without its data file a sidecar is an orphan that scan removes.
+        removed = _unlink(self._file(chunk_id, version, _DATA))
+        return _unlink(self._file(chunk_id, version, _SIDECAR)) or removed
+
+    # -- reading --------------------------------------------------------------------
+
+    def _open_data(self, stored: StoredChunk) -> int:
+        try:
+            return os.open(
+                self._file(stored.chunk_id, stored.version, _DATA), os.O_RDONLY | os.O_CLOEXEC
+            )
+        except FileNotFoundError:
+            raise self._vanished(stored.chunk_id, stored.version) from None
+
+    def _sidecar_table(self, stored: StoredChunk) -> bytes:
+        try:
+            fd = os.open(
+                self._file(stored.chunk_id, stored.version, _SIDECAR), os.O_RDONLY | os.O_CLOEXEC
+            )
+        except FileNotFoundError:
+            raise self._vanished(stored.chunk_id, stored.version) from None
+        try:
+            # One byte more than expected, so that a sidecar grown too long shows.
+            raw = os.pread(fd, sidecar_size(stored.length) + 1, 0)
+        finally:
+            os.close(fd)
+        length, table = decode_sidecar(raw, stored.chunk_id, stored.version)
+        if length != stored.length:
+            raise ChecksumMismatch(
+                f"chunk {stored.chunk_id} version {stored.version}: sidecar says "
+                f"{length} bytes, data file has {stored.length}"
+            )
+        return table
+
+    def _read_blocks(
+        self, stored: StoredChunk, offset: int, length: int
+    ) -> tuple[int, bytes, list[int]]:
+        """(start, data, CRCs) of the whole blocks covering [offset, offset + length)."""
+        end = min(offset + length, stored.length)
+        first = offset // CHECKSUM_BLOCK
+        last = block_count(end)
+        start = first * CHECKSUM_BLOCK
+        stop = min(last * CHECKSUM_BLOCK, stored.length)
+        table = self._sidecar_table(stored)
+        crcs = list(struct.unpack_from(f">{last - first}I", table, 4 * first))
+        data = self._pread(stored, start, stop - start)
+        return start, data, crcs
+
+    def _pread(self, stored: StoredChunk, offset: int, length: int) -> bytes:
+        fd = self._open_data(stored)
+        try:
+            data = _read_exact(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise ChecksumMismatch(
+                f"chunk {stored.chunk_id} version {stored.version}: data file shorter "
+                f"than its {stored.length} bytes"
+            )
+        return data
+
+    def read(
+        self, chunk_id: int, version: int, offset: int, length: int, *, verify: bool = True
+    ) -> bytes:
+        """Bytes [offset, offset + length) of a replica, fewer at its end.
+
+        With ``verify`` the whole blocks covering the range are read and checked:
+        ChecksumMismatch if any fails. StaleChunk if the version here is older (or
+        newer) than the one asked for, ChunkNotFound if there is none.
+        """
+        _check_range(offset, length)
+        stored = self._lookup(chunk_id, version)
+        end = min(offset + length, stored.length)
+        if offset >= end:
+            return b""
+        if not verify:
+            return self._pread(stored, offset, end - offset)
+        start, data, crcs = self._read_blocks(stored, offset, end - offset)
+        value = google_crc32c.value
+        if len(crcs) == 1:
+            if value(data) != crcs[0]:
+                raise self._mismatch(stored, start // CHECKSUM_BLOCK)
+        else:
+            for i, crc in enumerate(crcs):
+                at = i * CHECKSUM_BLOCK
+                if value(data[at : at + CHECKSUM_BLOCK]) != crc:
+                    raise self._mismatch(stored, start // CHECKSUM_BLOCK + i)
+        if start == offset and len(data) == end - offset:
+            return data
+        return data[offset - start : end - start]
+
+    def _mismatch(self, stored: StoredChunk, block: int) -> ChecksumMismatch:
+        return ChecksumMismatch(
+            f"chunk {stored.chunk_id} version {stored.version}: block {block} "
+            f"(bytes from {block * CHECKSUM_BLOCK}) fails its CRC32C"
+        )
+
+    def read_with_checksums(
+        self, chunk_id: int, version: int, offset: int, length: int
+    ) -> tuple[bytes, list[int]]:
+        """Data and the stored CRC of each block it covers, not verified here, so the
+        reader checks end to end (the fast path).
+
+        ``offset`` must be a multiple of CHECKSUM_BLOCK. The data runs to the end of
+        the last block touched by ``length`` (or the chunk's end), so each CRC covers
+        exactly its piece of the data: block i is ``data[i*65536:(i+1)*65536]``.
+        """
+        _check_range(offset, length)
+        if offset % CHECKSUM_BLOCK:
+            raise InvalidArgument(f"offset {offset} is not a multiple of {CHECKSUM_BLOCK}")
+        stored = self._lookup(chunk_id, version)
+        if length == 0 or offset >= stored.length:
+            return b"", []
+        _start, data, crcs = self._read_blocks(stored, offset, length)
+        return data, crcs
+
+    def verify(
+        self,
+        chunk_id: int,
+        version: int,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> bool:
+        """Re-read the whole replica from disk and check sidecar and every block.
+
+        For the scrubber: ``on_progress(nbytes)`` is called after each 4 MiB piece, so
+        it may sleep there to bound the read rate. The pages read are dropped from the
+        cache, before (to read the disk, not memory) and after (not to evict hot data).
+        ChunkNotFound / StaleChunk as for :meth:`read`.
+        """
+        stored = self._lookup(chunk_id, version)
+        try:
+            table = self._sidecar_table(stored)
+        except ChecksumMismatch as e:
+            self.log.warn("scrub: {problem}", problem=str(e))
+            return False
+        crcs = struct.unpack(f">{len(table) // 4}I", table)
+        fd = self._open_data(stored)
+        try:
+            if os.fstat(fd).st_size != stored.length:
+                self.log.warn(
+                    "scrub: chunk {chunk_id} version {version}: data file size changed",
+                    chunk_id=chunk_id,
+                    version=version,
+                )
+                return False
+            _drop_cache(fd)
+            value = google_crc32c.value
+            for piece_start in range(0, stored.length, _VERIFY_PIECE):
+                piece = _read_exact(fd, _VERIFY_PIECE, piece_start)
+                first = piece_start // CHECKSUM_BLOCK
+                for i in range(block_count(len(piece))):
+                    at = i * CHECKSUM_BLOCK
+                    if value(piece[at : at + CHECKSUM_BLOCK]) != crcs[first + i]:
+                        self.log.warn(
+                            "scrub: {problem}", problem=str(self._mismatch(stored, first + i))
+                        )
+                        return False
+                if on_progress is not None:
+                    on_progress(len(piece))
+            _drop_cache(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    # -- removing -----------------------------------------------------------------
+
+    def _drop_from_index(self, chunk_id: int, version: int | None) -> StoredChunk | None:
+        with self._lock:
+            stored = self._index.get(chunk_id)
+            if stored is None or (version is not None and stored.version != version):
+                return None
+            del self._index[chunk_id]
+            self._used -= stored.length
+            return stored
+
+    def delete(self, chunk_id: int, version: int | None = None) -> bool:
+        """Remove a complete replica (any version when ``version`` is None). True if
+        anything was removed. Not fsynced: a delete lost in a crash shows up in the
+        next chunk report and is asked for again."""
+        stored = self._drop_from_index(chunk_id, version)
+        removed = stored is not None
+        if version is None:
+            if stored is not None:
+                self._remove_files(chunk_id, stored.version)
+            return removed
+        return self._remove_files(chunk_id, version) or removed
+
+    def quarantine(self, chunk_id: int, version: int) -> None:
+        """Move a replica's files to ``<root>/quarantine/`` for an operator: no longer
+        served, reported or counted. ChunkNotFound if neither file is here."""
+        self._drop_from_index(chunk_id, version)
+        moved = self._move_to_quarantine(
+            self.data_path(chunk_id, version), self.sidecar_path(chunk_id, version)
+        )
+        if not moved:
+            raise ChunkNotFound(f"chunk {chunk_id} version {version} is not stored here")
+        self.log.warn(
+            "chunk {chunk_id} version {version} quarantined as {paths}",
+            chunk_id=chunk_id,
+            version=version,
+            paths=[str(p) for p in moved],
+        )
+
+    def _move_to_quarantine(self, *paths: Path) -> list[Path]:
+        # The data file goes first: without it the replica is no longer complete.
+        names = [p.name for p in paths]
+        n = 0
+        while True:
+            suffix = f".{n}" if n else ""
+            targets = [self.quarantine_dir / f"{name}{suffix}" for name in names]
+            if not any(t.exists() for t in targets):
+                break
+            n += 1
+        moved = []
+        for path, target in zip(paths, targets, strict=True):
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                continue
+            moved.append(target)
+        if moved and self.fsync:
+            _fsync_dir(self.quarantine_dir)
+            _fsync_dir(paths[0].parent)
+        return moved
+
+    # -- startup --------------------------------------------------------------------
+
+    def scan(self) -> ScanReport:
+        """Rebuild the index from the disk, at startup (no writer may be open).
+
+        Removes temporaries (writes that never finished) and orphan sidecars, keeps
+        the newest complete version of each chunk and removes older ones, quarantines
+        replicas whose data and sidecar sizes disagree or that lack a sidecar. Sizes
+        come from ``stat`` only; contents are the scrubber's job.
+        """
+        with self._lock:
+            if self._writers:
+                raise RuntimeError(f"scan with {len(self._writers)} writer(s) open")
+        discarded: list[ScanEntry] = []
+        quarantined: list[ScanEntry] = []
+        unknown: list[Path] = []
+        found: dict[int, dict[int, dict[str, os.DirEntry[str]]]] = {}
+        for folder in sorted(os.scandir(self.chunks_dir), key=lambda e: e.name):
+            if not (folder.is_dir() and _FOLDER_NAME.fullmatch(folder.name)):
+                unknown.append(Path(folder.path))
+                continue
+            with os.scandir(folder.path) as entries:
+                for entry in entries:
+                    match = _FILE_NAME.fullmatch(entry.name)
+                    if match is None or f"{int(match[1]) & 0xFF:02x}" != folder.name:
+                        unknown.append(Path(entry.path))
+                        continue
+                    chunk = ChunkId(int(match[1]), int(match[2]))
+                    if match[4]:
+                        _unlink(Path(entry.path))
+                        discarded.append(ScanEntry(Path(entry.path), "unfinished write", chunk))
+                        continue
+                    versions = found.setdefault(chunk.chunk_id, {})
+                    versions.setdefault(chunk.version, {})[match[3]] = entry
+
+        index: dict[int, StoredChunk] = {}
+        for chunk_id, versions in found.items():
+            for version in sorted(versions, reverse=True):
+                chunk = ChunkId(chunk_id, version)
+                files = versions[version]
+                data, sidecar = files.get("chunk"), files.get("crc")
+                kept = index.get(chunk_id)
+                if kept is not None:
+                    for entry in files.values():
+                        _unlink(Path(entry.path))
+                        reason = f"older than version {kept.version}"
+                        discarded.append(ScanEntry(Path(entry.path), reason, chunk))
+                    continue
+                if data is None:
+                    assert sidecar is not None
+                    _unlink(Path(sidecar.path))
+                    discarded.append(ScanEntry(Path(sidecar.path), "sidecar without data", chunk))
+                    continue
+                data_size = data.stat().st_size
+                if sidecar is None:
+                    reason = "data without sidecar"
+                elif sidecar.stat().st_size != sidecar_size(data_size):
+                    reason = f"sidecar of {sidecar.stat().st_size} bytes for {data_size} data bytes"
+                else:
+                    index[chunk_id] = StoredChunk(chunk_id, version, data_size)
+                    continue
+                paths = [Path(data.path)] + ([Path(sidecar.path)] if sidecar else [])
+                self._move_to_quarantine(*paths)
+                quarantined.append(ScanEntry(Path(data.path), reason, chunk))
+
+        with self._lock:
+            self._index = index
+            self._used = sum(c.length for c in index.values())
+        chunks = sorted(index.values(), key=lambda c: c.chunk_id)
+        for gone in discarded:
+            self.log.info("scan: removed {path}: {reason}", path=str(gone.path), reason=gone.reason)
+        for bad in quarantined:
+            self.log.warn(
+                "scan: quarantined {path}: {reason}", path=str(bad.path), reason=bad.reason
+            )
+        for path in unknown:
+            self.log.warn("scan: left alone unknown file {path}", path=str(path))
+        self.log.info(
+            "scan of {root}: {count} chunks, {used} bytes; {discarded} files removed, "
+            "{quarantined} replicas quarantined",
+            root=str(self.root),
+            count=len(chunks),
+            used=self._used,
+            discarded=len(discarded),
+            quarantined=len(quarantined),
+        )
+        return ScanReport(chunks, discarded, quarantined, unknown)
+
+
+def _drop_cache(fd: int) -> None:
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -1,0 +1,447 @@
+"""The namespace side of the metaserver: files, chunks, leases, locations.
+
+Mutations become operations of :mod:`dfs.metaserver.namespace`, replicated through
+Raft and answered once committed; reads look at the local namespace under the
+Raft lock. Where replicas are and where new ones go (soft state, never replicated)
+is decided here too: placement for new chunks, locations from dataserver reports,
+and the replicas dataservers should delete (sent with their heartbeat answers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from dfs.config import Address, ReplicationConfig
+from dfs.metaserver import namespace as ns
+from dfs.metaserver.locations import ChunkLocations
+from dfs.metaserver.placement import Placement
+from dfs.metaserver.raft import NamespaceLog, RaftService
+from dfs.metaserver.registry import DataserverRegistry, DataserverState
+from dfs.protocol.errors import InvalidArgument, NoSpace, PermissionDenied
+from dfs.security.identity import Identity, Role
+
+#: How long a writer's lease lasts without renewal (the client renews at a third).
+LEASE_PERIOD = 60.0
+#: A page of a listing stops growing past this many bytes of entries, so that the
+#: answer fits one AMP value (65,535 bytes) whatever the names are like.
+PAGE_BYTES = 40_000
+
+
+def _stat_entry(stat: ns.Stat) -> dict[str, Any]:
+    return {
+        "path": stat.path,
+        "name": stat.name,
+        "kind": stat.kind,
+        "inode": stat.inode,
+        "owner": stat.owner,
+        "group": stat.group,
+        "mode": stat.mode,
+        "mtime": stat.mtime,
+        "length": stat.length,
+        "replication": stat.replication,
+        "chunk_size": stat.chunk_size,
+        "complete": stat.complete,
+    }
+
+
+def _entry_size(entry: dict[str, Any]) -> int:
+    return (
+        200
+        + len(entry["path"].encode())
+        + len(entry["name"].encode())
+        + len(entry["owner"])
+        + len(entry["group"])
+    )
+
+
+class FileService:
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        raft: RaftService,
+        namespace: NamespaceLog,
+        registry: DataserverRegistry,
+        replication: ReplicationConfig,
+        placement: Placement | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._raft = raft
+        self._namespace = namespace
+        self.registry = registry
+        self.replication = replication
+        self.locations = ChunkLocations()
+        self.placement = placement or Placement()
+        self._reports: dict[str, list[tuple[int, int]]] = {}
+
+    # -- plumbing -------------------------------------------------------------------
+
+    @staticmethod
+    def caller(identity: Identity) -> ns.Caller:
+        return ns.Caller(user=identity.name, superuser=identity.role is Role.ADMIN)
+
+    @staticmethod
+    def holder(identity: Identity, client_id: str) -> str:
+        # The lease belongs to this identity's client: another identity presenting
+        # the same client id is another holder.
+        return f"{identity.name}|{client_id}"
+
+    async def _mutate(self, operation: ns.Operation) -> Any:
+        result = await self._raft.submit(operation)
+        if isinstance(result, ns.Err):
+            raise result.exception()
+        return result.value
+
+    def _read(self, query: Any) -> Any:
+        result = self._namespace.read(query)
+        if isinstance(result, ns.Err):
+            raise result.exception()
+        return result.value
+
+    def _common(self, identity: Identity, request_id: str) -> dict[str, Any]:
+        return {
+            "caller": self.caller(identity),
+            "now": self._reactor.seconds(),
+            "request_id": request_id,
+        }
+
+    # -- namespace --------------------------------------------------------------------
+
+    async def mkdir(
+        self, identity: Identity, path: str, mode: int, parents: bool, request_id: str
+    ) -> None:
+        await self._mutate(ns.Mkdir(path, mode, parents, **self._common(identity, request_id)))
+
+    async def create(
+        self,
+        identity: Identity,
+        path: str,
+        mode: int,
+        replication: int,
+        chunk_size: int,
+        overwrite: bool,
+        client_id: str,
+        request_id: str,
+    ) -> dict[str, Any]:
+        replication = replication or self.replication.default_replication
+        chunk_size = chunk_size or self.replication.chunk_size
+        if not (
+            self.replication.min_replication <= replication <= self.replication.max_replication
+        ):
+            raise InvalidArgument(
+                f"{path}: replication {replication} is outside "
+                f"{self.replication.min_replication}..{self.replication.max_replication}"
+            )
+        common = self._common(identity, request_id)
+        result = await self._mutate(
+            ns.Create(
+                path,
+                mode,
+                replication,
+                chunk_size,
+                overwrite,
+                lease_holder=self.holder(identity, client_id),
+                lease_expires=common["now"] + LEASE_PERIOD,
+                **common,
+            )
+        )
+        self._drop_replicas(result.freed)
+        return {
+            "replication": result.stat.replication,
+            "chunk_size": result.stat.chunk_size,
+            "lease_period": LEASE_PERIOD,
+        }
+
+    async def add_chunk(
+        self, identity: Identity, path: str, client_id: str, request_id: str
+    ) -> dict[str, Any]:
+        stat = self._read(lambda namespace: namespace.stat(path))
+        if stat.kind != ns.FILE:
+            raise InvalidArgument(f"{path} is not a file")
+        targets = self.placement.choose(self.registry.records(), stat.replication, stat.chunk_size)
+        if not targets:
+            raise NoSpace(f"{path}: no live dataserver has room for a chunk")
+        common = self._common(identity, request_id)
+        chunk = await self._mutate(
+            ns.AddChunk(
+                path,
+                self.holder(identity, client_id),
+                common["now"] + LEASE_PERIOD,
+                **common,
+            )
+        )
+        if len(targets) < stat.replication:
+            self.log.warn(
+                "{path}: chunk {chunk_id} gets {count} of {wanted} replicas "
+                "(not enough live dataservers with room)",
+                path=path,
+                chunk_id=chunk.chunk_id,
+                count=len(targets),
+                wanted=stat.replication,
+            )
+        return {
+            "chunk_id": chunk.chunk_id,
+            "version": chunk.version,
+            "targets": [record.address for record in targets],
+        }
+
+    async def bump_chunk_version(
+        self, identity: Identity, path: str, client_id: str, chunk_id: int, request_id: str
+    ) -> int:
+        chunk = await self._mutate(
+            ns.BumpChunkVersion(
+                path,
+                self.holder(identity, client_id),
+                chunk_id,
+                **self._common(identity, request_id),
+            )
+        )
+        return int(chunk.version)
+
+    async def commit_chunk(
+        self,
+        identity: Identity,
+        path: str,
+        client_id: str,
+        chunk_id: int,
+        version: int,
+        length: int,
+        locations: list[str],
+        request_id: str,
+    ) -> None:
+        await self._mutate(
+            ns.CommitChunk(
+                path,
+                self.holder(identity, client_id),
+                chunk_id,
+                version,
+                length,
+                **self._common(identity, request_id),
+            )
+        )
+        # The dataservers report it too; recording it now lets a reader find it
+        # even if those reports are a moment late.
+        by_address = {record.address: record.name for record in self.registry.records()}
+        for address in locations:
+            name = by_address.get(address)
+            if name is not None:
+                self.locations.add(name, chunk_id, version)
+
+    async def renew_lease(self, identity: Identity, path: str, client_id: str) -> None:
+        common = self._common(identity, "")
+        await self._mutate(
+            ns.RenewLease(
+                path, self.holder(identity, client_id), common["now"] + LEASE_PERIOD, **common
+            )
+        )
+
+    async def close(
+        self, identity: Identity, path: str, client_id: str, length: int, request_id: str
+    ) -> None:
+        await self._mutate(
+            ns.Close(
+                path, self.holder(identity, client_id), length, **self._common(identity, request_id)
+            )
+        )
+
+    async def delete(self, identity: Identity, path: str, recursive: bool, request_id: str) -> None:
+        result = await self._mutate(
+            ns.Delete(path, recursive, **self._common(identity, request_id))
+        )
+        self._drop_replicas(result.freed)
+
+    async def rename(
+        self, identity: Identity, source: str, destination: str, request_id: str
+    ) -> None:
+        result = await self._mutate(
+            ns.Rename(source, destination, **self._common(identity, request_id))
+        )
+        self._drop_replicas(result.freed)
+
+    async def set_replication(
+        self, identity: Identity, path: str, replication: int, request_id: str
+    ) -> None:
+        if not (
+            self.replication.min_replication <= replication <= self.replication.max_replication
+        ):
+            raise InvalidArgument(
+                f"{path}: replication {replication} is outside "
+                f"{self.replication.min_replication}..{self.replication.max_replication}"
+            )
+        await self._mutate(
+            ns.SetReplication(path, replication, **self._common(identity, request_id))
+        )
+
+    async def recover_expired_leases(self) -> None:
+        """Close files whose writer stopped renewing, at their committed length."""
+        now = self._reactor.seconds()
+        admin = ns.Caller(user="dfs", superuser=True)
+        for path in self._namespace.read(lambda namespace: namespace.expired_leases(now)):
+            result = await self._raft.submit(ns.RecoverLease(path, caller=admin, now=now))
+            self.log.info(
+                "lease on {path} expired: {outcome}",
+                path=path,
+                outcome="closed at its committed length" if result.ok else result.message,
+            )
+
+    # -- queries ------------------------------------------------------------------------
+
+    def stat(self, path: str) -> dict[str, Any]:
+        return _stat_entry(self._read(lambda namespace: namespace.stat(path)))
+
+    def list_directory(self, path: str, start_after: str, limit: int) -> dict[str, Any]:
+        entries = self._read(lambda namespace: namespace.list(path))
+        page: list[dict[str, Any]] = []
+        size = 0
+        limit = max(1, min(limit, 1000))
+        more = False
+        for stat in entries:
+            if start_after and stat.name <= start_after:
+                continue
+            entry = _stat_entry(stat)
+            if len(page) >= limit or size + _entry_size(entry) > PAGE_BYTES:
+                more = True
+                break
+            page.append(entry)
+            size += _entry_size(entry)
+        return {"entries": page, "more": more}
+
+    def get_chunks(self, path: str, first: int, limit: int) -> dict[str, Any]:
+        stat = self._read(lambda namespace: namespace.stat(path))
+        if stat.kind != ns.FILE:
+            raise InvalidArgument(f"{path}: is a directory")
+        chunks = self._read(lambda namespace: namespace.chunks(path))
+        alive = {
+            record.name: record.address
+            for record in self.registry.records()
+            if record.state is DataserverState.ALIVE
+        }
+        page: list[dict[str, Any]] = []
+        size = 0
+        limit = max(1, min(limit, 1000))
+        index = first
+        for chunk in chunks[first:]:
+            if len(page) >= limit or size > PAGE_BYTES:
+                break
+            # A reader sees only committed bytes: the last chunk of a file being
+            # written may still be growing and is left out until committed.
+            if chunk.length == 0 and not stat.complete:
+                index += 1
+                continue
+            addresses = [
+                alive[name]
+                for name in self.locations.holders(chunk.chunk_id, chunk.version)
+                if name in alive
+            ]
+            page.append(
+                {
+                    "chunk_id": chunk.chunk_id,
+                    "version": chunk.version,
+                    "length": chunk.length,
+                    "locations": addresses,
+                }
+            )
+            size += 60 + sum(len(address) + 2 for address in addresses)
+            index += 1
+        return {"length": stat.length, "chunks": page, "more": index < len(chunks)}
+
+    def du(self, path: str) -> dict[str, int]:
+        usage = self._read(lambda namespace: namespace.du(path))
+        return {
+            "files": usage.files,
+            "directories": usage.directories,
+            "bytes": usage.bytes,
+            "replicated_bytes": usage.replicated_bytes,
+        }
+
+    def df(self) -> dict[str, int]:
+        records = self.registry.records()
+        alive = [record for record in records if record.state is DataserverState.ALIVE]
+        return {
+            "capacity": sum(record.space.capacity for record in alive),
+            "used": sum(record.space.used for record in alive),
+            "free": sum(record.space.free for record in alive),
+            "dataservers_alive": len(alive),
+            "dataservers_dead": len(records) - len(alive),
+        }
+
+    # -- replicas: reports from dataservers and readers ------------------------------------
+
+    def _current_version(self, chunk_id: int) -> int | None:
+        return self._namespace.read(lambda namespace: namespace.chunk_version(chunk_id))
+
+    def _drop_replicas(self, freed: Any) -> None:
+        for chunk in freed:
+            for server in self.locations.replicas(chunk.chunk_id):
+                self.locations.schedule_deletion(server, chunk.chunk_id, chunk.version)
+
+    def _place_reported(self, server: str, chunk_id: int, version: int) -> None:
+        current = self._current_version(chunk_id)
+        if current is not None and version < current:
+            # Stale: a newer version was written without this replica.
+            self.locations.schedule_deletion(server, chunk_id, version)
+            self.log.info(
+                "stale replica of chunk {chunk_id} (version {version} < {current}) "
+                "on {server} will be deleted",
+                chunk_id=chunk_id,
+                version=version,
+                current=current,
+                server=server,
+            )
+        else:
+            # Unknown chunks (orphans) are kept on record for now: a file being
+            # written may not have committed them yet.
+            self.locations.add(server, chunk_id, version)
+
+    def report_chunks(
+        self, identity: Identity, name: str, chunks: list[dict[str, int]], last: bool
+    ) -> None:
+        if name != identity.name:
+            raise PermissionDenied(f"{identity} cannot report for dataserver {name!r}")
+        pending = self._reports.setdefault(name, [])
+        pending.extend((chunk["chunk_id"], chunk["version"]) for chunk in chunks)
+        if last:
+            replicas = self._reports.pop(name)
+            self.locations.forget_server(name)
+            for chunk_id, version in replicas:
+                self._place_reported(name, chunk_id, version)
+            self.log.info(
+                "dataserver {name} reported {count} replicas", name=name, count=len(replicas)
+            )
+
+    def chunk_received(self, identity: Identity, name: str, chunk_id: int, version: int) -> None:
+        if name != identity.name:
+            raise PermissionDenied(f"{identity} cannot report for dataserver {name!r}")
+        self._place_reported(name, chunk_id, version)
+
+    def bad_replica(self, chunk_id: int, version: int, address: str, reason: str) -> None:
+        for record in self.registry.records():
+            if record.address == address:
+                self.locations.remove(record.name, chunk_id)
+                self.log.warn(
+                    "replica of chunk {chunk_id} version {version} on {server} reported bad: "
+                    "{reason}",
+                    chunk_id=chunk_id,
+                    version=version,
+                    server=record.name,
+                    reason=reason,
+                )
+
+    def dataserver_dead(self, name: str) -> None:
+        self.locations.forget_server(name)
+
+    def deletions_for(self, name: str) -> list[dict[str, int]]:
+        return [
+            {"chunk_id": chunk_id, "version": version}
+            for chunk_id, version in self.locations.take_deletions(name)
+        ]
+
+
+def parse_address(text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except ValueError as error:
+        raise InvalidArgument(f"address {text!r}: {error}") from None

@@ -1,0 +1,1165 @@
+"""The metaserver's namespace as a pure, deterministic state machine.
+
+Directories, files, owners, modes, chunk lists and write leases live here, and
+change only through :meth:`Namespace.apply`, which takes one operation record
+(:class:`Mkdir`, :class:`Create`, ...) and returns a :class:`Result`. A PySyncObj
+``SyncObj`` wraps it: its single ``@replicated`` method calls ``apply``, every
+metaserver applies the same operations in the same order, and the whole object is
+pickled into Raft snapshots. Hence the rules this module keeps:
+
+- Deterministic: inode and chunk ids come from counters in the state, time only
+  from the operation (``op.now``, the leader's clock), never from this process.
+- ``apply`` never raises: an exception in a replicated method wedges the whole Raft
+  group. Refusals come back as :class:`Err` carrying the *name* of an error class
+  of :mod:`dfs.protocol.errors`; a bug comes back as an internal :class:`Err`.
+- All or nothing: every handler checks everything first and only then changes the
+  state in steps that cannot fail, so a refused operation leaves no trace (except
+  its remembered result when it carried a request id).
+- Plain data: attrs classes, dicts, lists, ints and strings, so pickling works and
+  two replicas that applied the same log compare equal.
+
+The tree is a flat table of inodes (directories hold ``name -> inode number``) with
+parent pointers, rather than nested objects: lookups stay O(depth), and pickling or
+comparing a namespace with deep paths never recurses as deep as the tree.
+
+Permissions are not checked yet (a later issue); owners, groups and modes are kept
+right so that they can be.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import pickle
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Generic, Literal, NoReturn, TypeVar
+
+import attrs
+
+from dfs.metaserver import paths
+from dfs.protocol import errors
+from dfs.security.identity import validate_name
+
+T = TypeVar("T")
+
+MiB: Final = 1024 * 1024
+DEFAULT_CHUNK_SIZE: Final = 64 * MiB
+#: A chunk is one file on a dataserver disk; beyond this, re-replication of one chunk
+#: takes too long and a bad chunk costs too much to re-read.
+MAX_CHUNK_SIZE: Final = 1024 * MiB
+DEFAULT_REPLICATION: Final = 3
+MAX_REPLICATION: Final = 32
+MAX_MODE: Final = 0o7777
+ROOT_INODE: Final = 1
+FIRST_CHUNK_ID: Final = 1
+#: How many request ids are remembered for de-duplicating retried mutations.
+REQUEST_MEMORY: Final = 10_000
+#: Lease holders are client session names; a bound keeps one bad value from bloating
+#: every snapshot.
+MAX_HOLDER_LENGTH: Final = 255
+#: errors.py has no dedicated class for a bug in the state machine; its base class is
+#: the one name the reactor side can always turn into an exception.
+INTERNAL_ERROR: Final = errors.DFSError.__name__
+_MAX_INT: Final = 2**63 - 1
+
+FILE: Final = "file"
+DIRECTORY: Final = "directory"
+Kind = Literal["file", "directory"]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@attrs.frozen
+class Ok(Generic[T]):
+    """A successful operation or query and what it produced."""
+
+    value: T
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    def unwrap(self) -> T:
+        return self.value
+
+
+@attrs.frozen
+class Err:
+    """A refused operation: ``error`` names a class of :mod:`dfs.protocol.errors`."""
+
+    error: str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+    def exception(self) -> errors.DFSError:
+        """The exception the reactor side raises for this refusal."""
+        error_class = getattr(errors, self.error, None)
+        if not (isinstance(error_class, type) and issubclass(error_class, errors.DFSError)):
+            error_class = errors.DFSError
+        return error_class(self.message)
+
+    def unwrap(self) -> NoReturn:
+        raise self.exception()
+
+
+Result = Ok[T] | Err
+
+
+# --------------------------------------------------------------------------- values
+
+
+@attrs.frozen
+class ChunkRef:
+    """One chunk of a file: its id, generation stamp and committed length."""
+
+    chunk_id: int
+    version: int
+    length: int
+
+
+@attrs.frozen
+class Lease:
+    """The one client allowed to write a file under construction, until ``expires``."""
+
+    holder: str
+    expires: float
+
+
+@attrs.frozen
+class Stat:
+    """What ``stat`` and ``ls`` show about one entry.
+
+    Directories have length, replication and chunk_size 0 and are always complete.
+    ``under_construction`` is the lease holder of a file being written, else None.
+    """
+
+    path: str
+    name: str
+    kind: Kind
+    inode: int
+    owner: str
+    group: str
+    mode: int
+    mtime: float
+    length: int
+    replication: int
+    chunk_size: int
+    complete: bool
+    under_construction: str | None
+
+
+#: A listing entry is the same record as a stat.
+Entry = Stat
+
+
+@attrs.frozen
+class CreateResult:
+    """The new file, and the chunks of the file it replaced (overwrite), to drop."""
+
+    stat: Stat
+    freed: tuple[ChunkRef, ...] = ()
+
+
+@attrs.frozen
+class DeleteResult:
+    """The chunks no file refers to any more, for the dataservers to drop."""
+
+    freed: tuple[ChunkRef, ...] = ()
+
+
+@attrs.frozen
+class RenameResult:
+    """The entry at its new path, and the chunks of a file it replaced, to drop."""
+
+    stat: Stat
+    freed: tuple[ChunkRef, ...] = ()
+
+
+@attrs.frozen
+class Usage:
+    """``du`` of a subtree; a directory counts itself."""
+
+    files: int
+    directories: int
+    bytes: int
+    replicated_bytes: int
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@attrs.frozen
+class Caller:
+    """Who asks for an operation, as the reactor side established it."""
+
+    user: str
+    groups: tuple[str, ...] = ()
+    superuser: bool = False
+
+
+@attrs.frozen
+class Operation:
+    """Fields every operation carries; keyword-only so each operation's own fields
+    can be given positionally.
+
+    ``now`` is the leader's clock when it accepted the request: replicas applying the
+    entry later must all see the same time. ``request_id`` ("" for none) lets a client
+    retry a mutation whose outcome it did not learn without applying it twice.
+    """
+
+    caller: Caller = attrs.field(kw_only=True)
+    now: float = attrs.field(kw_only=True)
+    request_id: str = attrs.field(default="", kw_only=True)
+
+
+@attrs.frozen
+class Mkdir(Operation):
+    path: str
+    mode: int = 0o755
+    parents: bool = False
+
+
+@attrs.frozen
+class Create(Operation):
+    """Create a file and open it for writing under a lease."""
+
+    path: str
+    mode: int = 0o644
+    replication: int = DEFAULT_REPLICATION
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    overwrite: bool = False
+    lease_holder: str = attrs.field(kw_only=True)
+    lease_expires: float = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class AddChunk(Operation):
+    """Append a new, empty chunk to a file under construction (and renew the lease)."""
+
+    path: str
+    lease_holder: str
+    lease_expires: float
+
+
+@attrs.frozen
+class BumpChunkVersion(Operation):
+    """Pipeline recovery: give the last chunk a new version so stale replicas show."""
+
+    path: str
+    lease_holder: str
+    chunk_id: int
+
+
+@attrs.frozen
+class CommitChunk(Operation):
+    """Record the acknowledged length of the last chunk."""
+
+    path: str
+    lease_holder: str
+    chunk_id: int
+    version: int
+    length: int
+
+
+@attrs.frozen
+class RenewLease(Operation):
+    path: str
+    lease_holder: str
+    lease_expires: float
+
+
+@attrs.frozen
+class Close(Operation):
+    """Complete a file; ``length`` must be the sum of its committed chunk lengths."""
+
+    path: str
+    lease_holder: str
+    length: int
+
+
+@attrs.frozen
+class RecoverLease(Operation):
+    """Close a file whose writer went away, at the length its chunks committed."""
+
+    path: str
+
+
+@attrs.frozen
+class Delete(Operation):
+    path: str
+    recursive: bool = False
+
+
+@attrs.frozen
+class Rename(Operation):
+    src: str
+    dst: str
+
+
+@attrs.frozen
+class SetReplication(Operation):
+    path: str
+    replication: int
+
+
+@attrs.frozen
+class Chmod(Operation):
+    path: str
+    mode: int
+
+
+@attrs.frozen
+class Chown(Operation):
+    """Change owner and/or group; None leaves that one as it is."""
+
+    path: str
+    owner: str | None = None
+    group: str | None = None
+
+
+# --------------------------------------------------------------------------- state
+
+
+@attrs.define
+class DirectoryNode:
+    inode: int
+    parent: int
+    name: str
+    owner: str
+    group: str
+    mode: int
+    mtime: float
+    children: dict[str, int] = attrs.Factory(dict)
+
+
+@attrs.define
+class FileNode:
+    inode: int
+    parent: int
+    name: str
+    owner: str
+    group: str
+    mode: int
+    mtime: float
+    replication: int
+    chunk_size: int
+    chunks: list[ChunkRef] = attrs.Factory(list)
+    #: Sum of the chunk lengths, kept so that stat and du need not add them up.
+    length: int = 0
+    #: Set while the file is under construction; a complete file has none.
+    lease: Lease | None = None
+
+
+Node = DirectoryNode | FileNode
+
+
+class _Refused(Exception):
+    """Raised by checks before any change; turned into an Err inside this module."""
+
+    def __init__(self, error: type[errors.DFSError], message: str) -> None:
+        super().__init__(message)
+        self.err = Err(error.__name__, message)
+
+
+def _mode(value: object) -> int:
+    return _integer(value, "mode", 0, MAX_MODE)
+
+
+def _integer(value: object, what: str, low: int, high: int) -> int:
+    # bool is an int to Python, but True as a mode or a length is always a bug.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Refused(errors.InvalidArgument, f"{what} must be an integer, not {_shown(value)}")
+    if not low <= value <= high:
+        raise _Refused(
+            errors.InvalidArgument, f"{what} {_shown(value)} is not within {low}..{high}"
+        )
+    return value
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Refused(errors.InvalidArgument, f"{what} must be true or false, not {_shown(value)}")
+    return value
+
+
+def _time(value: object, what: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range
+            number = math.inf
+        if math.isfinite(number):
+            return number
+    raise _Refused(errors.InvalidArgument, f"{what} must be a finite number, not {_shown(value)}")
+
+
+def _holder(value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_HOLDER_LENGTH:
+        raise _Refused(
+            errors.InvalidArgument,
+            f"lease holder must be a string of 1..{MAX_HOLDER_LENGTH} characters, "
+            f"not {_shown(value)}",
+        )
+    return value
+
+
+def _expiry(value: object, now: float) -> float:
+    expires = _time(value, "lease expiry")
+    if expires <= now:
+        # A lease that is over before it starts is the caller's bug, not a decision.
+        raise _Refused(errors.InvalidArgument, f"lease expiry {expires} is not after now ({now})")
+    return expires
+
+
+def _principal(value: object, what: str) -> str:
+    try:
+        return validate_name(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        raise _Refused(errors.InvalidArgument, f"{what}: {error}") from None
+
+
+def _normalize(path: object) -> str:
+    try:
+        return paths.normalize(path)  # type: ignore[arg-type]
+    except errors.InvalidPath as error:
+        raise _Refused(errors.InvalidPath, error.message) from None
+
+
+def _check_common(operation: object) -> Operation:
+    if not isinstance(operation, Operation):
+        raise _Refused(
+            errors.InvalidArgument, f"{type(operation).__name__} is not a namespace operation"
+        )
+    caller = operation.caller
+    if not isinstance(caller, Caller):
+        raise _Refused(errors.InvalidArgument, f"caller must be a Caller, not {_shown(caller)}")
+    if not isinstance(caller.user, str) or not caller.user:
+        raise _Refused(
+            errors.InvalidArgument,
+            f"caller user must be a non-empty string, not {_shown(caller.user)}",
+        )
+    _flag(caller.superuser, "caller superuser")
+    _time(operation.now, "now")
+    if not isinstance(operation.request_id, str):
+        raise _Refused(
+            errors.InvalidArgument,
+            f"request id must be a string, not {_shown(operation.request_id)}",
+        )
+    return operation
+
+
+def _internal_error(doing: str, error: Exception) -> Err:
+    # Only the exception's type and text: they are the same on every replica, unlike a
+    # traceback, and the result may be remembered in the replicated state.
+    try:
+        text = str(error)[:200]
+    except Exception:  # an exception whose __str__ fails must not escape apply()
+        text = ""
+    return Err(INTERNAL_ERROR, f"internal error {doing}: {type(error).__name__}: {text}")
+
+
+def _prefix(names: list[str], depth: int) -> str:
+    return _p("/" + "/".join(names[:depth]))
+
+
+def _p(text: str) -> str:
+    """A path or name as messages show it: as is, unless that would break the line."""
+    return text if text.isprintable() else repr(text)
+
+
+def _shown(value: object) -> str:
+    """A value as a message shows it: short, one line, and the same on every replica
+    (a plain object's repr carries its memory address)."""
+    if isinstance(value, bool | float | None):
+        return repr(value)
+    if isinstance(value, int):
+        # str() of a huge int raises ValueError (the int digit limit) and is unreadable.
+        return (
+            repr(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+        )
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:45] + "..." + text[-12:]
+    return f"a {type(value).__name__}"
+
+
+def _check_principal(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    validate_name(value)
+
+
+@attrs.define
+class Namespace:
+    """The replicated namespace. Mutate only through :meth:`apply`.
+
+    ``root_owner``/``root_group``/``root_mode`` describe "/" at creation (the
+    superuser and supergroup of the cluster); ``request_memory`` is how many request
+    ids are remembered for de-duplication.
+    """
+
+    root_owner: str = attrs.field(default="dfs", validator=_check_principal)
+    root_group: str = attrs.field(default="supergroup", validator=_check_principal)
+    root_mode: int = attrs.field(default=0o755)
+    request_memory: int = attrs.field(default=REQUEST_MEMORY)
+    _nodes: dict[int, Node] = attrs.field(init=False, factory=dict, repr=False)
+    _next_inode: int = attrs.field(init=False, default=ROOT_INODE + 1)
+    _next_chunk_id: int = attrs.field(init=False, default=FIRST_CHUNK_ID)
+    # Files under construction, so that expired_leases need not scan the tree.
+    _open_files: set[int] = attrs.field(init=False, factory=set, repr=False)
+    # chunk id -> inode of the file holding it: dataserver reports ask about chunks
+    # by id, millions at a time, and must not search the tree.
+    _chunk_files: dict[int, int] = attrs.field(init=False, factory=dict, repr=False)
+    # (user, request id) -> result, oldest first; keyed by user too so that one client
+    # cannot read another's results by guessing its request ids.
+    _applied: dict[tuple[str, str], Ok[Any] | Err] = attrs.field(
+        init=False, factory=dict, repr=False
+    )
+
+    @root_mode.validator
+    def _check_root_mode(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_MODE:
+            raise ValueError(f"root_mode must be an integer within 0..0o7777, not {_shown(value)}")
+
+    @request_memory.validator
+    def _check_request_memory(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"request_memory must be a non-negative integer, not {_shown(value)}")
+
+    def __attrs_post_init__(self) -> None:
+        self._nodes[ROOT_INODE] = DirectoryNode(
+            inode=ROOT_INODE,
+            parent=ROOT_INODE,
+            name="",
+            owner=self.root_owner,
+            group=self.root_group,
+            mode=self.root_mode,
+            mtime=0.0,
+        )
+
+    # ----------------------------------------------------------------- replicated entry
+
+    def apply(self, operation: Operation) -> Ok[Any] | Err:
+        """Apply one operation; never raises. Same request id, same result, applied once."""
+        try:
+            return self._apply(operation)
+        except Exception as error:
+            # Last line of defence: a raise here would wedge every replica.
+            return _internal_error(f"applying {type(operation).__name__}", error)
+
+    def _apply(self, operation: Operation) -> Ok[Any] | Err:
+        try:
+            operation = _check_common(operation)
+        except _Refused as refusal:
+            return refusal.err
+        key = (operation.caller.user, operation.request_id) if operation.request_id else None
+        if key is not None:
+            previous = self._applied.get(key)
+            if previous is not None:
+                return previous
+        result: Ok[Any] | Err
+        try:
+            result = self._dispatch(operation)
+        except _Refused as refusal:
+            result = refusal.err
+        except Exception as error:
+            result = _internal_error(f"applying {type(operation).__name__}", error)
+        if key is not None:
+            self._remember(key, result)
+        return result
+
+    def _remember(self, key: tuple[str, str], result: Ok[Any] | Err) -> None:
+        self._applied[key] = result
+        # Dicts keep insertion order, so the oldest id goes first on every replica.
+        while len(self._applied) > self.request_memory:
+            del self._applied[next(iter(self._applied))]
+
+    def _dispatch(self, op: Operation) -> Ok[Any]:
+        match op:
+            case Mkdir():
+                return self._mkdir(op)
+            case Create():
+                return self._create(op)
+            case AddChunk():
+                return self._add_chunk(op)
+            case BumpChunkVersion():
+                return self._bump_chunk_version(op)
+            case CommitChunk():
+                return self._commit_chunk(op)
+            case RenewLease():
+                return self._renew_lease(op)
+            case Close():
+                return self._close(op)
+            case RecoverLease():
+                return self._recover_lease(op)
+            case Delete():
+                return self._delete(op)
+            case Rename():
+                return self._rename(op)
+            case SetReplication():
+                return self._set_replication(op)
+            case Chmod():
+                return self._chmod(op)
+            case Chown():
+                return self._chown(op)
+        raise _Refused(errors.InvalidArgument, f"unknown operation {type(op).__name__}")
+
+    # ----------------------------------------------------------------- queries
+
+    def stat(self, path: str) -> Ok[Stat] | Err:
+        """The entry at ``path``."""
+        return self._query(self._stat_query, path)
+
+    # Named like the shell command; return annotations below this method spell the
+    # builtin as builtins.list because mypy resolves them in the class scope.
+    def list(self, path: str) -> Ok[tuple[Stat, ...]] | Err:
+        """A directory's entries sorted by name; a file lists as itself (like ``ls``)."""
+        return self._query(self._list_query, path)
+
+    def du(self, path: str) -> Ok[Usage] | Err:
+        """Files, directories and bytes (plain and times replication) under ``path``."""
+        return self._query(self._du_query, path)
+
+    def chunks(self, path: str) -> Ok[tuple[ChunkRef, ...]] | Err:
+        """A file's chunks in order (the last one may be uncommitted while writing)."""
+        return self._query(self._chunks_query, path)
+
+    def expired_leases(self, now: float) -> builtins.list[str]:
+        """Paths of files whose write lease ran out by ``now``, for the leader to recover."""
+        expired = []
+        for number in self._open_files:
+            node = self._nodes[number]
+            if isinstance(node, FileNode) and node.lease is not None:
+                if now >= node.lease.expires:
+                    expired.append(self._path_of(node))
+        return sorted(expired)
+
+    def chunk_version(self, chunk_id: int) -> int | None:
+        """The current version of a chunk some file holds; None for an unknown or
+        freed chunk (an orphan replica). Tells stale replicas from good ones."""
+        chunk = self._chunk(chunk_id)
+        return None if chunk is None else chunk[1].version
+
+    def chunk_file(self, chunk_id: int) -> Stat | None:
+        """The file holding a chunk (its replication is the chunk's target), or None."""
+        chunk = self._chunk(chunk_id)
+        return None if chunk is None else self._stat(self._path_of(chunk[0]), chunk[0])
+
+    def _chunk(self, chunk_id: int) -> tuple[FileNode, ChunkRef] | None:
+        number = self._chunk_files.get(chunk_id)
+        if number is None:
+            return None
+        node = self._nodes[number]
+        assert isinstance(node, FileNode)
+        # Chunks are appended and only the last one changes, so the one asked about is
+        # almost always near the end.
+        for chunk in reversed(node.chunks):
+            if chunk.chunk_id == chunk_id:
+                return node, chunk
+        return None
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes; :meth:`restore` gives back an equal namespace."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(cls, data: bytes) -> Namespace:
+        """Load a :meth:`snapshot` (trusted data only: this is pickle)."""
+        namespace = pickle.loads(data)
+        if not isinstance(namespace, cls):
+            raise TypeError(f"snapshot holds a {type(namespace).__name__}, not a {cls.__name__}")
+        return namespace
+
+    @property
+    def next_inode(self) -> int:
+        return self._next_inode
+
+    @property
+    def next_chunk_id(self) -> int:
+        return self._next_chunk_id
+
+    @property
+    def entry_count(self) -> int:
+        """Files and directories, the root included."""
+        return len(self._nodes)
+
+    def verify(self) -> builtins.list[str]:
+        """Check the internal invariants; returns what is wrong (nothing, normally).
+
+        For tests and for a paranoid check after loading a snapshot.
+        """
+        problems: list[str] = []
+        root = self._nodes.get(ROOT_INODE)
+        if not isinstance(root, DirectoryNode):
+            return ["the root directory is missing"]
+        seen: set[int] = {ROOT_INODE}
+        chunk_ids: set[int] = set()
+        open_files: set[int] = set()
+        # Its own traversal rather than _walk: a damaged tree may have cycles or
+        # dangling children, and this must report them rather than loop or raise.
+        stack: list[Node] = [root]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, DirectoryNode):
+                for name, number in node.children.items():
+                    child = self._nodes.get(number)
+                    if child is None:
+                        problems.append(f"inode {node.inode} lists missing inode {number}")
+                    elif number in seen:
+                        problems.append(f"inode {number} ({name!r}) is reachable twice")
+                    else:
+                        seen.add(number)
+                        stack.append(child)
+            if node.inode >= self._next_inode:
+                problems.append(f"inode {node.inode} is not below the counter")
+            if node.inode != ROOT_INODE:
+                parent = self._nodes.get(node.parent)
+                if (
+                    not isinstance(parent, DirectoryNode)
+                    or parent.children.get(node.name) != node.inode
+                ):
+                    problems.append(f"inode {node.inode} has a wrong parent pointer or name")
+            if isinstance(node, FileNode):
+                if node.length != sum(chunk.length for chunk in node.chunks):
+                    problems.append(f"inode {node.inode} length is not the sum of its chunks")
+                if node.lease is not None:
+                    open_files.add(node.inode)
+                for chunk in node.chunks:
+                    if chunk.chunk_id in chunk_ids or chunk.chunk_id >= self._next_chunk_id:
+                        problems.append(f"chunk {chunk.chunk_id} is duplicated or not counted")
+                    if self._chunk_files.get(chunk.chunk_id) != node.inode:
+                        problems.append(f"chunk {chunk.chunk_id} is not indexed to its file")
+                    chunk_ids.add(chunk.chunk_id)
+        if seen != set(self._nodes):
+            problems.append(f"{len(set(self._nodes) - seen)} inodes are not reachable")
+        if len(self._chunk_files) != len(chunk_ids):
+            problems.append("the chunk index holds chunks no file has")
+        if open_files != self._open_files:
+            problems.append("the set of files under construction is out of date")
+        return problems
+
+    # ----------------------------------------------------------------- lookups
+
+    def _query(self, query: Callable[[str], T], path: str) -> Ok[T] | Err:
+        try:
+            return Ok(query(_normalize(path)))
+        except _Refused as refusal:
+            return refusal.err
+        except Exception as error:
+            return _internal_error(f"reading {_shown(path)}", error)
+
+    def _locate(self, path: str) -> tuple[DirectoryNode | None, str, Node | None]:
+        """(parent directory, name, node) for a normalized path; node None if the last
+        component is missing. Refuses if a directory on the way is missing or a file.
+        The root has no parent: (None, "", root)."""
+        node: Node = self._root()
+        if path == paths.ROOT:
+            return None, "", node
+        names = paths.components(path)
+        last = len(names) - 1
+        parent = node
+        for depth, name in enumerate(names):
+            if not isinstance(node, DirectoryNode):
+                raise _Refused(
+                    errors.NotADirectory, f"{_p(path)}: {_prefix(names, depth)} is not a directory"
+                )
+            parent = node
+            number = node.children.get(name)
+            if number is None:
+                if depth == last:
+                    return parent, name, None
+                raise _Refused(
+                    errors.FileNotFound,
+                    f"{_p(path)}: directory {_prefix(names, depth + 1)} does not exist",
+                )
+            node = self._nodes[number]
+        assert isinstance(parent, DirectoryNode)
+        return parent, names[last], node
+
+    def _root(self) -> DirectoryNode:
+        root = self._nodes[ROOT_INODE]
+        assert isinstance(root, DirectoryNode)
+        return root
+
+    def _existing(self, path: str) -> Node:
+        _parent, _name, node = self._locate(path)
+        if node is None:
+            raise _Refused(errors.FileNotFound, f"{_p(path)}: no such file or directory")
+        return node
+
+    def _file(self, path: str) -> FileNode:
+        node = self._existing(path)
+        if not isinstance(node, FileNode):
+            raise _Refused(errors.IsADirectory, f"{_p(path)}: is a directory")
+        return node
+
+    def _writable(self, path: str, holder: str) -> FileNode:
+        """The file under construction at ``path`` whose lease ``holder`` holds.
+
+        The holder may go on past its lease's expiry as long as nobody recovered the
+        file or took it over: there is no one it could conflict with.
+        """
+        node = self._file(path)
+        if node.lease is None:
+            raise _Refused(errors.LeaseConflict, f"{_p(path)}: is not open for writing")
+        if node.lease.holder != holder:
+            raise _Refused(
+                errors.LeaseConflict,
+                f"{_p(path)}: is being written by {_p(node.lease.holder)}, not {_p(holder)}",
+            )
+        return node
+
+    def _path_of(self, node: Node) -> str:
+        names = []
+        while node.inode != ROOT_INODE:
+            names.append(node.name)
+            node = self._nodes[node.parent]
+        return "/" + "/".join(reversed(names))
+
+    def _walk(self, top: Node) -> Iterator[Node]:
+        """``top`` and everything below it, depth first in name order (deterministic
+        everywhere, and iterative: trees can be deeper than Python's recursion limit)."""
+        stack: list[Node] = [top]
+        while stack:
+            node = stack.pop()
+            yield node
+            if isinstance(node, DirectoryNode):
+                for name in sorted(node.children, reverse=True):
+                    stack.append(self._nodes[node.children[name]])
+
+    def _stat(self, path: str, node: Node) -> Stat:
+        if isinstance(node, DirectoryNode):
+            return Stat(
+                path=path,
+                name=node.name,
+                kind=DIRECTORY,
+                inode=node.inode,
+                owner=node.owner,
+                group=node.group,
+                mode=node.mode,
+                mtime=node.mtime,
+                length=0,
+                replication=0,
+                chunk_size=0,
+                complete=True,
+                under_construction=None,
+            )
+        return Stat(
+            path=path,
+            name=node.name,
+            kind=FILE,
+            inode=node.inode,
+            owner=node.owner,
+            group=node.group,
+            mode=node.mode,
+            mtime=node.mtime,
+            length=node.length,
+            replication=node.replication,
+            chunk_size=node.chunk_size,
+            complete=node.lease is None,
+            under_construction=None if node.lease is None else node.lease.holder,
+        )
+
+    def _stat_query(self, path: str) -> Stat:
+        return self._stat(path, self._existing(path))
+
+    def _list_query(self, path: str) -> tuple[Stat, ...]:
+        node = self._existing(path)
+        if isinstance(node, FileNode):
+            return (self._stat(path, node),)
+        return tuple(
+            self._stat(paths.join(path, name), self._nodes[node.children[name]])
+            for name in sorted(node.children)
+        )
+
+    def _du_query(self, path: str) -> Usage:
+        files = directories = size = replicated = 0
+        for node in self._walk(self._existing(path)):
+            if isinstance(node, DirectoryNode):
+                directories += 1
+            else:
+                files += 1
+                size += node.length
+                replicated += node.length * node.replication
+        return Usage(files=files, directories=directories, bytes=size, replicated_bytes=replicated)
+
+    def _chunks_query(self, path: str) -> tuple[ChunkRef, ...]:
+        return tuple(self._file(path).chunks)
+
+    # ----------------------------------------------------------------- changes
+    # Below, everything before the first assignment to the state may refuse; nothing
+    # after it may.
+
+    def _add_directory(
+        self, parent: DirectoryNode, name: str, mode: int, owner: str, now: float
+    ) -> DirectoryNode:
+        node = DirectoryNode(
+            inode=self._next_inode,
+            parent=parent.inode,
+            name=name,
+            owner=owner,
+            # BSD/HDFS rule: a new entry takes its directory's group.
+            group=parent.group,
+            mode=mode,
+            mtime=now,
+        )
+        self._next_inode += 1
+        self._nodes[node.inode] = node
+        parent.children[name] = node.inode
+        parent.mtime = now
+        return node
+
+    def _remove(self, parent: DirectoryNode, name: str, top: Node) -> tuple[ChunkRef, ...]:
+        """Unlink ``top`` and drop its subtree; returns the chunks freed."""
+        below = list(self._walk(top))
+        del parent.children[name]
+        freed: list[ChunkRef] = []
+        for node in below:
+            del self._nodes[node.inode]
+            if isinstance(node, FileNode):
+                freed.extend(node.chunks)
+                self._open_files.discard(node.inode)
+                for chunk in node.chunks:
+                    del self._chunk_files[chunk.chunk_id]
+        return tuple(freed)
+
+    def _mkdir(self, op: Mkdir) -> Ok[Stat]:
+        path = _normalize(op.path)
+        mode = _mode(op.mode)
+        parents = _flag(op.parents, "parents")
+        now = float(op.now)
+        if not parents:
+            parent, name, node = self._locate(path)
+            if node is not None:
+                raise _Refused(errors.FileExists, f"{_p(path)}: already exists")
+            assert parent is not None  # only the root has none, and it exists
+            return Ok(
+                self._stat(path, self._add_directory(parent, name, mode, op.caller.user, now))
+            )
+        # mkdir -p: walk as far as the tree goes, then create the rest.
+        names = paths.components(path)
+        directory = self._root()
+        missing = len(names)
+        for depth, name in enumerate(names):
+            number = directory.children.get(name)
+            if number is None:
+                missing = depth
+                break
+            node = self._nodes[number]
+            if not isinstance(node, DirectoryNode):
+                if depth == len(names) - 1:
+                    raise _Refused(errors.FileExists, f"{_p(path)}: already exists as a file")
+                raise _Refused(
+                    errors.NotADirectory,
+                    f"{_p(path)}: {_prefix(names, depth + 1)} is not a directory",
+                )
+            directory = node
+        for name in names[missing:]:
+            directory = self._add_directory(directory, name, mode, op.caller.user, now)
+        return Ok(self._stat(path, directory))
+
+    def _create(self, op: Create) -> Ok[CreateResult]:
+        path = _normalize(op.path)
+        mode = _mode(op.mode)
+        replication = _integer(op.replication, "replication", 1, MAX_REPLICATION)
+        chunk_size = _integer(op.chunk_size, "chunk size", 1, MAX_CHUNK_SIZE)
+        overwrite = _flag(op.overwrite, "overwrite")
+        holder = _holder(op.lease_holder)
+        now = float(op.now)
+        expires = _expiry(op.lease_expires, now)
+        parent, name, node = self._locate(path)
+        if isinstance(node, DirectoryNode):
+            if overwrite:
+                raise _Refused(errors.IsADirectory, f"{_p(path)}: is a directory")
+            raise _Refused(errors.FileExists, f"{_p(path)}: already exists as a directory")
+        if node is not None:
+            if not overwrite:
+                raise _Refused(errors.FileExists, f"{_p(path)}: already exists")
+            lease = node.lease
+            if lease is not None and lease.holder != holder and now < lease.expires:
+                raise _Refused(
+                    errors.LeaseConflict,
+                    f"{_p(path)}: is being written by {_p(lease.holder)} "
+                    f"(lease until {lease.expires})",
+                )
+        assert parent is not None  # "/" is a directory, refused above
+        freed = self._remove(parent, name, node) if node is not None else ()
+        # A replaced file gets a new inode, as in HDFS: it is a new file.
+        new = FileNode(
+            inode=self._next_inode,
+            parent=parent.inode,
+            name=name,
+            owner=op.caller.user,
+            group=parent.group,
+            mode=mode,
+            mtime=now,
+            replication=replication,
+            chunk_size=chunk_size,
+            lease=Lease(holder, expires),
+        )
+        self._next_inode += 1
+        self._nodes[new.inode] = new
+        self._open_files.add(new.inode)
+        parent.children[name] = new.inode
+        parent.mtime = now
+        return Ok(CreateResult(stat=self._stat(path, new), freed=freed))
+
+    def _add_chunk(self, op: AddChunk) -> Ok[ChunkRef]:
+        path = _normalize(op.path)
+        holder = _holder(op.lease_holder)
+        expires = _expiry(op.lease_expires, float(op.now))
+        node = self._writable(path, holder)
+        chunk = ChunkRef(chunk_id=self._next_chunk_id, version=1, length=0)
+        self._next_chunk_id += 1
+        node.chunks.append(chunk)
+        self._chunk_files[chunk.chunk_id] = node.inode
+        node.lease = Lease(holder, expires)
+        return Ok(chunk)
+
+    def _last_chunk(self, path: str, node: FileNode, chunk_id: object) -> ChunkRef:
+        _integer(chunk_id, "chunk id", FIRST_CHUNK_ID, _MAX_INT)
+        if not node.chunks or node.chunks[-1].chunk_id != chunk_id:
+            # Only the chunk being written may change; earlier ones are settled.
+            raise _Refused(
+                errors.InvalidArgument, f"{_p(path)}: chunk {chunk_id} is not the file's last chunk"
+            )
+        return node.chunks[-1]
+
+    def _bump_chunk_version(self, op: BumpChunkVersion) -> Ok[ChunkRef]:
+        path = _normalize(op.path)
+        node = self._writable(path, _holder(op.lease_holder))
+        last = self._last_chunk(path, node, op.chunk_id)
+        bumped = attrs.evolve(last, version=last.version + 1)
+        node.chunks[-1] = bumped
+        return Ok(bumped)
+
+    def _commit_chunk(self, op: CommitChunk) -> Ok[ChunkRef]:
+        path = _normalize(op.path)
+        node = self._writable(path, _holder(op.lease_holder))
+        last = self._last_chunk(path, node, op.chunk_id)
+        version = _integer(op.version, "version", 1, _MAX_INT)
+        if version != last.version:
+            raise _Refused(
+                errors.StaleChunk,
+                f"{_p(path)}: chunk {last.chunk_id} is at version {last.version}, not {version}",
+            )
+        length = _integer(op.length, "chunk length", 0, node.chunk_size)
+        committed = attrs.evolve(last, length=length)
+        node.chunks[-1] = committed
+        node.length += length - last.length
+        return Ok(committed)
+
+    def _renew_lease(self, op: RenewLease) -> Ok[Stat]:
+        path = _normalize(op.path)
+        holder = _holder(op.lease_holder)
+        expires = _expiry(op.lease_expires, float(op.now))
+        node = self._writable(path, holder)
+        node.lease = Lease(holder, expires)
+        return Ok(self._stat(path, node))
+
+    def _close(self, op: Close) -> Ok[Stat]:
+        path = _normalize(op.path)
+        node = self._writable(path, _holder(op.lease_holder))
+        length = _integer(op.length, "length", 0, _MAX_INT)
+        if length != node.length:
+            raise _Refused(
+                errors.InvalidArgument,
+                f"{_p(path)}: length {length} is not the committed length {node.length}",
+            )
+        self._complete(node, float(op.now))
+        return Ok(self._stat(path, node))
+
+    def _complete(self, node: FileNode, now: float) -> None:
+        node.lease = None
+        node.mtime = now
+        self._open_files.discard(node.inode)
+
+    def _recover_lease(self, op: RecoverLease) -> Ok[Stat]:
+        path = _normalize(op.path)
+        node = self._file(path)
+        now = float(op.now)
+        lease = node.lease
+        if lease is not None:
+            if now < lease.expires and not op.caller.superuser:
+                raise _Refused(
+                    errors.LeaseConflict,
+                    f"{_p(path)}: the lease of {_p(lease.holder)} runs until {lease.expires}",
+                )
+            self._complete(node, now)
+        # An already complete file is not an error: the writer may have closed it
+        # between the leader's decision and this entry.
+        return Ok(self._stat(path, node))
+
+    def _delete(self, op: Delete) -> Ok[DeleteResult]:
+        path = _normalize(op.path)
+        recursive = _flag(op.recursive, "recursive")
+        if path == paths.ROOT:
+            raise _Refused(errors.InvalidPath, "/: the root directory cannot be deleted")
+        parent, name, node = self._locate(path)
+        if node is None:
+            raise _Refused(errors.FileNotFound, f"{_p(path)}: no such file or directory")
+        if isinstance(node, DirectoryNode) and node.children and not recursive:
+            raise _Refused(errors.DirectoryNotEmpty, f"{_p(path)}: directory is not empty")
+        assert parent is not None
+        freed = self._remove(parent, name, node)
+        parent.mtime = float(op.now)
+        return Ok(DeleteResult(freed=freed))
+
+    def _rename(self, op: Rename) -> Ok[RenameResult]:
+        src = _normalize(op.src)
+        dst = _normalize(op.dst)
+        if paths.ROOT in (src, dst):
+            raise _Refused(
+                errors.InvalidPath, f"{_p(src)} -> {_p(dst)}: cannot rename the root directory"
+            )
+        src_parent, src_name, node = self._locate(src)
+        if node is None:
+            raise _Refused(errors.FileNotFound, f"{_p(src)}: no such file or directory")
+        if src == dst:
+            return Ok(RenameResult(stat=self._stat(dst, node)))
+        if isinstance(node, DirectoryNode) and paths.is_ancestor(src, dst):
+            raise _Refused(
+                errors.InvalidPath, f"{_p(src)} -> {_p(dst)}: cannot move a directory into itself"
+            )
+        dst_parent, dst_name, replaced = self._locate(dst)
+        if replaced is not None and not (
+            isinstance(replaced, FileNode) and isinstance(node, FileNode)
+        ):
+            raise _Refused(errors.FileExists, f"{_p(dst)}: already exists")
+        assert src_parent is not None and dst_parent is not None
+        now = float(op.now)
+        freed = self._remove(dst_parent, dst_name, replaced) if replaced is not None else ()
+        del src_parent.children[src_name]
+        dst_parent.children[dst_name] = node.inode
+        node.parent = dst_parent.inode
+        node.name = dst_name
+        src_parent.mtime = now
+        dst_parent.mtime = now
+        return Ok(RenameResult(stat=self._stat(dst, node), freed=freed))
+
+    def _set_replication(self, op: SetReplication) -> Ok[Stat]:
+        path = _normalize(op.path)
+        replication = _integer(op.replication, "replication", 1, MAX_REPLICATION)
+        node = self._file(path)
+        node.replication = replication
+        return Ok(self._stat(path, node))
+
+    def _chmod(self, op: Chmod) -> Ok[Stat]:
+        path = _normalize(op.path)
+        mode = _mode(op.mode)
+        node = self._existing(path)
+        node.mode = mode
+        return Ok(self._stat(path, node))
+
+    def _chown(self, op: Chown) -> Ok[Stat]:
+        path = _normalize(op.path)
+        owner = None if op.owner is None else _principal(op.owner, "owner")
+        group = None if op.group is None else _principal(op.group, "group")
+        node = self._existing(path)
+        if owner is not None:
+            node.owner = owner
+        if group is not None:
+            node.group = group
+        return Ok(self._stat(path, node))

@@ -1,0 +1,43 @@
+"""Dialling a DFS server: mutual TLS with its name checked, then one AMP session.
+
+Used by clients and by servers that call each other (a dataserver forwarding a
+pipeline, or registering with a metaserver).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+
+from dfs.config import Address
+from dfs.protocol.commands import Ping
+from dfs.protocol.session import PeerSession
+from dfs.security.identity import Identity
+from dfs.security.tls import NodeCredentials
+
+
+async def dial(
+    reactor: Any,
+    address: Address,
+    credentials: NodeCredentials,
+    identity: Identity,
+    *,
+    server_name: str | None = None,
+    timeout: float = 10.0,
+) -> PeerSession:
+    """An AMP session with the server at ``address`` once TLS has been verified.
+
+    ``server_name`` is the name the server's certificate must carry (defaults to the
+    host of ``address``). Fails with the TLS or connection error otherwise.
+    """
+    endpoint = wrapClientTLS(
+        credentials.client_options(server_name or address.host),
+        HostnameEndpoint(reactor, address.host, address.port, timeout=timeout),
+    )
+    session = PeerSession(identity)
+    await connectProtocol(endpoint, session)
+    # TLS completes after the TCP connection; a Ping proves the handshake passed
+    # both ways and tells us who answered.
+    await session.callRemote(Ping).addTimeout(timeout, reactor)
+    return session

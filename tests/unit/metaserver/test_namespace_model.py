@@ -1,0 +1,554 @@
+"""The namespace against a simple model: a dict from path to entry.
+
+Hypothesis drives both with random mkdir, create, write, close, recover, delete,
+rename, list and stat calls over a small set of paths (so that they collide), and
+checks after every step that they agree on the outcome, on the error when there is
+one, and on every entry. Snapshots and retried request ids are mixed in.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import attrs
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from dfs.metaserver import paths
+from dfs.metaserver.namespace import (
+    AddChunk,
+    BumpChunkVersion,
+    Caller,
+    Chmod,
+    Chown,
+    ChunkRef,
+    Close,
+    CommitChunk,
+    Create,
+    Delete,
+    Err,
+    Mkdir,
+    Namespace,
+    Ok,
+    Operation,
+    RecoverLease,
+    Rename,
+    RenewLease,
+)
+
+CHUNK_SIZE = 100
+NAMES = ["a", "b"]
+ALL_PATHS = ["/"] + [
+    "/" + "/".join(parts) for depth in (1, 2, 3) for parts in itertools.product(NAMES, repeat=depth)
+]
+CALLERS = [Caller("alice"), Caller("bob", groups=("staff",)), Caller("dfs", superuser=True)]
+HOLDERS = ["c1", "c2"]
+
+path_strategy = st.sampled_from(ALL_PATHS)
+callers = st.sampled_from(CALLERS)
+holders = st.sampled_from(HOLDERS)
+modes = st.sampled_from([0o755, 0o700, 0o644, 0o1777])
+
+
+def spell(path: str, how: int) -> str:
+    """One of several spellings that all normalize to ``path``."""
+    if how == 1:
+        return path + "/"
+    if how == 2:
+        return "/." + path
+    if how == 3:
+        return path.replace("/", "//")
+    if how == 4:
+        return path.rstrip("/") + "/x/.."
+    return path
+
+
+spellings = st.integers(0, 4)
+
+
+@attrs.define
+class ModelDir:
+    owner: str
+    group: str
+    mode: int
+
+
+@attrs.define
+class ModelFile:
+    owner: str
+    group: str
+    mode: int
+    chunks: list[ChunkRef] = attrs.Factory(list)
+    holder: str | None = None
+    expires: float = 0.0
+
+    @property
+    def length(self) -> int:
+        return sum(chunk.length for chunk in self.chunks)
+
+
+ModelEntry = ModelDir | ModelFile
+
+
+class NamespaceMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ns = Namespace()
+        self.model: dict[str, ModelEntry] = {"/": ModelDir("dfs", "supergroup", 0o755)}
+        self.now = 1.0
+        self.next_chunk = 1
+        self.freed: set[int] = set()
+        self.requests = itertools.count()
+        self.last_request: tuple[Operation, Ok[Any] | Err] | None = None
+
+    # -- the model's rules -------------------------------------------------------
+
+    def walk_error(self, path: str) -> str | None:
+        """The error of reaching ``path``'s parent: a missing or file ancestor."""
+        names = paths.components(path)
+        for depth in range(1, len(names)):
+            ancestor = "/" + "/".join(names[:depth])
+            entry = self.model.get(ancestor)
+            if entry is None:
+                return "FileNotFound"
+            if isinstance(entry, ModelFile):
+                return "NotADirectory"
+        return None
+
+    def file_error(self, path: str) -> str | None:
+        """The error of reaching an existing file at ``path``."""
+        error = self.walk_error(path)
+        if error is not None:
+            return error
+        entry = self.model.get(path)
+        if entry is None:
+            return "FileNotFound"
+        if isinstance(entry, ModelDir):
+            return "IsADirectory"
+        return None
+
+    def lease_error(self, path: str, holder: str) -> str | None:
+        error = self.file_error(path)
+        if error is not None:
+            return error
+        entry = self.model[path]
+        assert isinstance(entry, ModelFile)
+        if entry.holder != holder:
+            return "LeaseConflict"
+        return None
+
+    def subtree(self, path: str) -> list[str]:
+        return sorted(p for p in self.model if paths.is_ancestor(path, p))
+
+    def group_of_parent(self, path: str) -> str:
+        return self.model[paths.split(path)[0]].group
+
+    # -- choosing arguments: mostly ones that get past the first check ------------------
+
+    def pick(self, data: st.DataObject, likely: list[str]) -> str:
+        """Usually one of ``likely``, sometimes any path (to reach the refusals)."""
+        if likely and data.draw(st.integers(0, 4)) > 0:
+            return data.draw(st.sampled_from(sorted(likely)))
+        return data.draw(path_strategy)
+
+    def creatable(self) -> list[str]:
+        return [
+            path
+            for path in ALL_PATHS
+            if path not in self.model and isinstance(self.model.get(paths.split(path)[0]), ModelDir)
+        ]
+
+    def files(self, *, open_only: bool = False) -> list[str]:
+        return [
+            path
+            for path, entry in self.model.items()
+            if isinstance(entry, ModelFile) and (entry.holder is not None or not open_only)
+        ]
+
+    def pick_open_file(self, data: st.DataObject) -> tuple[str, str]:
+        """A path and a holder: usually a file being written and its own holder."""
+        path = self.pick(data, self.files(open_only=True))
+        entry = self.model.get(path)
+        if isinstance(entry, ModelFile) and entry.holder and data.draw(st.integers(0, 4)):
+            return path, entry.holder
+        return path, data.draw(holders)
+
+    # -- driving both ----------------------------------------------------------------
+
+    def common(self, caller: Caller, request: bool) -> dict[str, Any]:
+        request_id = f"r{next(self.requests)}" if request else ""
+        return {"caller": caller, "now": self.now, "request_id": request_id}
+
+    def apply(self, op: Operation, expected_error: str | None) -> Any:
+        result = self.ns.apply(op)
+        if op.request_id:
+            self.last_request = (op, result)
+        if expected_error is None:
+            assert isinstance(result, Ok), (op, result)
+            return result.value
+        assert isinstance(result, Err), (op, result)
+        assert result.error == expected_error, (op, result)
+        return None
+
+    # -- rules -------------------------------------------------------------------------
+
+    @rule(
+        data=st.data(),
+        how=spellings,
+        parents=st.booleans(),
+        mode=modes,
+        caller=callers,
+        request=st.booleans(),
+    )
+    def mkdir(
+        self,
+        data: st.DataObject,
+        how: int,
+        parents: bool,
+        mode: int,
+        caller: Caller,
+        request: bool,
+    ) -> None:
+        path = self.pick(data, self.creatable())
+        error: str | None = None
+        to_make: list[str] = []
+        if parents:
+            names = paths.components(path)
+            chain = ["/" + "/".join(names[:depth]) for depth in range(1, len(names) + 1)]
+            for index, step in enumerate(chain):
+                entry = self.model.get(step)
+                if entry is None:
+                    to_make = chain[index:]
+                    break
+                if isinstance(entry, ModelFile):
+                    error = "FileExists" if step == path else "NotADirectory"
+                    break
+        else:
+            error = self.walk_error(path) or ("FileExists" if path in self.model else None)
+            to_make = [path]
+        op = Mkdir(spell(path, how), mode, parents, **self.common(caller, request))
+        made = self.apply(op, error)
+        if error is None:
+            for step in to_make:
+                self.model[step] = ModelDir(caller.user, self.group_of_parent(step), mode)
+            assert made.path == path and made.kind == "directory"
+
+    @rule(
+        data=st.data(),
+        how=spellings,
+        overwrite=st.booleans(),
+        holder=holders,
+        duration=st.sampled_from([1.0, 5.0, 30.0]),
+        mode=modes,
+        caller=callers,
+        request=st.booleans(),
+    )
+    def create(
+        self,
+        data: st.DataObject,
+        how: int,
+        overwrite: bool,
+        holder: str,
+        duration: float,
+        mode: int,
+        caller: Caller,
+        request: bool,
+    ) -> None:
+        path = self.pick(data, self.creatable() + self.files())
+        error = self.walk_error(path)
+        entry = self.model.get(path)
+        if error is None:
+            if isinstance(entry, ModelDir):
+                error = "IsADirectory" if overwrite else "FileExists"
+            elif isinstance(entry, ModelFile):
+                if not overwrite:
+                    error = "FileExists"
+                elif entry.holder not in (None, holder) and self.now < entry.expires:
+                    error = "LeaseConflict"
+        op = Create(
+            spell(path, how),
+            mode,
+            2,
+            CHUNK_SIZE,
+            overwrite,
+            lease_holder=holder,
+            lease_expires=self.now + duration,
+            **self.common(caller, request),
+        )
+        result = self.apply(op, error)
+        if error is None:
+            freed = entry.chunks if isinstance(entry, ModelFile) else []
+            assert result.freed == tuple(freed)
+            self.freed.update(chunk.chunk_id for chunk in freed)
+            self.model[path] = ModelFile(
+                caller.user,
+                self.group_of_parent(path),
+                mode,
+                holder=holder,
+                expires=self.now + duration,
+            )
+
+    @rule(data=st.data(), length=st.integers(0, CHUNK_SIZE), request=st.booleans())
+    def write_chunk(self, data: st.DataObject, length: int, request: bool) -> None:
+        path, holder = self.pick_open_file(data)
+        error = self.lease_error(path, holder)
+        common = self.common(CALLERS[0], request)
+        chunk = self.apply(AddChunk(path, holder, self.now + 10, **common), error)
+        if error is not None:
+            return
+        assert chunk == ChunkRef(self.next_chunk, 1, 0)
+        self.next_chunk += 1
+        entry = self.model[path]
+        assert isinstance(entry, ModelFile)
+        entry.chunks.append(chunk)
+        entry.expires = self.now + 10
+        committed = self.apply(
+            CommitChunk(path, holder, chunk.chunk_id, 1, length, **self.common(CALLERS[0], False)),
+            None,
+        )
+        assert committed == ChunkRef(chunk.chunk_id, 1, length)
+        entry.chunks[-1] = committed
+
+    @rule(data=st.data(), length=st.integers(0, CHUNK_SIZE))
+    def recover_pipeline(self, data: st.DataObject, length: int) -> None:
+        path, holder = self.pick_open_file(data)
+        error = self.lease_error(path, holder)
+        entry = self.model.get(path)
+        if error is None:
+            assert isinstance(entry, ModelFile)
+            if not entry.chunks:
+                error = "InvalidArgument"
+        last = entry.chunks[-1] if error is None and isinstance(entry, ModelFile) else None
+        chunk_id = last.chunk_id if last is not None else 1
+        common = self.common(CALLERS[0], False)
+        bumped = self.apply(BumpChunkVersion(path, holder, chunk_id, **common), error)
+        if error is not None or last is None:
+            return
+        assert isinstance(entry, ModelFile)
+        assert bumped == attrs.evolve(last, version=last.version + 1)
+        stale = CommitChunk(path, holder, chunk_id, last.version, length, **common)
+        self.apply(stale, "StaleChunk")
+        fresh = CommitChunk(path, holder, chunk_id, bumped.version, length, **common)
+        entry.chunks[-1] = self.apply(fresh, None)
+
+    @rule(data=st.data(), caller=callers)
+    def close(self, data: st.DataObject, caller: Caller) -> None:
+        path, holder = self.pick_open_file(data)
+        right_length = data.draw(st.integers(0, 3)) > 0
+        error = self.lease_error(path, holder)
+        entry = self.model.get(path)
+        length = entry.length if isinstance(entry, ModelFile) else 0
+        if error is None and not right_length:
+            error = "InvalidArgument"
+        op = Close(path, holder, length + (0 if right_length else 1), **self.common(caller, True))
+        closed = self.apply(op, error)
+        if error is None:
+            assert isinstance(entry, ModelFile)
+            entry.holder = None
+            assert closed.complete and closed.length == entry.length
+
+    @rule(data=st.data())
+    def renew(self, data: st.DataObject) -> None:
+        path, holder = self.pick_open_file(data)
+        error = self.lease_error(path, holder)
+        self.apply(RenewLease(path, holder, self.now + 10, **self.common(CALLERS[0], False)), error)
+        if error is None:
+            entry = self.model[path]
+            assert isinstance(entry, ModelFile)
+            entry.expires = self.now + 10
+
+    @rule(data=st.data(), caller=callers)
+    def recover_lease(self, data: st.DataObject, caller: Caller) -> None:
+        path = self.pick(data, self.files(open_only=True))
+        error = self.file_error(path)
+        entry = self.model.get(path)
+        if error is None:
+            assert isinstance(entry, ModelFile)
+            if entry.holder is not None and self.now < entry.expires and not caller.superuser:
+                error = "LeaseConflict"
+        recovered = self.apply(RecoverLease(path, **self.common(caller, False)), error)
+        if error is None:
+            assert isinstance(entry, ModelFile)
+            entry.holder = None
+            assert recovered.complete and recovered.length == entry.length
+
+    @rule(data=st.data(), how=spellings, recursive=st.booleans(), request=st.booleans())
+    def delete(self, data: st.DataObject, how: int, recursive: bool, request: bool) -> None:
+        # Half the time a directory with something in it: the refusal and the recursion.
+        full = [p for p in self.model if p != "/" and len(self.subtree(p)) > 1]
+        entries = [p for p in self.model if p != "/"]
+        path = self.pick(data, full if data.draw(st.booleans()) else entries)
+        error: str | None
+        if path == "/":
+            error = "InvalidPath"
+        else:
+            error = self.walk_error(path)
+            if error is None and path not in self.model:
+                error = "FileNotFound"
+        below = self.subtree(path) if error is None else []
+        if error is None and len(below) > 1 and not recursive:
+            error = "DirectoryNotEmpty"
+        op = Delete(spell(path, how), recursive, **self.common(CALLERS[0], request))
+        result = self.apply(op, error)
+        if error is None:
+            freed = []
+            for gone in below:
+                entry = self.model.pop(gone)
+                if isinstance(entry, ModelFile):
+                    freed.extend(entry.chunks)
+            assert result.freed == tuple(freed)
+            self.freed.update(chunk.chunk_id for chunk in freed)
+
+    @rule(data=st.data(), how=spellings, request=st.booleans())
+    def rename(self, data: st.DataObject, how: int, request: bool) -> None:
+        # Half the time file onto file, the one case where the target is replaced.
+        files_only = data.draw(st.booleans())
+        src = self.pick(data, self.files() if files_only else [p for p in self.model if p != "/"])
+        dst = self.pick(data, self.files() if files_only else self.creatable() + self.files())
+        error: str | None = None
+        source = self.model.get(src)
+        target = self.model.get(dst)
+        if "/" in (src, dst):
+            error = "InvalidPath"
+        else:
+            error = self.walk_error(src) or ("FileNotFound" if source is None else None)
+        if error is None and src != dst:
+            if isinstance(source, ModelDir) and paths.is_ancestor(src, dst):
+                error = "InvalidPath"
+            else:
+                error = self.walk_error(dst)
+                if error is None and target is not None:
+                    if not (isinstance(source, ModelFile) and isinstance(target, ModelFile)):
+                        error = "FileExists"
+        op = Rename(spell(src, how), spell(dst, 4 - how), **self.common(CALLERS[1], request))
+        result = self.apply(op, error)
+        if error is None:
+            assert result.stat.path == dst
+            if src == dst:
+                assert result.freed == ()
+                return
+            freed = target.chunks if isinstance(target, ModelFile) else []
+            assert result.freed == tuple(freed)
+            self.freed.update(chunk.chunk_id for chunk in freed)
+            self.model.pop(dst, None)
+            for old in self.subtree(src):
+                self.model[dst + old[len(src) :]] = self.model.pop(old)
+
+    @rule(data=st.data(), how=spellings)
+    def stat(self, data: st.DataObject, how: int) -> None:
+        path = self.pick(data, list(self.model))
+        error = self.walk_error(path) or (None if path in self.model else "FileNotFound")
+        result = self.ns.stat(spell(path, how))
+        if error is None:
+            assert isinstance(result, Ok)
+            self.check_entry(path, result.value)
+        else:
+            assert isinstance(result, Err) and result.error == error, result
+
+    @rule(data=st.data(), how=spellings)
+    def list(self, data: st.DataObject, how: int) -> None:
+        path = self.pick(data, list(self.model))
+        error = self.walk_error(path) or (None if path in self.model else "FileNotFound")
+        result = self.ns.list(spell(path, how))
+        if error is not None:
+            assert isinstance(result, Err) and result.error == error, result
+            return
+        assert isinstance(result, Ok), result
+        if isinstance(self.model[path], ModelFile):
+            expected = [path]
+        else:
+            expected = sorted(
+                p for p in self.model if p != "/" and paths.split(p)[0] == path and p != path
+            )
+        assert [entry.path for entry in result.value] == expected
+        for entry in result.value:
+            self.check_entry(entry.path, entry)
+
+    @rule(
+        data=st.data(),
+        owner=st.sampled_from([None, "carol"]),
+        group=st.sampled_from([None, "staff", "web"]),
+        mode=modes,
+    )
+    def chown_and_chmod(
+        self, data: st.DataObject, owner: str | None, group: str | None, mode: int
+    ) -> None:
+        path = self.pick(data, list(self.model))
+        error = self.walk_error(path) or (None if path in self.model else "FileNotFound")
+        common = self.common(CALLERS[2], False)
+        self.apply(Chown(path, owner, group, **common), error)
+        self.apply(Chmod(path, mode, **common), error)
+        if error is None:
+            entry = self.model[path]
+            entry.owner = owner or entry.owner
+            entry.group = group or entry.group
+            entry.mode = mode
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 20.0]))
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule()
+    def snapshot_and_restore(self) -> None:
+        copy = Namespace.restore(self.ns.snapshot())
+        assert copy == self.ns
+        self.ns = copy
+
+    @precondition(lambda self: self.last_request is not None)
+    @rule()
+    def retry_last_request(self) -> None:
+        assert self.last_request is not None
+        op, first = self.last_request
+        before = Namespace.restore(self.ns.snapshot())
+        # A retry may reach a leader with a later clock; the first outcome still holds.
+        again = self.ns.apply(attrs.evolve(op, now=self.now))
+        assert again == first
+        assert self.ns == before
+
+    # -- agreement -----------------------------------------------------------------------
+
+    def check_entry(self, path: str, stat: Any) -> None:
+        entry = self.model[path]
+        assert stat.path == path
+        assert (stat.owner, stat.group, stat.mode) == (entry.owner, entry.group, entry.mode)
+        if isinstance(entry, ModelDir):
+            assert stat.kind == "directory"
+        else:
+            assert stat.kind == "file"
+            assert stat.length == entry.length
+            assert stat.under_construction == entry.holder
+            assert stat.complete == (entry.holder is None)
+
+    @invariant()
+    def namespace_agrees_with_model(self) -> None:
+        assert self.ns.verify() == []
+        assert self.ns.entry_count == len(self.model)
+        for path in self.model:
+            result = self.ns.stat(path)
+            assert isinstance(result, Ok), (path, result)
+            self.check_entry(path, result.value)
+        for path in self.model:
+            entry = self.model[path]
+            if isinstance(entry, ModelFile):
+                chunks = self.ns.chunks(path)
+                assert chunks == Ok(tuple(entry.chunks))
+                for chunk in entry.chunks:
+                    assert self.ns.chunk_version(chunk.chunk_id) == chunk.version
+                    assert self.ns.chunk_file(chunk.chunk_id).path == path  # type: ignore[union-attr]
+        for chunk_id in self.freed:
+            assert self.ns.chunk_version(chunk_id) is None
+        expired = sorted(
+            path
+            for path, entry in self.model.items()
+            if isinstance(entry, ModelFile) and entry.holder and self.now >= entry.expires
+        )
+        assert self.ns.expired_leases(self.now) == expired
+        assert self.ns.next_chunk_id == self.next_chunk
+
+
+NamespaceMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=40, deadline=None
+)
+TestNamespaceAgainstModel = NamespaceMachine.TestCase
