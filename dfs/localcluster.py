@@ -161,6 +161,7 @@ class LocalCluster:
         dataservers: int = 3,
         heartbeat_interval: float = 1.0,
         dataserver_dead_after: float = 10.0,
+        lease_period: float = 60.0,
         reserved_space: int = 0,
     ) -> LocalCluster:
         directory = Path(directory).absolute()
@@ -216,6 +217,7 @@ class LocalCluster:
                         f"{HOST}:{port}" for name, port in raft_ports.items() if name != node.name
                     ],
                     "dataserver_dead_after": dataserver_dead_after,
+                    "lease_period": lease_period,
                     "replication_config": str(shared / "replication_config.json"),
                 }
             else:

@@ -131,6 +131,7 @@ class MetaserverConfig(ConfigFile):
     http_listen: Address | None = setting(Nullable(ADDRESS), default="127.0.0.1:7080")
     data_dir: Path = setting(PATH, default="/var/lib/dfs/meta")
     dataserver_dead_after: float = setting(SECONDS, default=30.0)
+    lease_period: float = setting(SECONDS, default=60.0)
     tls: TLSFiles = setting(TLS, default=_tls("meta1"))
     replication_config: Path = setting(PATH, default="replication_config.json")
     security_config: Path = setting(PATH, default="security_config.json")

@@ -22,8 +22,6 @@ from dfs.metaserver.registry import DataserverRegistry, DataserverState
 from dfs.protocol.errors import InvalidArgument, NoSpace, PermissionDenied
 from dfs.security.identity import Identity, Role
 
-#: How long a writer's lease lasts without renewal (the client renews at a third).
-LEASE_PERIOD = 60.0
 #: A page of a listing stops growing past this many bytes of entries, so that the
 #: answer fits one AMP value (65,535 bytes) whatever the names are like.
 PAGE_BYTES = 40_000
@@ -67,8 +65,11 @@ class FileService:
         registry: DataserverRegistry,
         replication: ReplicationConfig,
         placement: Placement | None = None,
+        lease_period: float = 60.0,
     ) -> None:
         self._reactor = reactor
+        #: How long a writer's lease lasts without renewal (the client renews at a third).
+        self.lease_period = lease_period
         self._raft = raft
         self._namespace = namespace
         self.registry = registry
@@ -144,7 +145,7 @@ class FileService:
                 chunk_size,
                 overwrite,
                 lease_holder=self.holder(identity, client_id),
-                lease_expires=common["now"] + LEASE_PERIOD,
+                lease_expires=common["now"] + self.lease_period,
                 **common,
             )
         )
@@ -152,7 +153,7 @@ class FileService:
         return {
             "replication": result.stat.replication,
             "chunk_size": result.stat.chunk_size,
-            "lease_period": LEASE_PERIOD,
+            "lease_period": self.lease_period,
         }
 
     async def add_chunk(
@@ -169,7 +170,7 @@ class FileService:
             ns.AddChunk(
                 path,
                 self.holder(identity, client_id),
-                common["now"] + LEASE_PERIOD,
+                common["now"] + self.lease_period,
                 **common,
             )
         )
@@ -234,7 +235,7 @@ class FileService:
         common = self._common(identity, "")
         await self._mutate(
             ns.RenewLease(
-                path, self.holder(identity, client_id), common["now"] + LEASE_PERIOD, **common
+                path, self.holder(identity, client_id), common["now"] + self.lease_period, **common
             )
         )
 

@@ -344,7 +344,9 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         config=config,
         clock=reactor,
         registry=registry,
-        files=FileService(reactor, raft, namespace, registry, replication),
+        files=FileService(
+            reactor, raft, namespace, registry, replication, lease_period=config.lease_period
+        ),
     )
     factory = Factory()
     factory.protocol = lambda: MetaserverSession(metaserver)
@@ -356,7 +358,10 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
     children: list[Any] = [
         raft,
         tls_listener("dfs-meta", reactor, config.listen, credentials, factory),
-        TimerService(LEASE_CHECK, lambda: Deferred.fromCoroutine(files.recover_expired_leases())),
+        TimerService(
+            min(LEASE_CHECK, config.lease_period / 4),
+            lambda: Deferred.fromCoroutine(files.recover_expired_leases()),
+        ),
         # Check often enough that a dead dataserver is noticed within ~10% of the timeout.
         TimerService(max(0.1, config.dataserver_dead_after / 10), metaserver.expire_dataservers),
     ]
