@@ -430,7 +430,7 @@ class LocalCluster:
                 return False
         for meta in self.metaservers:
             status = self.status(meta)
-            if status is None:
+            if status is None or not status.get("namespace_ready"):
                 return False
             alive = {d["name"] for d in status["dataservers"] if d["state"] == "alive"}
             if not expected <= alive:

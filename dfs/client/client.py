@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from twisted.internet.task import deferLater
 
 from dfs.client.connection import ClientCredentials, connect_metaserver
 from dfs.client.reader import ChunkInfo, FileReader
@@ -38,11 +39,13 @@ from dfs.protocol.commands import (
     SetReplication,
     Stat,
 )
+from dfs.protocol.errors import SafeMode
 from dfs.protocol.session import PeerSession
 
 #: Bytes handed to put/get progress callbacks at most this often.
 IO_SIZE = 4 * 1024 * 1024
 LIST_PAGE = 500
+SAFE_MODE_RETRY = 0.2
 CHUNK_PAGE = 400
 
 Progress = Callable[[int], None]
@@ -99,9 +102,19 @@ class DFSClient:
             self._meta.transport.loseConnection()
 
     async def _call(self, command: Any, **arguments: Any) -> dict[str, Any]:
-        call = self._meta.callRemote(command, **arguments)
-        call.addTimeout(self.config.request_timeout, self._reactor)
-        return await call
+        """One request to the metaserver. A metaserver still loading its namespace
+        answers SafeMode: the request is repeated (mutations carry a request id, so
+        at most once in effect) until it is served or ``request_timeout`` passes."""
+        deadline = self._reactor.seconds() + self.config.request_timeout
+        while True:
+            call = self._meta.callRemote(command, **arguments)
+            call.addTimeout(self.config.request_timeout, self._reactor)
+            try:
+                return await call
+            except SafeMode:
+                if self._reactor.seconds() + SAFE_MODE_RETRY > deadline:
+                    raise
+            await deferLater(self._reactor, SAFE_MODE_RETRY)
 
     # -- namespace --------------------------------------------------------------
 

@@ -13,13 +13,19 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from dfs.config import Address, ReplicationConfig
+from dfs.config import ReplicationConfig
 from dfs.metaserver import namespace as ns
 from dfs.metaserver.locations import ChunkLocations
 from dfs.metaserver.placement import Placement
 from dfs.metaserver.raft import NamespaceLog, RaftService
 from dfs.metaserver.registry import DataserverRegistry, DataserverState
-from dfs.protocol.errors import InvalidArgument, NoSpace, PermissionDenied
+from dfs.protocol.errors import (
+    InvalidArgument,
+    IsADirectory,
+    NoSpace,
+    PermissionDenied,
+    SafeMode,
+)
 from dfs.security.identity import Identity, Role
 
 #: A page of a listing stops growing past this many bytes of entries, so that the
@@ -90,13 +96,24 @@ class FileService:
         # the same client id is another holder.
         return f"{identity.name}|{client_id}"
 
+    @property
+    def ready(self) -> bool:
+        """True once the namespace is replayed from the journal and can be served."""
+        return self._raft.ready
+
+    def _check_ready(self) -> None:
+        if not self._raft.ready:
+            raise SafeMode("the metaserver is still loading the namespace; retry shortly")
+
     async def _mutate(self, operation: ns.Operation) -> Any:
+        self._check_ready()
         result = await self._raft.submit(operation)
         if isinstance(result, ns.Err):
             raise result.exception()
         return result.value
 
     def _read(self, query: Any) -> Any:
+        self._check_ready()
         result = self._namespace.read(query)
         if isinstance(result, ns.Err):
             raise result.exception()
@@ -278,6 +295,8 @@ class FileService:
 
     async def recover_expired_leases(self) -> None:
         """Close files whose writer stopped renewing, at their committed length."""
+        if not self.ready:
+            return
         now = self._reactor.seconds()
         admin = ns.Caller(user="dfs", superuser=True)
         for path in self._namespace.read(lambda namespace: namespace.expired_leases(now)):
@@ -313,7 +332,7 @@ class FileService:
     def get_chunks(self, path: str, first: int, limit: int) -> dict[str, Any]:
         stat = self._read(lambda namespace: namespace.stat(path))
         if stat.kind != ns.FILE:
-            raise InvalidArgument(f"{path}: is a directory")
+            raise IsADirectory(f"{path}: is a directory")
         chunks = self._read(lambda namespace: namespace.chunks(path))
         alive = {
             record.name: record.address
@@ -439,10 +458,3 @@ class FileService:
             {"chunk_id": chunk_id, "version": version}
             for chunk_id, version in self.locations.take_deletions(name)
         ]
-
-
-def parse_address(text: str) -> Address:
-    try:
-        return Address.parse(text)
-    except ValueError as error:
-        raise InvalidArgument(f"address {text!r}: {error}") from None

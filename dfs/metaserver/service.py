@@ -115,6 +115,7 @@ class Metaserver:
             "name": self.identity.name,
             "version": __version__,
             "uptime": max(0.0, time.time() - self.started_at),
+            "namespace_ready": self.files is not None and self.files.ready,
             "dataservers": self.dataservers(),
         }
 

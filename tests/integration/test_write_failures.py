@@ -1,0 +1,220 @@
+"""Writes that lose a part: a dataserver killed in the middle of a pipeline, a writer
+process killed while it holds the lease, dataservers without room."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from dfs.client.client import DFSClient
+from dfs.config import load_client_config
+from dfs.localcluster import LocalCluster
+from dfs.protocol.errors import LeaseConflict, NoSpace
+
+MiB = 1024 * 1024
+
+
+async def connect(cluster: LocalCluster) -> DFSClient:
+    return await DFSClient.connect(reactor, load_client_config(cluster.client_config))
+
+
+def node_at(cluster: LocalCluster, address: str):
+    [node] = [node for node in cluster.dataservers if node.address == address]
+    return node
+
+
+def chunk_files(cluster: LocalCluster, node_name: str, chunk_id: int) -> list[str]:
+    folder = cluster.node(node_name).directory / "data" / "chunks" / f"{chunk_id & 0xFF:02x}"
+    if not folder.exists():
+        return []
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith(f"{chunk_id}_"))
+
+
+@pytest.mark.parametrize("position", [0, 1, 2], ids=["first", "middle", "last"])
+@pytest_twisted.ensureDeferred
+async def test_kill_9_of_a_pipeline_dataserver_mid_write_loses_nothing(
+    make_cluster, position, poll
+):
+    cluster = make_cluster(dataservers=3)
+    client = await connect(cluster)
+    data = os.urandom(14 * MiB + 4321)
+    writer = await client.create("/big", chunk_size=4 * MiB)
+    await writer.write(data[: 6 * MiB])  # chunk 1 done, chunk 2 half sent
+    chunk = writer._chunk
+    assert chunk is not None and len(chunk.targets) == 3
+    victim = node_at(cluster, chunk.targets[position])
+    version_before = chunk.version
+    cluster.kill_node(victim)
+
+    for start in range(6 * MiB, len(data), 512 * 1024):
+        await writer.write(data[start : start + 512 * 1024])
+    await writer.close()
+
+    assert await client.read_file("/big") == data
+    reader = await client.open("/big")
+    reader.close()
+    chunks = reader._chunks
+    assert [c.length for c in chunks] == [4 * MiB] * 3 + [2 * MiB + 4321]
+    # The chunk that lost a replica has a new version, held by the two survivors only.
+    assert chunks[1].version > version_before
+    assert len(chunks[1].locations) == 2 and victim.address not in chunks[1].locations
+    # Later chunks went to the survivors (the dead one is refused or skipped).
+    for later in chunks[2:]:
+        assert victim.address not in later.locations
+
+    # The victim comes back: its unfinished replica of chunk 2 is gone at the scan, and
+    # it is never offered for that chunk.
+    cluster.start_node(victim)
+    cluster.wait_ready(timeout=60)
+    assert chunk_files(cluster, victim.name, chunks[1].chunk_id) == []
+    reader = await client.open("/big")
+    reader.close()
+    assert victim.address not in reader._chunks[1].locations
+    assert victim.address in reader._chunks[0].locations
+    client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stale_replica_reported_after_a_restart_is_deleted(make_cluster, poll):
+    """A replica finished under an old version (its dataserver missed a recovery) is
+    recognised by its version and deleted, never served."""
+    cluster = make_cluster(dataservers=3)
+    client = await connect(cluster)
+    await client.write_file("/f", os.urandom(MiB), chunk_size=4 * MiB)
+    reader = await client.open("/f")
+    reader.close()
+    [chunk] = reader._chunks
+    holder = cluster.dataservers[0]
+    folder = holder.directory / "data" / "chunks" / f"{chunk.chunk_id & 0xFF:02x}"
+    cluster.stop_node(holder)
+    # Make the stopped dataserver's replica one version older than the file's chunk,
+    # as if it had missed a pipeline recovery.
+    assert chunk.version >= 1
+    for suffix in (".chunk", ".crc"):
+        (folder / f"{chunk.chunk_id}_{chunk.version}{suffix}").rename(
+            folder / f"{chunk.chunk_id}_{chunk.version - 1}{suffix}"
+        )
+    cluster.start_node(holder)
+    cluster.wait_ready(timeout=60)
+
+    async def deleted() -> bool:
+        return chunk_files(cluster, holder.name, chunk.chunk_id) == []
+
+    await poll(deleted, timeout=20, what="stale replica deleted")
+    reader = await client.open("/f")
+    reader.close()
+    assert holder.address not in reader._chunks[0].locations
+    assert len(reader._chunks[0].locations) == 2
+    client.close()
+
+
+WRITER_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from dfs.client import blocking
+
+    client = blocking.connect(sys.argv[1])
+    out = client.open("/leased", "wb", chunk_size=1024 * 1024)
+    data = bytes(range(256)) * 4096 * 10  # 10 MiB, recognisable
+    out.write(data[: 2 * 1024 * 1024 + 500_000])
+    print("written", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dead_writer_loses_its_lease_and_the_file_closes_at_its_committed_length(
+    make_cluster, poll
+):
+    cluster = make_cluster(dataservers=3, lease_period=2.0)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(cluster.client_config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert writer.stdout is not None
+        line = writer.stdout.readline()
+        assert line == b"written\n", writer.stderr.read() if writer.stderr else b""
+        client = await connect(cluster)
+        # While the writer lives, its lease holds.
+        with pytest.raises(LeaseConflict):
+            await client.create("/leased", overwrite=True)
+        assert not (await client.stat("/leased")).complete
+    finally:
+        writer.kill()
+        writer.wait()
+
+    async def closed() -> bool:
+        return (await client.stat("/leased")).complete
+
+    await poll(closed, timeout=30, what="lease recovered")
+    entry = await client.stat("/leased")
+    # Two whole chunks were committed; the half-written third was never acknowledged.
+    assert entry.length == 2 * MiB
+    expected = (bytes(range(256)) * 4096 * 10)[: 2 * MiB]
+    assert await client.read_file("/leased") == expected
+    # The file is free for a new writer.
+    await client.write_file("/leased", b"next", overwrite=True)
+    assert await client.read_file("/leased") == b"next"
+    client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dataservers_below_their_reserved_space_refuse_new_chunks(make_cluster):
+    # Every dataserver keeps back more than its disk holds: no room for any chunk.
+    cluster = make_cluster(dataservers=2, reserved_space=2**60)
+    client = await connect(cluster)
+    before = await client.df()
+    assert before["free"] == 0
+    with pytest.raises(NoSpace):
+        await client.write_file("/nowhere", b"x" * 1000)
+    # Nothing half-made is left visible as a complete file, and metadata still works.
+    await client.mkdir("/still-fine")
+    client.close()
+
+
+def test_the_blocking_facade_streams_like_a_python_file(cluster, tmp_path):
+    script = textwrap.dedent(
+        """
+        import io, os, sys
+        from dfs.client import blocking
+
+        with blocking.connect(sys.argv[1]) as client:
+            data = os.urandom(3 * 1024 * 1024 + 17)
+            with client.open("/stream", "xb", chunk_size=1024 * 1024) as out:
+                for start in range(0, len(data), 100_000):
+                    out.write(data[start : start + 100_000])
+            with io.BufferedReader(client.open("/stream")) as source:
+                assert source.read(10) == data[:10]
+                source.seek(2 * 1024 * 1024 - 3)
+                assert source.read(6) == data[2 * 1024 * 1024 - 3 : 2 * 1024 * 1024 + 3]
+                source.seek(-17, io.SEEK_END)
+                assert source.read() == data[-17:]
+            raw = client.open("/stream")
+            pieces = []
+            while piece := raw.read(250_000):
+                pieces.append(piece)
+            raw.close()
+            assert b"".join(pieces) == data
+            try:
+                client.open("/stream", "xb")
+            except Exception as error:
+                print(type(error).__name__)
+            print(client.stat("/stream").length)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(cluster.client_config)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().split() == ["FileExists", str(3 * 1024 * 1024 + 17)]
