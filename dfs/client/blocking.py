@@ -104,11 +104,29 @@ class RemoteReader(io.RawIOBase):
 
 
 class RemoteWriter(io.RawIOBase):
-    """A DFS file open for writing, as a Python binary file; close() makes it whole."""
+    """A DFS file open for writing, as a Python binary file; close() makes it whole.
 
-    def __init__(self, writer: FileWriter) -> None:
+    Leaving a ``with`` block through an exception does not close it: the file is
+    removed instead, so that no partial file looks complete.
+    """
+
+    def __init__(self, writer: FileWriter, client: DFSClient) -> None:
         super().__init__()
         self._writer = writer
+        self._client = client
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        if kind is None:
+            self.close()
+            return
+        self.discard()
+
+    def discard(self) -> None:
+        """Stop writing and remove the file."""
+        if self.closed:
+            return
+        run(self._client.discard, self._writer)
+        super().close()
 
     def writable(self) -> bool:
         return True
@@ -177,14 +195,17 @@ class BlockingClient:
             return RemoteReader(self._run(self._client.open, path))
         if mode in ("wb", "xb"):
             writer = self._run(self._client.create, path, overwrite=mode == "wb", **options)
-            return RemoteWriter(writer)
+            return RemoteWriter(writer, self._client)
         raise ValueError(f"mode must be 'rb', 'wb' or 'xb', not {mode!r}")
 
     def read_file(self, path: str) -> bytes:
         return self._run(self._client.read_file, path)
 
-    def write_file(self, path: str, data: bytes, *, overwrite: bool = False) -> None:
-        self._run(self._client.write_file, path, data, overwrite=overwrite)
+    def write_file(
+        self, path: str, data: bytes, *, overwrite: bool = False, **options: Any
+    ) -> None:
+        """Create ``path`` holding ``data``; options as for :meth:`DFSClient.create`."""
+        self._run(self._client.write_file, path, data, overwrite=overwrite, **options)
 
     def put(
         self,
@@ -193,8 +214,11 @@ class BlockingClient:
         *,
         overwrite: bool = False,
         progress: Progress | None = None,
+        **options: Any,
     ) -> int:
-        return self._run(self._client.put, local, remote, overwrite=overwrite, progress=progress)
+        return self._run(
+            self._client.put, local, remote, overwrite=overwrite, progress=progress, **options
+        )
 
     def get(self, remote: str, local: str | Path, *, progress: Progress | None = None) -> int:
         return self._run(self._client.get, remote, local, progress=progress)

@@ -189,6 +189,7 @@ class DFSClient:
             answer["chunk_size"],
             answer["lease_period"],
             self.config.connect_timeout,
+            self.config.request_timeout,
         )
 
     async def open(self, path: str) -> FileReader:
@@ -225,8 +226,12 @@ class DFSClient:
         self, path: str, data: bytes, *, overwrite: bool = False, **options: Any
     ) -> None:
         writer = await self.create(path, overwrite=overwrite, **options)
-        await writer.write(data)
-        await writer.close()
+        try:
+            await writer.write(data)
+            await writer.close()
+        except BaseException:
+            await self.discard(writer)
+            raise
 
     async def read_file(self, path: str) -> bytes:
         reader = await self.open(path)
@@ -257,13 +262,19 @@ class DFSClient:
                         progress(copied)
             await writer.close()
         except BaseException:
-            writer.abandon()
-            try:
-                await self.delete(remote)
-            except Exception:
-                pass
+            await self.discard(writer)
             raise
         return copied
+
+    async def discard(self, writer: FileWriter) -> None:
+        """Give up a file being written: stop, and remove it (best effort; if the
+        metaserver cannot be reached the lease runs out and it closes at the bytes
+        committed so far)."""
+        writer.abandon()
+        try:
+            await self.delete(writer.path)
+        except Exception:
+            pass
 
     async def get(self, remote: str, local: str | Path, *, progress: Progress | None = None) -> int:
         """Copy a DFS file to a local file (written under a temporary name and

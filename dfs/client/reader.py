@@ -18,8 +18,11 @@ import google_crc32c
 from dfs.client.connection import ClientCredentials, connect_server
 from dfs.config import Address
 from dfs.protocol.commands import ReadChunk, ReportBadReplica
-from dfs.protocol.errors import ChecksumMismatch, DFSError
+from dfs.protocol.errors import ChecksumMismatch, ChunkNotFound, DFSError, StaleChunk
 from dfs.protocol.session import PeerSession
+
+#: Answers that show the replica itself is bad, as opposed to its dataserver.
+BAD_REPLICA = (ChecksumMismatch, ChunkNotFound, StaleChunk)
 
 BLOCK = 65536
 WINDOW = 16
@@ -102,10 +105,18 @@ class FileReader:
             except Exception as error:
                 reason = f"{type(error).__name__}: {error}"
                 problems.append(f"{address}: {reason}")
-                await self._report(chunk, address, reason)
+                if isinstance(error, BAD_REPLICA):
+                    # The dataserver answered, and its replica is damaged, missing or
+                    # old. A dataserver that does not answer is not reported: the
+                    # metaserver learns that from its heartbeats.
+                    await self._report(chunk, address, reason)
                 continue
             return data
-        detail = "; ".join(problems) if problems else "no replica is on a live dataserver"
+        detail = (
+            "; ".join(problems)
+            if problems
+            else "the metaserver knows no replica of it on a live dataserver"
+        )
         raise ChunkUnavailable(f"{self.path}: chunk {chunk.chunk_id} unreadable ({detail})")
 
     async def _read_replica(self, address: str, chunk: ChunkInfo, start: int, stop: int) -> bytes:

@@ -19,6 +19,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dfs.client.connection import ClientCredentials, connect_server
 from dfs.config import Address
@@ -38,6 +39,9 @@ from dfs.protocol.session import PeerSession
 
 PACKET = 65536
 WINDOW = 16
+#: How long the first dataserver of a pipeline may take to answer. Longer than two
+#: hops' own timeouts, so that a dataserver further down is blamed by the one above it.
+DATASERVER_TIMEOUT = 90.0
 
 
 class WriteFailed(DFSError):
@@ -48,7 +52,11 @@ class WriteFailed(DFSError):
 
 @attrs.frozen
 class _Failed:
-    error: Exception
+    error: BaseException | None
+
+
+def _failed(failure: Failure) -> _Failed:
+    return _Failed(failure.value)
 
 
 def request_id() -> str:
@@ -74,7 +82,8 @@ class ChunkPipeline:
         while True:
             try:
                 self._session = await self._file.dial(self.targets[0])
-                await self._session.callRemote(
+                await self._file.ask(
+                    self._session,
                     OpenChunkWrite,
                     chunk_id=self.chunk_id,
                     version=self.version,
@@ -84,7 +93,7 @@ class ChunkPipeline:
             except Exception as error:
                 await self._lose(self._failed_address(error))
 
-    def _failed_address(self, error: Exception) -> str:
+    def _failed_address(self, error: BaseException | None) -> str:
         if isinstance(error, PipelineBroken) and error.address in self.targets:
             return error.address
         return self.targets[0]
@@ -98,11 +107,16 @@ class ChunkPipeline:
 
     def _send(self, offset: int, data: bytes) -> None:
         assert self._session is not None
-        answer = self._session.callRemote(
-            WriteChunkData, chunk_id=self.chunk_id, version=self.version, offset=offset, data=data
+        answer = self._file.ask(
+            self._session,
+            WriteChunkData,
+            chunk_id=self.chunk_id,
+            version=self.version,
+            offset=offset,
+            data=data,
         )
         # Answers are consumed in order, later; an error must not go unhandled meanwhile.
-        answer.addErrback(lambda failure: _Failed(failure.value))
+        answer.addErrback(_failed)
         self._in_flight.append((offset, data, answer))
 
     async def _settle_oldest(self) -> None:
@@ -121,10 +135,13 @@ class ChunkPipeline:
         self._in_flight.clear()
         await self._lose(failed)
         while True:
+            # A metaserver error here (the lease lost, say) ends the write: it is not
+            # the dataservers' fault.
+            old, self.version = self.version, await self._file.bump_version(self.chunk_id)
             try:
                 self._session = await self._file.dial(self.targets[0], fresh=True)
-                old, self.version = self.version, await self._file.bump_version(self.chunk_id)
-                await self._session.callRemote(
+                await self._file.ask(
+                    self._session,
                     RecoverChunkWrite,
                     chunk_id=self.chunk_id,
                     version=old,
@@ -154,7 +171,8 @@ class ChunkPipeline:
         while True:
             assert self._session is not None
             try:
-                answer = await self._session.callRemote(
+                answer = await self._file.ask(
+                    self._session,
                     FinishChunkWrite,
                     chunk_id=self.chunk_id,
                     version=self.version,
@@ -183,6 +201,7 @@ class FileWriter:
         chunk_size: int,
         lease_period: float,
         connect_timeout: float = 10.0,
+        request_timeout: float = 60.0,
     ) -> None:
         self._reactor = reactor
         self._meta = meta
@@ -191,14 +210,16 @@ class FileWriter:
         self._client_id = client_id
         self.chunk_size = chunk_size
         self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._lease_period = lease_period
         self._buffer = bytearray()
         self._chunk: ChunkPipeline | None = None
         self._committed = 0  # bytes of the file in committed chunks
         self._sessions: dict[str, PeerSession] = {}
         self.closed = False
-        self._lease = LoopingCall(self._renew)
+        self._lease = LoopingCall(lambda: Deferred.fromCoroutine(self._renew()))
         self._lease.clock = reactor
-        self._lease.start(max(1.0, lease_period / 3), now=False).addErrback(self._renew_failed)
+        self._lease.start(max(0.5, lease_period / 3), now=False)
 
     @property
     def length(self) -> int:
@@ -214,8 +235,19 @@ class FileWriter:
         self._sessions[address] = session
         return session
 
+    def ask(self, session: PeerSession, command: Any, **arguments: Any) -> Deferred[Any]:
+        """A request to a dataserver of the pipeline, with a deadline."""
+        call = session.callRemote(command, **arguments)
+        call.addTimeout(DATASERVER_TIMEOUT, self._reactor)
+        return call
+
+    async def _ask_meta(self, command: Any, **arguments: Any) -> Any:
+        call = self._meta.callRemote(command, **arguments)
+        call.addTimeout(self._request_timeout, self._reactor)
+        return await call
+
     async def bump_version(self, chunk_id: int) -> int:
-        answer = await self._meta.callRemote(
+        answer = await self._ask_meta(
             BumpChunkVersion,
             path=self.path,
             client_id=self._client_id,
@@ -254,7 +286,7 @@ class FileWriter:
         return True
 
     async def _start_chunk(self) -> None:
-        answer = await self._meta.callRemote(
+        answer = await self._ask_meta(
             AddChunk, path=self.path, client_id=self._client_id, request_id=request_id()
         )
         self._chunk = ChunkPipeline(
@@ -266,7 +298,7 @@ class FileWriter:
         chunk, self._chunk = self._chunk, None
         assert chunk is not None
         locations = await chunk.finish()
-        await self._meta.callRemote(
+        await self._ask_meta(
             CommitChunk,
             path=self.path,
             client_id=self._client_id,
@@ -283,7 +315,7 @@ class FileWriter:
             return
         while self._buffer or self._chunk is not None:
             await self._push(final=True)
-        await self._meta.callRemote(
+        await self._ask_meta(
             CloseFile,
             path=self.path,
             client_id=self._client_id,
@@ -307,10 +339,16 @@ class FileWriter:
         self.closed = True
         self._stop()
 
-    def _renew(self) -> Deferred[Any]:
-        return self._meta.callRemote(RenewLease, path=self.path, client_id=self._client_id)
-
-    def _renew_failed(self, failure: Any) -> None:
-        self.log.warn(
-            "lease renewal for {path} failed: {error}", path=self.path, error=failure.value
-        )
+    async def _renew(self) -> None:
+        # A failed renewal is logged and the next one tried on time: one lost answer
+        # must not end the renewals while the lease may still be saved.
+        try:
+            call = self._meta.callRemote(RenewLease, path=self.path, client_id=self._client_id)
+            call.addTimeout(max(0.5, self._lease_period / 3), self._reactor)
+            await call
+        except Exception as error:
+            self.log.warn(
+                "lease renewal for {path} failed: {error}",
+                path=self.path,
+                error=f"{type(error).__name__}: {error}",
+            )

@@ -611,6 +611,62 @@ class ChunkStore:
             )
             writer.version = new_version
 
+    def rebase_complete(
+        self, chunk_id: int, version: int, new_version: int, length: int
+    ) -> StoredChunk:
+        """Give a complete replica of ``length`` bytes at ``version`` or older the
+        version ``new_version`` (a pipeline recovery that came after this replica was
+        finished). ChunkNotFound if there is no such replica, InvalidArgument if its
+        length differs.
+
+        Crash safe: the data file gets a second name (a hard link) and a new sidecar
+        is written, fsynced and renamed before the old names go, so a crash leaves the
+        old version, or both (the scan keeps the newer).
+        """
+        _check_id(chunk_id, new_version)
+        with self._lock:
+            stored = self._index.get(chunk_id)
+            writing = chunk_id in self._writers
+        if stored is None or stored.version > version or writing:
+            raise ChunkNotFound(f"chunk {chunk_id}: no complete replica at version {version}")
+        if new_version <= stored.version:
+            raise InvalidArgument(
+                f"chunk {chunk_id}: new version {new_version} is not above {stored.version}"
+            )
+        if stored.length != length:
+            raise InvalidArgument(
+                f"chunk {chunk_id}: the replica here has {stored.length} bytes, not {length}"
+            )
+        table = self._sidecar_table(stored)
+        crcs = list(struct.unpack(f">{len(table) // _CRC.size}I", table))
+        old_data = self._file(chunk_id, stored.version, _DATA)
+        new_data = self._file(chunk_id, new_version, _DATA)
+        sidecar_tmp = self._file(chunk_id, new_version, _SIDECAR_TMP)
+        try:
+            _unlink(new_data)
+            os.link(old_data, new_data)
+            fd = os.open(sidecar_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, encode_sidecar(chunk_id, new_version, length, crcs), 0)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(sidecar_tmp, self._file(chunk_id, new_version, _SIDECAR))
+            if self.fsync:
+                _fsync_dir(self._folders[chunk_id & 0xFF])
+        except OSError as e:
+            _unlink(sidecar_tmp)
+            _unlink(new_data)
+            _raise_no_space(e, f"chunk {chunk_id}")
+            raise
+        rebased = StoredChunk(chunk_id, new_version, length)
+        with self._lock:
+            if self._index.get(chunk_id) == stored:
+                self._index[chunk_id] = rebased
+        self._remove_files(chunk_id, stored.version)
+        return rebased
+
     def _committed(self, writer: ChunkWriter, stored: StoredChunk) -> StoredChunk:
         chunk_id = stored.chunk_id
         with self._lock:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -66,10 +66,23 @@ class PeerConnections:
 class ReplicaWrite:
     chunk_id: int
     version: int
-    writer: ChunkWriter
+    #: None once the replica is complete but the pipeline is not: a recovery that
+    #: came after this replica was finished gave it a new version, and the writer
+    #: will finish the chunk again.
+    writer: ChunkWriter | None
     downstream: list[str]
     next_hop: PeerSession | None
     last_activity: float
+    complete: StoredChunk | None = None
+
+    def active(self) -> ChunkWriter:
+        if self.writer is None:
+            raise InvalidArgument(f"chunk {self.chunk_id} version {self.version} is finished")
+        return self.writer
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
 
 
 class ChunkService:
@@ -129,7 +142,7 @@ class ChunkService:
         if existing is not None:
             # A writer starting over (after a failure before any recovery) replaces
             # whatever partial replica an earlier attempt left.
-            existing.writer.abort()
+            existing.discard()
         writer = self.store.open_writer(chunk_id, version)
         write = ReplicaWrite(
             chunk_id, version, writer, list(downstream), None, self._reactor.seconds()
@@ -151,12 +164,13 @@ class ChunkService:
             write.next_hop = await self._peers.get(downstream[0])
 
     async def write(self, chunk_id: int, version: int, offset: int, data: bytes) -> None:
-        write = self._write(chunk_id, version)
-        if offset != write.writer.length:
+        writer = self._write(chunk_id, version).active()
+        if offset != writer.length:
             raise InvalidArgument(
-                f"chunk {chunk_id}: packet at offset {offset}, expected {write.writer.length}"
+                f"chunk {chunk_id}: packet at offset {offset}, expected {writer.length}"
             )
-        write.writer.append(data)
+        writer.append(data)
+        write = self._writes[chunk_id]
         if write.downstream:
             await self._hop(
                 write.downstream,
@@ -169,15 +183,16 @@ class ChunkService:
 
     async def finish(self, chunk_id: int, version: int, length: int) -> list[str]:
         write = self._write(chunk_id, version)
-        if length != write.writer.length:
+        done = write.complete.length if write.complete else write.active().length
+        if length != done:
             raise InvalidArgument(
-                f"chunk {chunk_id}: finished at {length} bytes "
-                f"but {write.writer.length} were written"
+                f"chunk {chunk_id}: finished at {length} bytes but {done} were written"
             )
-        local = deferToThread(write.writer.finish)
-        locations = [self.address]
-        if write.downstream:
-            remote = Deferred.fromCoroutine(
+        local: Deferred[StoredChunk] = (
+            succeed(write.complete) if write.complete else deferToThread(write.active().finish)
+        )
+        remote: Deferred[Any] = (
+            Deferred.fromCoroutine(
                 self._hop(
                     write.downstream,
                     FinishChunkWrite,
@@ -186,37 +201,59 @@ class ChunkService:
                     length=length,
                 )
             )
-            stored, answer = await gatherResults([local, remote], consumeErrors=True).addErrback(
-                _first_error
-            )
-            locations += answer["locations"]
-        else:
-            stored = await local
-        self._writes.pop(chunk_id, None)
-        self.log.info(
-            "chunk {chunk_id} version {version} stored ({length} bytes)",
-            chunk_id=chunk_id,
-            version=version,
-            length=length,
+            if write.downstream
+            else succeed({"locations": []})
         )
-        self._on_received(stored)
-        return locations
+        # Wait for both: a failure below must not leave this replica half-way through
+        # its finish when the writer's recovery arrives.
+        [(stored_ok, stored), (remote_ok, answer)] = await DeferredList(
+            [local, remote], consumeErrors=True
+        )
+        if not stored_ok:
+            self._writes.pop(chunk_id, None)
+            stored.raiseException()
+        if write.complete is None:
+            write.writer, write.complete = None, stored
+            self.log.info(
+                "chunk {chunk_id} version {version} stored ({length} bytes)",
+                chunk_id=chunk_id,
+                version=version,
+                length=length,
+            )
+            self._on_received(stored)
+        if not remote_ok:
+            answer.raiseException()
+        self._writes.pop(chunk_id, None)
+        return [self.address, *answer["locations"]]
 
     async def recover(
         self, chunk_id: int, version: int, new_version: int, length: int, downstream: list[str]
     ) -> None:
         write = self._writes.get(chunk_id)
-        # A survivor may still be at any older version: a recovery that failed
-        # half-way already moved the ones above it on.
-        if write is None or not write.version <= version < new_version:
-            raise InvalidArgument(f"no write of chunk {chunk_id} to recover here")
-        write.last_activity = self._reactor.seconds()
-        if length > write.writer.length:
-            raise InvalidArgument(
-                f"chunk {chunk_id}: asked to keep {length} bytes, only {write.writer.length} here"
+        if write is None or write.writer is None:
+            # Finished here before the failure showed: the complete replica takes the
+            # new version, and a second FinishChunkWrite finds it done.
+            stored = await deferToThread(
+                self.store.rebase_complete, chunk_id, version, new_version, length
             )
-        write.writer.truncate(length)
-        write.writer.rebase(new_version)
+            write = ReplicaWrite(
+                chunk_id, new_version, None, [], None, self._reactor.seconds(), stored
+            )
+            self._writes[chunk_id] = write
+            self._on_received(stored)
+        else:
+            # A survivor may still be at any older version: a recovery that failed
+            # half-way already moved the ones above it on.
+            if not write.version <= version < new_version:
+                raise InvalidArgument(f"no write of chunk {chunk_id} to recover here")
+            writer = write.active()
+            if length > writer.length:
+                raise InvalidArgument(
+                    f"chunk {chunk_id}: asked to keep {length} bytes, only {writer.length} here"
+                )
+            writer.truncate(length)
+            writer.rebase(new_version)
+        write.last_activity = self._reactor.seconds()
         write.version = new_version
         write.downstream = list(downstream)
         write.next_hop = None
@@ -243,7 +280,7 @@ class ChunkService:
         if write is None or write.version != version:
             return
         del self._writes[chunk_id]
-        write.writer.abort()
+        write.discard()
         if write.downstream:
             try:
                 await self._hop(
@@ -257,7 +294,7 @@ class ChunkService:
         for chunk_id, write in list(self._writes.items()):
             if now - write.last_activity > ABANDONED_AFTER:
                 del self._writes[chunk_id]
-                write.writer.abort()
+                write.discard()
                 self.log.info(
                     "abandoned write of chunk {chunk_id} version {version} discarded",
                     chunk_id=chunk_id,
@@ -270,8 +307,3 @@ class ChunkService:
         self, chunk_id: int, version: int, offset: int, length: int
     ) -> tuple[bytes, list[int]]:
         return self.store.read_with_checksums(chunk_id, version, offset, length)
-
-
-def _first_error(failure: Any) -> Any:
-    # gatherResults wraps the first failure in FirstError: hand on the real one.
-    return failure.value.subFailure

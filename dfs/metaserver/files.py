@@ -9,11 +9,12 @@ and the replicas dataservers should delete (sent with their heartbeat answers).
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from twisted.logger import Logger
 
-from dfs.config import ReplicationConfig
+from dfs.config import Address, ReplicationConfig
 from dfs.metaserver import namespace as ns
 from dfs.metaserver.locations import ChunkLocations
 from dfs.metaserver.placement import Placement
@@ -83,6 +84,8 @@ class FileService:
         self.locations = ChunkLocations()
         self.placement = placement or Placement()
         self._reports: dict[str, list[tuple[int, int]]] = {}
+        self._loaded = False
+        self._rng = random.Random()
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -99,10 +102,20 @@ class FileService:
     @property
     def ready(self) -> bool:
         """True once the namespace is replayed from the journal and can be served."""
-        return self._raft.ready
+        if self._loaded:
+            return True
+        if not self._raft.ready:
+            return False
+        # Reports that came in while the namespace was loading could not be told
+        # stale from current then: sort them now, once.
+        self._loaded = True
+        for chunk_id, replicas in self.locations.items():
+            for server, version in replicas.items():
+                self._place_reported(server, chunk_id, version)
+        return True
 
     def _check_ready(self) -> None:
-        if not self._raft.ready:
+        if not self.ready:
             raise SafeMode("the metaserver is still loading the namespace; retry shortly")
 
     async def _mutate(self, operation: ns.Operation) -> Any:
@@ -329,7 +342,12 @@ class FileService:
             size += _entry_size(entry)
         return {"entries": page, "more": more}
 
-    def get_chunks(self, path: str, first: int, limit: int) -> dict[str, Any]:
+    def get_chunks(
+        self, path: str, first: int, limit: int, client_host: str | None = None
+    ) -> dict[str, Any]:
+        """A page of the file's chunks with their live replicas, best first for a
+        reader on ``client_host``: those on its own host, then the rest in random
+        order so that readers spread over the replicas."""
         stat = self._read(lambda namespace: namespace.stat(path))
         if stat.kind != ns.FILE:
             raise IsADirectory(f"{path}: is a directory")
@@ -356,6 +374,8 @@ class FileService:
                 for name in self.locations.holders(chunk.chunk_id, chunk.version)
                 if name in alive
             ]
+            self._rng.shuffle(addresses)
+            addresses.sort(key=lambda address: Address.parse(address).host != client_host)
             page.append(
                 {
                     "chunk_id": chunk.chunk_id,
@@ -395,8 +415,9 @@ class FileService:
 
     def _drop_replicas(self, freed: Any) -> None:
         for chunk in freed:
-            for server in self.locations.replicas(chunk.chunk_id):
-                self.locations.schedule_deletion(server, chunk.chunk_id, chunk.version)
+            # Each dataserver deletes the version it holds, which may be older.
+            for server, held in self.locations.replicas(chunk.chunk_id).items():
+                self.locations.schedule_deletion(server, chunk.chunk_id, held)
 
     def _place_reported(self, server: str, chunk_id: int, version: int) -> None:
         current = self._current_version(chunk_id)

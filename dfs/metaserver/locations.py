@@ -54,6 +54,10 @@ class ChunkLocations:
             server for server, held in self._replicas.get(chunk_id, {}).items() if held == version
         )
 
+    def items(self) -> list[tuple[int, dict[str, int]]]:
+        """A copy of every chunk's replicas: (chunk id, {dataserver: version})."""
+        return [(chunk_id, dict(held)) for chunk_id, held in self._replicas.items()]
+
     def replicas(self, chunk_id: int) -> dict[str, int]:
         return dict(self._replicas.get(chunk_id, {}))
 

@@ -1087,6 +1087,10 @@ class Namespace:
                     errors.LeaseConflict,
                     f"{_p(path)}: the lease of {_p(lease.holder)} runs until {lease.expires}",
                 )
+            # A chunk added but never committed holds no acknowledged byte: it goes,
+            # and its partial replicas are discarded by the dataservers as abandoned.
+            while node.chunks and node.chunks[-1].length == 0:
+                del self._chunk_files[node.chunks.pop().chunk_id]
             self._complete(node, now)
         # An already complete file is not an error: the writer may have closed it
         # between the leader's decision and this entry.

@@ -217,7 +217,8 @@ class MetaserverSession(PeerSession):
 
     @commands.GetChunks.responder
     def get_chunks(self, path: str, first: int, limit: int) -> dict:
-        return self.files.get_chunks(path, first, limit)
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return self.files.get_chunks(path, first, limit, getattr(peer, "host", None))
 
     @commands.Delete.responder
     async def delete(self, path: str, recursive: bool, request_id: str) -> dict:

@@ -13,9 +13,11 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from dfs.client.client import DFSClient
+from dfs.client.writer import ChunkPipeline
 from dfs.config import load_client_config
 from dfs.localcluster import LocalCluster
-from dfs.protocol.errors import LeaseConflict, NoSpace
+from dfs.protocol.commands import FinishChunkWrite
+from dfs.protocol.errors import FileNotFound, LeaseConflict, NoSpace
 
 MiB = 1024 * 1024
 
@@ -176,7 +178,9 @@ async def test_dataservers_below_their_reserved_space_refuse_new_chunks(make_clu
     assert before["free"] == 0
     with pytest.raises(NoSpace):
         await client.write_file("/nowhere", b"x" * 1000)
-    # Nothing half-made is left visible as a complete file, and metadata still works.
+    # Nothing half-made is left behind, and metadata still works.
+    with pytest.raises(FileNotFound):
+        await client.stat("/nowhere")
     await client.mkdir("/still-fine")
     client.close()
 
@@ -209,6 +213,17 @@ def test_the_blocking_facade_streams_like_a_python_file(cluster, tmp_path):
             except Exception as error:
                 print(type(error).__name__)
             print(client.stat("/stream").length)
+            # Leaving the block through an exception leaves no file behind.
+            try:
+                with client.open("/partial", "xb", chunk_size=65536) as out:
+                    out.write(b"x" * 200_000)
+                    raise RuntimeError("stop")
+            except RuntimeError:
+                pass
+            try:
+                client.stat("/partial")
+            except Exception as error:
+                print(type(error).__name__)
         """
     )
     result = subprocess.run(
@@ -217,4 +232,62 @@ def test_the_blocking_facade_streams_like_a_python_file(cluster, tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr.decode()
-    assert result.stdout.decode().split() == ["FileExists", str(3 * 1024 * 1024 + 17)]
+    assert result.stdout.decode().split() == [
+        "FileExists",
+        str(3 * 1024 * 1024 + 17),
+        "FileNotFound",
+    ]
+
+
+@pytest.mark.parametrize("position", [0, 1, 2], ids=["first", "middle", "last"])
+@pytest_twisted.ensureDeferred
+async def test_kill_9_of_a_pipeline_dataserver_while_a_chunk_is_finished(
+    make_cluster, position, monkeypatch, log_contains
+):
+    """The dataservers above the lost one may have finished their replicas already:
+    they take the new version as they are, and the chunk is finished again."""
+    cluster = make_cluster(dataservers=3)
+    client = await connect(cluster)
+    data = os.urandom(3 * MiB + 99)
+    writer = await client.create("/finishing", chunk_size=2 * MiB)
+    killed = []
+    ask = writer.ask
+
+    def ask_and_kill_first(session, command, **arguments):
+        if command is FinishChunkWrite and not killed:
+            victim = node_at(cluster, writer._chunk_targets_at_finish[position])
+            cluster.kill_node(victim)
+            killed.append(victim)
+        return ask(session, command, **arguments)
+
+    original_finish = ChunkPipeline.finish
+
+    async def finish(self):
+        writer._chunk_targets_at_finish = list(self.targets)
+        return await original_finish(self)
+
+    monkeypatch.setattr(ChunkPipeline, "finish", finish)
+    monkeypatch.setattr(writer, "ask", ask_and_kill_first)
+    await writer.write(data)
+    await writer.close()
+    [victim] = killed
+
+    assert await client.read_file("/finishing") == data
+    reader = await client.open("/finishing")
+    reader.close()
+    first = reader._chunks[0]
+    assert sorted(first.locations) == sorted(
+        node.address for node in cluster.dataservers if node is not victim
+    )
+    # Survivors hold exactly the new version, nothing else.
+    for node in cluster.dataservers:
+        if node is not victim:
+            assert log_contains(node.logfile, f"chunk {first.chunk_id} recovered")
+            if position == 2:
+                # Both had finished under the old version before the loss showed.
+                assert log_contains(node.logfile, f"chunk {first.chunk_id} version 1 stored")
+            assert chunk_files(cluster, node.name, first.chunk_id) == [
+                f"{first.chunk_id}_{first.version}.chunk",
+                f"{first.chunk_id}_{first.version}.crc",
+            ]
+    client.close()

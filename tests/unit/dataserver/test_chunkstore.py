@@ -541,3 +541,37 @@ def test_writers_on_several_threads(store):
     assert store.used_bytes() == sum(B + n for n in range(8))
     for n in range(8):
         assert store.read(n, 2, 0, B + n) == payload(B + n, n)
+
+
+def test_rebase_complete_gives_a_finished_replica_a_new_version(store, tmp_path):
+    data = payload(3 * B + 5)
+    write_chunk(store, 7, 1, data)
+    rebased = store.rebase_complete(7, 1, 3, len(data))
+    assert rebased == StoredChunk(7, 3, len(data))
+    assert store.get(7) == rebased
+    assert store.read(7, 3, 0, len(data)) == data
+    with pytest.raises((ChunkNotFound, StaleChunk)):
+        store.read(7, 1, 0, 1)
+    names = sorted(path.name for path in store.folder(7).iterdir())
+    assert names == ["7_3.chunk", "7_3.crc"]
+    # What a restart sees: the new version only, its sidecar valid.
+    again = store_at(store.root)
+    assert [c.id for c in again.scan().chunks] == [ChunkId(7, 3)]
+    assert again.read(7, 3, 0, len(data)) == data
+
+
+def test_rebase_complete_refuses_what_it_cannot_do(store):
+    data = payload(100)
+    with pytest.raises(ChunkNotFound):
+        store.rebase_complete(8, 1, 2, 100)
+    write_chunk(store, 8, 2, data)
+    with pytest.raises(ChunkNotFound):
+        store.rebase_complete(8, 1, 3, 100)  # the replica is newer than asked
+    with pytest.raises(InvalidArgument):
+        store.rebase_complete(8, 2, 3, 99)  # a different length
+    with pytest.raises(InvalidArgument):
+        store.rebase_complete(8, 2, 2, 100)  # not a newer version
+    store.open_writer(9, 1)
+    with pytest.raises(ChunkNotFound):
+        store.rebase_complete(9, 1, 2, 0)  # still being written
+    assert store.get(8) == StoredChunk(8, 2, 100)

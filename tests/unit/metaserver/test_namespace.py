@@ -440,6 +440,9 @@ def test_recover_lease_closes_at_the_committed_length(ns: Namespace) -> None:
     assert "runs until 10" in refused(ns, RecoverLease("/f", caller=BOB, now=9), "LeaseConflict")
     recovered = ok(ns, RecoverLease("/f", caller=BOB, now=10))
     assert (recovered.complete, recovered.length, recovered.mtime) == (True, 40, 10.0)
+    # The uncommitted chunk is gone from the file and from the chunk index.
+    assert [c.chunk_id for c in ns.chunks("/f").value] == [chunk.chunk_id]
+    assert ns.chunk_version(chunk.chunk_id + 1) is None
     assert ns.expired_leases(100) == []
     # The old writer has lost the file; recovering again is harmless.
     refused(ns, AddChunk("/f", "c1", 90, caller=ALICE, now=11), "LeaseConflict")
