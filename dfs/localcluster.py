@@ -163,6 +163,7 @@ class LocalCluster:
         dataserver_dead_after: float = 10.0,
         lease_period: float = 60.0,
         reserved_space: int = 0,
+        replication: dict[str, Any] | None = None,
     ) -> LocalCluster:
         directory = Path(directory).absolute()
         if (directory / DESCRIPTION).exists():
@@ -185,7 +186,10 @@ class LocalCluster:
 
         shared = directory / "shared"
         shared.mkdir(mode=0o700)
-        _write_json(shared / "replication_config.json", {"default_replication": 3})
+        _write_json(
+            shared / "replication_config.json",
+            {"default_replication": 3, **(replication or {})},
+        )
         _write_json(
             shared / "security_config.json",
             {"token_key_file": "token.key", "raft_password_file": "raft.password"},

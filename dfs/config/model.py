@@ -185,7 +185,7 @@ class ReplicationConfig(ConfigFile):
     min_replication: int = setting(_REPLICAS, default=1)
     max_replication: int = setting(_REPLICAS, default=10)
     chunk_size: int = setting(
-        Number(integer=True, ge=65536, le=4294967296, multiple_of=65536), default=67108864
+        Number(integer=True, ge=65536, le=1073741824, multiple_of=65536), default=67108864
     )
     rereplication_per_dataserver: int = setting(Number(integer=True, ge=1, le=64), default=2)
     balancer_threshold: float = setting(Number(gt=0, lt=100), default=10.0)

@@ -193,8 +193,12 @@ class FileService:
         if stat.kind != ns.FILE:
             raise InvalidArgument(f"{path} is not a file")
         targets = self.placement.choose(self.registry.records(), stat.replication, stat.chunk_size)
-        if not targets:
-            raise NoSpace(f"{path}: no live dataserver has room for a chunk")
+        needed = self._min_replicas(stat)
+        if len(targets) < needed:
+            raise NoSpace(
+                f"{path}: {len(targets)} live dataservers have room for a chunk, "
+                f"{needed} needed (min_replication)"
+            )
         common = self._common(identity, request_id)
         chunk = await self._mutate(
             ns.AddChunk(
@@ -218,6 +222,11 @@ class FileService:
             "version": chunk.version,
             "targets": [record.address for record in targets],
         }
+
+    def _min_replicas(self, stat: ns.Stat) -> int:
+        """Replicas a chunk needs before it is committed: min_replication, or the
+        file's own factor if that is lower."""
+        return max(1, min(self.replication.min_replication, stat.replication))
 
     async def bump_chunk_version(
         self, identity: Identity, path: str, client_id: str, chunk_id: int, request_id: str
@@ -243,6 +252,13 @@ class FileService:
         locations: list[str],
         request_id: str,
     ) -> None:
+        stat = self._read(lambda namespace: namespace.stat(path))
+        needed = self._min_replicas(stat)
+        if stat.kind == ns.FILE and len(set(locations)) < needed:
+            raise InvalidArgument(
+                f"{path}: chunk {chunk_id} is on {len(set(locations))} dataservers, "
+                f"fewer than min_replication ({needed})"
+            )
         await self._mutate(
             ns.CommitChunk(
                 path,

@@ -13,11 +13,11 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from dfs.client.client import DFSClient
-from dfs.client.writer import ChunkPipeline
+from dfs.client.writer import ChunkPipeline, WriteFailed
 from dfs.config import load_client_config
 from dfs.localcluster import LocalCluster
 from dfs.protocol.commands import FinishChunkWrite
-from dfs.protocol.errors import FileNotFound, LeaseConflict, NoSpace
+from dfs.protocol.errors import FileNotFound, InvalidArgument, LeaseConflict, NoSpace
 
 MiB = 1024 * 1024
 
@@ -290,4 +290,19 @@ async def test_kill_9_of_a_pipeline_dataserver_while_a_chunk_is_finished(
                 f"{first.chunk_id}_{first.version}.chunk",
                 f"{first.chunk_id}_{first.version}.crc",
             ]
+    client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_min_replication_is_required_of_new_chunks(make_cluster):
+    cluster = make_cluster(dataservers=3, replication={"min_replication": 2})
+    client = await connect(cluster)
+    await client.write_file("/two", b"x" * 1000, replication=2)
+    for node in cluster.dataservers[1:]:
+        cluster.kill_node(node)
+    # Dead or not yet noticed: the write cannot reach two replicas.
+    with pytest.raises((NoSpace, WriteFailed, InvalidArgument)):
+        await client.write_file("/one", b"y" * 1000, replication=2)
+    with pytest.raises(FileNotFound):
+        await client.stat("/one")
     client.close()
