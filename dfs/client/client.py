@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 from twisted.internet.task import deferLater
 
-from dfs.client.connection import ClientCredentials, connect_metaserver
+from dfs.client.connection import ClientCredentials, DataserverPool, connect_metaserver
 from dfs.client.reader import ChunkInfo, FileReader
 from dfs.client.writer import FileWriter, request_id
 from dfs.config import ClientConfig
@@ -85,6 +85,7 @@ class DFSClient:
         self.config = config
         self.credentials = credentials
         self._meta = meta
+        self.pool = DataserverPool(reactor, credentials, config.connect_timeout)
         self.client_id = f"{credentials.identity.name}/{uuid.uuid4().hex}"
 
     @classmethod
@@ -98,6 +99,7 @@ class DFSClient:
         return self.credentials.identity.name
 
     def close(self) -> None:
+        self.pool.close()
         if self._meta.transport is not None:
             self._meta.transport.loseConnection()
 
@@ -183,12 +185,11 @@ class DFSClient:
         return FileWriter(
             self._reactor,
             self._meta,
-            self.credentials,
+            self.pool,
             path,
             self.client_id,
             answer["chunk_size"],
             answer["lease_period"],
-            self.config.connect_timeout,
             self.config.request_timeout,
         )
 
@@ -215,11 +216,10 @@ class DFSClient:
         return FileReader(
             self._reactor,
             self._meta,
-            self.credentials,
+            self.pool,
             path,
             answer["length"],
             chunks,
-            self.config.connect_timeout,
         )
 
     async def write_file(

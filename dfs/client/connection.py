@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from dfs.config import Address, ClientConfig
 from dfs.protocol.dial import dial
@@ -51,6 +53,65 @@ async def connect_server(
         server_name=server_name,
         timeout=timeout,
     )
+
+
+class DataserverPool:
+    """One AMP session per dataserver, shared by every reader and writer of a client.
+
+    A TLS handshake costs more than reading or writing a small file, so sessions
+    outlive the files that opened them. Concurrent requests for the same dataserver
+    share one dial; a session that dropped is dialled again on next use.
+    """
+
+    def __init__(self, reactor: Any, credentials: ClientCredentials, timeout: float) -> None:
+        self._reactor = reactor
+        self._credentials = credentials
+        self._timeout = timeout
+        self._sessions: dict[str, PeerSession] = {}
+        #: address -> callers waiting for the dial in progress
+        self._waiting: dict[str, list[Deferred[PeerSession]]] = {}
+
+    async def get(self, address: str, *, fresh: bool = False) -> PeerSession:
+        """The session with ``address``; with ``fresh``, a new one (after a failure)."""
+        session = self._sessions.get(address)
+        if session is not None and (fresh or not session.is_open):
+            self.drop(address)
+            session = None
+        if session is not None:
+            return session
+        if address in self._waiting and not fresh:
+            waiter: Deferred[PeerSession] = Deferred()
+            self._waiting[address].append(waiter)
+            return await waiter
+        waiting: list[Deferred[PeerSession]] = []
+        self._waiting[address] = waiting
+        try:
+            session = await connect_server(
+                self._reactor, Address.parse(address), self._credentials, timeout=self._timeout
+            )
+        except Exception as error:
+            self._done(address, waiting)
+            for waiter in waiting:
+                waiter.errback(Failure(error))
+            raise
+        self._done(address, waiting)
+        self._sessions[address] = session
+        for waiter in waiting:
+            waiter.callback(session)
+        return session
+
+    def _done(self, address: str, waiting: list[Deferred[PeerSession]]) -> None:
+        if self._waiting.get(address) is waiting:
+            del self._waiting[address]
+
+    def drop(self, address: str) -> None:
+        session = self._sessions.pop(address, None)
+        if session is not None and session.transport is not None:
+            session.transport.loseConnection()
+
+    def close(self) -> None:
+        for address in list(self._sessions):
+            self.drop(address)
 
 
 async def connect_metaserver(

@@ -15,8 +15,7 @@ from typing import Any
 import attrs
 import google_crc32c
 
-from dfs.client.connection import ClientCredentials, connect_server
-from dfs.config import Address
+from dfs.client.connection import DataserverPool
 from dfs.protocol.commands import ReadChunk, ReportBadReplica
 from dfs.protocol.errors import ChecksumMismatch, ChunkNotFound, DFSError, StaleChunk
 from dfs.protocol.session import PeerSession
@@ -51,20 +50,17 @@ class FileReader:
         self,
         reactor: Any,
         meta: PeerSession,
-        credentials: ClientCredentials,
+        pool: DataserverPool,
         path: str,
         length: int,
         chunks: list[ChunkInfo],
-        connect_timeout: float = 10.0,
     ) -> None:
         self._reactor = reactor
         self._meta = meta
-        self._credentials = credentials
+        self._pool = pool
         self.path = path
         self.length = length
         self._chunks = chunks
-        self._connect_timeout = connect_timeout
-        self._sessions: dict[str, PeerSession] = {}
         self.position = 0
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
@@ -120,7 +116,7 @@ class FileReader:
         raise ChunkUnavailable(f"{self.path}: chunk {chunk.chunk_id} unreadable ({detail})")
 
     async def _read_replica(self, address: str, chunk: ChunkInfo, start: int, stop: int) -> bytes:
-        session = await self._dial(address)
+        session = await self._pool.get(address)
         first = start - start % BLOCK
         requests = []
         blocks = []
@@ -162,16 +158,6 @@ class FileReader:
         joined = b"".join(blocks)
         return joined[start - first : stop - first]
 
-    async def _dial(self, address: str) -> PeerSession:
-        session = self._sessions.get(address)
-        if session is not None and session.is_open:
-            return session
-        session = await connect_server(
-            self._reactor, Address.parse(address), self._credentials, timeout=self._connect_timeout
-        )
-        self._sessions[address] = session
-        return session
-
     async def _report(self, chunk: ChunkInfo, address: str, reason: str) -> None:
         try:
             await self._meta.callRemote(
@@ -185,7 +171,4 @@ class FileReader:
             pass  # reporting is a courtesy to the metaserver; the read goes on
 
     def close(self) -> None:
-        for session in self._sessions.values():
-            if session.transport is not None:
-                session.transport.loseConnection()
-        self._sessions.clear()
+        """Nothing to release: dataserver sessions belong to the client."""

@@ -21,9 +21,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dfs.client.connection import ClientCredentials, connect_server
-from dfs.config import Address
+from dfs.client.connection import DataserverPool
 from dfs.protocol.commands import (
+    AbortChunkWrite,
     AddChunk,
     BumpChunkVersion,
     CloseFile,
@@ -139,7 +139,7 @@ class ChunkPipeline:
             # the dataservers' fault.
             old, self.version = self.version, await self._file.bump_version(self.chunk_id)
             try:
-                self._session = await self._file.dial(self.targets[0], fresh=True)
+                self._session = await self._file.dial(self.targets[0])
                 await self._file.ask(
                     self._session,
                     RecoverChunkWrite,
@@ -164,6 +164,14 @@ class ChunkPipeline:
         self.targets = [target for target in self.targets if target != failed]
         if not self.targets:
             raise WriteFailed(f"chunk {self.chunk_id}: every dataserver of its pipeline failed")
+
+    def abort(self) -> None:
+        session = self._session
+        if session is None or not session.is_open:
+            return
+        session.callRemote(
+            AbortChunkWrite, chunk_id=self.chunk_id, version=self.version
+        ).addErrback(lambda _: None)
 
     async def finish(self) -> list[str]:
         while self._in_flight:
@@ -195,27 +203,24 @@ class FileWriter:
         self,
         reactor: Any,
         meta: PeerSession,
-        credentials: ClientCredentials,
+        pool: DataserverPool,
         path: str,
         client_id: str,
         chunk_size: int,
         lease_period: float,
-        connect_timeout: float = 10.0,
         request_timeout: float = 60.0,
     ) -> None:
         self._reactor = reactor
         self._meta = meta
-        self._credentials = credentials
+        self._pool = pool
         self.path = path
         self._client_id = client_id
         self.chunk_size = chunk_size
-        self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
         self._lease_period = lease_period
         self._buffer = bytearray()
         self._chunk: ChunkPipeline | None = None
         self._committed = 0  # bytes of the file in committed chunks
-        self._sessions: dict[str, PeerSession] = {}
         self.closed = False
         self._lease = LoopingCall(lambda: Deferred.fromCoroutine(self._renew()))
         self._lease.clock = reactor
@@ -225,15 +230,10 @@ class FileWriter:
     def length(self) -> int:
         return self._committed + (self._chunk.length if self._chunk else 0) + len(self._buffer)
 
-    async def dial(self, address: str, *, fresh: bool = False) -> PeerSession:
-        session = self._sessions.get(address)
-        if session is not None and session.is_open and not fresh:
-            return session
-        session = await connect_server(
-            self._reactor, Address.parse(address), self._credentials, timeout=self._connect_timeout
-        )
-        self._sessions[address] = session
-        return session
+    async def dial(self, address: str) -> PeerSession:
+        # Sessions are the client's, shared with its other files; a dropped one is
+        # dialled again.
+        return await self._pool.get(address)
 
     def ask(self, session: PeerSession, command: Any, **arguments: Any) -> Deferred[Any]:
         """A request to a dataserver of the pipeline, with a deadline."""
@@ -328,16 +328,16 @@ class FileWriter:
     def _stop(self) -> None:
         if self._lease.running:
             self._lease.stop()
-        for session in self._sessions.values():
-            if session.transport is not None:
-                session.transport.loseConnection()
-        self._sessions.clear()
 
     def abandon(self) -> None:
         """Stop writing without closing: the lease expires and the metaserver closes
-        the file at its last committed length."""
+        the file at its last committed length. The chunk being written is aborted on
+        its dataservers (best effort; they also discard it when it sits idle)."""
         self.closed = True
         self._stop()
+        chunk, self._chunk = self._chunk, None
+        if chunk is not None:
+            chunk.abort()
 
     async def _renew(self) -> None:
         # A failed renewal is logged and the next one tried on time: one lost answer
