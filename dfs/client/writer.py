@@ -256,34 +256,38 @@ class FileWriter:
         )
         return int(answer["version"])
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data``; returns once it is handed to the pipeline (waiting only when
+        the window of packets in flight is full). Bytes short of a whole packet wait
+        in a buffer for more, or for close."""
         if self.closed:
             raise ValueError("write to a closed file")
-        self._buffer += data
-        while len(self._buffer) >= PACKET or (
-            self._chunk is not None and self._chunk.length + len(self._buffer) >= self.chunk_size
-        ):
-            if not await self._push(final=False):
+        view = memoryview(data).cast("B")
+        position = 0
+        while True:
+            room = self.chunk_size - (self._chunk.length if self._chunk else 0)
+            size = min(PACKET, room)
+            if len(self._buffer) + len(view) - position < size:
                 break
+            if self._buffer:
+                # Complete the packet started by an earlier write.
+                take = size - len(self._buffer)
+                packet = bytes(self._buffer + view[position : position + take])
+                self._buffer.clear()
+            else:
+                take = size
+                packet = bytes(view[position : position + take])
+            position += take
+            await self._send(packet)
+        self._buffer += view[position:]
 
-    async def _push(self, *, final: bool) -> bool:
-        """Send one packet from the buffer; False when there is nothing to send."""
+    async def _send(self, packet: bytes) -> None:
         if self._chunk is None:
-            if not self._buffer:
-                return False
             await self._start_chunk()
         assert self._chunk is not None
-        room = self.chunk_size - self._chunk.length
-        size = min(PACKET, room, len(self._buffer))
-        if size < PACKET and size < room and not final:
-            return False
-        if size:
-            packet = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            await self._chunk.write(packet)
-        if self._chunk.length == self.chunk_size or (final and not self._buffer):
+        await self._chunk.write(packet)
+        if self._chunk.length == self.chunk_size:
             await self._end_chunk()
-        return True
 
     async def _start_chunk(self) -> None:
         answer = await self._ask_meta(
@@ -313,8 +317,12 @@ class FileWriter:
     async def close(self) -> None:
         if self.closed:
             return
-        while self._buffer or self._chunk is not None:
-            await self._push(final=True)
+        if self._buffer:
+            packet = bytes(self._buffer)
+            self._buffer.clear()
+            await self._send(packet)
+        if self._chunk is not None:
+            await self._end_chunk()
         await self._ask_meta(
             CloseFile,
             path=self.path,
