@@ -14,10 +14,14 @@ import stat as stat_module
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import crochet
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectionClosed
 
 from dfs.client.blocking import BlockingClient, connect, run_eventually
 from dfs.client.client import Entry
@@ -36,6 +40,13 @@ PLAIN = (
     errors.PermissionDenied,
 )
 
+#: What a command may meet besides DFS errors: local files, and a cluster that stops
+#: answering or drops the connection half way.
+FAILURES = (errors.DFSError, OSError, ConnectionClosed, ConnectError, defer.TimeoutError)
+
+#: Seconds an interrupted put or get may take to remove its partial file.
+CANCEL_GRACE = 5.0
+
 
 def default_config() -> Path | None:
     for candidate in (
@@ -48,13 +59,22 @@ def default_config() -> Path | None:
     return None
 
 
-def reason(error: Exception) -> str:
+def reason(error: BaseException, path: str = "") -> str:
+    """The words after ``dfs: CMD: PATH:``, without saying PATH twice."""
     if isinstance(error, PLAIN):
         return error.user_text
     if isinstance(error, errors.DFSError):
         detail = error.message
+        if path and detail.startswith(f"{path}: "):
+            detail = detail[len(path) + 2 :]
         return f"{error.user_text}: {detail}" if detail else error.user_text
-    return f"{type(error).__name__}: {error}"
+    if isinstance(error, defer.TimeoutError):
+        return "Timed out: the cluster did not answer in time"
+    if isinstance(error, (ConnectionClosed, ConnectError)):
+        return f"Lost the connection to the cluster: {error}"
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error) or type(error).__name__
 
 
 class Session:
@@ -163,26 +183,31 @@ def _runner(name: str, run: Callable[..., int]) -> Callable[[argparse.Namespace]
 
 
 class Failures:
-    """Collects per-path failures: each printed at once, the exit status at the end."""
+    """Collects per-path failures: each printed at once, the exit status at the end.
 
-    def __init__(self, command: str) -> None:
+    With ``missing_ok`` (``rm -f``) a path that does not exist is no failure at all.
+    A put or get names its ``local`` file when the local side fails (OSError), the
+    DFS path otherwise.
+    """
+
+    def __init__(self, command: str, *, missing_ok: bool = False) -> None:
         self.command = command
+        self.missing_ok = missing_ok
         self.count = 0
 
     @contextmanager
-    def about(self, path: str) -> Iterator[None]:
+    def about(self, path: str, local: str | None = None) -> Iterator[None]:
         try:
             yield
-        except CommandError:
+        except (CommandError, BrokenPipeError):
             raise
-        except (errors.DFSError, OSError) as error:
+        except FAILURES as error:
+            if self.missing_ok and isinstance(error, errors.FileNotFound):
+                return
             self.count += 1
-            text = (
-                reason(error)
-                if isinstance(error, errors.DFSError)
-                else (error.strerror or str(error))
-            )
-            print(f"dfs: {self.command}: {path}: {text}", file=sys.stderr)
+            if local is not None and isinstance(error, OSError):
+                path = local
+            print(f"dfs: {self.command}: {path}: {reason(error, path)}", file=sys.stderr)
 
     @property
     def status(self) -> int:
@@ -244,28 +269,35 @@ def _progress(label: str, total: int) -> Any:
 
 def _transfer(start: Callable[..., Any], label: str, total: int) -> int:
     """Run a put/get in the reactor thread, showing progress here; Ctrl-C cancels it."""
-    bar = _progress(label, total)
     done = [0]
 
     def progress(count: int) -> None:
         done[0] = count
 
-    result = start(progress=progress)
-    try:
-        if bar is None:
-            return int(result.wait(None))
-        with bar:
+    bar = _progress(label, total)
+    # The bar is up before the first byte moves, so that it shows the whole transfer.
+    with bar if bar is not None else nullcontext():
+        result = start(progress=progress)
+        try:
+            if bar is None:
+                return int(result.wait(None))
             while True:
                 try:
                     value = result.wait(0.1)
-                except TimeoutError:
+                except crochet.TimeoutError:
                     bar.update(done[0])
                     continue
                 bar.update(done[0])
                 return int(value)
-    except KeyboardInterrupt:
-        result.cancel()
-        raise
+        except KeyboardInterrupt:
+            # A cancelled transfer removes its partial file; give it the moment that
+            # takes, or the process would end first. A second Ctrl-C stops waiting.
+            result.cancel()
+            try:
+                result.wait(CANCEL_GRACE)
+            except Exception:
+                pass
+            raise
 
 
 def run_put(session: Session, args: argparse.Namespace) -> int:
@@ -277,32 +309,33 @@ def run_put(session: Session, args: argparse.Namespace) -> int:
             into_directory = client.stat(args.destination).is_dir
         except errors.FileNotFound:
             pass
-        except errors.DFSError as error:
-            raise CommandError("put", f"{args.destination}: {reason(error)}") from None
+        except FAILURES as error:
+            raise CommandError(
+                "put", f"{args.destination}: {reason(error, args.destination)}"
+            ) from None
     for source in args.sources:
         target = (
             posixpath.join(args.destination, Path(source).name)
             if into_directory
             else args.destination
         )
-        with failures.about(source):
+        with failures.about(target, local=source):
             if Path(source).is_dir():
-                raise IsADirectoryError(21, "Is a directory (directories come with put -r later)")
+                raise IsADirectoryError(21, "Is a directory")
             total = Path(source).stat().st_size
             options = {"replication": args.replication} if args.replication else {}
-            with failures.about(target):
-                _transfer(
-                    partial(
-                        run_eventually,
-                        client.async_client.put,
-                        source,
-                        target,
-                        overwrite=args.force,
-                        **options,
-                    ),
+            _transfer(
+                partial(
+                    run_eventually,
+                    client.async_client.put,
+                    source,
                     target,
-                    total,
-                )
+                    overwrite=args.force,
+                    **options,
+                ),
+                target,
+                total,
+            )
     return failures.status
 
 
@@ -318,7 +351,7 @@ def run_get(session: Session, args: argparse.Namespace) -> int:
             if local_dir
             else Path(args.destination)
         )
-        with failures.about(source):
+        with failures.about(source, local=str(target)):
             entry = client.stat(source)
             if entry.is_dir:
                 raise errors.IsADirectory(source)
@@ -339,21 +372,24 @@ def run_cat(session: Session, args: argparse.Namespace) -> int:
         with failures.about(path):
             with session.client.open(path) as remote:
                 while block := remote.read(4 * 1024 * 1024):
-                    out.write(block)
+                    _write_all(out, block)
             out.flush()
     return failures.status
 
 
+def _write_all(out: Any, data: bytes) -> None:
+    # A write into a pipe that its reader closed half way returns a short count
+    # before it fails; write the rest, so that the failure is seen, not skipped.
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) :]
+
+
 def run_rm(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("rm")
+    failures = Failures("rm", missing_ok=args.force)
     for path in args.paths:
-        try:
-            with failures.about(path):
-                session.client.delete(path, recursive=args.recursive)
-        finally:
-            pass
-    if args.force:
-        return 0
+        with failures.about(path):
+            session.client.delete(path, recursive=args.recursive)
     return failures.status
 
 

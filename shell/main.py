@@ -9,6 +9,7 @@ a user can cause are raised as :class:`CommandError` and printed as one line
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +18,10 @@ from dfs_shell import ca, files, local
 from dfs_shell.errors import CommandError
 
 COMMAND_GROUPS = (files, ca, local)
+
+#: The status of a command whose standard output was closed by its reader: that of a
+#: process killed by SIGPIPE, as a shell reports it (128 + 13).
+BROKEN_PIPE_STATUS = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(run(args) or 0)
+        status = int(run(args) or 0)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # Whoever read our output stopped reading (dfs cat FILE | head): stop quietly,
+        # as cat does, and keep the interpreter from flushing into the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_STATUS
     except CommandError as error:
         print(f"dfs: {error.command}: {error.message}", file=sys.stderr)
         return error.exit_code

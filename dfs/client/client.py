@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from dfs.client.connection import ClientCredentials, DataserverPool, connect_metaserver
 from dfs.client.reader import ChunkInfo, FileReader
@@ -225,7 +227,7 @@ class DFSClient:
     async def write_file(
         self, path: str, data: bytes, *, overwrite: bool = False, **options: Any
     ) -> None:
-        writer = await self.create(path, overwrite=overwrite, **options)
+        writer = await self._create_or_clean_up(path, overwrite=overwrite, **options)
         try:
             await writer.write(data)
             await writer.close()
@@ -251,7 +253,7 @@ class DFSClient:
     ) -> int:
         """Copy a local file into DFS; returns the bytes copied. If it fails, the
         partial file is removed, so no partial file is left visible."""
-        writer = await self.create(remote, overwrite=overwrite, **options)
+        writer = await self._create_or_clean_up(remote, overwrite=overwrite, **options)
         copied = 0
         try:
             with open(local, "rb") as source:
@@ -265,6 +267,26 @@ class DFSClient:
             await self.discard(writer)
             raise
         return copied
+
+    async def _create_or_clean_up(self, path: str, **options: Any) -> FileWriter:
+        """``create``; if the caller gives up while the metaserver is creating the
+        file, the file is still created and then removed, in the background."""
+        creating = Deferred.fromCoroutine(self.create(path, **options))
+        # The caller's wait can be cancelled; the create itself cannot, so that its
+        # outcome is known and a created file can be discarded.
+        waiting: Deferred[FileWriter] = Deferred()
+
+        def settle(result: Any) -> None:
+            if waiting.called:  # cancelled meanwhile
+                if isinstance(result, FileWriter):
+                    Deferred.fromCoroutine(self.discard(result))
+            elif isinstance(result, Failure):
+                waiting.errback(result)
+            else:
+                waiting.callback(result)
+
+        creating.addBoth(settle)
+        return await waiting
 
     async def discard(self, writer: FileWriter) -> None:
         """Give up a file being written: stop, and remove it (best effort; if the

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 import google_crc32c
+from twisted.internet.defer import CancelledError
 
 from dfs.client.connection import DataserverPool
 from dfs.protocol.commands import ReadChunk, ReportBadReplica
@@ -98,6 +99,8 @@ class FileReader:
         for address in chunk.locations:
             try:
                 data = await self._read_replica(address, chunk, start, stop)
+            except CancelledError:
+                raise  # the caller gave up: not the replica's fault
             except Exception as error:
                 reason = f"{type(error).__name__}: {error}"
                 problems.append(f"{address}: {reason}")

@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -55,7 +55,11 @@ class _Failed:
     error: BaseException | None
 
 
-def _failed(failure: Failure) -> _Failed:
+def _failed(failure: Failure) -> _Failed | Failure:
+    # A cancelled write (the caller gave up) stays an error; any other failure is a
+    # dataserver's, settled in order by the pipeline.
+    if failure.check(CancelledError):
+        return failure
     return _Failed(failure.value)
 
 
@@ -90,6 +94,8 @@ class ChunkPipeline:
                     downstream=self.targets[1:],
                 )
                 return
+            except CancelledError:
+                raise  # the caller gave up: not the dataserver's fault
             except Exception as error:
                 await self._lose(self._failed_address(error))
 
@@ -150,6 +156,8 @@ class ChunkPipeline:
                     downstream=self.targets[1:],
                 )
                 break
+            except CancelledError:
+                raise  # the caller gave up: not the dataserver's fault
             except Exception as error:
                 await self._lose(self._failed_address(error))
         for offset, data in unacked:
@@ -187,6 +195,8 @@ class ChunkPipeline:
                     length=self.length,
                 )
                 return list(answer["locations"])
+            except CancelledError:
+                raise  # the caller gave up: not the dataserver's fault
             except Exception as error:
                 await self._recover(self._failed_address(error))
                 while self._in_flight:

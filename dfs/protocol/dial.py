@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 
 from dfs.config import Address
@@ -36,8 +37,13 @@ async def dial(
         HostnameEndpoint(reactor, address.host, address.port, timeout=timeout),
     )
     session = PeerSession(identity)
-    await connectProtocol(endpoint, session)
-    # TLS completes after the TCP connection; a Ping proves the handshake passed
-    # both ways and tells us who answered.
-    await session.callRemote(Ping).addTimeout(timeout, reactor)
+    session.dialled = True
+    try:
+        await connectProtocol(endpoint, session)
+        # TLS completes after the TCP connection; a Ping proves the handshake passed
+        # both ways and tells us who answered.
+        await session.callRemote(Ping).addTimeout(timeout, reactor)
+    except (TimeoutError, defer.TimeoutError, error.TimeoutError):
+        session.abort()
+        raise TimeoutError(f"no answer from {address} within {timeout:g} s") from None
     return session

@@ -55,6 +55,9 @@ class PeerSession(amp.AMP):
         self.local = local
         self.peer: Identity | None = None
         self._handshake_done = False
+        #: True on the side that dialled: a failure there is the caller's error to
+        #: report, not a refusal to log.
+        self.dialled = False
         self._refused = False
         self._lost = False
         self._box_bytes = 0
@@ -109,7 +112,13 @@ class PeerSession(amp.AMP):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._lost = True
-        if not self._handshake_done:
+        if not self._handshake_done and self.dialled:
+            self.log.debug(
+                "TLS handshake with {address} failed: {reason}",
+                address=self.peer_address,
+                reason=_describe(reason),
+            )
+        elif not self._handshake_done:
             certificate_problem = verify_failure(self.transport)
             self.log.warn(
                 "refused connection from {address}: TLS handshake failed ({reason})",

@@ -32,12 +32,18 @@ def folder(tmp_path):
         pass
 
 
-def test_up_status_up_again_down(folder):
+def test_up_status_up_again_down(folder, tmp_path):
     up = dfs("local", "up", "--dir", str(folder), "--dataservers", "2")
     assert up.returncode == 0, up.stderr
     client_config = up.stdout.strip()
     config = load_client_config(client_config)
     assert len(config.metaservers) == 1
+
+    # The cluster takes files as soon as up has returned.
+    (tmp_path / "hello.txt").write_text("hello, dfs\n")
+    put = dfs("-c", client_config, "put", str(tmp_path / "hello.txt"), "/hello.txt")
+    assert (put.returncode, put.stderr) == (0, "")
+    assert dfs("-c", client_config, "cat", "/hello.txt").stdout == "hello, dfs\n"
 
     cluster = LocalCluster.open(folder)
     pids = cluster.running()
