@@ -1,0 +1,82 @@
+"""A dataserver with no disk behind it: the ceiling of one AMP/mTLS connection.
+
+    .venv/bin/python tests/performance/amp_sink.py --config ds1/dataserver_config.json
+
+Run by throughput.py for its baseline. It presents the certificate of the dataserver
+whose config it is given, listens on a free port of 127.0.0.1 with the same TLS
+options as a dataserver, prints ``listening on PORT`` once it does, and then answers
+WriteChunkData by throwing the packet away and ReadChunk with one 64 KiB block kept in
+memory (and its CRC32C). What is left to measure is TLS, AMP framing and dispatch,
+the Bulk argument and the responder call, on both ends. Stops on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+from twisted.internet import reactor
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.protocol import Factory
+
+from dfs.config import load_dataserver_config
+from dfs.node import load_credentials
+from dfs.protocol.commands import ReadChunk, WriteChunkData
+from dfs.protocol.session import PeerSession
+from dfs.security.identity import Identity, Role
+
+BLOCK = 65536
+_DATA = random.Random(0).randbytes(BLOCK)
+_CRC = google_crc32c.value(_DATA)
+
+
+class SinkSession(PeerSession):
+    """PeerSession (so role checks and box limits run as on a dataserver) whose chunk
+    commands cost nothing beyond the wire."""
+
+    def __init__(self, identity: Identity) -> None:
+        super().__init__(identity)
+        self.received = 0
+
+    @WriteChunkData.responder
+    def write_chunk_data(self, chunk_id: int, version: int, offset: int, data: bytes) -> dict:
+        self.received += len(data)
+        return {}
+
+    @ReadChunk.responder
+    def read_chunk(self, chunk_id: int, version: int, offset: int, length: int) -> dict:
+        if length >= BLOCK:
+            return {"data": _DATA, "checksums": [_CRC]}
+        data = _DATA[:length]
+        return {"data": data, "checksums": [google_crc32c.value(data)]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="a dataserver_config.json")
+    args = parser.parse_args(argv)
+    config = load_dataserver_config(args.config)
+    credentials, identity = load_credentials(config.tls, str(args.config), Role.DATASERVER)
+    factory = Factory()
+    factory.protocol = lambda: SinkSession(identity)
+    endpoint = SSL4ServerEndpoint(
+        reactor, 0, credentials.server_options(), interface=config.listen.host
+    )
+
+    def listening(port: Any) -> None:
+        print(f"listening on {port.getHost().port}", flush=True)
+
+    def failed(failure: Any) -> None:
+        print(f"amp_sink: cannot listen: {failure.value}", file=sys.stderr, flush=True)
+        reactor.stop()
+
+    endpoint.listen(factory).addCallbacks(listening, failed)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
