@@ -10,11 +10,12 @@ an error naming the chunk.
 from __future__ import annotations
 
 import os
+from collections import deque
 from typing import Any
 
 import attrs
 import google_crc32c
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 
 from dfs.client.connection import DataserverPool
 from dfs.protocol.commands import ReadChunk, ReportBadReplica
@@ -25,7 +26,10 @@ from dfs.protocol.session import PeerSession
 BAD_REPLICA = (ChecksumMismatch, ChunkNotFound, StaleChunk)
 
 BLOCK = 65536
-WINDOW = 16
+#: Bytes asked for in one ReadChunk (whole blocks), and how many such requests are
+#: in flight to one replica: large requests keep the per-command cost small.
+REQUEST = 8 * BLOCK
+WINDOW = 8
 READ_TIMEOUT = 30.0
 
 
@@ -63,6 +67,7 @@ class FileReader:
         self.length = length
         self._chunks = chunks
         self.position = 0
+        self._stream: _ChunkStream | None = None
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.length}[whence]
@@ -75,11 +80,37 @@ class FileReader:
         return self.position
 
     async def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes from the position (the rest of the file with -1).
+
+        Reading on from where the last read stopped streams: requests run ahead of
+        the position, so a reader taking the file in pieces keeps the dataserver and
+        the connection busy between its calls.
+        """
         if size < 0:
             size = self.length - self.position
-        data = await self.read_range(self.position, size)
-        self.position += len(data)
-        return data
+        end = min(self.length, self.position + size)
+        pieces = []
+        while self.position < end:
+            chunk = self._chunk_at(self.position)
+            stream = self._stream
+            if (
+                stream is None
+                or stream.chunk is not chunk
+                or stream.offset != self.position - chunk.offset
+            ):
+                if stream is not None:
+                    stream.close()
+                stream = self._stream = _ChunkStream(self, chunk, self.position - chunk.offset)
+            piece = await stream.read(min(end, chunk.offset + chunk.length) - self.position)
+            pieces.append(piece)
+            self.position += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _chunk_at(self, offset: int) -> ChunkInfo:
+        for chunk in self._chunks:
+            if chunk.offset <= offset < chunk.offset + chunk.length:
+                return chunk
+        raise ValueError(f"offset {offset} is outside {self.path}")
 
     async def read_range(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset`` (fewer only at the end of the file)."""
@@ -121,44 +152,36 @@ class FileReader:
     async def _read_replica(self, address: str, chunk: ChunkInfo, start: int, stop: int) -> bytes:
         session = await self._pool.get(address)
         first = start - start % BLOCK
-        requests = []
-        blocks = []
-        for block_start in range(first, stop, BLOCK):
-            size = min(BLOCK, chunk.length - block_start)
-            requests.append((block_start, size))
-        pending: list[Any] = []
+        # Whole 64 KiB blocks (the last one may be short), REQUEST bytes per command.
+        requests = [(at, min(REQUEST, chunk.length - at)) for at in range(first, stop, REQUEST)]
+        pieces: list[bytes] = []
+        pending: deque[tuple[int, int, Deferred[Any]]] = deque()
         index = 0
-        while index < len(requests) or pending:
-            while index < len(requests) and len(pending) < WINDOW:
-                block_start, size = requests[index]
-                call = session.callRemote(
-                    ReadChunk,
-                    chunk_id=chunk.chunk_id,
-                    version=chunk.version,
-                    offset=block_start,
-                    length=size,
-                )
-                call.addTimeout(READ_TIMEOUT, self._reactor)
-                call.addErrback(lambda failure: failure.value)
-                pending.append((block_start, size, call))
-                index += 1
-            block_start, size, call = pending.pop(0)
-            answer = await call
-            if isinstance(answer, Exception):
-                for *_, rest in pending:
-                    rest.cancel()
-                raise answer
-            data = answer["data"]
-            [crc] = answer["checksums"] or [None]
-            if len(data) != size or crc is None or google_crc32c.value(data) != crc:
-                for *_, rest in pending:
-                    rest.cancel()
-                raise ChecksumMismatch(
-                    f"chunk {chunk.chunk_id} block at {block_start}: "
-                    "data does not match its checksum"
-                )
-            blocks.append(data)
-        joined = b"".join(blocks)
+        try:
+            while index < len(requests) or pending:
+                while index < len(requests) and len(pending) < WINDOW:
+                    at, size = requests[index]
+                    call = session.callRemote(
+                        ReadChunk,
+                        chunk_id=chunk.chunk_id,
+                        version=chunk.version,
+                        offset=at,
+                        length=size,
+                    )
+                    call.addTimeout(READ_TIMEOUT, self._reactor)
+                    pending.append((at, size, call))
+                    index += 1
+                at, size, call = pending[0]
+                answer = await call
+                pending.popleft()
+                pieces.append(_checked(chunk, at, size, answer["data"], answer["checksums"]))
+        finally:
+            for *_, rest in pending:
+                rest.addErrback(lambda _: None)
+                rest.cancel()
+        joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if start == first and len(joined) == stop - first:
+            return joined
         return joined[start - first : stop - first]
 
     async def _report(self, chunk: ChunkInfo, address: str, reason: str) -> None:
@@ -174,4 +197,134 @@ class FileReader:
             pass  # reporting is a courtesy to the metaserver; the read goes on
 
     def close(self) -> None:
-        """Nothing to release: dataserver sessions belong to the client."""
+        """Stop reading ahead. Dataserver sessions belong to the client and stay."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+def _checked(chunk: ChunkInfo, at: int, size: int, data: bytes, checksums: list[int]) -> bytes:
+    """``data`` if it is the ``size`` bytes asked for and every block matches its
+    CRC32C; ChecksumMismatch otherwise."""
+    blocks = -(-size // BLOCK)
+    if len(data) != size or len(checksums) != blocks:
+        raise ChecksumMismatch(
+            f"chunk {chunk.chunk_id} at {at}: {len(data)} bytes and {len(checksums)} "
+            f"checksums for a request of {size} bytes"
+        )
+    value = google_crc32c.value
+    if blocks == 1:
+        if value(data) != checksums[0]:
+            raise ChecksumMismatch(
+                f"chunk {chunk.chunk_id} block at {at}: data does not match its checksum"
+            )
+        return data
+    for i, crc in enumerate(checksums):
+        if value(data[i * BLOCK : (i + 1) * BLOCK]) != crc:
+            raise ChecksumMismatch(
+                f"chunk {chunk.chunk_id} block at {at + i * BLOCK}: "
+                "data does not match its checksum"
+            )
+    return data
+
+
+class _ChunkStream:
+    """Sequential reading of one chunk with requests running ahead of the reader.
+
+    Reads from one replica at a time; on a failure it reports a bad replica, moves to
+    the next and asks again from the block holding the next byte wanted, so the
+    caller sees a failover only as a pause.
+    """
+
+    def __init__(self, reader: FileReader, chunk: ChunkInfo, offset: int) -> None:
+        self._reader = reader
+        self.chunk = chunk
+        #: The next byte (in the chunk) that read() hands out.
+        self.offset = offset
+        self._requested = offset - offset % BLOCK
+        self._data = b""
+        self._data_at = self._requested
+        self._pending: deque[tuple[int, int, Deferred[Any]]] = deque()
+        self._replicas = list(chunk.locations)
+        self._problems: list[str] = []
+        self._session: PeerSession | None = None
+
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes from ``offset``; at least one unless the chunk ended."""
+        while True:
+            start = self.offset - self._data_at
+            if 0 <= start < len(self._data):
+                piece = self._data[start : start + size]
+                self.offset += len(piece)
+                self._top_up()
+                return piece
+            if self.offset >= self.chunk.length:
+                return b""
+            try:
+                await self._next_answer()
+            except (CancelledError, ChunkUnavailable):
+                raise  # the caller gave up, or no replica is left
+            except Exception as error:
+                await self._fail(error)
+
+    async def _next_answer(self) -> None:
+        if self._session is None:
+            if not self._replicas:
+                raise self._unavailable()
+            self._session = await self._reader._pool.get(self._replicas[0])
+        self._top_up()
+        at, size, call = self._pending[0]
+        answer = await call
+        self._pending.popleft()
+        self._data = _checked(self.chunk, at, size, answer["data"], answer["checksums"])
+        self._data_at = at
+        self._top_up()
+
+    def _top_up(self) -> None:
+        session = self._session
+        if session is None:
+            return
+        while len(self._pending) < WINDOW and self._requested < self.chunk.length:
+            size = min(REQUEST, self.chunk.length - self._requested)
+            call = session.callRemote(
+                ReadChunk,
+                chunk_id=self.chunk.chunk_id,
+                version=self.chunk.version,
+                offset=self._requested,
+                length=size,
+            )
+            call.addTimeout(READ_TIMEOUT, self._reader._reactor)
+            self._pending.append((self._requested, size, call))
+            self._requested += size
+
+    async def _fail(self, error: Exception) -> None:
+        self.close()
+        address = self._replicas.pop(0)
+        reason = f"{type(error).__name__}: {error}"
+        self._problems.append(f"{address}: {reason}")
+        if isinstance(error, BAD_REPLICA):
+            await self._reader._report(self.chunk, address, reason)
+        if not self._replicas:
+            raise self._unavailable()
+        # Ask the next replica from the block that holds the next byte wanted.
+        self._requested = self.offset - self.offset % BLOCK
+        self._data = b""
+        self._data_at = self._requested
+
+    def _unavailable(self) -> ChunkUnavailable:
+        detail = (
+            "; ".join(self._problems)
+            if self._problems
+            else "the metaserver knows no replica of it on a live dataserver"
+        )
+        return ChunkUnavailable(
+            f"{self._reader.path}: chunk {self.chunk.chunk_id} unreadable ({detail})"
+        )
+
+    def close(self) -> None:
+        """Cancel the requests still running ahead."""
+        self._session = None
+        pending, self._pending = self._pending, deque()
+        for *_, call in pending:
+            call.addErrback(lambda _: None)
+            call.cancel()

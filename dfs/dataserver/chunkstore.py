@@ -20,6 +20,7 @@ import os
 import re
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +40,8 @@ from dfs.protocol.errors import (
 )
 
 CHECKSUM_BLOCK = 65536
+#: How many replicas' checksum tables reads keep in memory (4 KiB for 64 MiB).
+SIDECAR_CACHE = 1024
 """Bytes covered by one CRC32C in the sidecar (the last block of a chunk may be shorter)."""
 
 SIDECAR_MAGIC = b"DFSC"
@@ -429,6 +432,8 @@ class ChunkStore:
         self._index: dict[int, StoredChunk] = {}
         self._used = 0
         self._writers: dict[int, ChunkWriter] = {}
+        #: Checked sidecar tables of recently read replicas, least recently used first.
+        self._tables: OrderedDict[ChunkId, bytes] = OrderedDict()
         self._folders = [str(self.chunks_dir / f"{n:02x}") for n in range(256)]
         self._folder_ready = [False] * 256
         self._create_folders()
@@ -691,6 +696,7 @@ class ChunkStore:
                 del self._writers[writer.chunk_id]
 
     def _remove_files(self, chunk_id: int, version: int) -> bool:
+        self._forget_table(chunk_id, version)
         # Data first: without its data file a sidecar is an orphan that scan removes.
         removed = _unlink(self._file(chunk_id, version, _DATA))
         return _unlink(self._file(chunk_id, version, _SIDECAR)) or removed
@@ -706,6 +712,27 @@ class ChunkStore:
             raise self._vanished(stored.chunk_id, stored.version) from None
 
     def _sidecar_table(self, stored: StoredChunk) -> bytes:
+        """The block CRC table of a complete replica, checked; cached, since every
+        read needs it and a replica's sidecar never changes once complete."""
+        key = stored.id
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+                return table
+        table = self._load_sidecar_table(stored)
+        with self._lock:
+            if self._index.get(stored.chunk_id) == stored:
+                self._tables[key] = table
+                while len(self._tables) > SIDECAR_CACHE:
+                    self._tables.popitem(last=False)
+        return table
+
+    def _forget_table(self, chunk_id: int, version: int) -> None:
+        with self._lock:
+            self._tables.pop(ChunkId(chunk_id, version), None)
+
+    def _load_sidecar_table(self, stored: StoredChunk) -> bytes:
         try:
             fd = os.open(
                 self._file(stored.chunk_id, stored.version, _SIDECAR), os.O_RDONLY | os.O_CLOEXEC
@@ -823,7 +850,8 @@ class ChunkStore:
         """
         stored = self._lookup(chunk_id, version)
         try:
-            table = self._sidecar_table(stored)
+            # From disk, not the cache: the scrubber is there to see the disk.
+            table = self._load_sidecar_table(stored)
         except ChecksumMismatch as e:
             self.log.warn("scrub: {problem}", problem=str(e))
             return False
@@ -883,6 +911,7 @@ class ChunkStore:
         """Move a replica's files to ``<root>/quarantine/`` for an operator: no longer
         served, reported or counted. ChunkNotFound if neither file is here."""
         self._drop_from_index(chunk_id, version)
+        self._forget_table(chunk_id, version)
         moved = self._move_to_quarantine(
             self.data_path(chunk_id, version), self.sidecar_path(chunk_id, version)
         )

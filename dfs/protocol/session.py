@@ -64,6 +64,16 @@ class PeerSession(amp.AMP):
 
     # -- connection life -------------------------------------------------
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Requests and answers are small messages sent back to back: without
+        # TCP_NODELAY, Nagle's algorithm holds each one until the last is acknowledged.
+        transport = self.transport
+        while transport is not None and not hasattr(transport, "setTcpNoDelay"):
+            transport = getattr(transport, "transport", None)
+        if transport is not None:
+            transport.setTcpNoDelay(True)
+
     @property
     def peer_address(self) -> str:
         address = self.transport.getPeer() if self.transport is not None else None
