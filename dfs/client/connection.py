@@ -16,8 +16,14 @@ from twisted.python.failure import Failure
 from dfs.config import Address, ClientConfig
 from dfs.protocol.dial import dial
 from dfs.protocol.session import PeerSession
+from dfs.protocol.stream import StreamPool
 from dfs.security.identity import Identity, identity_from_certificate
 from dfs.security.tls import NodeCredentials
+
+#: How long the first dataserver of a pipeline may take to answer, or to acknowledge
+#: data sent on a chunk stream. Longer than two hops' own timeouts, so that a
+#: dataserver further down is blamed by the one above it.
+DATASERVER_TIMEOUT = 90.0
 
 
 class NoMetaserverReachable(Exception):
@@ -56,7 +62,8 @@ async def connect_server(
 
 
 class DataserverPool:
-    """One AMP session per dataserver, shared by every reader and writer of a client.
+    """One AMP session per dataserver, shared by every reader and writer of a client,
+    and one chunk stream per dataserver (``streams``), shared by its writers.
 
     A TLS handshake costs more than reading or writing a small file, so sessions
     outlive the files that opened them. Concurrent requests for the same dataserver
@@ -70,6 +77,13 @@ class DataserverPool:
         self._sessions: dict[str, PeerSession] = {}
         #: address -> callers waiting for the dial in progress
         self._waiting: dict[str, list[Deferred[PeerSession]]] = {}
+        self.streams = StreamPool(reactor, self.dial, DATASERVER_TIMEOUT)
+
+    async def dial(self, address: str) -> PeerSession:
+        """A session of its own with ``address``, shared with nobody."""
+        return await connect_server(
+            self._reactor, Address.parse(address), self._credentials, timeout=self._timeout
+        )
 
     async def get(self, address: str, *, fresh: bool = False) -> PeerSession:
         """The session with ``address``; with ``fresh``, a new one (after a failure)."""
@@ -112,6 +126,7 @@ class DataserverPool:
     def close(self) -> None:
         for address in list(self._sessions):
             self.drop(address)
+        self.streams.close()
 
 
 async def connect_metaserver(

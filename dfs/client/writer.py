@@ -1,27 +1,26 @@
 """Writing a file: chunk by chunk through a pipeline of dataservers.
 
 For each chunk the writer asks the metaserver for a chunk id and a pipeline
-(AddChunk), opens the pipeline on its first dataserver, streams packets of at most
-64 KiB with a window of packets in flight, and on a full chunk finishes it (every
-replica fsynced) and commits its length. When a dataserver of the pipeline fails,
-the writer gets a new chunk version from the metaserver, asks the survivors to keep
-the acknowledged bytes under that version, and resends what was not acknowledged:
-the user sees no error as long as one replica survives.
+(AddChunk), opens the pipeline on its first dataserver, sends packets of at most
+64 KiB on the chunk stream to it with a window of bytes in flight, and on a full
+chunk finishes it (every replica fsynced) and commits its length. When a dataserver
+of the pipeline fails, the writer gets a new chunk version from the metaserver, asks
+the survivors to keep the acknowledged bytes under that version, and resends what
+was not acknowledged: the user sees no error as long as one replica survives.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from dfs.client.connection import DataserverPool
+from dfs.client.connection import DATASERVER_TIMEOUT, DataserverPool
 from dfs.protocol.commands import (
     AbortChunkWrite,
     AddChunk,
@@ -32,16 +31,16 @@ from dfs.protocol.commands import (
     OpenChunkWrite,
     RecoverChunkWrite,
     RenewLease,
-    WriteChunkData,
 )
 from dfs.protocol.errors import DFSError, PipelineBroken
 from dfs.protocol.session import PeerSession
+from dfs.protocol.stream import ChunkStream
 
 PACKET = 65536
+#: Packets in flight, for a writer that sends them as WriteChunkData.
 WINDOW = 16
-#: How long the first dataserver of a pipeline may take to answer. Longer than two
-#: hops' own timeouts, so that a dataserver further down is blamed by the one above it.
-DATASERVER_TIMEOUT = 90.0
+#: Bytes sent on the chunk stream and not yet acknowledged by every replica.
+WINDOW_BYTES = 2 * 1024 * 1024
 
 
 class WriteFailed(DFSError):
@@ -50,25 +49,13 @@ class WriteFailed(DFSError):
     user_text = "Write failed"
 
 
-@attrs.frozen
-class _Failed:
-    error: BaseException | None
-
-
-def _failed(failure: Failure) -> _Failed | Failure:
-    # A cancelled write (the caller gave up) stays an error; any other failure is a
-    # dataserver's, settled in order by the pipeline.
-    if failure.check(CancelledError):
-        return failure
-    return _Failed(failure.value)
-
-
 def request_id() -> str:
     return uuid.uuid4().hex
 
 
 class ChunkPipeline:
-    """One chunk being written through a pipeline of dataservers."""
+    """One chunk being written through a pipeline of dataservers: control over AMP,
+    data on the chunk stream to the first dataserver (a StreamListener)."""
 
     log = Logger()
 
@@ -80,7 +67,12 @@ class ChunkPipeline:
         self.length = 0  # bytes handed to the pipeline
         self.acked = 0  # bytes every replica acknowledged
         self._session: PeerSession | None = None
-        self._in_flight: deque[tuple[int, bytes, Deferred[Any]]] = deque()
+        self._stream: ChunkStream | None = None
+        #: packets sent and not yet acknowledged: (offset, data)
+        self._unacked: deque[tuple[int, bytes]] = deque()
+        #: the dataserver the stream reported failed, until the pipeline recovers
+        self._failed: str | None = None
+        self._wake: Deferred[None] | None = None
 
     async def open(self) -> None:
         while True:
@@ -93,52 +85,77 @@ class ChunkPipeline:
                     version=self.version,
                     downstream=self.targets[1:],
                 )
+                await self._attach()
                 return
             except CancelledError:
                 raise  # the caller gave up: not the dataserver's fault
             except Exception as error:
                 await self._lose(self._failed_address(error))
 
+    async def _attach(self) -> None:
+        """Send data, from now on, on the chunk stream to the first dataserver."""
+        self._stream = await self._file.stream(self.targets[0])
+        self._stream.watch(self.chunk_id, self.version, self)
+
+    def _detach(self) -> None:
+        if self._stream is not None:
+            self._stream.unwatch(self.chunk_id, self.version)
+            self._stream = None
+
     def _failed_address(self, error: BaseException | None) -> str:
         if isinstance(error, PipelineBroken) and error.address in self.targets:
             return error.address
         return self.targets[0]
 
+    # -- what the stream says ---------------------------------------------
+
+    def chunk_acked(self, length: int) -> None:
+        self.acked = length
+        unacked = self._unacked
+        while unacked and unacked[0][0] + len(unacked[0][1]) <= length:
+            unacked.popleft()
+        self._wake_up()
+
+    def chunk_failed(self, address: str) -> None:
+        if self._failed is None:
+            self._failed = address if address in self.targets else self.targets[0]
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.called:
+            wake.callback(None)
+
+    async def _settle(self, until: Callable[[], bool]) -> None:
+        """Wait until ``until()`` holds, recovering the pipeline whenever it breaks."""
+        while True:
+            if self._failed is not None:
+                await self._recover(self._failed)
+            elif until():
+                return
+            else:
+                self._wake = Deferred()
+                await self._wake
+
+    # -- sending -------------------------------------------------------------
+
     async def write(self, data: bytes) -> None:
-        """Queue one packet; waits only when the window is full."""
-        while len(self._in_flight) >= WINDOW:
-            await self._settle_oldest()
+        """Send one packet; waits only when the window is full."""
+        size = len(data)
+        await self._settle(lambda: self.length + size - self.acked <= WINDOW_BYTES)
         self._send(self.length, data)
-        self.length += len(data)
+        self.length += size
 
     def _send(self, offset: int, data: bytes) -> None:
-        assert self._session is not None
-        answer = self._file.ask(
-            self._session,
-            WriteChunkData,
-            chunk_id=self.chunk_id,
-            version=self.version,
-            offset=offset,
-            data=data,
-        )
-        # Answers are consumed in order, later; an error must not go unhandled meanwhile.
-        answer.addErrback(_failed)
-        self._in_flight.append((offset, data, answer))
-
-    async def _settle_oldest(self) -> None:
-        offset, data, answer = self._in_flight[0]
-        result = await answer
-        if isinstance(result, _Failed):
-            await self._recover(self._failed_address(result.error))
-            return
-        self._in_flight.popleft()
-        self.acked = offset + len(data)
+        assert self._stream is not None
+        self._unacked.append((offset, data))
+        self._stream.send_data(self.chunk_id, self.version, offset, data)
 
     async def _recover(self, failed: str) -> None:
         """Drop ``failed`` from the pipeline, keep the acknowledged bytes on the
         survivors under a new version, and resend everything not acknowledged."""
-        unacked = [(offset, data) for offset, data, _ in self._in_flight]
-        self._in_flight.clear()
+        self._detach()
+        self._failed = None
         await self._lose(failed)
         while True:
             # A metaserver error here (the lease lost, say) ends the write: it is not
@@ -155,12 +172,15 @@ class ChunkPipeline:
                     length=self.acked,
                     downstream=self.targets[1:],
                 )
+                await self._attach()
                 break
             except CancelledError:
                 raise  # the caller gave up: not the dataserver's fault
             except Exception as error:
+                self._detach()
                 await self._lose(self._failed_address(error))
-        for offset, data in unacked:
+        resend, self._unacked = self._unacked, deque()
+        for offset, data in resend:
             self._send(offset, data)
 
     async def _lose(self, failed: str) -> None:
@@ -174,6 +194,7 @@ class ChunkPipeline:
             raise WriteFailed(f"chunk {self.chunk_id}: every dataserver of its pipeline failed")
 
     def abort(self) -> None:
+        self._detach()
         session = self._session
         if session is None or not session.is_open:
             return
@@ -182,9 +203,8 @@ class ChunkPipeline:
         ).addErrback(lambda _: None)
 
     async def finish(self) -> list[str]:
-        while self._in_flight:
-            await self._settle_oldest()
         while True:
+            await self._settle(lambda: self.acked >= self.length)
             assert self._session is not None
             try:
                 answer = await self._file.ask(
@@ -194,13 +214,13 @@ class ChunkPipeline:
                     version=self.version,
                     length=self.length,
                 )
-                return list(answer["locations"])
             except CancelledError:
                 raise  # the caller gave up: not the dataserver's fault
             except Exception as error:
                 await self._recover(self._failed_address(error))
-                while self._in_flight:
-                    await self._settle_oldest()
+                continue
+            self._detach()
+            return list(answer["locations"])
 
 
 class FileWriter:
@@ -244,6 +264,10 @@ class FileWriter:
         # Sessions are the client's, shared with its other files; a dropped one is
         # dialled again.
         return await self._pool.get(address)
+
+    async def stream(self, address: str) -> ChunkStream:
+        # So are chunk streams.
+        return await self._pool.streams.get(address)
 
     def ask(self, session: PeerSession, command: Any, **arguments: Any) -> Deferred[Any]:
         """A request to a dataserver of the pipeline, with a deadline."""

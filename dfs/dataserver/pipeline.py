@@ -1,11 +1,14 @@
 """Replica writes in a pipeline, and replica reads, on one dataserver.
 
 A writer opens a pipeline on the first dataserver with the rest of the pipeline as
-``downstream``; each dataserver stores a packet and forwards it to the next, and
-answers only when the next one has answered, so an acknowledgement from the first
-means every replica holds the packet. When a dataserver of the pipeline fails,
-the one above answers :class:`PipelineBroken` naming it; the writer then asks the
-survivors to keep the acknowledged bytes under a new chunk version and goes on.
+``downstream`` (OpenChunkWrite, over AMP), then sends the chunk's packets on a chunk
+stream (:mod:`dfs.protocol.stream`). Each dataserver forwards a packet to the next
+as it arrives, appends it to its replica, and acknowledges upstream the bytes that
+are stored both here and below, so an acknowledgement from the first means every
+replica holds the bytes. When a dataserver of the pipeline fails, the one above
+reports a failure naming it (a FAIL frame, or :class:`PipelineBroken` for an AMP
+command); the writer then asks the survivors to keep the acknowledged bytes under a
+new chunk version and goes on.
 
 Write state is kept per chunk, not per connection: a survivor must still hold its
 partial replica when the connection from a failed upstream dataserver drops.
@@ -32,6 +35,8 @@ from dfs.protocol.commands import (
 )
 from dfs.protocol.errors import DFSError, InvalidArgument, PipelineBroken
 from dfs.protocol.session import PeerSession
+from dfs.protocol.stream import ChunkStream, StreamPool
+from dfs.security.identity import Identity
 
 #: How long a write may sit idle before its partial replica is thrown away.
 ABANDONED_AFTER = 600.0
@@ -51,9 +56,13 @@ class PeerConnections:
         session = self._sessions.get(address)
         if session is not None and not fresh and session.is_open:
             return session
-        session = await self._connect(Address.parse(address))
+        session = await self.dial(address)
         self._sessions[address] = session
         return session
+
+    async def dial(self, address: str) -> PeerSession:
+        """A new session of its own (for a chunk stream)."""
+        return await self._connect(Address.parse(address))
 
     def close_all(self) -> None:
         for session in self._sessions.values():
@@ -62,7 +71,7 @@ class PeerConnections:
         self._sessions.clear()
 
 
-@attrs.define
+@attrs.define(eq=False)
 class ReplicaWrite:
     chunk_id: int
     version: int
@@ -71,22 +80,65 @@ class ReplicaWrite:
     #: will finish the chunk again.
     writer: ChunkWriter | None
     downstream: list[str]
-    next_hop: PeerSession | None
+    #: who opened (or last recovered) the write: only it may send its data
+    owner: Identity | None
     last_activity: float
     complete: StoredChunk | None = None
+    #: where its data comes from and acknowledgements go
+    upstream: ChunkStream | None = None
+    #: the stream to ``downstream[0]``
+    outbound: ChunkStream | None = None
+    #: bytes acknowledged from below (every byte, without a dataserver below)
+    below: int = 0
+    #: bytes acknowledged upstream
+    acked: int = 0
+    #: the dataserver that failed, once the write broke on its stream
+    broken: str | None = None
+    #: the stream last told of the break
+    told: ChunkStream | None = None
 
     def active(self) -> ChunkWriter:
         if self.writer is None:
             raise InvalidArgument(f"chunk {self.chunk_id} version {self.version} is finished")
         return self.writer
 
+    def stored(self) -> int:
+        if self.writer is not None:
+            return self.writer.length
+        return self.complete.length if self.complete is not None else 0
+
+    def detach(self) -> None:
+        """Stop listening to the stream below."""
+        if self.outbound is not None:
+            self.outbound.unwatch(self.chunk_id, self.version)
+            self.outbound = None
+
     def discard(self) -> None:
+        self.detach()
         if self.writer is not None:
             self.writer.abort()
 
 
+@attrs.define(eq=False)
+class _Below:
+    """What the stream to the next dataserver says about one write."""
+
+    service: ChunkService
+    write: ReplicaWrite
+    version: int
+
+    def chunk_acked(self, length: int) -> None:
+        self.service.acked_below(self.write, self.version, length)
+
+    def chunk_failed(self, address: str) -> None:
+        self.service.failed_below(self.write, self.version, address)
+
+
 class ChunkService:
-    """The chunk side of a dataserver: its store, the writes in progress, reads."""
+    """The chunk side of a dataserver: its store, the writes in progress, reads.
+
+    It is also the :class:`~dfs.protocol.stream.DataReceiver` of every chunk stream
+    opened to this dataserver."""
 
     log = Logger()
 
@@ -104,6 +156,15 @@ class ChunkService:
         self.address = address
         self._on_received = on_received
         self._writes: dict[int, ReplicaWrite] = {}
+        self._streams = StreamPool(reactor, peers.dial, HOP_TIMEOUT)
+        #: writes that stored packets since the last acknowledgements went out
+        self._to_ack: set[ReplicaWrite] = set()
+
+    def stream(self, peer: Identity | None, address: str) -> ChunkStream:
+        """The receiving end of a chunk stream opened by ``peer``."""
+        return ChunkStream(
+            self._reactor, peer=peer, address=address, timeout=HOP_TIMEOUT, receiver=self
+        )
 
     # -- writes ---------------------------------------------------------------
 
@@ -115,6 +176,11 @@ class ChunkService:
             )
         write.last_activity = self._reactor.seconds()
         return write
+
+    def _forget(self, write: ReplicaWrite) -> None:
+        if self._writes.get(write.chunk_id) is write:
+            del self._writes[write.chunk_id]
+        write.detach()
 
     async def _hop(
         self, chain: list[str], command: Any, *, fresh: bool = False, **arguments: Any
@@ -130,14 +196,33 @@ class ChunkService:
         except PipelineBroken:
             raise
         except Exception as error:
-            self.log.warn(
-                "pipeline hop to {address} failed: {error}",
-                address=address,
-                error=f"{type(error).__name__}: {error}",
-            )
+            self._hop_failed(address, error)
             raise PipelineBroken(address) from None
 
-    async def open_write(self, chunk_id: int, version: int, downstream: list[str]) -> None:
+    def _hop_failed(self, address: str, error: object) -> None:
+        self.log.warn(
+            "pipeline hop to {address} failed: {error}",
+            address=address,
+            error=f"{type(error).__name__}: {error}",
+        )
+
+    async def _connect_below(self, write: ReplicaWrite) -> None:
+        """Send the write's data on to ``downstream[0]`` on the chunk stream to it."""
+        write.detach()
+        if not write.downstream:
+            return
+        address = write.downstream[0]
+        try:
+            stream = await self._streams.get(address)
+        except Exception as error:
+            self._hop_failed(address, error)
+            raise PipelineBroken(address) from None
+        write.outbound = stream
+        stream.watch(write.chunk_id, write.version, _Below(self, write, write.version))
+
+    async def open_write(
+        self, chunk_id: int, version: int, downstream: list[str], owner: Identity | None = None
+    ) -> None:
         existing = self._writes.pop(chunk_id, None)
         if existing is not None:
             # A writer starting over (after a failure before any recovery) replaces
@@ -145,7 +230,7 @@ class ChunkService:
             existing.discard()
         writer = self.store.open_writer(chunk_id, version)
         write = ReplicaWrite(
-            chunk_id, version, writer, list(downstream), None, self._reactor.seconds()
+            chunk_id, version, writer, list(downstream), owner, self._reactor.seconds()
         )
         self._writes[chunk_id] = write
         if downstream:
@@ -157,13 +242,129 @@ class ChunkService:
                     version=version,
                     downstream=downstream[1:],
                 )
+                await self._connect_below(write)
             except DFSError:
-                self._writes.pop(chunk_id, None)
-                writer.abort()
+                self._forget(write)
+                write.discard()
                 raise
-            write.next_hop = await self._peers.get(downstream[0])
+
+    # The chunk stream: packets in, acknowledgements and failures out.
+
+    def chunk_data(
+        self, stream: ChunkStream, chunk_id: int, version: int, offset: int, data: bytes
+    ) -> None:
+        write = self._writes.get(chunk_id)
+        if write is None or write.version != version:
+            if write is not None and write.version > version:
+                return  # sent before a recovery moved the write on; resent under it
+            self._refuse(stream, chunk_id, version, "no write of it in progress here")
+            return
+        if write.owner != stream.peer:
+            self._refuse(stream, chunk_id, version, f"the write belongs to {write.owner}")
+            return
+        if write.broken is not None:
+            if write.told is not stream:
+                write.told = stream
+                stream.send_failure(chunk_id, version, write.broken)
+            return
+        writer = write.writer
+        if writer is None or offset != writer.length:
+            expected = "none, it is finished" if writer is None else writer.length
+            self.log.warn(
+                "chunk {chunk_id}: packet at offset {offset}, expected {expected}",
+                chunk_id=chunk_id,
+                offset=offset,
+                expected=expected,
+            )
+            write.upstream = stream
+            self._break(write, self.address)
+            return
+        write.upstream = stream
+        write.last_activity = self._reactor.seconds()
+        if write.outbound is not None:
+            # Cut-through: the next dataserver gets the packet before the disk does.
+            write.outbound.send_data(chunk_id, version, offset, data)
+        try:
+            writer.append(data)
+        except Exception as error:
+            self.log.warn(
+                "chunk {chunk_id}: cannot store a packet: {error}",
+                chunk_id=chunk_id,
+                error=f"{type(error).__name__}: {error}",
+            )
+            self._break(write, self.address)
+            return
+        self._to_ack.add(write)
+
+    def frames_done(self, stream: ChunkStream) -> None:
+        # One acknowledgement per write for all the packets of one read.
+        writes, self._to_ack = self._to_ack, set()
+        for write in writes:
+            self._acknowledge(write)
+
+    def stream_lost(self, stream: ChunkStream) -> None:
+        for write in self._writes.values():
+            if write.upstream is stream:
+                write.upstream = None
+            if write.told is stream:
+                write.told = None
+
+    def acked_below(self, write: ReplicaWrite, version: int, length: int) -> None:
+        if write.version == version and self._writes.get(write.chunk_id) is write:
+            write.below = max(write.below, length)
+            self._acknowledge(write)
+
+    def failed_below(self, write: ReplicaWrite, version: int, address: str) -> None:
+        if write.version != version or self._writes.get(write.chunk_id) is not write:
+            return
+        write.outbound = None
+        self.log.warn(
+            "pipeline hop failed: chunk {chunk_id} version {version} broke at {address}",
+            chunk_id=write.chunk_id,
+            version=version,
+            address=address,
+        )
+        self._break(write, address)
+
+    def _acknowledge(self, write: ReplicaWrite) -> None:
+        """Tell upstream how many bytes are stored here and on every replica below."""
+        if write.broken is not None or write.upstream is None:
+            return
+        length = write.stored()
+        if write.downstream:
+            length = min(length, write.below)
+        if length > write.acked:
+            write.acked = length
+            write.upstream.send_ack(write.chunk_id, write.version, length)
+
+    def _break(self, write: ReplicaWrite, address: str) -> None:
+        """The write failed at ``address`` (here, or below): say so upstream and take
+        no more of its data until the writer recovers it."""
+        if write.broken is not None:
+            return
+        write.broken = address
+        write.detach()
+        if write.upstream is not None:
+            write.told = write.upstream
+            write.upstream.send_failure(write.chunk_id, write.version, address)
+
+    def _refuse(self, stream: ChunkStream, chunk_id: int, version: int, reason: str) -> None:
+        if stream.refused == (chunk_id, version):
+            return  # said once on this stream
+        stream.refused = (chunk_id, version)
+        self.log.warn(
+            "refused chunk data from {peer} at {address} for chunk {chunk_id} "
+            "version {version}: {reason}",
+            peer=str(stream.peer),
+            address=stream.address,
+            chunk_id=chunk_id,
+            version=version,
+            reason=reason,
+        )
+        stream.send_failure(chunk_id, version, self.address)
 
     async def write(self, chunk_id: int, version: int, offset: int, data: bytes) -> None:
+        """One packet sent as WriteChunkData (the AMP path, without a stream)."""
         writer = self._write(chunk_id, version).active()
         if offset != writer.length:
             raise InvalidArgument(
@@ -210,7 +411,7 @@ class ChunkService:
             [local, remote], consumeErrors=True
         )
         if not stored_ok:
-            self._writes.pop(chunk_id, None)
+            self._forget(write)
             stored.raiseException()
         if write.complete is None:
             write.writer, write.complete = None, stored
@@ -223,11 +424,17 @@ class ChunkService:
             self._on_received(stored)
         if not remote_ok:
             answer.raiseException()
-        self._writes.pop(chunk_id, None)
+        self._forget(write)
         return [self.address, *answer["locations"]]
 
     async def recover(
-        self, chunk_id: int, version: int, new_version: int, length: int, downstream: list[str]
+        self,
+        chunk_id: int,
+        version: int,
+        new_version: int,
+        length: int,
+        downstream: list[str],
+        owner: Identity | None = None,
     ) -> None:
         write = self._writes.get(chunk_id)
         if write is None or write.writer is None:
@@ -236,8 +443,10 @@ class ChunkService:
             stored = await deferToThread(
                 self.store.rebase_complete, chunk_id, version, new_version, length
             )
+            if write is not None:
+                write.detach()
             write = ReplicaWrite(
-                chunk_id, new_version, None, [], None, self._reactor.seconds(), stored
+                chunk_id, new_version, None, [], owner, self._reactor.seconds(), stored
             )
             self._writes[chunk_id] = write
             self._on_received(stored)
@@ -253,10 +462,14 @@ class ChunkService:
                 )
             writer.truncate(length)
             writer.rebase(new_version)
+            write.detach()
         write.last_activity = self._reactor.seconds()
         write.version = new_version
         write.downstream = list(downstream)
-        write.next_hop = None
+        write.owner = owner
+        write.upstream = write.told = None
+        write.broken = None
+        write.below = write.acked = length
         self.log.info(
             "chunk {chunk_id} recovered at {length} bytes as version {version}",
             chunk_id=chunk_id,
@@ -274,6 +487,7 @@ class ChunkService:
                 length=length,
                 downstream=downstream[1:],
             )
+            await self._connect_below(write)
 
     async def abort(self, chunk_id: int, version: int) -> None:
         write = self._writes.get(chunk_id)

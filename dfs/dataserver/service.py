@@ -35,6 +35,7 @@ from dfs.protocol.commands import (
     ChunkReceived,
     FinishChunkWrite,
     Heartbeat,
+    OpenChunkStream,
     OpenChunkWrite,
     Ping,
     ReadChunk,
@@ -46,6 +47,7 @@ from dfs.protocol.commands import (
 from dfs.protocol.dial import dial
 from dfs.protocol.errors import UnknownDataserver
 from dfs.protocol.session import PeerSession
+from dfs.protocol.stream import ChunkStream
 from dfs.security.identity import Identity, Role
 from dfs.security.tls import NodeCredentials
 
@@ -109,8 +111,13 @@ class DataserverSession(PeerSession):
 
     @OpenChunkWrite.responder
     async def open_chunk_write(self, chunk_id: int, version: int, downstream: list[str]) -> dict:
-        await self.chunks.open_write(chunk_id, version, list(downstream))
+        await self.chunks.open_write(chunk_id, version, list(downstream), self.peer)
         return {}
+
+    @OpenChunkStream.responder
+    def open_chunk_stream(self) -> ChunkStream:
+        # Answered, then this connection carries chunk stream frames only.
+        return self.chunks.stream(self.peer, self.peer_address)
 
     @WriteChunkData.responder
     async def write_chunk_data(self, chunk_id: int, version: int, offset: int, data: bytes) -> dict:
@@ -125,7 +132,9 @@ class DataserverSession(PeerSession):
     async def recover_chunk_write(
         self, chunk_id: int, version: int, new_version: int, length: int, downstream: list[str]
     ) -> dict:
-        await self.chunks.recover(chunk_id, version, new_version, length, list(downstream))
+        await self.chunks.recover(
+            chunk_id, version, new_version, length, list(downstream), self.peer
+        )
         return {}
 
     @AbortChunkWrite.responder

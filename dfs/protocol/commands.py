@@ -419,6 +419,17 @@ class WriteChunkData(DFSCommand):
     allowed_roles = DATA_PEERS
 
 
+class OpenChunkStream(DFSCommand, amp.ProtocolSwitchCommand):
+    """Turn this connection into a chunk stream (:mod:`dfs.protocol.stream`): once
+    answered, both ends send raw frames of chunk data, acknowledgements and failures
+    instead of AMP boxes. Send it on a connection used for nothing else."""
+
+    commandName = b"OpenChunkStream"
+    arguments: ClassVar[list] = []
+    response: ClassVar[list] = []
+    allowed_roles = DATA_PEERS
+
+
 class FinishChunkWrite(DFSCommand):
     """The replica is complete at ``length`` bytes: fsync, rename into place, report
     to the metaservers; answered once every replica of the pipeline is on disk."""
@@ -496,6 +507,7 @@ ALL_COMMANDS: tuple[type[DFSCommand], ...] = (
     ChunkReceived,
     OpenChunkWrite,
     WriteChunkData,
+    OpenChunkStream,
     FinishChunkWrite,
     RecoverChunkWrite,
     AbortChunkWrite,

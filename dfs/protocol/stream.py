@@ -1,0 +1,324 @@
+"""The chunk stream: chunk data on a raw framed stream instead of AMP boxes.
+
+A writer (a client, or a dataserver forwarding a pipeline) dials a dataserver, and
+once the TLS handshake and a Ping have passed it sends :class:`OpenChunkStream`; when
+the answer arrives both ends stop speaking AMP on that connection, which stays
+encrypted, and exchange frames (docs/protocols.md, "The chunk stream"):
+
+    kind (1 byte) | chunk_id (8) | version (8) | offset (8) | length (4) | payload
+
+``DATA`` carries at most one packet (64 KiB) of a chunk at ``offset``; ``ACK`` says
+that every byte of the chunk before ``offset`` is stored on the dataserver and on
+every one below it in the pipeline; ``FAIL`` says the write broke, and its payload
+names the dataserver that failed (``host:port``). A stream carries any number of
+chunk writes, each named by chunk id and version; it is shared by every writer of a
+process that writes to the same dataserver.
+
+The sending end keeps one watchdog per stream: when bytes are outstanding and no
+acknowledgement came for ``timeout`` seconds, the connection is dropped and every
+write on it learns that the dataserver it dialled failed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
+from twisted.internet.protocol import ClientFactory, connectionDone
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dfs.protocol.commands import OpenChunkStream
+from dfs.protocol.session import PeerSession
+from dfs.security.identity import Identity
+
+#: kind, chunk id, version, offset, payload length
+HEADER = struct.Struct("!BQQQI")
+DATA = 1
+ACK = 2
+FAIL = 3
+#: The largest DATA payload: one packet.
+MAX_PACKET = 65536
+#: The largest FAIL payload: a ``host:port``.
+MAX_ADDRESS = 1024
+
+Key = tuple[int, int]  # chunk id, version
+
+
+class StreamListener(Protocol):
+    """A chunk write that sent data on a stream and waits for its acknowledgements."""
+
+    def chunk_acked(self, length: int) -> None:
+        """Every replica below holds the first ``length`` bytes (never decreases)."""
+
+    def chunk_failed(self, address: str) -> None:
+        """The write broke at the dataserver at ``address``."""
+
+
+class DataReceiver(Protocol):
+    """The dataserver's side: where the data frames of inbound streams go."""
+
+    def chunk_data(
+        self, stream: ChunkStream, chunk_id: int, version: int, offset: int, data: bytes
+    ) -> None:
+        """One packet of a chunk write."""
+
+    def frames_done(self, stream: ChunkStream) -> None:
+        """Every complete frame that arrived was delivered: time to acknowledge."""
+
+    def stream_lost(self, stream: ChunkStream) -> None:
+        """The connection is gone; nothing more will come on it."""
+
+
+class _Watch:
+    __slots__ = ("acked", "listener", "sent")
+
+    def __init__(self, listener: StreamListener) -> None:
+        self.listener = listener
+        self.sent = 0
+        self.acked = 0
+
+
+class ChunkStream(TwistedProtocol):
+    """One end of a chunk stream (either end: a side that sends DATA has listeners,
+    a side that receives it has a :class:`DataReceiver`)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: Any,
+        *,
+        peer: Identity | None,
+        address: str,
+        timeout: float,
+        receiver: DataReceiver | None = None,
+    ) -> None:
+        self._clock = clock
+        #: who is on the other end, as its certificate says
+        self.peer = peer
+        #: the dataserver dialled (``host:port``), or the peer's address on a server
+        self.address = address
+        self._timeout = timeout
+        self._receiver = receiver
+        self._buffer = bytearray()
+        self._watches: dict[Key, _Watch] = {}
+        self._watchdog: IDelayedCall | None = None
+        self._progress = 0.0
+        self.lost = False
+        #: the last write whose data a receiver refused here (it says so once)
+        self.refused: Key | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.lost
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            cast(ITCPTransport, self.transport).abortConnection()
+
+    # -- sending ----------------------------------------------------------
+
+    def watch(self, chunk_id: int, version: int, listener: StreamListener) -> None:
+        """Route the acknowledgements and failures of this write to ``listener``; on a
+        stream already lost, it learns at once."""
+        if self.lost:
+            listener.chunk_failed(self.address)
+            return
+        self._watches[(chunk_id, version)] = _Watch(listener)
+
+    def unwatch(self, chunk_id: int, version: int) -> None:
+        self._watches.pop((chunk_id, version), None)
+
+    def send_data(self, chunk_id: int, version: int, offset: int, data: bytes) -> None:
+        watch = self._watches.get((chunk_id, version))
+        if watch is not None:
+            watch.sent = offset + len(data)
+        if self._watchdog is None and not self.lost:
+            self._progress = self._clock.seconds()
+            self._watchdog = self._clock.callLater(self._timeout, self._check)
+        if self.transport is not None:
+            self.transport.write(HEADER.pack(DATA, chunk_id, version, offset, len(data)) + data)
+
+    def send_ack(self, chunk_id: int, version: int, length: int) -> None:
+        if self.transport is not None:
+            self.transport.write(HEADER.pack(ACK, chunk_id, version, length, 0))
+
+    def send_failure(self, chunk_id: int, version: int, address: str) -> None:
+        payload = address.encode("utf-8")[:MAX_ADDRESS]
+        if self.transport is not None:
+            self.transport.write(HEADER.pack(FAIL, chunk_id, version, 0, len(payload)) + payload)
+
+    def _check(self) -> None:
+        self._watchdog = None
+        if self.lost or not any(w.sent > w.acked for w in self._watches.values()):
+            return
+        idle = self._clock.seconds() - self._progress
+        if idle < self._timeout:
+            self._watchdog = self._clock.callLater(self._timeout - idle, self._check)
+            return
+        self.log.warn(
+            "no acknowledgement from {address} for {timeout:g} s; dropping the chunk stream",
+            address=self.address,
+            timeout=self._timeout,
+        )
+        self.abort()
+
+    # -- receiving --------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        size = len(buffer)
+        position = 0
+        acks: dict[Key, int] = {}
+        failures: list[tuple[Key, str]] = []
+        delivered = False
+        try:
+            while size - position >= HEADER.size:
+                kind, chunk_id, version, offset, length = HEADER.unpack_from(buffer, position)
+                start = position + HEADER.size
+                end = start + length
+                if not self._well_formed(kind, length):
+                    return
+                if size < end:
+                    break
+                if kind == DATA:
+                    with memoryview(buffer) as view:
+                        packet = bytes(view[start:end])
+                    assert self._receiver is not None
+                    self._receiver.chunk_data(self, chunk_id, version, offset, packet)
+                    delivered = True
+                elif kind == ACK:
+                    key = (chunk_id, version)
+                    acks[key] = max(offset, acks.get(key, 0))
+                else:
+                    address = bytes(buffer[start:end]).decode("utf-8", "replace")
+                    failures.append(((chunk_id, version), address))
+                position = end
+                if self.lost:
+                    return
+        finally:
+            del buffer[:position]
+        if delivered and self._receiver is not None:
+            self._receiver.frames_done(self)
+        if acks:
+            self._progress = self._clock.seconds()
+            for key, length in acks.items():
+                watch = self._watches.get(key)
+                if watch is not None and length > watch.acked:
+                    watch.acked = length
+                    watch.listener.chunk_acked(length)
+        for key, address in failures:
+            watch = self._watches.pop(key, None)
+            if watch is not None:
+                watch.listener.chunk_failed(address)
+
+    def _well_formed(self, kind: int, length: int) -> bool:
+        if kind == DATA and self._receiver is not None and length <= MAX_PACKET:
+            return True
+        if kind == ACK and length == 0:
+            return True
+        if kind == FAIL and length <= MAX_ADDRESS:
+            return True
+        self.log.warn(
+            "refused input from {peer} at {address}: malformed chunk stream frame "
+            "(kind {kind}, {length} bytes); closing the connection",
+            peer=str(self.peer),
+            address=self.address,
+            kind=kind,
+            length=length,
+        )
+        self.abort()
+        return False
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        watches, self._watches = self._watches, {}
+        for watch in watches.values():
+            watch.listener.chunk_failed(self.address)
+        if self._receiver is not None:
+            self._receiver.stream_lost(self)
+
+
+class _Switch(ClientFactory):
+    """Hands the one stream prepared for a connection to AMP's protocol switch."""
+
+    def __init__(self, stream: ChunkStream) -> None:
+        self._stream = stream
+
+    def buildProtocol(self, addr: IAddress | None) -> ChunkStream:
+        return self._stream
+
+
+async def open_stream(
+    clock: Any, session: PeerSession, address: str, timeout: float
+) -> ChunkStream:
+    """Turn ``session`` (a fresh connection to the dataserver at ``address``, used for
+    nothing else) into a chunk stream."""
+    stream = ChunkStream(clock, peer=session.peer, address=address, timeout=timeout)
+    call: Deferred[Any] = session.callRemote(OpenChunkStream, _Switch(stream))
+    try:
+        await call.addTimeout(timeout, clock)
+    except BaseException:
+        session.abort()
+        raise
+    return stream
+
+
+class StreamPool:
+    """One chunk stream per dataserver, dialled on first use and shared by every
+    write of this process to it; one that was lost is dialled again."""
+
+    def __init__(
+        self,
+        clock: Any,
+        dial: Callable[[str], Awaitable[PeerSession]],
+        timeout: float,
+    ) -> None:
+        self._clock = clock
+        self._dial = dial
+        self._timeout = timeout
+        self._streams: dict[str, ChunkStream] = {}
+        #: address -> callers waiting for the dial in progress
+        self._waiting: dict[str, list[Deferred[ChunkStream]]] = {}
+
+    async def get(self, address: str) -> ChunkStream:
+        stream = self._streams.get(address)
+        if stream is not None and stream.is_open:
+            return stream
+        if address in self._waiting:
+            waiter: Deferred[ChunkStream] = Deferred()
+            self._waiting[address].append(waiter)
+            return await waiter
+        waiting: list[Deferred[ChunkStream]] = []
+        self._waiting[address] = waiting
+        try:
+            session = await self._dial(address)
+            stream = await open_stream(self._clock, session, address, self._timeout)
+        except BaseException as error:
+            del self._waiting[address]
+            if isinstance(error, CancelledError):
+                # The caller that dialled gave up; the others did not.
+                error = ConnectionError(f"dialling {address} was given up")
+            for waiter in waiting:
+                waiter.errback(Failure(error))
+            raise
+        del self._waiting[address]
+        self._streams[address] = stream
+        for waiter in waiting:
+            waiter.callback(stream)
+        return stream
+
+    def close(self) -> None:
+        for stream in self._streams.values():
+            if stream.transport is not None:
+                stream.transport.loseConnection()
+        self._streams.clear()

@@ -1,0 +1,206 @@
+"""A write pipeline of three dataservers in memory: ChunkServices with real chunk
+stores behind DataserverSessions, connected by in-memory transports; control over
+AMP, data on chunk streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.test.iosim import connectedServerAndClient
+
+from dfs.dataserver.chunkstore import ChunkStore
+from dfs.dataserver.pipeline import ChunkService, PeerConnections
+from dfs.dataserver.service import DataserverSession
+from dfs.protocol.commands import OpenChunkWrite, RecoverChunkWrite
+from dfs.protocol.errors import PipelineBroken
+from dfs.protocol.session import PeerSession
+from dfs.protocol.stream import ChunkStream, open_stream
+from dfs.security.identity import Identity, Role
+
+CLIENT = Identity(Role.CLIENT, "alice")
+PACKET = 65536
+DS1, DS2, DS3 = "127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.acked = 0
+        self.failed: list[str] = []
+
+    def chunk_acked(self, length: int) -> None:
+        self.acked = length
+
+    def chunk_failed(self, address: str) -> None:
+        self.failed.append(address)
+
+
+class Grid:
+    """Dataservers DS1, DS2, DS3 and the wires between them and a client."""
+
+    def __init__(self, root: Path) -> None:
+        self.clock = Clock()
+        self.pumps: list[Any] = []
+        self.services: dict[str, tuple[ChunkService, Identity]] = {}
+        for number, address in enumerate((DS1, DS2, DS3), start=1):
+            identity = Identity(Role.DATASERVER, f"ds{number}")
+            store = ChunkStore(root / identity.name, reserved_space=0, fsync=False)
+            peers = PeerConnections(self.clock, lambda to, me=identity: self.connect(me, str(to)))
+            service = ChunkService(self.clock, store, peers, address, lambda stored: None)
+            self.services[address] = (service, identity)
+
+    def connect(self, caller: Identity, address: str) -> Deferred[PeerSession]:
+        if address not in self.services:
+            return fail(ConnectionRefusedError(address))
+        service, identity = self.services[address]
+        client, server, pump = connectedServerAndClient(
+            lambda: DataserverSession(service, identity), lambda: PeerSession(caller)
+        )
+        server.authenticated(caller)
+        client.authenticated(identity)
+        self.pumps.append(pump)
+        return succeed(client)
+
+    def settle(self) -> None:
+        for _ in range(1000):
+            if not any([pump.pump() for pump in list(self.pumps)]):
+                return
+        raise AssertionError("the wires never went quiet")
+
+    def outcome(self, deferred: Deferred[Any]) -> Any:
+        results: list[Any] = []
+        deferred.addBoth(results.append)
+        self.settle()
+        assert results, "no answer"
+        if isinstance(results[0], Failure):
+            results[0].raiseException()
+        return results[0]
+
+    def session(self, address: str, caller: Identity = CLIENT) -> PeerSession:
+        return self.outcome(self.connect(caller, address))
+
+    def stream(self, address: str, caller: Identity = CLIENT) -> ChunkStream:
+        session = self.session(address, caller)
+        return self.outcome(
+            Deferred.fromCoroutine(open_stream(self.clock, session, address, timeout=30))
+        )
+
+    def replica(self, address: str, chunk_id: int) -> tuple[int, int]:
+        """(version, bytes written) of the replica being written at ``address``."""
+        write = self.services[address][0]._writes[chunk_id]
+        return write.version, write.active().length
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> Grid:
+    return Grid(tmp_path)
+
+
+def open_pipeline(grid: Grid, chunk_id: int = 5) -> tuple[ChunkStream, Listener]:
+    control = grid.session(DS1)
+    grid.outcome(
+        control.callRemote(OpenChunkWrite, chunk_id=chunk_id, version=1, downstream=[DS2, DS3])
+    )
+    stream = grid.stream(DS1)
+    listener = Listener()
+    stream.watch(chunk_id, 1, listener)
+    return stream, listener
+
+
+def send(stream: ChunkStream, chunk_id: int, version: int, data: bytes, start: int = 0) -> None:
+    for offset in range(0, len(data), PACKET):
+        stream.send_data(chunk_id, version, start + offset, data[offset : offset + PACKET])
+
+
+def test_packets_reach_every_replica_and_the_first_acknowledges_once_all_hold_them(grid):
+    stream, listener = open_pipeline(grid)
+    data = bytes(range(256)) * 1000
+    send(stream, 5, 1, data)
+    grid.settle()
+    assert listener.acked == len(data)
+    assert listener.failed == []
+    for address in (DS1, DS2, DS3):
+        assert grid.replica(address, 5) == (1, len(data))
+
+
+def test_a_dataserver_lost_below_is_named_to_the_writer(grid):
+    stream, listener = open_pipeline(grid)
+    send(stream, 5, 1, b"x" * PACKET)
+    grid.settle()
+    # The stream from ds2 to ds3 drops.
+    grid.services[DS2][0]._writes[5].outbound.abort()  # type: ignore[union-attr]
+    grid.settle()
+    assert listener.failed == [DS3]
+    assert listener.acked == PACKET
+
+
+def test_recovery_keeps_the_acknowledged_bytes_and_goes_on_without_the_failed_one(grid):
+    stream, listener = open_pipeline(grid)
+    send(stream, 5, 1, b"a" * PACKET)
+    grid.settle()
+    grid.services[DS2][0]._writes[5].outbound.abort()  # type: ignore[union-attr]
+    send(stream, 5, 1, b"b" * PACKET, start=PACKET)  # lost with the failure
+    grid.settle()
+    assert listener.failed == [DS3]
+
+    control = grid.session(DS1)
+    grid.outcome(
+        control.callRemote(
+            RecoverChunkWrite, chunk_id=5, version=1, new_version=2, length=PACKET, downstream=[DS2]
+        )
+    )
+    recovered = Listener()
+    stream.watch(5, 2, recovered)
+    send(stream, 5, 2, b"b" * 2 * PACKET, start=PACKET)
+    grid.settle()
+    assert recovered.acked == 3 * PACKET and recovered.failed == []
+    assert grid.replica(DS1, 5) == (2, 3 * PACKET)
+    assert grid.replica(DS2, 5) == (2, 3 * PACKET)
+    assert grid.replica(DS3, 5)[0] == 1  # left behind at the old version
+
+
+def test_data_for_no_write_here_is_refused_naming_this_dataserver(grid):
+    stream = grid.stream(DS1)
+    listener = Listener()
+    stream.watch(9, 1, listener)
+    send(stream, 9, 1, b"x" * 3 * PACKET)
+    grid.settle()
+    assert listener.failed == [DS1]
+    assert stream.is_open  # other writes may go on on the same stream
+
+
+def test_a_packet_at_the_wrong_offset_breaks_the_write_naming_this_dataserver(grid):
+    stream, listener = open_pipeline(grid)
+    send(stream, 5, 1, b"x" * 100)
+    grid.settle()
+    send(stream, 5, 1, b"y" * 100, start=500)
+    grid.settle()
+    assert listener.acked == 100
+    assert listener.failed == [DS1]
+
+
+def test_only_the_writer_that_opened_it_may_send_its_data(grid):
+    stream, listener = open_pipeline(grid)
+    intruder = grid.stream(DS1, Identity(Role.CLIENT, "mallory"))
+    refused = Listener()
+    intruder.watch(5, 1, refused)
+    send(intruder, 5, 1, b"evil")
+    send(stream, 5, 1, b"good")
+    grid.settle()
+    assert refused.failed == [DS1]
+    assert listener.acked == 4 and listener.failed == []
+    assert grid.replica(DS3, 5) == (1, 4)
+
+
+def test_a_dataserver_down_at_open_is_named_in_pipeline_broken(grid):
+    del grid.services[DS3]
+    control = grid.session(DS1)
+    with pytest.raises(PipelineBroken) as caught:
+        grid.outcome(
+            control.callRemote(OpenChunkWrite, chunk_id=5, version=1, downstream=[DS2, DS3])
+        )
+    assert caught.value.address == DS3
