@@ -398,6 +398,9 @@ class ChunkWriter:
         try:
             if store.fsync:
                 os.fsync(self._fd)
+                # Drop-behind: the replica is on disk; its pages would only crowd out
+                # data being read (and, on fresh memory, new pages cost more to make).
+                _drop_cache(self._fd)
             os.close(self._fd)
             self._fd = -1
             raw = encode_sidecar(chunk_id, version, self._length, self.checksums)

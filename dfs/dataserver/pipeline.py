@@ -38,6 +38,10 @@ from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream, StreamPool
 from dfs.security.identity import Identity
 
+#: Bytes a dataserver lets wait before it acknowledges them upstream at once; fewer
+#: are acknowledged after ACK_DELAY seconds.
+ACK_EVERY = 256 * 1024
+ACK_DELAY = 0.002
 #: How long a write may sit idle before its partial replica is thrown away.
 ABANDONED_AFTER = 600.0
 #: How long a dataserver waits for the next one in the pipeline to answer.
@@ -96,6 +100,8 @@ class ReplicaWrite:
     broken: str | None = None
     #: the stream last told of the break
     told: ChunkStream | None = None
+    #: a pending acknowledgement of fewer than ACK_EVERY bytes, sent soon
+    ack_timer: Any = None
 
     def active(self) -> ChunkWriter:
         if self.writer is None:
@@ -297,10 +303,11 @@ class ChunkService:
         self._to_ack.add(write)
 
     def frames_done(self, stream: ChunkStream) -> None:
-        # One acknowledgement per write for all the packets of one read.
+        # One acknowledgement per write for all the packets of one read; held back
+        # a moment only while more data is on its way.
         writes, self._to_ack = self._to_ack, set()
         for write in writes:
-            self._acknowledge(write)
+            self._acknowledge(write, now=not stream.streaming)
 
     def stream_lost(self, stream: ChunkStream) -> None:
         for write in self._writes.values():
@@ -312,7 +319,8 @@ class ChunkService:
     def acked_below(self, write: ReplicaWrite, version: int, length: int) -> None:
         if write.version == version and self._writes.get(write.chunk_id) is write:
             write.below = max(write.below, length)
-            self._acknowledge(write)
+            upstream = write.upstream
+            self._acknowledge(write, now=upstream is None or not upstream.streaming)
 
     def failed_below(self, write: ReplicaWrite, version: int, address: str) -> None:
         if write.version != version or self._writes.get(write.chunk_id) is not write:
@@ -326,16 +334,32 @@ class ChunkService:
         )
         self._break(write, address)
 
-    def _acknowledge(self, write: ReplicaWrite) -> None:
-        """Tell upstream how many bytes are stored here and on every replica below."""
+    def _acknowledge(self, write: ReplicaWrite, *, now: bool = False) -> None:
+        """Tell upstream how many bytes are stored here and on every replica below:
+        at once when ``now`` (the writer paused) or when ACK_EVERY bytes are waiting
+        for it, otherwise within ACK_DELAY (while data streams in, acknowledging each
+        packet would cost every hop a small TLS record per packet)."""
         if write.broken is not None or write.upstream is None:
             return
         length = write.stored()
         if write.downstream:
             length = min(length, write.below)
-        if length > write.acked:
-            write.acked = length
-            write.upstream.send_ack(write.chunk_id, write.version, length)
+        if length <= write.acked:
+            return
+        if not now and length - write.acked < ACK_EVERY:
+            if write.ack_timer is None:
+                write.ack_timer = self._reactor.callLater(ACK_DELAY, self._ack_soon, write)
+            return
+        if write.ack_timer is not None:
+            if write.ack_timer.active():
+                write.ack_timer.cancel()
+            write.ack_timer = None
+        write.acked = length
+        write.upstream.send_ack(write.chunk_id, write.version, length)
+
+    def _ack_soon(self, write: ReplicaWrite) -> None:
+        write.ack_timer = None
+        self._acknowledge(write, now=True)
 
     def _break(self, write: ReplicaWrite, address: str) -> None:
         """The write failed at ``address`` (here, or below): say so upstream and take

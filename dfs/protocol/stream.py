@@ -114,6 +114,12 @@ class ChunkStream(TwistedProtocol):
         self.refused: Key | None = None
 
     @property
+    def streaming(self) -> bool:
+        """True while part of a frame has arrived and the rest is still to come: the
+        sender is in the middle of sending, not pausing."""
+        return bool(self._buffer)
+
+    @property
     def is_open(self) -> bool:
         return self.transport is not None and not self.lost
 

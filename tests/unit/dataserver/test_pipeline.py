@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
 from dfs.dataserver.chunkstore import ChunkStore
-from dfs.dataserver.pipeline import ChunkService, PeerConnections
+from dfs.dataserver.pipeline import ACK_DELAY, ChunkService, PeerConnections
 from dfs.dataserver.service import DataserverSession
 from dfs.protocol.commands import OpenChunkWrite, RecoverChunkWrite
 from dfs.protocol.errors import PipelineBroken
@@ -66,9 +66,14 @@ class Grid:
         return succeed(client)
 
     def settle(self) -> None:
+        """Deliver everything, letting acknowledgements held back for ACK_DELAY go."""
         for _ in range(1000):
-            if not any([pump.pump() for pump in list(self.pumps)]):
+            if any([pump.pump() for pump in list(self.pumps)]):
+                continue
+            now = self.clock.seconds()
+            if not any(call.getTime() <= now + ACK_DELAY for call in self.clock.getDelayedCalls()):
                 return
+            self.clock.advance(ACK_DELAY)
         raise AssertionError("the wires never went quiet")
 
     def outcome(self, deferred: Deferred[Any]) -> Any:
