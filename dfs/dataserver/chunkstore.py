@@ -42,6 +42,8 @@ from dfs.protocol.errors import (
 )
 
 CHECKSUM_BLOCK = 65536
+#: How far past a read the kernel is asked to read ahead from disk.
+READ_AHEAD = 4 * 1024 * 1024
 #: How many replicas' checksum tables reads keep in memory (4 KiB for 64 MiB).
 SIDECAR_CACHE = 1024
 """Bytes covered by one CRC32C in the sidecar (the last block of a chunk may be shorter)."""
@@ -805,13 +807,20 @@ class ChunkStore:
         stop = min(last * CHECKSUM_BLOCK, stored.length)
         table = self._sidecar_table(stored)
         crcs = list(struct.unpack_from(f">{last - first}I", table, 4 * first))
-        data = self._pread(stored, start, stop - start)
+        data = self._pread(stored, start, stop - start, read_ahead=READ_AHEAD)
         return start, data, crcs
 
-    def _pread(self, stored: StoredChunk, offset: int, length: int) -> bytes:
+    def _pread(
+        self, stored: StoredChunk, offset: int, length: int, *, read_ahead: int = 0
+    ) -> bytes:
         fd = self._open_data(stored)
         try:
             data = _read_exact(fd, length, offset)
+            end = offset + length
+            if read_ahead and end < stored.length and hasattr(os, "posix_fadvise"):
+                # A reader going through the replica in order asks for what follows
+                # next: have the kernel start reading it from disk now.
+                os.posix_fadvise(fd, end, read_ahead, os.POSIX_FADV_WILLNEED)
         finally:
             os.close(fd)
         if len(data) != length:
