@@ -371,6 +371,10 @@ class NamespaceMachine(RuleBasedStateMachine):
         recovered = self.apply(RecoverLease(path, **self.common(caller, False)), error)
         if error is None:
             assert isinstance(entry, ModelFile)
+            if entry.holder is not None:
+                # Trailing chunks without a committed byte go with the lease.
+                while entry.chunks and entry.chunks[-1].length == 0:
+                    entry.chunks.pop()
             entry.holder = None
             assert recovered.complete and recovered.length == entry.length
 
