@@ -113,7 +113,8 @@ class FileReader:
         raise ValueError(f"offset {offset} is outside {self.path}")
 
     async def read_range(self, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes from ``offset`` (fewer only at the end of the file)."""
+        """Up to ``length`` bytes from ``offset`` (fewer only at the end of the file),
+        without moving the position."""
         end = min(self.length, offset + max(0, length))
         pieces = []
         for chunk in self._chunks:
@@ -122,67 +123,13 @@ class FileReader:
                 continue
             start_in = max(offset, chunk.offset) - chunk.offset
             stop_in = min(end, chunk_end) - chunk.offset
-            pieces.append(await self._read_chunk(chunk, start_in, stop_in))
-        return b"".join(pieces)
-
-    async def _read_chunk(self, chunk: ChunkInfo, start: int, stop: int) -> bytes:
-        problems = []
-        for address in chunk.locations:
+            stream = _ChunkStream(self, chunk, start_in, stop=stop_in)
             try:
-                data = await self._read_replica(address, chunk, start, stop)
-            except CancelledError:
-                raise  # the caller gave up: not the replica's fault
-            except Exception as error:
-                reason = f"{type(error).__name__}: {error}"
-                problems.append(f"{address}: {reason}")
-                if isinstance(error, BAD_REPLICA):
-                    # The dataserver answered, and its replica is damaged, missing or
-                    # old. A dataserver that does not answer is not reported: the
-                    # metaserver learns that from its heartbeats.
-                    await self._report(chunk, address, reason)
-                continue
-            return data
-        detail = (
-            "; ".join(problems)
-            if problems
-            else "the metaserver knows no replica of it on a live dataserver"
-        )
-        raise ChunkUnavailable(f"{self.path}: chunk {chunk.chunk_id} unreadable ({detail})")
-
-    async def _read_replica(self, address: str, chunk: ChunkInfo, start: int, stop: int) -> bytes:
-        session = await self._pool.get(address)
-        first = start - start % BLOCK
-        # Whole 64 KiB blocks (the last one may be short), REQUEST bytes per command.
-        requests = [(at, min(REQUEST, chunk.length - at)) for at in range(first, stop, REQUEST)]
-        pieces: list[bytes] = []
-        pending: deque[tuple[int, int, Deferred[Any]]] = deque()
-        index = 0
-        try:
-            while index < len(requests) or pending:
-                while index < len(requests) and len(pending) < WINDOW:
-                    at, size = requests[index]
-                    call = session.callRemote(
-                        ReadChunk,
-                        chunk_id=chunk.chunk_id,
-                        version=chunk.version,
-                        offset=at,
-                        length=size,
-                    )
-                    call.addTimeout(READ_TIMEOUT, self._reactor)
-                    pending.append((at, size, call))
-                    index += 1
-                at, size, call = pending[0]
-                answer = await call
-                pending.popleft()
-                pieces.append(_checked(chunk, at, size, answer["data"], answer["checksums"]))
-        finally:
-            for *_, rest in pending:
-                rest.addErrback(lambda _: None)
-                rest.cancel()
-        joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        if start == first and len(joined) == stop - first:
-            return joined
-        return joined[start - first : stop - first]
+                while stream.offset < stop_in:
+                    pieces.append(await stream.read(stop_in - stream.offset))
+            finally:
+                stream.close()
+        return b"".join(pieces)
 
     async def _report(self, chunk: ChunkInfo, address: str, reason: str) -> None:
         try:
@@ -236,9 +183,13 @@ class _ChunkStream:
     caller sees a failover only as a pause.
     """
 
-    def __init__(self, reader: FileReader, chunk: ChunkInfo, offset: int) -> None:
+    def __init__(
+        self, reader: FileReader, chunk: ChunkInfo, offset: int, *, stop: int | None = None
+    ) -> None:
         self._reader = reader
         self.chunk = chunk
+        #: Nothing is asked for past this byte of the chunk (a range read's end).
+        self._stop = chunk.length if stop is None else stop
         #: The next byte (in the chunk) that read() hands out.
         self.offset = offset
         self._requested = offset - offset % BLOCK
@@ -284,8 +235,10 @@ class _ChunkStream:
         session = self._session
         if session is None:
             return
-        while len(self._pending) < WINDOW and self._requested < self.chunk.length:
-            size = min(REQUEST, self.chunk.length - self._requested)
+        # Whole blocks: a range read's last request runs to the end of its block.
+        limit = min(self.chunk.length, -(-self._stop // BLOCK) * BLOCK)
+        while len(self._pending) < WINDOW and self._requested < limit:
+            size = min(REQUEST, limit - self._requested)
             call = session.callRemote(
                 ReadChunk,
                 chunk_id=self.chunk.chunk_id,

@@ -37,8 +37,6 @@ from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream
 
 PACKET = 65536
-#: Packets in flight, for a writer that sends them as WriteChunkData.
-WINDOW = 16
 #: Bytes sent on the chunk stream and not yet acknowledged by every replica.
 WINDOW_BYTES = 2 * 1024 * 1024
 

@@ -31,7 +31,6 @@ from dfs.protocol.commands import (
     FinishChunkWrite,
     OpenChunkWrite,
     RecoverChunkWrite,
-    WriteChunkData,
 )
 from dfs.protocol.errors import DFSError, InvalidArgument, PipelineBroken
 from dfs.protocol.session import PeerSession
@@ -386,25 +385,6 @@ class ChunkService:
             reason=reason,
         )
         stream.send_failure(chunk_id, version, self.address)
-
-    async def write(self, chunk_id: int, version: int, offset: int, data: bytes) -> None:
-        """One packet sent as WriteChunkData (the AMP path, without a stream)."""
-        writer = self._write(chunk_id, version).active()
-        if offset != writer.length:
-            raise InvalidArgument(
-                f"chunk {chunk_id}: packet at offset {offset}, expected {writer.length}"
-            )
-        writer.append(data)
-        write = self._writes[chunk_id]
-        if write.downstream:
-            await self._hop(
-                write.downstream,
-                WriteChunkData,
-                chunk_id=chunk_id,
-                version=version,
-                offset=offset,
-                data=data,
-            )
 
     async def finish(self, chunk_id: int, version: int, length: int) -> list[str]:
         write = self._write(chunk_id, version)

@@ -42,7 +42,6 @@ from dfs.protocol.commands import (
     RecoverChunkWrite,
     RegisterDataserver,
     ReportChunks,
-    WriteChunkData,
 )
 from dfs.protocol.dial import dial
 from dfs.protocol.errors import UnknownDataserver
@@ -118,11 +117,6 @@ class DataserverSession(PeerSession):
     def open_chunk_stream(self) -> ChunkStream:
         # Answered, then this connection carries chunk stream frames only.
         return self.chunks.stream(self.peer, self.peer_address)
-
-    @WriteChunkData.responder
-    async def write_chunk_data(self, chunk_id: int, version: int, offset: int, data: bytes) -> dict:
-        await self.chunks.write(chunk_id, version, offset, data)
-        return {}
 
     @FinishChunkWrite.responder
     async def finish_chunk_write(self, chunk_id: int, version: int, length: int) -> dict:

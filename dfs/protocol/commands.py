@@ -404,21 +404,6 @@ class OpenChunkWrite(DFSCommand):
     allowed_roles = DATA_PEERS
 
 
-class WriteChunkData(DFSCommand):
-    """One packet (at most 64 KiB) at ``offset``; answered once it is written here
-    and acknowledged by the rest of the pipeline."""
-
-    commandName = b"WriteChunkData"
-    arguments: ClassVar[list] = [
-        (b"chunk_id", amp.Integer()),
-        (b"version", amp.Integer()),
-        (b"offset", amp.Integer()),
-        (b"data", Bulk()),
-    ]
-    response: ClassVar[list] = []
-    allowed_roles = DATA_PEERS
-
-
 class OpenChunkStream(DFSCommand, amp.ProtocolSwitchCommand):
     """Turn this connection into a chunk stream (:mod:`dfs.protocol.stream`): once
     answered, both ends send raw frames of chunk data, acknowledgements and failures
@@ -506,7 +491,6 @@ ALL_COMMANDS: tuple[type[DFSCommand], ...] = (
     ReportChunks,
     ChunkReceived,
     OpenChunkWrite,
-    WriteChunkData,
     OpenChunkStream,
     FinishChunkWrite,
     RecoverChunkWrite,

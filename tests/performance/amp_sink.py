@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import google_crc32c
+from amp_packet import WriteChunkData
 from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.protocol import Factory
 
 from dfs.config import load_dataserver_config
 from dfs.node import load_credentials
-from dfs.protocol.commands import ReadChunk, WriteChunkData
+from dfs.protocol.commands import ReadChunk
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, Role
 

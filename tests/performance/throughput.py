@@ -7,8 +7,8 @@ Starts a local cluster (1 metaserver, 3 dataservers, real twistd processes on
 file of --size random bytes at replication 1 and at replication 3, then writes and
 reads --files files of 64 KiB. Beside them, measured in the same run:
 
-(a) the same bytes sent as WriteChunkData packets of 64 KiB, with the writer's
-    window, over one mutual-TLS AMP connection to a sink that throws them away
+(a) the same bytes sent as WriteChunkData packets of 64 KiB (amp_packet.py), 16 in
+    flight, over one mutual-TLS AMP connection to a sink that throws them away
     (amp_sink.py: a PeerSession with the dataserver's certificate and no disk), and
     fetched back with ReadChunk calls and the reader's window: the ceiling of our wire;
 (b) the same bytes written to a local file in 64 KiB writes, then fsynced.
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from amp_packet import WINDOW, WriteChunkData  # beside this script
 from profiling import TOOLS, PhaseProfiles, default_tool  # beside this script
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -61,7 +62,7 @@ from dfs.client.client import IO_SIZE, DFSClient
 from dfs.client.connection import ClientCredentials, connect_server
 from dfs.config import Address, load_client_config
 from dfs.localcluster import HOST, LocalCluster
-from dfs.protocol.commands import ReadChunk, WriteChunkData
+from dfs.protocol.commands import ReadChunk
 from dfs.protocol.session import PeerSession
 
 HERE = Path(__file__).parent
@@ -210,7 +211,7 @@ async def send_through_amp(session: PeerSession, data: bytes) -> None:
     view = memoryview(data)
     packet = client_writer.PACKET
     for offset in range(0, len(data), packet):
-        if len(in_flight) >= client_writer.WINDOW:
+        if len(in_flight) >= WINDOW:
             await in_flight.popleft()
         in_flight.append(
             session.callRemote(
@@ -618,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nDFS throughput: 1 metaserver + 3 dataservers on {HOST}, {os.cpu_count()} cores\n"
             f"file {human(args.size)}, {human(args.io_size)} per call, packets"
-            f" {human(client_writer.PACKET)}, window {client_writer.WINDOW},"
+            f" {human(client_writer.PACKET)}, window {WINDOW},"
             f" best of {args.repeat}; MB = 10^6 bytes\n"
             "cpu: % of one core used by this process (the client), by the servers (the\n"
             "cluster, or the sink for (a)), and by everything else on the machine (other\n"
