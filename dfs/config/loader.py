@@ -162,6 +162,29 @@ class Number:
 
 
 @attrs.frozen
+class Flag:
+    """JSON true or false (on the command line also yes/no, on/off, 1/0)."""
+
+    expected = "true or false"
+
+    def parse(self, value: object, base: Path | None) -> bool:
+        if not isinstance(value, bool):
+            raise InvalidValueError(self.expected, value)
+        return value
+
+    def dump(self, value: Any) -> object:
+        return value
+
+    def from_text(self, text: str) -> object:
+        lowered = text.strip().lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+        return text
+
+
+@attrs.frozen
 class Parsed:
     """A JSON string turned into a value by ``convert`` (which raises ValueError)."""
 

@@ -19,6 +19,7 @@ from dfs.config.loader import (
     ConfigError,
     ConfigFile,
     FilePath,
+    Flag,
     InvalidValueError,
     ListOf,
     Nullable,
@@ -152,6 +153,7 @@ class DataserverConfig(ConfigFile):
     heartbeat_interval: float = setting(Number(gt=0, le=3600), default=3.0)
     reserved_space: int = setting(Number(integer=True, ge=0), default=1073741824)
     capacity: int | None = setting(Nullable(Number(integer=True, gt=0)), default=None)
+    direct_io: bool = setting(Flag(), default=True)
     tls: TLSFiles = setting(TLS, default=_tls("ds1"))
     security_config: Path = setting(PATH, default="security_config.json")
 

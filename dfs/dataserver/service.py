@@ -365,7 +365,10 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
             got=None,
         )
     store = ChunkStore(
-        config.data_dir, reserved_space=config.reserved_space, capacity=config.capacity
+        config.data_dir,
+        reserved_space=config.reserved_space,
+        capacity=config.capacity,
+        direct_io=config.direct_io,
     )
     scan = store.scan()
     dataserver = Dataserver(identity=identity, config=config, store=store)

@@ -177,6 +177,16 @@ def test_unknown_key_in_a_section_names_the_path(tmp_path: Path) -> None:
         ),
         (
             "dataserver_config.json",
+            {"direct_io": "yes"},
+            "key 'direct_io': expected true or false, got 'yes'",
+        ),
+        (
+            "dataserver_config.json",
+            {"direct_io": 1},
+            "key 'direct_io': expected true or false, got 1",
+        ),
+        (
+            "dataserver_config.json",
             {"heartbeat_interval": False},
             "key 'heartbeat_interval': expected a number > 0 and <= 3600, got False",
         ),
@@ -410,6 +420,12 @@ def test_override_parses_like_the_file(tmp_path: Path, monkeypatch: pytest.Monke
             "option --reserved-space: expected an integer >= 0, got '1.5'",
         ),
         (
+            "direct_io",
+            "maybe",
+            "--direct-io",
+            "option --direct-io: expected true or false, got 'maybe'",
+        ),
+        (
             "name",
             "a/b",
             "--name",
@@ -422,6 +438,15 @@ def test_override_errors_name_the_option(key: str, text: str, option: str, messa
     error, got = error_of(lambda: override(DataserverConfig(), key, text, option))
     assert got == message
     assert (error.file, error.key) == (option, "")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("true", True), ("Yes", True), ("on", True), ("1", True), ("false", False), ("off", False)],
+)
+def test_override_of_a_flag(text: str, value: bool) -> None:
+    config = DataserverConfig(direct_io=not value)
+    assert override(config, "direct_io", text, "--direct-io").direct_io is value
 
 
 def test_override_breaking_another_key_names_that_key() -> None:
@@ -505,6 +530,7 @@ def test_address_shows_ipv6_in_brackets() -> None:
     heartbeat_interval=seconds,
     reserved_space=st.integers(0, 2**40),
     capacity=st.none() | st.integers(2**40 + 1, 2**50),
+    direct_io=st.booleans(),
     tls=st.builds(
         TLSFiles, absolute_paths, absolute_paths, absolute_paths, st.none() | absolute_paths
     ),

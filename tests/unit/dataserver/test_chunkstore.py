@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import os
 import random
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from dfs.dataserver.chunkstore import (
     CHECKSUM_BLOCK,
+    DIRECT_ALIGN,
     SIDECAR_HEADER_SIZE,
     ChunkId,
     ChunkStore,
@@ -71,9 +73,30 @@ def flip_byte(path: Path, offset: int) -> None:
         f.write(bytes([byte[0] ^ 0x5A]))
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ChunkStore:
-    return store_at(tmp_path / "data")
+#: How replicas are written: with direct I/O or through the page cache, with a stage
+#: small enough that the tests' chunks take several disk writes, or the default one.
+WRITE_MODES = {
+    "direct": {"direct_io": True, "stage_size": 2 * DIRECT_ALIGN},
+    "page-cache": {"direct_io": False, "stage_size": 2 * DIRECT_ALIGN},
+    "default": {},
+}
+
+
+@pytest.fixture(params=sorted(WRITE_MODES))
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> ChunkStore:
+    return store_at(tmp_path / "data", **WRITE_MODES[request.param])
+
+
+def direct_io_works(folder: Path) -> bool:
+    """Whether the file system under ``folder`` takes O_DIRECT."""
+    probe = folder / "direct-probe"
+    try:
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
 
 
 @pytest.fixture
@@ -91,9 +114,10 @@ def chunk(store: ChunkStore) -> bytes:
     size=st.sampled_from(SIZES),
     cuts=st.lists(st.integers(min_value=0, max_value=3 * B + 17), max_size=8),
     seed=st.integers(0, 2**16),
+    mode=st.sampled_from(sorted(WRITE_MODES)),
 )
-def test_round_trip_with_appends_of_any_size(tmp_path_factory, size, cuts, seed):
-    store = store_at(tmp_path_factory.mktemp("rt"))
+def test_round_trip_with_appends_of_any_size(tmp_path_factory, size, cuts, seed, mode):
+    store = store_at(tmp_path_factory.mktemp("rt"), **WRITE_MODES[mode])
     data = payload(size, seed)
     bounds = sorted({0, size, *(c for c in cuts if c <= size)})
     writer = store.open_writer(42, 3)
@@ -415,21 +439,117 @@ def test_no_space_when_the_reserve_exceeds_what_is_left(tmp_path):
         full.open_writer(1, 1)
 
 
-def test_a_full_file_system_during_append_is_no_space_and_keeps_nothing(store, monkeypatch):
+def test_a_full_file_system_is_no_space_and_ends_the_replica(tmp_path, monkeypatch):
+    store = store_at(tmp_path, stage_size=DIRECT_ALIGN)
     writer = store.open_writer(1, 1)
-    writer.append(b"kept")
+    writer.append(payload(DIRECT_ALIGN))  # a full stage, not written yet
 
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with monkeypatch.context() as patch:
-        patch.setattr(os, "pwrite", full)
-        with pytest.raises(NoSpace):
-            writer.append(b"lost")
-    assert writer.length == 4
-    writer.append(b" more")
+    monkeypatch.setattr(os, "pwrite", full)
+    # The full stage goes to disk in the background; its failure shows at the next
+    # call that needs it, and at every call after.
+    writer.append(b"more")
+    with pytest.raises(NoSpace, match="chunk 1"):
+        writer.finish()
+    with pytest.raises(ValueError):
+        writer.append(b"x")
+    assert files_under(store.chunks_dir) == []
+    assert store.chunks() == [] and store.writer(1) is None
+
+    monkeypatch.undo()
+    writer = store.open_writer(2, 1)
+    writer.append(payload(DIRECT_ALIGN))
+    monkeypatch.setattr(os, "pwrite", full)
+    writer.append(payload(DIRECT_ALIGN))
+    with pytest.raises(NoSpace):
+        writer.append(payload(DIRECT_ALIGN))  # needs the stage whose write failed
+    with pytest.raises(NoSpace):
+        writer.truncate(0)
+    monkeypatch.undo()
+    with pytest.raises(NoSpace):
+        writer.finish()  # space came back, but bytes are missing from the file
+    assert files_under(store.chunks_dir) == []
+
+
+def test_other_write_errors_end_the_replica_too(tmp_path, monkeypatch):
+    store = store_at(tmp_path, stage_size=DIRECT_ALIGN)
+    writer = store.open_writer(1, 1)
+    writer.append(payload(DIRECT_ALIGN + 1))
+
+    def broken(fd, data, offset):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pwrite", broken)
+    with pytest.raises(OSError, match="chunk 1: a write to disk failed: Input/output error"):
+        writer.append(payload(DIRECT_ALIGN))
+    monkeypatch.undo()
+    writer.abort()
+    assert files_under(store.chunks_dir) == []
+
+
+# -- direct I/O -----------------------------------------------------------------------
+
+
+def test_replicas_are_written_with_direct_io_where_the_file_system_takes_it(tmp_path):
+    if not direct_io_works(tmp_path):
+        pytest.skip(f"{tmp_path}: the file system refuses O_DIRECT")
+    store = store_at(tmp_path)
+    data = payload(3 * B + 17)  # not a multiple of the alignment
+    writer = store.open_writer(1, 1)
+    assert writer.direct
+    writer.append(data)
     writer.finish()
-    assert store.read(1, 1, 0, 100) == b"kept more"
+    assert store.data_path(1, 1).stat().st_size == len(data)
+    assert store.read(1, 1, 0, len(data) + 1) == data
+    assert store.verify(1, 1) is True
+    assert not store_at(tmp_path, direct_io=False).open_writer(2, 1).direct
+
+
+def test_direct_io_refused_at_open_falls_back_to_the_page_cache(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def no_direct(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    store = store_at(tmp_path, stage_size=DIRECT_ALIGN)
+    writer = store.open_writer(1, 1)
+    assert not writer.direct
+    data = payload(3 * DIRECT_ALIGN + 5)
+    writer.append(data)
+    writer.finish()
+    assert store.read(1, 1, 0, len(data)) == data
+
+
+def test_direct_io_refused_at_the_first_write_falls_back_to_the_page_cache(tmp_path, monkeypatch):
+    if not direct_io_works(tmp_path):
+        pytest.skip(f"{tmp_path}: the file system refuses O_DIRECT")
+    real_pwrite = os.pwrite
+
+    def no_direct(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", no_direct)
+    store = store_at(tmp_path, stage_size=DIRECT_ALIGN)
+    writer = store.open_writer(1, 1)
+    assert writer.direct
+    data = payload(3 * DIRECT_ALIGN + 5)
+    writer.append(data)
+    writer.finish()
+    assert not writer.direct
+    assert store.read(1, 1, 0, len(data)) == data
+
+
+def test_stage_size_must_suit_direct_io(tmp_path):
+    for size in (0, -DIRECT_ALIGN, DIRECT_ALIGN + 512):
+        with pytest.raises(ValueError, match="multiple of 4096"):
+            store_at(tmp_path, stage_size=size)
 
 
 # -- pipeline recovery ----------------------------------------------------------------
