@@ -3,7 +3,10 @@
 For each chunk the writer asks the metaserver for a chunk id and a pipeline
 (AddChunk), opens the pipeline on its first dataserver, sends packets of at most
 64 KiB on the chunk stream to it with a window of bytes in flight, and on a full
-chunk finishes it (every replica fsynced) and commits its length. When a dataserver
+chunk finishes it (every replica fsynced) and commits its length. A full chunk is
+finished and committed in the background while the next one fills (one at a time:
+the namespace lets a file have two chunks pending), so the pipelines never drain at
+a chunk boundary; close waits for both. When a dataserver
 of the pipeline fails, the writer gets a new chunk version from the metaserver, asks
 the survivors to keep the acknowledged bytes under that version, and resends what
 was not acknowledged: the user sees no error as long as one replica survives.
@@ -97,7 +100,7 @@ class ChunkPipeline:
 
     def _detach(self) -> None:
         if self._stream is not None:
-            self._stream.unwatch(self.chunk_id, self.version)
+            self._stream.unwatch(self.chunk_id, self.version, self)
             self._stream = None
 
     def _failed_address(self, error: BaseException | None) -> str:
@@ -249,6 +252,9 @@ class FileWriter:
         self._buffer = bytearray()
         self._chunk: ChunkPipeline | None = None
         self._committed = 0  # bytes of the file in committed chunks
+        #: the previous chunk, full, being finished and committed meanwhile
+        self._finishing: Deferred[None] | None = None
+        self._finishing_length = 0
         self.closed = False
         self._lease = LoopingCall(lambda: Deferred.fromCoroutine(self._renew()))
         self._lease.clock = reactor
@@ -256,7 +262,8 @@ class FileWriter:
 
     @property
     def length(self) -> int:
-        return self._committed + (self._chunk.length if self._chunk else 0) + len(self._buffer)
+        current = self._chunk.length if self._chunk else 0
+        return self._committed + self._finishing_length + current + len(self._buffer)
 
     async def dial(self, address: str) -> PeerSession:
         # Sessions are the client's, shared with its other files; a dropped one is
@@ -319,7 +326,7 @@ class FileWriter:
         assert self._chunk is not None
         await self._chunk.write(packet)
         if self._chunk.length == self.chunk_size:
-            await self._end_chunk()
+            await self._hand_off()
 
     async def _start_chunk(self) -> None:
         answer = await self._ask_meta(
@@ -330,9 +337,21 @@ class FileWriter:
         )
         await self._chunk.open()
 
-    async def _end_chunk(self) -> None:
+    async def _hand_off(self) -> None:
+        """Finish and commit the current chunk in the background, once the previous
+        one is committed (its failure, if any, is raised here)."""
+        await self._settle()
         chunk, self._chunk = self._chunk, None
         assert chunk is not None
+        self._finishing_length = chunk.length
+        self._finishing = Deferred.fromCoroutine(self._end_chunk(chunk))
+
+    async def _settle(self) -> None:
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None:
+            await finishing
+
+    async def _end_chunk(self, chunk: ChunkPipeline) -> None:
         locations = await chunk.finish()
         await self._ask_meta(
             CommitChunk,
@@ -345,6 +364,7 @@ class FileWriter:
             request_id=request_id(),
         )
         self._committed += chunk.length
+        self._finishing_length = 0
 
     async def close(self) -> None:
         if self.closed:
@@ -354,7 +374,8 @@ class FileWriter:
             self._buffer.clear()
             await self._send(packet)
         if self._chunk is not None:
-            await self._end_chunk()
+            await self._hand_off()
+        await self._settle()
         await self._ask_meta(
             CloseFile,
             path=self.path,
@@ -375,6 +396,10 @@ class FileWriter:
         its dataservers (best effort; they also discard it when it sits idle)."""
         self.closed = True
         self._stop()
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None:
+            finishing.addErrback(lambda _: None)
+            finishing.cancel()
         chunk, self._chunk = self._chunk, None
         if chunk is not None:
             chunk.abort()

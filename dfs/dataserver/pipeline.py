@@ -89,8 +89,9 @@ class ReplicaWrite:
     complete: StoredChunk | None = None
     #: where its data comes from and acknowledgements go
     upstream: ChunkStream | None = None
-    #: the stream to ``downstream[0]``
+    #: the stream to ``downstream[0]``, and who listens to it for this write
     outbound: ChunkStream | None = None
+    listener: _Below | None = None
     #: bytes acknowledged from below (every byte, without a dataserver below)
     below: int = 0
     #: bytes acknowledged upstream
@@ -114,9 +115,9 @@ class ReplicaWrite:
 
     def detach(self) -> None:
         """Stop listening to the stream below."""
-        if self.outbound is not None:
-            self.outbound.unwatch(self.chunk_id, self.version)
-            self.outbound = None
+        if self.outbound is not None and self.listener is not None:
+            self.outbound.unwatch(self.chunk_id, self.listener.version, self.listener)
+        self.outbound = self.listener = None
 
     def discard(self) -> None:
         self.detach()
@@ -217,13 +218,22 @@ class ChunkService:
         if not write.downstream:
             return
         address = write.downstream[0]
+        version = write.version
         try:
             stream = await self._streams.get(address)
         except Exception as error:
             self._hop_failed(address, error)
             raise PipelineBroken(address) from None
+        if self._writes.get(write.chunk_id) is not write or write.version != version:
+            # The writer opened or recovered the chunk again meanwhile (after a loss
+            # further up): that write owns the pipeline now, not this one.
+            raise InvalidArgument(
+                f"chunk {write.chunk_id} version {version}: replaced by a newer write "
+                "while its pipeline was set up"
+            )
         write.outbound = stream
-        stream.watch(write.chunk_id, write.version, _Below(self, write, write.version))
+        write.listener = _Below(self, write, version)
+        stream.watch(write.chunk_id, version, write.listener)
 
     async def open_write(
         self, chunk_id: int, version: int, downstream: list[str], owner: Identity | None = None
@@ -324,7 +334,7 @@ class ChunkService:
     def failed_below(self, write: ReplicaWrite, version: int, address: str) -> None:
         if write.version != version or self._writes.get(write.chunk_id) is not write:
             return
-        write.outbound = None
+        write.outbound = write.listener = None
         self.log.warn(
             "pipeline hop failed: chunk {chunk_id} version {version} broke at {address}",
             chunk_id=write.chunk_id,

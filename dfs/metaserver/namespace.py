@@ -52,6 +52,9 @@ MAX_REPLICATION: Final = 32
 MAX_MODE: Final = 0o7777
 ROOT_INODE: Final = 1
 FIRST_CHUNK_ID: Final = 1
+#: Chunks of one file that may be added and not yet committed: the writer fills the
+#: next chunk while the previous one is being finished on its dataservers.
+MAX_PENDING_CHUNKS: Final = 2
 #: How many request ids are remembered for de-duplicating retried mutations.
 REQUEST_MEMORY: Final = 10_000
 #: Lease holders are client session names; a bound keeps one bad value from bloating
@@ -238,7 +241,9 @@ class Create(Operation):
 
 @attrs.frozen
 class AddChunk(Operation):
-    """Append a new, empty chunk to a file under construction (and renew the lease)."""
+    """Append a new, empty chunk to a file under construction (and renew the lease).
+
+    The chunk is *pending* until committed; a file has at most MAX_PENDING_CHUNKS."""
 
     path: str
     lease_holder: str
@@ -247,7 +252,7 @@ class AddChunk(Operation):
 
 @attrs.frozen
 class BumpChunkVersion(Operation):
-    """Pipeline recovery: give the last chunk a new version so stale replicas show."""
+    """Pipeline recovery: give a pending chunk a new version so stale replicas show."""
 
     path: str
     lease_holder: str
@@ -256,7 +261,8 @@ class BumpChunkVersion(Operation):
 
 @attrs.frozen
 class CommitChunk(Operation):
-    """Record the acknowledged length of the last chunk."""
+    """Record the acknowledged length (at least one byte) of the file's first pending
+    chunk: chunks are committed in order."""
 
     path: str
     lease_holder: str
@@ -452,6 +458,15 @@ def _check_common(operation: object) -> Operation:
     return operation
 
 
+def _pending(node: FileNode) -> builtins.list[int]:
+    """Indexes of the file's pending chunks: the trailing ones not yet committed (a
+    committed chunk holds at least one byte)."""
+    index = len(node.chunks)
+    while index > 0 and node.chunks[index - 1].length == 0:
+        index -= 1
+    return builtins.list(range(index, len(node.chunks)))
+
+
 def _internal_error(doing: str, error: Exception) -> Err:
     # Only the exception's type and text: they are the same on every replica, unlike a
     # traceback, and the result may be remembered in the replicated state.
@@ -623,7 +638,7 @@ class Namespace:
         return self._query(self._du_query, path)
 
     def chunks(self, path: str) -> Ok[tuple[ChunkRef, ...]] | Err:
-        """A file's chunks in order (the last one may be uncommitted while writing)."""
+        """A file's chunks in order (the last ones may be pending while it is written)."""
         return self._query(self._chunks_query, path)
 
     def expired_leases(self, now: float) -> builtins.list[str]:
@@ -653,8 +668,8 @@ class Namespace:
             return None
         node = self._nodes[number]
         assert isinstance(node, FileNode)
-        # Chunks are appended and only the last one changes, so the one asked about is
-        # almost always near the end.
+        # Chunks are appended and only the pending ones at the end change, so the one
+        # asked about is almost always near the end.
         for chunk in reversed(node.chunks):
             if chunk.chunk_id == chunk_id:
                 return node, chunk
@@ -1011,6 +1026,13 @@ class Namespace:
         holder = _holder(op.lease_holder)
         expires = _expiry(op.lease_expires, float(op.now))
         node = self._writable(path, holder)
+        pending = _pending(node)
+        if len(pending) >= MAX_PENDING_CHUNKS:
+            raise _Refused(
+                errors.InvalidArgument,
+                f"{_p(path)}: chunk {node.chunks[pending[0]].chunk_id} must be committed "
+                "before another chunk is added",
+            )
         chunk = ChunkRef(chunk_id=self._next_chunk_id, version=1, length=0)
         self._next_chunk_id += 1
         node.chunks.append(chunk)
@@ -1018,37 +1040,59 @@ class Namespace:
         node.lease = Lease(holder, expires)
         return Ok(chunk)
 
-    def _last_chunk(self, path: str, node: FileNode, chunk_id: object) -> ChunkRef:
+    def _pending_chunk(self, path: str, node: FileNode, chunk_id: object) -> int:
+        """The index of a pending chunk of ``node``; only those may change."""
         _integer(chunk_id, "chunk id", FIRST_CHUNK_ID, _MAX_INT)
-        if not node.chunks or node.chunks[-1].chunk_id != chunk_id:
-            # Only the chunk being written may change; earlier ones are settled.
+        for index in _pending(node):
+            if node.chunks[index].chunk_id == chunk_id:
+                return index
+        if any(chunk.chunk_id == chunk_id for chunk in node.chunks):
             raise _Refused(
-                errors.InvalidArgument, f"{_p(path)}: chunk {chunk_id} is not the file's last chunk"
+                errors.InvalidArgument, f"{_p(path)}: chunk {chunk_id} is already committed"
             )
-        return node.chunks[-1]
+        raise _Refused(errors.InvalidArgument, f"{_p(path)}: chunk {chunk_id} is not being written")
+
+    def _committed_again(self, node: FileNode, op: CommitChunk) -> ChunkRef | None:
+        """A commit that repeats the one a chunk already had (a retry): nothing to do."""
+        for chunk in reversed(node.chunks):
+            if chunk.chunk_id == op.chunk_id:
+                if chunk.length and (chunk.version, chunk.length) == (op.version, op.length):
+                    return chunk
+                return None
+        return None
 
     def _bump_chunk_version(self, op: BumpChunkVersion) -> Ok[ChunkRef]:
         path = _normalize(op.path)
         node = self._writable(path, _holder(op.lease_holder))
-        last = self._last_chunk(path, node, op.chunk_id)
-        bumped = attrs.evolve(last, version=last.version + 1)
-        node.chunks[-1] = bumped
+        index = self._pending_chunk(path, node, op.chunk_id)
+        bumped = attrs.evolve(node.chunks[index], version=node.chunks[index].version + 1)
+        node.chunks[index] = bumped
         return Ok(bumped)
 
     def _commit_chunk(self, op: CommitChunk) -> Ok[ChunkRef]:
         path = _normalize(op.path)
         node = self._writable(path, _holder(op.lease_holder))
-        last = self._last_chunk(path, node, op.chunk_id)
+        again = self._committed_again(node, op)
+        if again is not None:
+            return Ok(again)
+        index = self._pending_chunk(path, node, op.chunk_id)
+        chunk = node.chunks[index]
+        if index > 0 and node.chunks[index - 1].length == 0:
+            raise _Refused(
+                errors.InvalidArgument,
+                f"{_p(path)}: chunk {chunk.chunk_id} cannot be committed before chunk "
+                f"{node.chunks[index - 1].chunk_id}",
+            )
         version = _integer(op.version, "version", 1, _MAX_INT)
-        if version != last.version:
+        if version != chunk.version:
             raise _Refused(
                 errors.StaleChunk,
-                f"{_p(path)}: chunk {last.chunk_id} is at version {last.version}, not {version}",
+                f"{_p(path)}: chunk {chunk.chunk_id} is at version {chunk.version}, not {version}",
             )
-        length = _integer(op.length, "chunk length", 0, node.chunk_size)
-        committed = attrs.evolve(last, length=length)
-        node.chunks[-1] = committed
-        node.length += length - last.length
+        length = _integer(op.length, "chunk length", 1, node.chunk_size)
+        committed = attrs.evolve(chunk, length=length)
+        node.chunks[index] = committed
+        node.length += length
         return Ok(committed)
 
     def _renew_lease(self, op: RenewLease) -> Ok[Stat]:

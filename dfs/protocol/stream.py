@@ -137,8 +137,12 @@ class ChunkStream(TwistedProtocol):
             return
         self._watches[(chunk_id, version)] = _Watch(listener)
 
-    def unwatch(self, chunk_id: int, version: int) -> None:
-        self._watches.pop((chunk_id, version), None)
+    def unwatch(self, chunk_id: int, version: int, listener: StreamListener) -> None:
+        """Stop routing to ``listener`` (and only to it: another write of the same
+        chunk and version may have taken its place since)."""
+        watch = self._watches.get((chunk_id, version))
+        if watch is not None and watch.listener is listener:
+            del self._watches[(chunk_id, version)]
 
     def send_data(self, chunk_id: int, version: int, offset: int, data: bytes) -> None:
         watch = self._watches.get((chunk_id, version))

@@ -47,7 +47,13 @@ async def test_kill_9_of_a_pipeline_dataserver_mid_write_loses_nothing(
     client = await connect(cluster)
     data = os.urandom(14 * MiB + 4321)
     writer = await client.create("/big", chunk_size=4 * MiB)
-    await writer.write(data[: 6 * MiB])  # chunk 1 done, chunk 2 half sent
+    await writer.write(data[: 6 * MiB])  # chunk 1 full, chunk 2 half sent
+
+    async def first_chunk_committed() -> bool:
+        # Chunk 1 is finished and committed in the background while chunk 2 fills.
+        return (await client.stat("/big")).length == 4 * MiB
+
+    await poll(first_chunk_committed, timeout=20, what="chunk 1 committed")
     chunk = writer._chunk
     assert chunk is not None and len(chunk.targets) == 3
     victim = node_at(cluster, chunk.targets[position])
@@ -125,6 +131,10 @@ WRITER_SCRIPT = textwrap.dedent(
     out = client.open("/leased", "wb", chunk_size=1024 * 1024)
     data = bytes(range(256)) * 4096 * 10  # 10 MiB, recognisable
     out.write(data[: 2 * 1024 * 1024 + 500_000])
+    # Full chunks are committed in the background while the next one fills.
+    deadline = time.monotonic() + 30
+    while client.stat("/leased").length < 2 * 1024 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.05)
     print("written", flush=True)
     time.sleep(600)
     """

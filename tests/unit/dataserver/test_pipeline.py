@@ -17,7 +17,7 @@ from dfs.dataserver.chunkstore import ChunkStore
 from dfs.dataserver.pipeline import ACK_DELAY, ChunkService, PeerConnections
 from dfs.dataserver.service import DataserverSession
 from dfs.protocol.commands import OpenChunkWrite, RecoverChunkWrite
-from dfs.protocol.errors import PipelineBroken
+from dfs.protocol.errors import InvalidArgument, PipelineBroken
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream, open_stream
 from dfs.security.identity import Identity, Role
@@ -209,3 +209,38 @@ def test_a_dataserver_down_at_open_is_named_in_pipeline_broken(grid):
             control.callRemote(OpenChunkWrite, chunk_id=5, version=1, downstream=[DS2, DS3])
         )
     assert caught.value.address == DS3
+
+
+def test_an_open_overtaken_by_the_writers_retry_leaves_the_pipeline_to_the_retry(grid):
+    """DS1 forwards an open to DS2 and fails; the writer opens DS2 again itself. When
+    the first open's hop below finishes last, the write it set up is gone: it must not
+    take the acknowledgements of the stream below away from the retry's write."""
+    service = grid.services[DS2][0]
+    ds1 = grid.services[DS1][1]
+    peers = service._peers
+    real_connect = peers._connect
+    gate: Deferred[PeerSession] = Deferred()
+    dialled: list[Any] = []
+
+    def connect(address):
+        dialled.append(address)
+        if len(dialled) == 1:
+            return gate  # the first open's dial to DS3 hangs for now
+        return real_connect(address)
+
+    peers._connect = connect
+    first = Deferred.fromCoroutine(service.open_write(5, 1, [DS3], owner=ds1))
+    retry = Deferred.fromCoroutine(service.open_write(5, 1, [DS3], owner=CLIENT))
+    assert grid.outcome(retry) is None
+    real_connect(dialled[0]).chainDeferred(gate)
+    with pytest.raises(InvalidArgument, match="replaced by a newer write"):
+        grid.outcome(first)
+
+    stream = grid.stream(DS2)
+    listener = Listener()
+    stream.watch(5, 1, listener)
+    send(stream, 5, 1, b"z" * 3 * PACKET)
+    grid.settle()
+    assert listener.failed == []
+    assert listener.acked == 3 * PACKET
+    assert grid.replica(DS3, 5) == (1, 3 * PACKET)

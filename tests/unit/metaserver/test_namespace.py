@@ -288,35 +288,61 @@ def test_add_chunk_appends_an_empty_chunk_version_one_and_renews_the_lease(
     assert ns.expired_leases(99) == ["/f"]
 
 
-def test_commit_records_the_acknowledged_length_of_the_last_chunk(ns: Namespace) -> None:
+def test_commit_records_the_acknowledged_length_of_pending_chunks_in_order(
+    ns: Namespace,
+) -> None:
     ok(ns, create("/f", chunk_size=100))
     [first] = write(ns, "/f", [100])
     second = ok(ns, AddChunk("/f", "c1", 90, caller=ALICE, now=2))
-    committed = ok(ns, CommitChunk("/f", "c1", second.chunk_id, 1, 30, caller=ALICE, now=2))
-    assert committed == ChunkRef(second.chunk_id, 1, 30)
-    assert stat(ns, "/f").length == 130
-    # A later acknowledgement of the same chunk replaces the length.
-    ok(ns, CommitChunk("/f", "c1", second.chunk_id, 1, 60, caller=ALICE, now=2))
-    assert stat(ns, "/f").length == 160
-    commit = CommitChunk("/f", "c1", first.chunk_id, 1, 5, caller=ALICE, now=2)
-    assert "not the file's last chunk" in refused(ns, commit, "InvalidArgument")
-    too_long = CommitChunk("/f", "c1", second.chunk_id, 1, 101, caller=ALICE, now=2)
-    refused(ns, too_long, "InvalidArgument")
-    negative = CommitChunk("/f", "c1", second.chunk_id, 1, -1, caller=ALICE, now=2)
-    refused(ns, negative, "InvalidArgument")
+    # The writer fills the next chunk while the previous one is being finished.
+    third = ok(ns, AddChunk("/f", "c1", 90, caller=ALICE, now=2))
+    add = AddChunk("/f", "c1", 90, caller=ALICE, now=2)
+    assert f"chunk {second.chunk_id} must be committed before another" in refused(
+        ns, add, "InvalidArgument"
+    )
+    early = CommitChunk("/f", "c1", third.chunk_id, 1, 5, caller=ALICE, now=2)
+    assert f"cannot be committed before chunk {second.chunk_id}" in refused(
+        ns, early, "InvalidArgument"
+    )
+    for length in (101, -1, 0):
+        bad = CommitChunk("/f", "c1", second.chunk_id, 1, length, caller=ALICE, now=2)
+        refused(ns, bad, "InvalidArgument")
+    committed = ok(ns, CommitChunk("/f", "c1", second.chunk_id, 1, 100, caller=ALICE, now=2))
+    assert committed == ChunkRef(second.chunk_id, 1, 100)
+    assert stat(ns, "/f").length == 200
+    ok(ns, CommitChunk("/f", "c1", third.chunk_id, 1, 30, caller=ALICE, now=2))
+    assert stat(ns, "/f").length == 230
+    # A committed chunk is settled: the same commit again changes nothing, another
+    # length is refused.
+    again = ok(ns, CommitChunk("/f", "c1", third.chunk_id, 1, 30, caller=ALICE, now=2))
+    assert again == ChunkRef(third.chunk_id, 1, 30)
+    for chunk, length in ((third, 60), (first, 5)):
+        other = CommitChunk("/f", "c1", chunk.chunk_id, 1, length, caller=ALICE, now=2)
+        assert f"chunk {chunk.chunk_id} is already committed" in refused(
+            ns, other, "InvalidArgument"
+        )
+    assert stat(ns, "/f").length == 230
+    assert [c.length for c in ns.chunks("/f").unwrap()] == [100, 100, 30]
 
 
 def test_bump_version_makes_old_replicas_stale(ns: Namespace) -> None:
     ok(ns, create("/f"))
-    chunk = ok(ns, AddChunk("/f", "c1", 90, caller=ALICE, now=2))
-    ok(ns, CommitChunk("/f", "c1", chunk.chunk_id, 1, 7, caller=ALICE, now=2))
-    bumped = ok(ns, BumpChunkVersion("/f", "c1", chunk.chunk_id, caller=ALICE, now=3))
-    assert bumped == ChunkRef(chunk.chunk_id, 2, 7)
-    stale = CommitChunk("/f", "c1", chunk.chunk_id, 1, 9, caller=ALICE, now=3)
+    first = ok(ns, AddChunk("/f", "c1", 90, caller=ALICE, now=2))
+    second = ok(ns, AddChunk("/f", "c1", 90, caller=ALICE, now=2))
+    # Either pending chunk may lose a dataserver.
+    assert ok(ns, BumpChunkVersion("/f", "c1", second.chunk_id, caller=ALICE, now=3)) == (
+        ChunkRef(second.chunk_id, 2, 0)
+    )
+    bumped = ok(ns, BumpChunkVersion("/f", "c1", first.chunk_id, caller=ALICE, now=3))
+    assert bumped == ChunkRef(first.chunk_id, 2, 0)
+    stale = CommitChunk("/f", "c1", first.chunk_id, 1, 9, caller=ALICE, now=3)
     assert "at version 2, not 1" in refused(ns, stale, "StaleChunk")
-    ok(ns, CommitChunk("/f", "c1", chunk.chunk_id, 2, 9, caller=ALICE, now=3))
-    assert ns.chunks("/f") == Ok((ChunkRef(chunk.chunk_id, 2, 9),))
-    refused(ns, BumpChunkVersion("/f", "c1", 999, caller=ALICE, now=3), "InvalidArgument")
+    ok(ns, CommitChunk("/f", "c1", first.chunk_id, 2, 9, caller=ALICE, now=3))
+    assert ns.chunks("/f") == Ok((ChunkRef(first.chunk_id, 2, 9), ChunkRef(second.chunk_id, 2, 0)))
+    done = BumpChunkVersion("/f", "c1", first.chunk_id, caller=ALICE, now=3)
+    assert f"chunk {first.chunk_id} is already committed" in refused(ns, done, "InvalidArgument")
+    missing = BumpChunkVersion("/f", "c1", 999, caller=ALICE, now=3)
+    assert "chunk 999 is not being written" in refused(ns, missing, "InvalidArgument")
 
 
 def test_bump_on_a_file_without_chunks_is_refused(ns: Namespace) -> None:

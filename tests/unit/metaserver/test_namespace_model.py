@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from dfs.metaserver import paths
 from dfs.metaserver.namespace import (
+    MAX_PENDING_CHUNKS,
     AddChunk,
     BumpChunkVersion,
     Caller,
@@ -87,6 +88,19 @@ class ModelFile:
     @property
     def length(self) -> int:
         return sum(chunk.length for chunk in self.chunks)
+
+    def pending(self) -> list[int]:
+        """Indexes of the chunks added and not committed: the trailing empty ones."""
+        index = len(self.chunks)
+        while index > 0 and self.chunks[index - 1].length == 0:
+            index -= 1
+        return list(range(index, len(self.chunks)))
+
+    def index(self, chunk_id: int) -> int | None:
+        for index, chunk in enumerate(self.chunks):
+            if chunk.chunk_id == chunk_id:
+                return index
+        return None
 
 
 ModelEntry = ModelDir | ModelFile
@@ -290,48 +304,101 @@ class NamespaceMachine(RuleBasedStateMachine):
                 expires=self.now + duration,
             )
 
-    @rule(data=st.data(), length=st.integers(0, CHUNK_SIZE), request=st.booleans())
-    def write_chunk(self, data: st.DataObject, length: int, request: bool) -> None:
-        path, holder = self.pick_open_file(data)
-        error = self.lease_error(path, holder)
-        common = self.common(CALLERS[0], request)
-        chunk = self.apply(AddChunk(path, holder, self.now + 10, **common), error)
-        if error is not None:
-            return
-        assert chunk == ChunkRef(self.next_chunk, 1, 0)
-        self.next_chunk += 1
-        entry = self.model[path]
-        assert isinstance(entry, ModelFile)
-        entry.chunks.append(chunk)
-        entry.expires = self.now + 10
-        committed = self.apply(
-            CommitChunk(path, holder, chunk.chunk_id, 1, length, **self.common(CALLERS[0], False)),
-            None,
-        )
-        assert committed == ChunkRef(chunk.chunk_id, 1, length)
-        entry.chunks[-1] = committed
+    def pick_chunk(self, data: st.DataObject, entry: ModelEntry | None) -> int:
+        """A chunk id: usually one of the file's, most often a pending one."""
+        if isinstance(entry, ModelFile) and entry.chunks and data.draw(st.integers(0, 4)):
+            pending = [entry.chunks[index] for index in entry.pending()]
+            if pending and data.draw(st.integers(0, 2)):
+                return data.draw(st.sampled_from(pending)).chunk_id
+            return data.draw(st.sampled_from(entry.chunks)).chunk_id
+        return data.draw(st.integers(1, self.next_chunk + 1))
 
-    @rule(data=st.data(), length=st.integers(0, CHUNK_SIZE))
-    def recover_pipeline(self, data: st.DataObject, length: int) -> None:
+    @rule(data=st.data(), request=st.booleans())
+    def add_chunk(self, data: st.DataObject, request: bool) -> None:
         path, holder = self.pick_open_file(data)
         error = self.lease_error(path, holder)
         entry = self.model.get(path)
         if error is None:
             assert isinstance(entry, ModelFile)
-            if not entry.chunks:
+            if len(entry.pending()) >= MAX_PENDING_CHUNKS:
                 error = "InvalidArgument"
-        last = entry.chunks[-1] if error is None and isinstance(entry, ModelFile) else None
-        chunk_id = last.chunk_id if last is not None else 1
-        common = self.common(CALLERS[0], False)
-        bumped = self.apply(BumpChunkVersion(path, holder, chunk_id, **common), error)
-        if error is not None or last is None:
+        common = self.common(CALLERS[0], request)
+        chunk = self.apply(AddChunk(path, holder, self.now + 10, **common), error)
+        if error is not None:
             return
         assert isinstance(entry, ModelFile)
-        assert bumped == attrs.evolve(last, version=last.version + 1)
-        stale = CommitChunk(path, holder, chunk_id, last.version, length, **common)
-        self.apply(stale, "StaleChunk")
-        fresh = CommitChunk(path, holder, chunk_id, bumped.version, length, **common)
-        entry.chunks[-1] = self.apply(fresh, None)
+        assert chunk == ChunkRef(self.next_chunk, 1, 0)
+        self.next_chunk += 1
+        entry.chunks.append(chunk)
+        entry.expires = self.now + 10
+
+    @rule(
+        data=st.data(),
+        length=st.integers(0, CHUNK_SIZE + 1),
+        stale=st.booleans(),
+        request=st.booleans(),
+    )
+    def commit_chunk(self, data: st.DataObject, length: int, stale: bool, request: bool) -> None:
+        path, holder = self.pick_open_file(data)
+        error = self.lease_error(path, holder)
+        entry = self.model.get(path)
+        chunk_id = self.pick_chunk(data, entry)
+        index = entry.index(chunk_id) if isinstance(entry, ModelFile) else None
+        version = 1
+        if isinstance(entry, ModelFile) and index is not None:
+            version = entry.chunks[index].version
+            version -= 1 if stale and version > 1 else 0
+        expected = None
+        if error is None:
+            assert isinstance(entry, ModelFile)
+            chunks = entry.chunks
+            chunk = chunks[index] if index is not None else None
+            if (
+                chunk is not None
+                and chunk.length
+                and (chunk.version, chunk.length)
+                == (
+                    version,
+                    length,
+                )
+            ):
+                expected = chunk  # a repeated commit changes nothing
+            elif index is None or index not in entry.pending():
+                error = "InvalidArgument"
+            elif index > 0 and chunks[index - 1].length == 0:
+                error = "InvalidArgument"  # the one before commits first
+            elif chunk is not None and version != chunk.version:
+                error = "StaleChunk"
+            elif not 1 <= length <= CHUNK_SIZE:
+                error = "InvalidArgument"
+            else:
+                expected = attrs.evolve(chunk, length=length)
+        common = self.common(CALLERS[0], request)
+        op = CommitChunk(path, holder, chunk_id, version, length, **common)
+        committed = self.apply(op, error)
+        if error is None:
+            assert isinstance(entry, ModelFile) and index is not None
+            assert committed == expected
+            entry.chunks[index] = committed
+
+    @rule(data=st.data(), request=st.booleans())
+    def bump_chunk(self, data: st.DataObject, request: bool) -> None:
+        path, holder = self.pick_open_file(data)
+        error = self.lease_error(path, holder)
+        entry = self.model.get(path)
+        chunk_id = self.pick_chunk(data, entry)
+        index = entry.index(chunk_id) if isinstance(entry, ModelFile) else None
+        if error is None:
+            assert isinstance(entry, ModelFile)
+            if index is None or index not in entry.pending():
+                error = "InvalidArgument"
+        common = self.common(CALLERS[0], request)
+        bumped = self.apply(BumpChunkVersion(path, holder, chunk_id, **common), error)
+        if error is None:
+            assert isinstance(entry, ModelFile) and index is not None
+            chunk = entry.chunks[index]
+            assert bumped == attrs.evolve(chunk, version=chunk.version + 1)
+            entry.chunks[index] = bumped
 
     @rule(data=st.data(), caller=callers)
     def close(self, data: st.DataObject, caller: Caller) -> None:

@@ -117,6 +117,19 @@ def test_acknowledgements_reach_the_write_they_name_once_each_at_their_highest()
     assert other.acked == []
 
 
+def test_unwatch_removes_only_the_listener_named():
+    stream, _ = sending_end()
+    old, new = Listener(), Listener()
+    stream.watch(7, 2, old)
+    stream.watch(7, 2, new)  # a newer write of the same chunk and version
+    stream.unwatch(7, 2, old)  # the old one leaving must not take the new one along
+    stream.dataReceived(frame(ACK, 7, 2, 100))
+    assert new.acked == [100] and old.acked == []
+    stream.unwatch(7, 2, new)
+    stream.dataReceived(frame(ACK, 7, 2, 200))
+    assert new.acked == [100]
+
+
 def test_a_failure_frame_names_the_failed_dataserver_and_ends_the_watch():
     stream, _ = sending_end()
     listener = Listener()
