@@ -45,8 +45,10 @@ from dfs.protocol.errors import (
 )
 
 CHECKSUM_BLOCK = 65536
-#: How far past a read the kernel is asked to read ahead from disk.
-READ_AHEAD = 4 * 1024 * 1024
+#: How far past a read the kernel is asked to read ahead from disk: well past what a
+#: reader keeps in flight (4 MiB), since replicas written with direct I/O are not in
+#: the page cache.
+READ_AHEAD = 16 * 1024 * 1024
 #: How many replicas' checksum tables reads keep in memory (4 KiB for 64 MiB).
 SIDECAR_CACHE = 1024
 """Bytes covered by one CRC32C in the sidecar (the last block of a chunk may be shorter)."""

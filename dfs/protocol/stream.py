@@ -105,7 +105,12 @@ class ChunkStream(TwistedProtocol):
         self.address = address
         self._timeout = timeout
         self._receiver = receiver
-        self._buffer = bytearray()
+        #: the start of a frame header that arrived cut
+        self._head = bytearray()
+        #: the header of the frame whose payload is arriving, and its pieces so far
+        self._frame: tuple[int, int, int, int, int] | None = None
+        self._pieces: list[bytes | memoryview] = []
+        self._have = 0
         self._watches: dict[Key, _Watch] = {}
         self._watchdog: IDelayedCall | None = None
         self._progress = 0.0
@@ -117,7 +122,7 @@ class ChunkStream(TwistedProtocol):
     def streaming(self) -> bool:
         """True while part of a frame has arrived and the rest is still to come: the
         sender is in the middle of sending, not pausing."""
-        return bool(self._buffer)
+        return self._frame is not None or bool(self._head)
 
     @property
     def is_open(self) -> bool:
@@ -181,39 +186,60 @@ class ChunkStream(TwistedProtocol):
     # -- receiving --------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        size = len(buffer)
+        frame = self._frame
+        if frame is not None and self._have + len(data) < frame[4]:
+            # The middle of a payload (a packet spans several TLS records): keep it.
+            self._pieces.append(data)
+            self._have += len(data)
+            return
+        size = len(data)
         position = 0
         acks: dict[Key, int] = {}
         failures: list[tuple[Key, str]] = []
         delivered = False
-        try:
-            while size - position >= HEADER.size:
-                kind, chunk_id, version, offset, length = HEADER.unpack_from(buffer, position)
-                start = position + HEADER.size
-                end = start + length
-                if not self._well_formed(kind, length):
-                    return
-                if size < end:
+        with memoryview(data) as view:
+            while True:
+                if frame is None:
+                    head = self._head
+                    if not head and size - position >= HEADER.size:
+                        frame = HEADER.unpack_from(data, position)
+                        position += HEADER.size
+                    else:
+                        take = min(HEADER.size - len(head), size - position)
+                        head += view[position : position + take]
+                        position += take
+                        if len(head) < HEADER.size:
+                            break
+                        frame = HEADER.unpack(head)
+                        head.clear()
+                    if not self._well_formed(frame[0], frame[4]):
+                        return
+                    self._frame = frame
+                kind, chunk_id, version, offset, length = frame
+                take = min(length - self._have, size - position)
+                if take:
+                    self._pieces.append(view[position : position + take])
+                    self._have += take
+                    position += take
+                if self._have < length:
                     break
+                pieces = self._pieces
+                payload = b"".join(pieces) if len(pieces) != 1 else bytes(pieces[0])
+                self._frame = frame = None
+                self._pieces = []
+                self._have = 0
                 if kind == DATA:
-                    with memoryview(buffer) as view:
-                        packet = bytes(view[start:end])
                     assert self._receiver is not None
-                    self._receiver.chunk_data(self, chunk_id, version, offset, packet)
+                    self._receiver.chunk_data(self, chunk_id, version, offset, payload)
                     delivered = True
                 elif kind == ACK:
                     key = (chunk_id, version)
                     acks[key] = max(offset, acks.get(key, 0))
                 else:
-                    address = bytes(buffer[start:end]).decode("utf-8", "replace")
+                    address = payload.decode("utf-8", "replace")
                     failures.append(((chunk_id, version), address))
-                position = end
                 if self.lost:
                     return
-        finally:
-            del buffer[:position]
         if delivered and self._receiver is not None:
             self._receiver.frames_done(self)
         if acks:
