@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.protocols import amp
 from twisted.test.iosim import connectedServerAndClient
 
@@ -11,7 +12,7 @@ from dfs.metaserver.registry import DataserverRegistry
 from dfs.metaserver.service import Metaserver, MetaserverSession
 from dfs.protocol.commands import Heartbeat, ListDataservers, Ping, RegisterDataserver
 from dfs.protocol.errors import InvalidArgument, PermissionDenied, UnknownDataserver
-from dfs.protocol.session import PeerSession
+from dfs.protocol.session import READ_SIZE, PeerSession
 from dfs.security.identity import Identity, Role
 
 META = Identity(Role.METASERVER, "meta1")
@@ -166,3 +167,23 @@ def test_a_box_beyond_the_size_limit_closes_the_connection():
     pump.flush()
     assert pump.serverIO.disconnecting
     assert metaserver.registry.records() == []
+
+
+class SocketBelow:
+    """The TCP transport under a TLS layer, as far as a session touches it."""
+
+    def __init__(self) -> None:
+        self.nodelay = False
+        self.bufferSize = 65536
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.nodelay = enabled
+
+
+def test_a_session_sets_nodelay_and_larger_reads_on_the_socket_under_tls():
+    socket = SocketBelow()
+    tls = StringTransport()
+    tls.transport = socket  # type: ignore[attr-defined]
+    PeerSession(META).makeConnection(tls)
+    assert socket.nodelay
+    assert socket.bufferSize == READ_SIZE > 65536
