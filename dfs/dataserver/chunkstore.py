@@ -983,9 +983,17 @@ class ChunkStore:
         try:
             data = _read_exact(fd, length, offset)
             end = offset + length
-            if read_ahead and end < stored.length and hasattr(os, "posix_fadvise"):
-                # A reader going through the replica in order asks for what follows
-                # next: have the kernel start reading it from disk now.
+            # A reader going through the replica in order asks for what follows next:
+            # have the kernel start reading it from disk now. Asked again each time
+            # a read crosses half of that distance (the kernel walks every page of the
+            # range at each asking, so not at every read).
+            step = read_ahead // 2
+            if (
+                read_ahead
+                and end < stored.length
+                and (offset == 0 or end // step != offset // step)
+                and hasattr(os, "posix_fadvise")
+            ):
                 os.posix_fadvise(fd, end, read_ahead, os.POSIX_FADV_WILLNEED)
         finally:
             os.close(fd)
