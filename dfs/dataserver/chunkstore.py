@@ -163,6 +163,7 @@ def decode_sidecar(raw: bytes, chunk_id: int, version: int) -> tuple[int, bytes]
 #: Direct I/O wants offsets, lengths and buffer addresses aligned; the page size covers
 #: every common logical block size.
 DIRECT_ALIGN = 4096
+assert CHECKSUM_BLOCK % DIRECT_ALIGN == 0, "truncate relies on blocks being aligned"
 #: Bytes a replica being written gathers in memory before they go to disk in one write.
 STAGE_SIZE = 1024 * 1024
 #: Threads that write full stages while the writers fill the next one (one write in
@@ -370,18 +371,19 @@ class ChunkWriter:
             data = bytes(data)  # google_crc32c takes bytes only
         if not data:
             return
-        view = memoryview(data)
-        while view:
-            fill = self._length - self._flushed
-            capacity = len(self._stage)
-            if fill == capacity:
-                self._flush()
-                fill = 0
-            take = min(capacity - fill, len(view))
-            self._stage[fill : fill + take] = view[:take]
-            self._length += take
-            self._add_crcs(data[len(data) - len(view) : len(data) - len(view) + take])
-            view = view[take:]
+        with memoryview(data) as view:
+            position = 0
+            while position < len(data):
+                fill = self._length - self._flushed
+                capacity = len(self._stage)
+                if fill == capacity:
+                    self._flush()  # a failed flush ends the replica: no CRC to keep right
+                    fill = 0
+                take = min(capacity - fill, len(data) - position)
+                self._stage[fill : fill + take] = view[position : position + take]
+                self._length += take
+                position += take
+        self._add_crcs(data)
 
     def _flush(self) -> None:
         """Send the full stage to disk in the background and go on with the spare
@@ -495,9 +497,10 @@ class ChunkWriter:
         full, rest = divmod(length, CHECKSUM_BLOCK)
         tail = self._bytes(full * CHECKSUM_BLOCK, rest) if rest else b""
         if length < self._flushed:
-            # The disk keeps the aligned part, the stage takes the rest back.
+            # The disk keeps the aligned part, the stage takes the rest back (the end
+            # of the partial block just read: blocks are multiples of DIRECT_ALIGN).
             base = length - length % DIRECT_ALIGN
-            kept = self._bytes(base, length - base)
+            kept = tail[len(tail) - (length - base) :]
             os.ftruncate(self._fd, base)
             self._stage[: len(kept)] = kept
             self._flushed = base
