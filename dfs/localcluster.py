@@ -164,7 +164,10 @@ class LocalCluster:
         lease_period: float = 60.0,
         reserved_space: int = 0,
         replication: dict[str, Any] | None = None,
+        metaserver_options: dict[str, Any] | None = None,
     ) -> LocalCluster:
+        """``metaserver_options`` are further metaserver_config.json keys (such as
+        ``raft_snapshot_entries``) for every metaserver."""
         directory = Path(directory).absolute()
         if (directory / DESCRIPTION).exists():
             raise LocalClusterError(f"{directory} already holds a cluster")
@@ -223,6 +226,7 @@ class LocalCluster:
                     "dataserver_dead_after": dataserver_dead_after,
                     "lease_period": lease_period,
                     "replication_config": str(shared / "replication_config.json"),
+                    **(metaserver_options or {}),
                 }
             else:
                 document = {
@@ -432,6 +436,7 @@ class LocalCluster:
             status = self.status(data)
             if status is None or not all(link["registered"] for link in status["metaservers"]):
                 return False
+        leaders = 0
         for meta in self.metaservers:
             status = self.status(meta)
             if status is None or not status.get("namespace_ready"):
@@ -439,7 +444,9 @@ class LocalCluster:
             alive = {d["name"] for d in status["dataservers"] if d["state"] == "alive"}
             if not expected <= alive:
                 return False
-        return True
+            leaders += bool((status.get("raft") or {}).get("serving"))
+        # Ready means a leader serves: the group has elected one and settled in.
+        return leaders == 1
 
     def last_error(self, node: Node) -> str:
         """The last line a node printed to stderr, or a pointer to its log."""

@@ -8,6 +8,7 @@ the file (or option), the key and what was expected.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, TypeVar
@@ -56,12 +57,26 @@ def apply_overrides(config: C, options: NodeOptions) -> C:
     return config
 
 
+class StartupError(Exception):
+    """The node's own data forbids starting (a damaged journal, say); one line."""
+
+
 def exit_on_config_error(program: str, build: Callable[[], C]) -> C:
-    """Run ``build``; on a ConfigError print one line and exit with status 78 (EX_CONFIG)."""
+    """Run ``build``; on a ConfigError print one line and exit with status 78
+    (EX_CONFIG), on a StartupError with status 70 (EX_SOFTWARE)."""
     try:
         return build()
     except ConfigError as error:
         _fail(program, str(error))
+    except StartupError as error:
+        _fail(program, str(error), status=70)
+
+
+def stop_at_once(program: str, message: str) -> NoReturn:
+    """End the process now, with one line on stderr and status 70: for a node that
+    must not send or acknowledge anything more (its journal can no longer be written)."""
+    print(f"{program}: error: {message}", file=sys.__stderr__, flush=True)
+    os._exit(70)
 
 
 def _fail(program: str, message: str, status: int = 78) -> NoReturn:

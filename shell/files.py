@@ -25,6 +25,7 @@ from twisted.internet.error import ConnectError, ConnectionClosed
 
 from dfs.client.blocking import BlockingClient, connect, run_eventually
 from dfs.client.client import Entry
+from dfs.client.connection import NoMetaserverReachable
 from dfs.config import ConfigError
 from dfs.protocol import errors
 from dfs_shell.errors import CommandError
@@ -42,7 +43,14 @@ PLAIN = (
 
 #: What a command may meet besides DFS errors: local files, and a cluster that stops
 #: answering or drops the connection half way.
-FAILURES = (errors.DFSError, OSError, ConnectionClosed, ConnectError, defer.TimeoutError)
+FAILURES = (
+    errors.DFSError,
+    OSError,
+    ConnectionClosed,
+    ConnectError,
+    defer.TimeoutError,
+    NoMetaserverReachable,
+)
 
 #: Seconds an interrupted put or get may take to remove its partial file.
 CANCEL_GRACE = 5.0
@@ -63,6 +71,9 @@ def reason(error: BaseException, path: str = "") -> str:
     """The words after ``dfs: CMD: PATH:``, without saying PATH twice."""
     if isinstance(error, PLAIN):
         return error.user_text
+    if isinstance(error, errors.NotLeader):
+        # What is left after the client library followed the leader for request_timeout.
+        return "No metaserver leader answered in time (is a leader being elected?)"
     if isinstance(error, errors.DFSError):
         detail = error.message
         if path and detail.startswith(f"{path}: "):

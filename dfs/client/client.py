@@ -22,10 +22,10 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from dfs.client.connection import ClientCredentials, DataserverPool, connect_metaserver
+from dfs.client.connection import ClientCredentials, DataserverPool
+from dfs.client.leader import MetaserverChannel
 from dfs.client.reader import ChunkInfo, FileReader
 from dfs.client.writer import FileWriter, request_id
 from dfs.config import ClientConfig
@@ -41,13 +41,10 @@ from dfs.protocol.commands import (
     SetReplication,
     Stat,
 )
-from dfs.protocol.errors import SafeMode
-from dfs.protocol.session import PeerSession
 
 #: Bytes handed to put/get progress callbacks at most this often.
 IO_SIZE = 4 * 1024 * 1024
 LIST_PAGE = 500
-SAFE_MODE_RETRY = 0.2
 CHUNK_PAGE = 400
 
 Progress = Callable[[int], None]
@@ -81,20 +78,29 @@ class DFSClient:
     """A connection to the cluster as the identity in the client's certificate."""
 
     def __init__(
-        self, reactor: Any, config: ClientConfig, credentials: ClientCredentials, meta: PeerSession
+        self,
+        reactor: Any,
+        config: ClientConfig,
+        credentials: ClientCredentials,
+        metaserver: MetaserverChannel,
     ) -> None:
         self._reactor = reactor
         self.config = config
         self.credentials = credentials
-        self._meta = meta
+        #: Every namespace request goes through it, to whichever metaserver leads.
+        self.metaserver = metaserver
         self.pool = DataserverPool(reactor, credentials, config.connect_timeout)
         self.client_id = f"{credentials.identity.name}/{uuid.uuid4().hex}"
 
     @classmethod
     async def connect(cls, reactor: Any, config: ClientConfig) -> DFSClient:
+        """A client with a session open to one of the config's metaservers (the
+        leader is found by the first request); NoMetaserverReachable at once if none
+        of them can be reached."""
         credentials = ClientCredentials.from_config(config)
-        meta = await connect_metaserver(reactor, config, credentials)
-        return cls(reactor, config, credentials, meta)
+        metaserver = MetaserverChannel.for_client(reactor, config, credentials)
+        await metaserver.connect()
+        return cls(reactor, config, credentials, metaserver)
 
     @property
     def user(self) -> str:
@@ -102,28 +108,12 @@ class DFSClient:
 
     def close(self) -> None:
         self.pool.close()
-        if self._meta.transport is not None:
-            self._meta.transport.loseConnection()
-
-    async def _call(self, command: Any, **arguments: Any) -> dict[str, Any]:
-        """One request to the metaserver. A metaserver still loading its namespace
-        answers SafeMode: the request is repeated (mutations carry a request id, so
-        at most once in effect) until it is served or ``request_timeout`` passes."""
-        deadline = self._reactor.seconds() + self.config.request_timeout
-        while True:
-            call = self._meta.callRemote(command, **arguments)
-            call.addTimeout(self.config.request_timeout, self._reactor)
-            try:
-                return await call
-            except SafeMode:
-                if self._reactor.seconds() + SAFE_MODE_RETRY > deadline:
-                    raise
-            await deferLater(self._reactor, SAFE_MODE_RETRY)
+        self.metaserver.close()
 
     # -- namespace --------------------------------------------------------------
 
     async def mkdir(self, path: str, *, parents: bool = False, mode: int = 0o777) -> None:
-        await self._call(
+        await self.metaserver.call(
             Mkdir,
             path=path,
             mode=mode & ~self.config.umask,
@@ -132,13 +122,13 @@ class DFSClient:
         )
 
     async def stat(self, path: str) -> Entry:
-        return Entry.from_answer(await self._call(Stat, path=path))
+        return Entry.from_answer(await self.metaserver.call(Stat, path=path))
 
     async def listdir(self, path: str) -> list[Entry]:
         entries: list[Entry] = []
         start_after = ""
         while True:
-            answer = await self._call(
+            answer = await self.metaserver.call(
                 ListDirectory, path=path, start_after=start_after, limit=LIST_PAGE
             )
             entries += [Entry.from_answer(entry) for entry in answer["entries"]]
@@ -147,21 +137,23 @@ class DFSClient:
             start_after = entries[-1].name
 
     async def delete(self, path: str, *, recursive: bool = False) -> None:
-        await self._call(Delete, path=path, recursive=recursive, request_id=request_id())
+        await self.metaserver.call(Delete, path=path, recursive=recursive, request_id=request_id())
 
     async def rename(self, source: str, destination: str) -> None:
-        await self._call(Rename, source=source, destination=destination, request_id=request_id())
+        await self.metaserver.call(
+            Rename, source=source, destination=destination, request_id=request_id()
+        )
 
     async def set_replication(self, path: str, replication: int) -> None:
-        await self._call(
+        await self.metaserver.call(
             SetReplication, path=path, replication=replication, request_id=request_id()
         )
 
     async def du(self, path: str) -> dict[str, int]:
-        return dict(await self._call(DiskUsage, path=path))
+        return dict(await self.metaserver.call(DiskUsage, path=path))
 
     async def df(self) -> dict[str, int]:
-        return dict(await self._call(ClusterSpace))
+        return dict(await self.metaserver.call(ClusterSpace))
 
     # -- files --------------------------------------------------------------------
 
@@ -174,7 +166,7 @@ class DFSClient:
         chunk_size: int = 0,
         mode: int = 0o666,
     ) -> FileWriter:
-        answer = await self._call(
+        answer = await self.metaserver.call(
             Create,
             path=path,
             mode=mode & ~self.config.umask,
@@ -186,13 +178,12 @@ class DFSClient:
         )
         return FileWriter(
             self._reactor,
-            self._meta,
+            self.metaserver,
             self.pool,
             path,
             self.client_id,
             answer["chunk_size"],
             answer["lease_period"],
-            self.config.request_timeout,
         )
 
     async def open(self, path: str) -> FileReader:
@@ -200,7 +191,7 @@ class DFSClient:
         offset = 0
         first = 0
         while True:
-            answer = await self._call(GetChunks, path=path, first=first, limit=CHUNK_PAGE)
+            answer = await self.metaserver.call(GetChunks, path=path, first=first, limit=CHUNK_PAGE)
             for chunk in answer["chunks"]:
                 chunks.append(
                     ChunkInfo(
@@ -217,7 +208,7 @@ class DFSClient:
                 break
         return FileReader(
             self._reactor,
-            self._meta,
+            self.metaserver,
             self.pool,
             path,
             answer["length"],

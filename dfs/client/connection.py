@@ -1,7 +1,10 @@
 """Connecting to DFS servers as a client: mutual TLS, name checked, one AMP session.
 
 ``connect_server`` dials one server; ``connect_metaserver`` tries the metaservers
-of a client config in order until one answers.
+of a client config in order until one answers, for tools that want one plain session
+(commands any metaserver answers, such as Ping or ListDataservers). Namespace requests
+go through :class:`dfs.client.leader.MetaserverChannel` instead, which follows the
+Raft leader.
 """
 
 from __future__ import annotations
@@ -132,7 +135,8 @@ class DataserverPool:
 async def connect_metaserver(
     reactor: Any, config: ClientConfig, credentials: ClientCredentials | None = None
 ) -> PeerSession:
-    """A session with the first configured metaserver that answers."""
+    """A session with the first configured metaserver that answers (leader or not:
+    namespace commands sent on it may answer NotLeader)."""
     credentials = credentials or ClientCredentials.from_config(config)
     failures = []
     for address in config.metaservers:

@@ -2,8 +2,8 @@
 every 64 KiB block checked against its CRC32C here, on the client.
 
 On a checksum mismatch, a timeout, a stale or missing replica or a dataserver that
-does not answer, the reader reports the replica to the metaserver and moves on to
-the next one; only when no replica of a chunk can be read does the read fail, with
+does not answer, the reader moves on to the next replica (reporting a bad one to the
+metaserver in the background); only when no replica of a chunk can be read does the read fail, with
 an error naming the chunk.
 """
 
@@ -18,6 +18,7 @@ import google_crc32c
 from twisted.internet.defer import CancelledError, Deferred
 
 from dfs.client.connection import DataserverPool
+from dfs.client.leader import MetaserverChannel
 from dfs.protocol.commands import ReadChunk, ReportBadReplica
 from dfs.protocol.errors import ChecksumMismatch, ChunkNotFound, DFSError, StaleChunk
 from dfs.protocol.session import PeerSession
@@ -54,14 +55,14 @@ class FileReader:
     def __init__(
         self,
         reactor: Any,
-        meta: PeerSession,
+        metaserver: MetaserverChannel,
         pool: DataserverPool,
         path: str,
         length: int,
         chunks: list[ChunkInfo],
     ) -> None:
         self._reactor = reactor
-        self._meta = meta
+        self._metaserver = metaserver
         self._pool = pool
         self.path = path
         self.length = length
@@ -131,17 +132,20 @@ class FileReader:
                 stream.close()
         return b"".join(pieces)
 
-    async def _report(self, chunk: ChunkInfo, address: str, reason: str) -> None:
-        try:
-            await self._meta.callRemote(
+    def _report(self, chunk: ChunkInfo, address: str, reason: str) -> None:
+        """Tell the metaserver a replica is bad, in the background: reporting is a
+        courtesy to it, and the read goes on meanwhile, even while no metaserver
+        answers."""
+        report = Deferred.fromCoroutine(
+            self._metaserver.call(
                 ReportBadReplica,
                 chunk_id=chunk.chunk_id,
                 version=chunk.version,
                 address=address,
                 reason=reason[:1000],
             )
-        except Exception:
-            pass  # reporting is a courtesy to the metaserver; the read goes on
+        )
+        report.addErrback(lambda _: None)
 
     def close(self) -> None:
         """Stop reading ahead. Dataserver sessions belong to the client and stay."""
@@ -216,7 +220,7 @@ class _ChunkStream:
             except (CancelledError, ChunkUnavailable):
                 raise  # the caller gave up, or no replica is left
             except Exception as error:
-                await self._fail(error)
+                self._fail(error)
 
     async def _next_answer(self) -> None:
         if self._session is None:
@@ -250,13 +254,13 @@ class _ChunkStream:
             self._pending.append((self._requested, size, call))
             self._requested += size
 
-    async def _fail(self, error: Exception) -> None:
+    def _fail(self, error: Exception) -> None:
         self.close()
         address = self._replicas.pop(0)
         reason = f"{type(error).__name__}: {error}"
         self._problems.append(f"{address}: {reason}")
         if isinstance(error, BAD_REPLICA):
-            await self._reader._report(self.chunk, address, reason)
+            self._reader._report(self.chunk, address, reason)
         if not self._replicas:
             raise self._unavailable()
         # Ask the next replica from the block that holds the next byte wanted.

@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dfs.client.connection import DATASERVER_TIMEOUT, DataserverPool
+from dfs.client.leader import MetaserverChannel
 from dfs.protocol.commands import (
     AbortChunkWrite,
     AddChunk,
@@ -233,21 +234,19 @@ class FileWriter:
     def __init__(
         self,
         reactor: Any,
-        meta: PeerSession,
+        metaserver: MetaserverChannel,
         pool: DataserverPool,
         path: str,
         client_id: str,
         chunk_size: int,
         lease_period: float,
-        request_timeout: float = 60.0,
     ) -> None:
         self._reactor = reactor
-        self._meta = meta
+        self._metaserver = metaserver
         self._pool = pool
         self.path = path
         self._client_id = client_id
         self.chunk_size = chunk_size
-        self._request_timeout = request_timeout
         self._lease_period = lease_period
         self._buffer = bytearray()
         self._chunk: ChunkPipeline | None = None
@@ -256,7 +255,9 @@ class FileWriter:
         self._finishing: Deferred[None] | None = None
         self._finishing_length = 0
         self.closed = False
-        self._lease = LoopingCall(lambda: Deferred.fromCoroutine(self._renew()))
+        #: the renewal in progress, cancelled when the writer stops
+        self._renewal: Deferred[None] | None = None
+        self._lease = LoopingCall(self._start_renewal)
         self._lease.clock = reactor
         self._lease.start(max(0.5, lease_period / 3), now=False)
 
@@ -281,9 +282,9 @@ class FileWriter:
         return call
 
     async def _ask_meta(self, command: Any, **arguments: Any) -> Any:
-        call = self._meta.callRemote(command, **arguments)
-        call.addTimeout(self._request_timeout, self._reactor)
-        return await call
+        # Through the channel, which follows the leader and repeats the request with
+        # the same request id.
+        return await self._metaserver.call(command, **arguments)
 
     async def bump_version(self, chunk_id: int) -> int:
         answer = await self._ask_meta(
@@ -389,6 +390,11 @@ class FileWriter:
     def _stop(self) -> None:
         if self._lease.running:
             self._lease.stop()
+        # A renewal still trying to reach a leader must not renew the lease of a file
+        # closed or given up meanwhile.
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None and not renewal.called:
+            renewal.cancel()
 
     def abandon(self) -> None:
         """Stop writing without closing: the lease expires and the metaserver closes
@@ -404,13 +410,22 @@ class FileWriter:
         if chunk is not None:
             chunk.abort()
 
+    def _start_renewal(self) -> Deferred[None]:
+        self._renewal = Deferred.fromCoroutine(self._renew())
+        return self._renewal
+
     async def _renew(self) -> None:
-        # A failed renewal is logged and the next one tried on time: one lost answer
-        # must not end the renewals while the lease may still be saved.
+        # A renewal goes on trying (across a change of leader) for up to a lease
+        # period: by then the lease is lost anyway, and the renewals never overlap (the
+        # next one waits for this one). A failed renewal is logged and the next one tried
+        # on time: one lost answer must not end the renewals while the lease may still
+        # be saved.
         try:
-            call = self._meta.callRemote(RenewLease, path=self.path, client_id=self._client_id)
-            call.addTimeout(max(0.5, self._lease_period / 3), self._reactor)
-            await call
+            await self._metaserver.call_within(
+                self._lease_period, RenewLease, path=self.path, client_id=self._client_id
+            )
+        except CancelledError:
+            pass  # the writer stopped
         except Exception as error:
             self.log.warn(
                 "lease renewal for {path} failed: {error}",

@@ -115,6 +115,9 @@ class FileService:
         return True
 
     def _check_ready(self) -> None:
+        # Only the leader, settled in its term and within its lease, answers from
+        # the namespace: a follower's copy may lag, so it sends the client on.
+        self._raft.check_serving()
         if not self.ready:
             raise SafeMode("the metaserver is still loading the namespace; retry shortly")
 
@@ -324,7 +327,7 @@ class FileService:
 
     async def recover_expired_leases(self) -> None:
         """Close files whose writer stopped renewing, at their committed length."""
-        if not self.ready:
+        if not (self._raft.serving and self.ready):
             return
         now = self._reactor.seconds()
         admin = ns.Caller(user="dfs", superuser=True)

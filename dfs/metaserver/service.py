@@ -29,10 +29,19 @@ from dfs.config import (
 )
 from dfs.httpstatus import status_site
 from dfs.metaserver.files import FileService
+from dfs.metaserver.journal import JournalCorrupt
 from dfs.metaserver.namespace import Namespace
 from dfs.metaserver.raft import NamespaceLog, RaftService, RaftSettings
 from dfs.metaserver.registry import DataserverRegistry, DataserverState, SpaceReport
-from dfs.node import add_all, check_name, http_listener, load_credentials, tls_listener
+from dfs.node import (
+    StartupError,
+    add_all,
+    check_name,
+    http_listener,
+    load_credentials,
+    stop_at_once,
+    tls_listener,
+)
 from dfs.protocol import commands
 from dfs.protocol.commands import Heartbeat, ListDataservers, RegisterDataserver
 from dfs.protocol.errors import InvalidArgument, PermissionDenied, UnknownDataserver
@@ -49,6 +58,7 @@ class Metaserver:
     clock: IReactorTime
     registry: DataserverRegistry
     files: FileService | None = None
+    raft: RaftService | None = None
     started_at: float = attrs.field(factory=time.time)
     log = Logger()
 
@@ -116,6 +126,7 @@ class Metaserver:
             "version": __version__,
             "uptime": max(0.0, time.time() - self.started_at),
             "namespace_ready": self.files is not None and self.files.ready,
+            "raft": self.raft.status() if self.raft is not None else None,
             "dataservers": self.dataservers(),
         }
 
@@ -329,6 +340,11 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         )
     raft_dir = config.data_dir / "raft"
     raft_dir.mkdir(mode=0o700, exist_ok=True)
+    if not config.raft_fsync:
+        Metaserver.log.warn(
+            "raft_fsync is off: a power loss can lose acknowledged namespace changes "
+            "(for measurements only)"
+        )
     namespace = NamespaceLog(Namespace(root_owner="dfs", root_group=security.superusergroup))
     raft = RaftService(
         reactor,
@@ -337,9 +353,18 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
             partners=tuple(str(partner) for partner in config.raft_partners),
             data_dir=raft_dir,
             password=password,
+            listen=str(config.advertise or config.listen),
+            fsync=config.raft_fsync,
+            compaction_entries=config.raft_snapshot_entries,
+            compaction_seconds=config.raft_snapshot_interval,
         ),
         namespace,
+        on_fatal=lambda message: stop_at_once("dfs-meta", message),
     )
+    try:
+        raft.open_journal()
+    except (JournalCorrupt, OSError) as error:
+        raise StartupError(f"cannot open the Raft journal: {error}") from None
     registry = DataserverRegistry(dead_after=config.dataserver_dead_after)
     metaserver = Metaserver(
         identity=identity,
@@ -349,6 +374,7 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         files=FileService(
             reactor, raft, namespace, registry, replication, lease_period=config.lease_period
         ),
+        raft=raft,
     )
     factory = Factory()
     factory.protocol = lambda: MetaserverSession(metaserver)

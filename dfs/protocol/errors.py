@@ -32,7 +32,10 @@ class NotLeader(DFSError):
 
     @property
     def leader(self) -> str | None:
-        return self.message or None
+        # An empty message crosses the wire as the user text (str() of the error).
+        if not self.message or self.message == self.user_text:
+            return None
+        return self.message
 
 
 class FileNotFound(DFSError):

@@ -9,6 +9,7 @@ one, and on every entry. Snapshots and retried request ids are mixed in.
 from __future__ import annotations
 
 import itertools
+import pickle
 from typing import Any
 
 import attrs
@@ -38,6 +39,7 @@ from dfs.metaserver.namespace import (
     Rename,
     RenewLease,
 )
+from dfs.metaserver.raft import NamespaceLog
 
 CHUNK_SIZE = 100
 NAMES = ["a", "b"]
@@ -110,6 +112,9 @@ class NamespaceMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.ns = Namespace()
+        # Other members of the group: they get every operation the way the Raft
+        # journal carries it (pickled) and must end up in the very same state.
+        self.replicas = [Namespace(), Namespace()]
         self.model: dict[str, ModelEntry] = {"/": ModelDir("dfs", "supergroup", 0o755)}
         self.now = 1.0
         self.next_chunk = 1
@@ -197,6 +202,8 @@ class NamespaceMachine(RuleBasedStateMachine):
 
     def apply(self, op: Operation, expected_error: str | None) -> Any:
         result = self.ns.apply(op)
+        for replica in self.replicas:
+            assert replica.apply(pickle.loads(pickle.dumps(op))) == result
         if op.request_id:
             self.last_request = (op, result)
         if expected_error is None:
@@ -577,6 +584,17 @@ class NamespaceMachine(RuleBasedStateMachine):
         again = self.ns.apply(attrs.evolve(op, now=self.now))
         assert again == first
         assert self.ns == before
+        for replica in self.replicas:
+            assert replica.apply(attrs.evolve(op, now=self.now)) == first
+
+    @rule(junk=st.one_of(st.none(), st.integers(), st.text(max_size=5), st.tuples(st.text())))
+    def junk_never_raises(self, junk: Any) -> None:
+        # A replicated method that raised would wedge the whole group: whatever
+        # reaches the log, every replica answers with an error value instead.
+        before = Namespace.restore(self.ns.snapshot())
+        log = NamespaceLog(self.ns)
+        assert isinstance(log.apply(junk, _doApply=True), Err)  # as PySyncObj applies it
+        assert self.ns == before
 
     # -- agreement -----------------------------------------------------------------------
 
@@ -591,6 +609,11 @@ class NamespaceMachine(RuleBasedStateMachine):
             assert stat.length == entry.length
             assert stat.under_construction == entry.holder
             assert stat.complete == (entry.holder is None)
+
+    @invariant()
+    def every_replica_holds_the_same_namespace(self) -> None:
+        for replica in self.replicas:
+            assert replica == self.ns
 
     @invariant()
     def namespace_agrees_with_model(self) -> None:
