@@ -342,6 +342,55 @@ class LocalCluster:
                 close_fds=True,
             )
 
+    # -- changing the metaserver group --------------------------------------
+
+    def raft_address(self, node: Node) -> str:
+        return str(json.loads(node.config_path.read_text())["raft_listen"])
+
+    def add_metaserver(self) -> Node:
+        """Configure (not start) a new metaserver that joins the group: the current
+        members are its raft_partners, and the dataservers and the client list it
+        from their next start. Make it a member (``dfs admin meta add``) first."""
+        template = json.loads(self.metaservers[0].config_path.read_text())
+        number = 1 + max(int(node.name.removeprefix("meta")) for node in self.metaservers)
+        name = f"meta{number}"
+        listen, http, raft = free_ports(3)
+        node = Node("meta", name, self.directory / name, listen, http)
+        node.directory.mkdir(mode=0o700)
+        ca = CertificateAuthority.load(self.directory / "ca")
+        issued = ca.issue(Role.METASERVER, name, [HOST, "localhost"], out_dir=node.directory)
+        document = {
+            **template,
+            "name": name,
+            "listen": node.address,
+            "http_listen": f"{HOST}:{http}",
+            "raft_listen": f"{HOST}:{raft}",
+            "raft_partners": [self.raft_address(member) for member in self.metaservers],
+            "tls": {
+                **template["tls"],
+                "certificate": issued.certificate_path.name,
+                "key": issued.key_path.name,
+            },
+        }
+        _write_json(node.config_path, document)
+        self.nodes.insert(len(self.metaservers), node)
+        self._metaservers_changed()
+        return node
+
+    def forget_metaserver(self, node: Node) -> None:
+        """Stop a metaserver removed from the group and drop it from this cluster."""
+        self.stop_node(node)
+        self.nodes.remove(node)
+        self._metaservers_changed()
+
+    def _metaservers_changed(self) -> None:
+        addresses = [node.address for node in self.metaservers]
+        for path in [self.client_config, *(node.config_path for node in self.dataservers)]:
+            document = json.loads(path.read_text())
+            document["metaservers"] = addresses
+            _write_json(path, document)
+        _write_json(self.directory / DESCRIPTION, self._describe())
+
     def start(self) -> list[Node]:
         """Start every node not running yet (metaservers first); return those started."""
         started = []

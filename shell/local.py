@@ -1,8 +1,9 @@
 """``dfs local up|status|down``: a whole cluster on this machine, for trying DFS out.
 
 ``up`` creates the folder on first use (CA, certificates, configs, free loopback
-ports), starts one metaserver and N dataservers as twistd processes, waits until
-every dataserver is registered and prints the client config's path.
+ports), starts one metaserver (or a Raft group of 3 or 5) and N dataservers as twistd
+processes, waits until a metaserver leads and every dataserver is registered, and
+prints the client config's path.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     up = commands.add_parser("up", help="create (first time) and start the local cluster")
     _dir_option(up)
+    up.add_argument(
+        "--metaservers",
+        type=int,
+        default=1,
+        choices=(1, 3, 5),
+        metavar="N",
+        help="metaservers when the cluster is created: 1, or a Raft group of 3 or 5 (default 1)",
+    )
     up.add_argument(
         "--dataservers",
         type=int,
@@ -81,7 +90,9 @@ def run_up(args: argparse.Namespace) -> int:
         if (directory / DESCRIPTION).exists():
             cluster = LocalCluster.open(directory)
         else:
-            cluster = LocalCluster.create(directory, dataservers=args.dataservers)
+            cluster = LocalCluster.create(
+                directory, metaservers=args.metaservers, dataservers=args.dataservers
+            )
         running = cluster.running()
         if len(running) == len(cluster.nodes):
             print(
@@ -102,10 +113,13 @@ def run_up(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     cluster = _open(args, "local status")
     metas = {}
+    roles = {}
     for meta in cluster.metaservers:
         document = cluster.status(meta)
         if document is not None:
             metas[meta.name] = {d["name"]: d for d in document["dataservers"]}
+            raft = document.get("raft") or {}
+            roles[meta.name] = f"running, {raft.get('role', 'unknown')}"
     print(f"cluster {cluster.directory}")
     print(f"client config {cluster.client_config}")
     print(f"{'NODE':<8} {'ROLE':<11} {'PID':>7}  {'ADDRESS':<21} STATE")
@@ -115,7 +129,7 @@ def run_status(args: argparse.Namespace) -> int:
         if pid is None:
             state = "stopped"
         elif node.kind == "meta":
-            state = "running" if node.name in metas else "running, not answering"
+            state = roles.get(node.name, "running, not answering")
         else:
             seen = [m.get(node.name, {}).get("state", "unregistered") for m in metas.values()]
             state = "running, " + (", ".join(seen) if seen else "no metaserver answers")

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from dfs import __version__
-from dfs_shell import ca, files, local
+from dfs_shell import admin, ca, files, local
 from dfs_shell.errors import CommandError
 
-COMMAND_GROUPS = (files, ca, local)
+COMMAND_GROUPS = (files, admin, ca, local)
 
 #: The status of a command whose standard output was closed by its reader: that of a
 #: process killed by SIGPIPE, as a shell reports it (128 + 13).

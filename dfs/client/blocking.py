@@ -189,6 +189,15 @@ class BlockingClient:
     def df(self) -> dict[str, int]:
         return self._run(self._client.df)
 
+    def metaserver_status(self) -> list[dict[str, Any]]:
+        return self._run(self._client.metaserver_status)
+
+    def add_metaserver(self, raft_address: str) -> None:
+        self._run(self._client.add_metaserver, raft_address)
+
+    def remove_metaserver(self, raft_address: str) -> None:
+        self._run(self._client.remove_metaserver, raft_address)
+
     def open(self, path: str, mode: str = "rb", **options: Any) -> io.RawIOBase:
         """``"rb"`` to read, ``"wb"`` to create (``"xb"`` to fail if it exists)."""
         if mode == "rb":

@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from dfs.metaserver import filelayer
 from dfs.metaserver.filelayer import FileLayer
 from dfs.metaserver.journal import DurableJournal, JournalCorrupt, JournalFailed
-from dfs.protocol.errors import NotLeader
+from dfs.protocol.errors import InvalidArgument, NotLeader
 
 T = TypeVar("T")
 
@@ -170,6 +170,24 @@ class DurableSyncObj(SyncObj):  # type: ignore[misc]
             return list(self._SyncObj__lastResponseTime.values())
         except RuntimeError:  # changed size while being read: ask again next time
             return []
+
+    def members(self) -> list[tuple[str, int]]:
+        """The other members (raft addresses) and, on the leader, how far each has
+        replicated the log (-1 elsewhere)."""
+        for _ in range(3):  # the Raft thread may change them while we read
+            try:
+                nodes = [str(node.address) for node in list(self._SyncObj__otherNodes)]
+                matched = {
+                    str(node.address): index
+                    for node, index in list(self._SyncObj__raftMatchIndex.items())
+                }
+                break
+            except RuntimeError:
+                continue
+        else:
+            return []
+        leading = self._isLeader()
+        return sorted((node, matched.get(node, -1) if leading else -1) for node in nodes)
 
     def halt(self) -> None:
         """Stop at once, as a crash would: nothing is synced; a snapshot being
@@ -534,6 +552,43 @@ class RaftService(Service):
     def ready(self) -> bool:
         return self._sync is not None and self._sync.isReady()
 
+    def change_membership(self, adding: bool, raft_address: str) -> Deferred[None]:
+        """Add or remove a member: fires once the change is committed. The group
+        changes one member at a time, and only on the leader."""
+        result: Deferred[None] = Deferred()
+        sync = self._sync
+        if sync is None or not self.serving:
+            result.errback(NotLeader(self.leader_hint()))
+            return result
+        if not adding and raft_address == self._settings.self_address:
+            # The leader cannot remove itself: hand over first; the caller asks again.
+            sync.transferLeadership()
+            result.errback(NotLeader(""))
+            return result
+
+        def done(_value: Any, error: int) -> None:  # runs in the Raft thread
+            self._reactor.callFromThread(finish, error)
+
+        def finish(error: int) -> None:
+            if error == FAIL_REASON.SUCCESS:
+                result.callback(None)
+            elif error == FAIL_REASON.REQUEST_DENIED:
+                what = "already a member" if adding else "not a member"
+                result.errback(
+                    InvalidArgument(
+                        f"{raft_address}: refused: {what}, or another change of the group "
+                        "is not committed yet"
+                    )
+                )
+            else:
+                result.errback(NotLeader(self.leader_hint()))
+
+        if adding:
+            sync.addNodeToCluster(raft_address, callback=done)
+        else:
+            sync.removeNodeFromCluster(raft_address, callback=done)
+        return result
+
     def status(self) -> dict[str, Any]:
         """This node's view of the group, for /api/v1/status and ``dfs admin meta``."""
         sync = self._sync
@@ -555,4 +610,6 @@ class RaftService(Service):
                 lambda state: getattr(state, "entry_count", None)
             ),
             "journal_syncs": self.journal.syncs if self.journal is not None else 0,
+            "raft": self._settings.self_address,
+            "members": [{"raft": raft, "match_index": match} for raft, match in sync.members()],
         }

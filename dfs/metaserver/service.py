@@ -131,6 +131,13 @@ class Metaserver:
         }
 
 
+def _raft_address(raft: str) -> str:
+    try:
+        return str(Address.parse(raft))
+    except ValueError as error:
+        raise InvalidArgument(f"raft address {raft!r}: {error}") from None
+
+
 def _check_space(space: SpaceReport) -> None:
     for field in attrs.fields(SpaceReport):
         if getattr(space, field.name) < 0:
@@ -168,6 +175,44 @@ class MetaserverSession(PeerSession):
     @ListDataservers.responder
     def list_dataservers(self) -> dict[str, Any]:
         return {"dataservers": self.metaserver.dataservers()}
+
+    # -- the metaserver group ----------------------------------------------------------
+
+    @property
+    def raft(self) -> RaftService:
+        assert self.metaserver.raft is not None
+        return self.metaserver.raft
+
+    @commands.MetaserverStatus.responder
+    def metaserver_status(self) -> dict[str, Any]:
+        status = self.raft.status()
+        return {
+            "name": self.metaserver.identity.name,
+            "raft": str(self.metaserver.config.raft_listen),
+            "role": status["role"],
+            "serving": status.get("serving", False),
+            "leader": status.get("leader", ""),
+            "term": status.get("term", 0),
+            "commit_index": status.get("commit_index", 0),
+            "last_applied": status.get("last_applied", 0),
+            "members": status.get("members", []),
+        }
+
+    @commands.AddMetaserver.responder
+    async def add_metaserver(self, raft: str) -> dict:
+        await self.raft.change_membership(True, _raft_address(raft))
+        self.metaserver.log.info(
+            "{admin} added metaserver {raft} to the group", admin=str(self.caller), raft=raft
+        )
+        return {}
+
+    @commands.RemoveMetaserver.responder
+    async def remove_metaserver(self, raft: str) -> dict:
+        await self.raft.change_membership(False, _raft_address(raft))
+        self.metaserver.log.info(
+            "{admin} removed metaserver {raft} from the group", admin=str(self.caller), raft=raft
+        )
+        return {}
 
     # -- the namespace ---------------------------------------------------------------
 

@@ -123,6 +123,54 @@ class ListDataservers(DFSCommand):
     allowed_roles = frozenset({Role.ADMIN, Role.CLIENT, Role.METASERVER})
 
 
+# -- the metaserver group: admins ask any metaserver --------------------------------
+
+MEMBER: list = [
+    (b"raft", amp.Unicode()),  # the member's raft_listen address
+    (b"match_index", amp.Integer()),  # as the leader knows it; -1 elsewhere
+]
+
+
+class MetaserverStatus(DFSCommand):
+    """This metaserver's view of its Raft group."""
+
+    commandName = b"MetaserverStatus"
+    arguments: ClassVar[list] = []
+    response: ClassVar[list] = [
+        (b"name", amp.Unicode()),
+        (b"raft", amp.Unicode()),
+        (b"role", amp.Unicode()),  # leader, follower, candidate or stopped
+        (b"serving", amp.Boolean()),
+        (b"leader", amp.Unicode()),  # the leader's client address, "" when unknown
+        (b"term", amp.Integer()),
+        (b"commit_index", amp.Integer()),
+        (b"last_applied", amp.Integer()),
+        (b"members", amp.AmpList(MEMBER)),  # the others in the group, as this one sees it
+    ]
+    allowed_roles = frozenset({Role.ADMIN})
+
+
+class AddMetaserver(DFSCommand):
+    """Add a metaserver (its raft_listen address) to the group; start it afterwards
+    with the current members as its raft_partners. Only the leader changes the group,
+    one change at a time."""
+
+    commandName = b"AddMetaserver"
+    arguments: ClassVar[list] = [(b"raft", amp.Unicode())]
+    response: ClassVar[list] = []
+    allowed_roles = frozenset({Role.ADMIN})
+
+
+class RemoveMetaserver(DFSCommand):
+    """Remove a metaserver from the group. Removing the leader hands leadership to
+    another member first (answered NOT_LEADER: ask again)."""
+
+    commandName = b"RemoveMetaserver"
+    arguments: ClassVar[list] = [(b"raft", amp.Unicode())]
+    response: ClassVar[list] = []
+    allowed_roles = frozenset({Role.ADMIN})
+
+
 # -- the namespace: people ask a metaserver ------------------------------------
 
 ENTRY: list = [

@@ -52,7 +52,7 @@ def test_up_status_up_again_down(folder, tmp_path):
     status = dfs("local", "status", "--dir", str(folder))
     assert status.returncode == 0, status.stdout + status.stderr
     lines = {line.split()[0]: line for line in status.stdout.splitlines()[3:]}
-    assert "running" in lines["meta1"]
+    assert lines["meta1"].endswith("running, leader")
     assert lines["ds1"].endswith("running, alive") and lines["ds2"].endswith("running, alive")
 
     again = dfs("local", "up", "--dir", str(folder))
@@ -104,3 +104,20 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_up_with_a_group_of_three_metaservers(folder, tmp_path):
+    up = dfs("local", "up", "--dir", str(folder), "--metaservers", "3", "--dataservers", "1")
+    assert up.returncode == 0, up.stderr
+    config = load_client_config(up.stdout.strip())
+    assert len(config.metaservers) == 3
+    status = dfs("local", "status", "--dir", str(folder))
+    roles = sorted(line.split(", ")[-1] for line in status.stdout.splitlines() if "meta" in line)
+    assert roles == ["follower", "follower", "leader"], status.stdout
+    (tmp_path / "a.txt").write_text("group\n")
+    put = dfs("-c", up.stdout.strip(), "put", str(tmp_path / "a.txt"), "/a.txt")
+    assert (put.returncode, put.stderr) == (0, "")
+
+    wrong = dfs("local", "up", "--dir", str(tmp_path / "other"), "--metaservers", "2")
+    assert wrong.returncode == 2
+    assert "invalid choice: 2" in wrong.stderr
