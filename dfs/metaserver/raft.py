@@ -230,6 +230,11 @@ class DurableSyncObj(SyncObj):  # type: ignore[misc]
             serialized = message.get("serialized")
             if serialized is None or not serialized[2]:
                 message = {**message, "commit_index": 0}
+            elif serialized[2]:
+                # The last piece of the leader's snapshot: it is about to replace ours.
+                # A snapshot of our own still being written is older; left to finish,
+                # it would be renamed over the leader's, behind the journal's new start.
+                self.end_snapshot(wait=0.0)
         SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     # -- loading a snapshot ------------------------------------------------------------
@@ -254,6 +259,13 @@ class DurableSyncObj(SyncObj):  # type: ignore[misc]
                 consumer._deserialize(consumer_data)
         journal = self._SyncObj__raftLog
         before, last = tuple(data[2]), tuple(data[1])
+        if not clearJournal and len(journal) and journal[0][1] > before[1]:
+            # Entries between the snapshot and the journal's start are nowhere: going
+            # on would silently drop them from this node.
+            raise SnapshotUnreadable(
+                f"{path} ends at entry {last[1]} but the journal starts at entry "
+                f"{journal[0][1]}: entries in between are missing"
+            )
         position = None if clearJournal else _position(journal, before, last)
         if position is None:
             journal.clear()

@@ -68,6 +68,52 @@ class Workload:
         await gatherResults(self.done)
 
 
+@attrs.define
+class ReadChecker:
+    """One client adds /seq/0, /seq/1, ... one at a time; another lists /seq again and
+    again. Every listing must hold everything acknowledged before it was asked for,
+    and never fewer entries than the listing before: reads do not go back in time,
+    whichever metaserver leads."""
+
+    writer: DFSClient
+    reader: DFSClient
+    acknowledged: int = 0
+    reads: int = 0
+    running: bool = True
+    problems: list[str] = attrs.field(factory=list)
+    done: list[Deferred] = attrs.field(factory=list)
+
+    async def start(self) -> None:
+        await self.writer.mkdir("/seq")
+        self.done = [
+            Deferred.fromCoroutine(self.write()),
+            Deferred.fromCoroutine(self.read()),
+        ]
+
+    async def write(self) -> None:
+        while self.running:
+            await self.writer.mkdir(f"/seq/{self.acknowledged}")
+            self.acknowledged += 1
+
+    async def read(self) -> None:
+        seen = 0
+        while self.running:
+            before = self.acknowledged
+            count = len(await self.reader.listdir("/seq"))
+            self.reads += 1
+            if count < before:
+                self.problems.append(f"listed {count} after {before} were acknowledged")
+            if count < seen:
+                self.problems.append(f"listed {count} after listing {seen}")
+            seen = max(seen, count)
+
+    async def stop(self) -> None:
+        self.running = False
+        await gatherResults(self.done)
+        assert self.reads > 10 and self.acknowledged > 10
+        assert not self.problems, self.problems[:5]
+
+
 async def wait_for_leader(cluster: LocalCluster, timeout: float = 30.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -100,12 +146,17 @@ async def check_namespace(cluster: LocalCluster, ledger: Ledger) -> set[str]:
 async def test_killing_every_metaserver_at_random_moments_loses_nothing(make_cluster):
     cluster = make_cluster(
         metaservers=3,
-        dataservers=0,
+        dataservers=3,
         # Compaction every 50 entries: kills land before, during and after snapshots.
         metaserver_options={"raft_snapshot_entries": 50},
     )
     rng = random.Random(2026)
-    ledger = Ledger()
+    files = {f"/file-{index}": os.urandom(300_000 + index) for index in range(4)}
+    writer = await connect(cluster)
+    for path, data in files.items():
+        await writer.write_file(path, data)
+    writer.close()
+    ledger = Ledger(acked=set(files))
     workload = Workload([await connect(cluster) for _ in range(3)], ledger)
     workload.start()
     try:
@@ -116,14 +167,24 @@ async def test_killing_every_metaserver_at_random_moments_loses_nothing(make_clu
             for meta in cluster.metaservers:
                 cluster.start_node(meta)
             await wait_for_leader(cluster)
+        # The group serves again after the last round: the writers go on.
         acked_before_end = len(ledger.acked)
-        await sleep(1.0)  # the group serves again after the last round
-        assert len(ledger.acked) > acked_before_end
+        deadline = time.monotonic() + 30
+        while len(ledger.acked) <= acked_before_end + 10:
+            assert time.monotonic() < deadline, "the writers did not go on after the last round"
+            await sleep(0.05)
     finally:
         await workload.stop()
         for client in workload.clients:
             client.close()
     present = await check_namespace(cluster, ledger)
+    # The dataservers found the restarted metaservers again: every file reads back.
+    reader = await connect(cluster)
+    try:
+        for path, data in files.items():
+            assert await reader.read_file(path) == data, path
+    finally:
+        reader.close()
     print(
         f"{KILL_ALL_ROUNDS} rounds of kill -9 of every metaserver: {len(ledger.acked)} "
         f"acknowledged mkdirs all present ({len(present)} directories, "
@@ -156,11 +217,17 @@ async def converged(cluster: LocalCluster, timeout: float = 30.0) -> dict[str, d
         await sleep(0.05)
 
 
-def leader_of(cluster: LocalCluster):
-    for meta in cluster.metaservers:
-        if raft_status(cluster)[meta.name].get("serving"):
-            return meta
-    raise AssertionError("no leader")
+async def leader_of(cluster: LocalCluster, timeout: float = 15.0):
+    """The metaserver that serves, waiting for one (an election, a lease renewed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = raft_status(cluster)
+        for meta in cluster.metaservers:
+            if states[meta.name].get("serving"):
+                return meta
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no leader after {timeout}s: {states}")
+        await sleep(0.05)
 
 
 @pytest_twisted.ensureDeferred
@@ -172,11 +239,14 @@ async def test_a_killed_leader_is_replaced_within_seconds_and_nothing_acknowledg
     workload = Workload([await connect(cluster) for _ in range(3)], ledger)
     prober = await connect(cluster)
     workload.start()
+    checker = ReadChecker(await connect(cluster), await connect(cluster))
+    await checker.start()
+    ledger.acked.add("/seq")
     failovers = []
     try:
         for kill in range(3):
             await sleep(0.5)
-            leader = leader_of(cluster)
+            leader = await leader_of(cluster)
             await prober.mkdir(f"/probe-warm-{kill}")
             ledger.acked.add(f"/probe-warm-{kill}")
             cluster.kill_node(leader)
@@ -184,12 +254,13 @@ async def test_a_killed_leader_is_replaced_within_seconds_and_nothing_acknowledg
             await prober.mkdir(f"/probe-{kill}")
             failovers.append(time.monotonic() - killed)
             ledger.acked.add(f"/probe-{kill}")
-            assert leader_of(cluster) is not leader
+            assert await leader_of(cluster) is not leader
             cluster.start_node(leader)  # it comes back as a follower and catches up
             await converged(cluster)
     finally:
         await workload.stop()
-        for client in workload.clients:
+        await checker.stop()
+        for client in [*workload.clients, checker.writer, checker.reader]:
             client.close()
         prober.close()
     print("seconds from kill -9 of the leader to a write accepted:", failovers)
@@ -206,11 +277,12 @@ async def test_a_follower_catches_up_from_the_log_and_from_a_snapshot(make_clust
     client = await connect(cluster)
     try:
         for writes in (10, 400):  # a few entries: from the log; many: past the snapshot
-            follower = next(m for m in cluster.metaservers if m is not leader_of(cluster))
+            current = await leader_of(cluster)
+            follower = next(m for m in cluster.metaservers if m is not current)
             cluster.kill_node(follower)
             for index in range(writes):
                 await client.mkdir(f"/{follower.name}-{writes}-{index}")
-            leader = leader_of(cluster)
+            leader = await leader_of(cluster)
             if writes > 50:
                 # The leader no longer has the entries the follower missed: only its
                 # snapshot can bring the follower up to date.
@@ -230,18 +302,22 @@ async def test_a_paused_leader_comes_back_as_a_follower_and_nothing_diverges(mak
     ledger = Ledger()
     workload = Workload([await connect(cluster) for _ in range(3)], ledger)
     workload.start()
+    checker = ReadChecker(await connect(cluster), await connect(cluster))
+    await checker.start()
+    ledger.acked.add("/seq")
     try:
         await sleep(0.5)
-        paused = leader_of(cluster)
+        paused = await leader_of(cluster)
         cluster.signal_node(paused, signal.SIGSTOP)
         # Longer than any election timeout: the others elect a leader and go on.
         await sleep(3.0)
-        assert leader_of(cluster) is not paused
+        assert await leader_of(cluster) is not paused
         cluster.signal_node(paused, signal.SIGCONT)
         await sleep(2.0)
     finally:
         await workload.stop()
-        for client in workload.clients:
+        await checker.stop()
+        for client in [*workload.clients, checker.writer, checker.reader]:
             client.close()
     states = await converged(cluster)
     assert sum(1 for state in states.values() if state.get("role") == "leader") == 1

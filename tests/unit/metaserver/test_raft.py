@@ -119,3 +119,12 @@ def test_an_unreadable_snapshot_stops_the_node(follower, tmp_path):
     (tmp_path / "raft.dump").write_bytes(b"not a snapshot")
     with pytest.raises(SnapshotUnreadable, match=r"raft\.dump"):
         sync._SyncObj__loadDumpFile(clearJournal=False)
+
+
+def test_a_snapshot_older_than_the_journal_start_stops_the_node(follower, tmp_path):
+    sync, _, journal = follower
+    journal.deleteEntriesTo(3)  # the journal now starts at entry 4
+    write_snapshot(tmp_path / "raft.dump", (b"\x00", 1, 1), (b"\x00", 2, 1), Namespace())
+    with pytest.raises(SnapshotUnreadable, match="entries in between are missing"):
+        sync._SyncObj__loadDumpFile(clearJournal=False)
+    assert [entry[1] for entry in journal] == [4, 5, 6]  # nothing dropped
