@@ -34,6 +34,7 @@ import attrs
 import pysyncobj.syncobj
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.monotonic import monotonic
+from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.transport import TCPTransport
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -417,6 +418,7 @@ class RaftService(Service):
             self.open_journal(),
         )
         self._stopping.clear()
+        self._halting = False
         self._thread = threading.Thread(
             target=self._tick_loop, args=(self._sync,), name="raft", daemon=True
         )
@@ -506,8 +508,6 @@ class RaftService(Service):
             self._lease_until = answers[needed - 1] + self._settings.lease
 
     def _state_changed(self, old: int, new: int) -> None:  # runs in the Raft thread
-        from pysyncobj.syncobj import _RAFT_STATE
-
         if new == _RAFT_STATE.LEADER and self._settings.listen:
             # Tell the group where clients reach the new leader.
             self.namespace.apply(MemberAddress(self._settings.self_address, self._settings.listen))
@@ -608,7 +608,11 @@ class RaftService(Service):
             return {"role": "stopped"}
         # Single reads of plain values: safe from the reactor thread, unlike
         # SyncObj.getStatus, which walks dictionaries the Raft thread changes.
-        roles = {0: "follower", 1: "candidate", 2: "leader"}
+        roles = {
+            _RAFT_STATE.FOLLOWER: "follower",
+            _RAFT_STATE.CANDIDATE: "candidate",
+            _RAFT_STATE.LEADER: "leader",
+        }
         state = sync._SyncObj__raftState
         return {
             "role": roles.get(state, str(state)),

@@ -3,6 +3,8 @@ tests/conftest.py, shared with the stress tests)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,3 +58,19 @@ def log_has(path: Path, *fragments: str) -> bool:
 @pytest.fixture
 def log_contains() -> Callable[..., bool]:
     return log_has
+
+
+def run_dfs(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """The dfs command as a user runs it, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "dfs_shell.main", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def dfs() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return run_dfs

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from dfs.config import load_client_config
 from dfs.localcluster import LocalCluster
-
-
-def dfs(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dfs_shell.main", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture
@@ -32,7 +19,7 @@ def folder(tmp_path):
         pass
 
 
-def test_up_status_up_again_down(folder, tmp_path):
+def test_up_status_up_again_down(folder, tmp_path, dfs):
     up = dfs("local", "up", "--dir", str(folder), "--dataservers", "2")
     assert up.returncode == 0, up.stderr
     client_config = up.stdout.strip()
@@ -73,7 +60,7 @@ def test_up_status_up_again_down(folder, tmp_path):
     assert stopped.stdout.count("stopped") == 3
 
 
-def test_up_again_after_down_restarts_the_same_cluster(folder):
+def test_up_again_after_down_restarts_the_same_cluster(folder, dfs):
     assert dfs("local", "up", "--dir", str(folder), "--dataservers", "1").returncode == 0
     assert dfs("local", "down", "--dir", str(folder)).returncode == 0
     again = dfs("local", "up", "--dir", str(folder))
@@ -81,7 +68,7 @@ def test_up_again_after_down_restarts_the_same_cluster(folder):
     assert set(LocalCluster.open(folder).running()) == {"meta1", "ds1"}
 
 
-def test_status_and_down_of_a_folder_without_a_cluster_say_so(tmp_path):
+def test_status_and_down_of_a_folder_without_a_cluster_say_so(tmp_path, dfs):
     for command in ("status", "down"):
         result = dfs("local", command, "--dir", str(tmp_path / "nothing"))
         assert result.returncode == 1
@@ -91,7 +78,7 @@ def test_status_and_down_of_a_folder_without_a_cluster_say_so(tmp_path):
         )
 
 
-def test_bad_dataserver_count_is_refused(tmp_path):
+def test_bad_dataserver_count_is_refused(tmp_path, dfs):
     result = dfs("local", "up", "--dir", str(tmp_path / "x"), "--dataservers", "0")
     assert result.returncode == 1
     assert "--dataservers must be at least 1" in result.stderr
@@ -106,7 +93,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_up_with_a_group_of_three_metaservers(folder, tmp_path):
+def test_up_with_a_group_of_three_metaservers(folder, tmp_path, dfs):
     up = dfs("local", "up", "--dir", str(folder), "--metaservers", "3", "--dataservers", "1")
     assert up.returncode == 0, up.stderr
     config = load_client_config(up.stdout.strip())

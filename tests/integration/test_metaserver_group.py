@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-def dfs(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dfs_shell.main", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def rows(status: subprocess.CompletedProcess[str]) -> dict[str, list[str]]:
@@ -38,7 +27,7 @@ def wait_for(check, timeout: float, what: str):
         time.sleep(0.1)
 
 
-def test_replacing_a_dead_metaserver_with_admin_meta_remove_and_add(make_cluster, tmp_path):
+def test_replacing_a_dead_metaserver_with_admin_meta_remove_and_add(make_cluster, tmp_path, dfs):
     cluster = make_cluster(metaservers=3, dataservers=1)
     config = str(cluster.client_config)
 
@@ -87,7 +76,7 @@ def test_replacing_a_dead_metaserver_with_admin_meta_remove_and_add(make_cluster
     assert (cat.returncode, cat.stdout) == (0, "still here\n"), cat.stderr
 
 
-def test_admin_meta_refuses_bad_requests_with_one_line(make_cluster):
+def test_admin_meta_refuses_bad_requests_with_one_line(make_cluster, dfs):
     cluster = make_cluster(metaservers=3, dataservers=0)
     config = str(cluster.client_config)
     member = cluster.raft_address(cluster.metaservers[1])
