@@ -85,6 +85,11 @@ class NamespaceLog(SyncObjConsumer):  # type: ignore[misc]
         with self._lock:
             return query(self.state)
 
+    def address_of(self, raft: str) -> str:
+        """The client address of the member at ``raft``, "" if it never led."""
+        with self._lock:
+            return self.addresses.get(raft, "")
+
 
 class SnapshotUnreadable(Exception):
     """The snapshot on disk cannot be loaded: starting without it would diverge."""
@@ -548,7 +553,7 @@ class RaftService(Service):
             return ""
         if leader == self._settings.self_address:
             return self._settings.listen
-        return self.namespace.read(lambda _state: self.namespace.addresses.get(leader, ""))
+        return self.namespace.address_of(leader)
 
     @property
     def serving(self) -> bool:

@@ -8,6 +8,7 @@ import pickle
 import pytest
 from pysyncobj import SyncObjConf
 from pysyncobj.node import TCPNode
+from pysyncobj.transport import TCPTransport
 
 from dfs.localcluster import free_ports
 from dfs.metaserver.journal import DurableJournal
@@ -61,33 +62,28 @@ def test_entries_checked_against_the_leader_are_committed(follower):
     assert sync.raftCommitIndex == 7
 
 
-def test_the_answer_waits_until_the_new_entries_are_synced(follower):
+def test_the_answer_waits_until_the_new_entries_are_synced(follower, monkeypatch):
     sync, leader, journal = follower
-    transport = sync._transport
-    assert isinstance(transport, DurableTransport)
+    assert isinstance(sync._transport, DurableTransport)
     sent = []
-    transport._connections = {}  # nothing really goes out in this test
-    original = DurableTransport.__mro__[1].send
-    DurableTransport.__mro__[1].send = lambda self, node, message: sent.append(message) or True
-    try:
-        message = {
-            "type": "append_entries",
-            "term": 2,
-            "commit_index": 6,
-            "prevLogIdx": 6,
-            "prevLogTerm": 1,
-            "entries": [(b"\x00", 7, 2)],
-        }
-        sync._SyncObj__onMessageReceived(leader, message)
-        assert journal.dirty
-        assert sent == []  # the acknowledgement is held
-        syncs = journal.syncs
-        sync.release()
-        assert journal.syncs == syncs + 1
-        assert [m["type"] for m in sent] == ["next_node_idx"]
-        assert sent[0]["next_node_idx"] == 8
-    finally:
-        DurableTransport.__mro__[1].send = original
+    # What the transport really sends, without sockets.
+    monkeypatch.setattr(TCPTransport, "send", lambda self, node, message: sent.append(message))
+    message = {
+        "type": "append_entries",
+        "term": 2,
+        "commit_index": 6,
+        "prevLogIdx": 6,
+        "prevLogTerm": 1,
+        "entries": [(b"\x00", 7, 2)],
+    }
+    sync._SyncObj__onMessageReceived(leader, message)
+    assert journal.dirty
+    assert sent == []  # the acknowledgement is held
+    syncs = journal.syncs
+    sync.release()
+    assert journal.syncs == syncs + 1
+    assert [m["type"] for m in sent] == ["next_node_idx"]
+    assert sent[0]["next_node_idx"] == 8
 
 
 def write_snapshot(path, before, last, state):
