@@ -165,9 +165,11 @@ class LocalCluster:
         reserved_space: int = 0,
         replication: dict[str, Any] | None = None,
         metaserver_options: dict[str, Any] | None = None,
+        dataserver_options: dict[str, Any] | None = None,
     ) -> LocalCluster:
         """``metaserver_options`` are further metaserver_config.json keys (such as
-        ``raft_snapshot_entries``) for every metaserver."""
+        ``raft_snapshot_entries``) for every metaserver, ``dataserver_options`` the
+        same for every dataserver (such as ``scrub_bandwidth``)."""
         directory = Path(directory).absolute()
         if (directory / DESCRIPTION).exists():
             raise LocalClusterError(f"{directory} already holds a cluster")
@@ -234,6 +236,7 @@ class LocalCluster:
                     "metaservers": meta_addresses,
                     "heartbeat_interval": heartbeat_interval,
                     "reserved_space": reserved_space,
+                    **(dataserver_options or {}),
                 }
             _write_json(node.config_path, document)
 
@@ -375,6 +378,34 @@ class LocalCluster:
         _write_json(node.config_path, document)
         self.nodes.insert(len(self.metaservers), node)
         self._metaservers_changed()
+        return node
+
+    def add_dataserver(self, **options: Any) -> Node:
+        """Configure (not start) one more dataserver like the first, with a
+        certificate of its own; ``options`` override its dataserver_config.json keys."""
+        template = json.loads(self.dataservers[0].config_path.read_text())
+        number = 1 + max(int(node.name.removeprefix("ds")) for node in self.dataservers)
+        name = f"ds{number}"
+        listen, http = free_ports(2)
+        node = Node("data", name, self.directory / name, listen, http)
+        node.directory.mkdir(mode=0o700)
+        ca = CertificateAuthority.load(self.directory / "ca")
+        issued = ca.issue(Role.DATASERVER, name, [HOST, "localhost"], out_dir=node.directory)
+        document = {
+            **template,
+            "name": name,
+            "listen": node.address,
+            "http_listen": f"{HOST}:{http}",
+            "tls": {
+                **template["tls"],
+                "certificate": issued.certificate_path.name,
+                "key": issued.key_path.name,
+            },
+            **options,
+        }
+        _write_json(node.config_path, document)
+        self.nodes.append(node)
+        _write_json(self.directory / DESCRIPTION, self._describe())
         return node
 
     def forget_metaserver(self, node: Node) -> None:

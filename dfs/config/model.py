@@ -157,6 +157,8 @@ class DataserverConfig(ConfigFile):
     reserved_space: int = setting(Number(integer=True, ge=0), default=1073741824)
     capacity: int | None = setting(Nullable(Number(integer=True, gt=0)), default=None)
     direct_io: bool = setting(Flag(), default=True)
+    scrub_bandwidth: int = setting(Number(integer=True, ge=0), default=4194304)
+    scrub_interval: float = setting(Number(gt=0), default=604800.0)
     tls: TLSFiles = setting(TLS, default=_tls("ds1"))
     security_config: Path = setting(PATH, default="security_config.json")
 
@@ -196,6 +198,11 @@ class ReplicationConfig(ConfigFile):
     balancer_threshold: float = setting(Number(gt=0, lt=100), default=10.0)
     safemode_threshold: float = setting(Number(ge=0, le=1), default=0.999)
     orphan_grace: float = setting(Number(ge=0), default=3600.0)
+    safemode_min_dataservers: int = setting(Number(integer=True, ge=0), default=0)
+    safemode_extension: float = setting(Number(ge=0, le=3600), default=0.0)
+    replication_interval: float = setting(Number(gt=0, le=3600), default=1.0)
+    balancer_bandwidth: int = setting(Number(integer=True, ge=0), default=104857600)
+    balancer_continuous: bool = setting(Flag(), default=False)
 
     def __attrs_post_init__(self) -> None:
         if self.min_replication > self.default_replication:

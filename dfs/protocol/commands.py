@@ -171,6 +171,122 @@ class RemoveMetaserver(DFSCommand):
     allowed_roles = frozenset({Role.ADMIN})
 
 
+# -- cluster health and management: admins ask the leader ---------------------
+
+FSCK_PROBLEM: list = [
+    (b"path", amp.Unicode()),
+    (b"index", amp.Integer()),  # the chunk's place in the file, from 0
+    (b"chunk_id", amp.Integer()),
+    (b"version", amp.Integer()),
+    (b"problem", amp.Unicode()),  # missing, under-replicated, over-replicated, corrupt, stale
+    (b"replicas", amp.Integer()),  # live replicas at the current version
+    (b"wanted", amp.Integer()),  # the file's replication factor
+    (b"locations", amp.ListOf(amp.Unicode())),  # names of the dataservers holding them
+]
+
+
+class Fsck(DFSCommand):
+    """Check every chunk of every file under ``path`` against its replication factor.
+
+    Answers a page of problems (at most ``limit``, skipping the first ``start``) and a
+    summary of the whole tree, recomputed on every call. ``healthy`` is true only when
+    no chunk is missing, under- or over-replicated, corrupt or stale. Chunks still
+    being written are counted as ``open_chunks`` and not judged."""
+
+    commandName = b"Fsck"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"start", amp.Integer()),
+        (b"limit", amp.Integer()),
+    ]
+    response: ClassVar[list] = [
+        (b"problems", amp.AmpList(FSCK_PROBLEM)),
+        (b"more", amp.Boolean()),
+        (b"healthy", amp.Boolean()),
+        (b"files", amp.Integer()),
+        (b"directories", amp.Integer()),
+        (b"bytes", amp.Integer()),
+        (b"chunks", amp.Integer()),
+        (b"open_chunks", amp.Integer()),
+        (b"missing", amp.Integer()),
+        (b"under_replicated", amp.Integer()),
+        (b"over_replicated", amp.Integer()),
+        (b"corrupt", amp.Integer()),
+        (b"stale", amp.Integer()),
+        (b"replicas", amp.Integer()),  # live replicas at the current version, all chunks
+        (b"dataservers_alive", amp.Integer()),
+        (b"dataservers_dead", amp.Integer()),
+        (b"decommissioning", amp.Integer()),
+        (b"copies_in_flight", amp.Integer()),
+    ]
+    allowed_roles = frozenset({Role.ADMIN})
+
+
+class Decommission(DFSCommand):
+    """Drain a dataserver (by name): it takes no new chunks and its chunks are copied
+    elsewhere; ListDataservers shows it ``decommissioned`` once every chunk it holds
+    has its full replica count without it. Replicated: survives a leader change."""
+
+    commandName = b"Decommission"
+    arguments: ClassVar[list] = [(b"name", amp.Unicode())]
+    response: ClassVar[list] = []
+    allowed_roles = frozenset({Role.ADMIN})
+
+
+class Recommission(DFSCommand):
+    """Undo :class:`Decommission`: the dataserver takes chunks again (surplus
+    replicas made while it drained are removed)."""
+
+    commandName = b"Recommission"
+    arguments: ClassVar[list] = [(b"name", amp.Unicode())]
+    response: ClassVar[list] = []
+    allowed_roles = frozenset({Role.ADMIN})
+
+
+SAFE_MODE_STATE: list = [
+    (b"on", amp.Boolean()),
+    (b"manual", amp.Boolean()),  # entered by an administrator (replicated)
+    (b"reason", amp.Unicode()),  # why it is on, or "" when off
+    (b"reported_chunks", amp.Integer()),  # chunks with at least one replica reported
+    (b"total_chunks", amp.Integer()),  # committed chunks in the namespace
+    (b"threshold", amp.Float()),
+    (b"dataservers_alive", amp.Integer()),
+    (b"min_dataservers", amp.Integer()),
+]
+
+
+class ControlSafeMode(DFSCommand):
+    """``action`` get, enter or leave; answers the state after it. ``leave`` also
+    ends the automatic safe mode of a leader still waiting for chunk reports."""
+
+    commandName = b"ControlSafeMode"
+    arguments: ClassVar[list] = [(b"action", amp.Unicode())]
+    response: ClassVar[list] = SAFE_MODE_STATE
+    allowed_roles = frozenset({Role.ADMIN})
+
+
+class ControlBalancer(DFSCommand):
+    """``action`` start, stop or status; ``threshold`` (percent, 0 for the configured
+    one) applies to start. The balancer runs on the leader until every live
+    dataserver's use is within the threshold of the mean, then stops (unless
+    configured to run continuously)."""
+
+    commandName = b"ControlBalancer"
+    arguments: ClassVar[list] = [(b"action", amp.Unicode()), (b"threshold", amp.Float())]
+    response: ClassVar[list] = [
+        (b"running", amp.Boolean()),
+        (b"continuous", amp.Boolean()),
+        (b"threshold", amp.Float()),
+        (b"bandwidth", amp.Integer()),  # bytes per second per move
+        (b"moves_in_flight", amp.Integer()),
+        (b"moved_chunks", amp.Integer()),
+        (b"moved_bytes", amp.Integer()),
+        (b"spread", amp.Float()),  # largest distance of a dataserver's use from the mean, %
+        (b"balanced", amp.Boolean()),
+    ]
+    allowed_roles = frozenset({Role.ADMIN})
+
+
 # -- the namespace: people ask a metaserver ------------------------------------
 
 ENTRY: list = [
@@ -433,6 +549,52 @@ class ChunkReceived(DFSCommand):
     allowed_roles = frozenset({Role.DATASERVER})
 
 
+class ReplicaCorrupt(DFSCommand):
+    """This dataserver found one of its replicas corrupt (its scrubber, or a check
+    the leader asked for) and quarantined it: it is no longer held here."""
+
+    commandName = b"ReplicaCorrupt"
+    arguments: ClassVar[list] = [
+        (b"name", amp.Unicode()),
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"reason", amp.Unicode()),
+    ]
+    response: ClassVar[list] = []
+    allowed_roles = frozenset({Role.DATASERVER})
+
+
+# -- orders: the leader asks a dataserver, on the connection the dataserver opened --
+
+
+class ReplicateChunk(DFSCommand):
+    """Copy a replica here from another dataserver: read it from the first of
+    ``sources`` that serves it (the next on failure), verify every block's CRC32C,
+    store it and report it with ChunkReceived. ``rate`` bounds the copy in bytes per
+    second (0: as fast as it goes). Answered once the replica is on disk."""
+
+    commandName = b"ReplicateChunk"
+    arguments: ClassVar[list] = [
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"length", amp.Integer()),
+        (b"sources", amp.ListOf(amp.Unicode())),
+        (b"rate", amp.Integer()),
+    ]
+    response: ClassVar[list] = [(b"source", amp.Unicode())]  # where it was copied from
+    allowed_roles = frozenset({Role.METASERVER})
+
+
+class VerifyChunk(DFSCommand):
+    """Re-read a replica and check it against its checksums (a reader reported it
+    bad). A corrupt one is quarantined before the answer: ``intact`` false."""
+
+    commandName = b"VerifyChunk"
+    arguments: ClassVar[list] = [(b"chunk_id", amp.Integer()), (b"version", amp.Integer())]
+    response: ClassVar[list] = [(b"intact", amp.Boolean())]
+    allowed_roles = frozenset({Role.METASERVER})
+
+
 # -- chunk data: clients and dataservers ask a dataserver ------------------------
 
 DATA_PEERS: frozenset[Role] = PEOPLE | {Role.DATASERVER}
@@ -520,6 +682,14 @@ ALL_COMMANDS: tuple[type[DFSCommand], ...] = (
     RegisterDataserver,
     Heartbeat,
     ListDataservers,
+    MetaserverStatus,
+    AddMetaserver,
+    RemoveMetaserver,
+    Fsck,
+    Decommission,
+    Recommission,
+    ControlSafeMode,
+    ControlBalancer,
     Mkdir,
     Create,
     AddChunk,
@@ -538,6 +708,9 @@ ALL_COMMANDS: tuple[type[DFSCommand], ...] = (
     ReportBadReplica,
     ReportChunks,
     ChunkReceived,
+    ReplicaCorrupt,
+    ReplicateChunk,
+    VerifyChunk,
     OpenChunkWrite,
     OpenChunkStream,
     FinishChunkWrite,

@@ -104,8 +104,17 @@ class InvalidPath(DFSError):
 
 
 class SafeMode(DFSError):
+    """The leader takes no namespace change: it is waiting for chunk reports after
+    its start (clients wait and retry), or an administrator put it in safe mode (the
+    message then starts with :attr:`MANUAL`, and clients give up at once)."""
+
     code = b"SAFE_MODE"
     user_text = "Cluster is in safe mode"
+    MANUAL = "safe mode entered by an administrator"
+
+    @property
+    def manual(self) -> bool:
+        return self.message.startswith(self.MANUAL)
 
 
 class InvalidArgument(DFSError):
