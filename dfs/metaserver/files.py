@@ -10,12 +10,14 @@ and the replicas dataservers should delete (sent with their heartbeat answers).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
 
 from dfs.config import Address, ReplicationConfig
 from dfs.metaserver import namespace as ns
+from dfs.metaserver.healing import ReplicationMonitor
 from dfs.metaserver.locations import ChunkLocations
 from dfs.metaserver.placement import Placement
 from dfs.metaserver.raft import NamespaceLog, RaftService
@@ -26,7 +28,9 @@ from dfs.protocol.errors import (
     NoSpace,
     PermissionDenied,
     SafeMode,
+    UnknownDataserver,
 )
+from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, Role
 
 #: A page of a listing stops growing past this many bytes of entries, so that the
@@ -73,6 +77,7 @@ class FileService:
         replication: ReplicationConfig,
         placement: Placement | None = None,
         lease_period: float = 60.0,
+        session_for: Callable[[str], PeerSession | None] = lambda name: None,
     ) -> None:
         self._reactor = reactor
         #: How long a writer's lease lasts without renewal (the client renews at a third).
@@ -86,6 +91,10 @@ class FileService:
         self._reports: dict[str, list[tuple[int, int]]] = {}
         self._loaded = False
         self._rng = random.Random()
+        #: re-replication, removals, drains, balance, safe mode (leader decisions)
+        self.healing = ReplicationMonitor(
+            reactor, raft, namespace, registry, self.locations, replication, session_for
+        )
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -121,8 +130,10 @@ class FileService:
         if not self.ready:
             raise SafeMode("the metaserver is still loading the namespace; retry shortly")
 
-    async def _mutate(self, operation: ns.Operation) -> Any:
+    async def _mutate(self, operation: ns.Operation, *, in_safe_mode: bool = False) -> Any:
         self._check_ready()
+        if not in_safe_mode:
+            self.healing.check_mutation()
         result = await self._raft.submit(operation)
         if isinstance(result, ns.Err):
             raise result.exception()
@@ -195,7 +206,12 @@ class FileService:
         stat = self._read(lambda namespace: namespace.stat(path))
         if stat.kind != ns.FILE:
             raise InvalidArgument(f"{path} is not a file")
-        targets = self.placement.choose(self.registry.records(), stat.replication, stat.chunk_size)
+        draining = self._namespace.read(lambda namespace: namespace.decommissioned)
+        targets = self.placement.choose(
+            [record for record in self.registry.records() if record.name not in draining],
+            stat.replication,
+            stat.chunk_size,
+        )
         needed = self._min_replicas(stat)
         if len(targets) < needed:
             raise NoSpace(
@@ -282,10 +298,12 @@ class FileService:
 
     async def renew_lease(self, identity: Identity, path: str, client_id: str) -> None:
         common = self._common(identity, "")
+        # Writers keep their leases through safe mode, so they can carry on after.
         await self._mutate(
             ns.RenewLease(
                 path, self.holder(identity, client_id), common["now"] + self.lease_period, **common
-            )
+            ),
+            in_safe_mode=True,
         )
 
     async def close(
@@ -327,7 +345,7 @@ class FileService:
 
     async def recover_expired_leases(self) -> None:
         """Close files whose writer stopped renewing, at their committed length."""
-        if not (self._raft.serving and self.ready):
+        if not (self._raft.serving and self.ready) or self.healing.in_safe_mode:
             return
         now = self._reactor.seconds()
         admin = ns.Caller(user="dfs", superuser=True)
@@ -480,21 +498,96 @@ class FileService:
     def bad_replica(self, chunk_id: int, version: int, address: str, reason: str) -> None:
         for record in self.registry.records():
             if record.address == address:
-                self.locations.remove(record.name, chunk_id)
-                self.log.warn(
-                    "replica of chunk {chunk_id} version {version} on {server} reported bad: "
-                    "{reason}",
-                    chunk_id=chunk_id,
-                    version=version,
-                    server=record.name,
-                    reason=reason,
-                )
+                self.healing.suspect(record.name, chunk_id, version, reason)
+
+    def replica_corrupt(
+        self, identity: Identity, name: str, chunk_id: int, version: int, reason: str
+    ) -> None:
+        if name != identity.name:
+            raise PermissionDenied(f"{identity} cannot report for dataserver {name!r}")
+        self.healing.replica_corrupt(name, chunk_id, version, reason)
 
     def dataserver_dead(self, name: str) -> None:
         self.locations.forget_server(name)
 
     def deletions_for(self, name: str) -> list[dict[str, int]]:
+        # No deletion leaves a leader still in safe mode (nor a follower): what it
+        # scheduled waits.
+        if self.healing.in_safe_mode or not self._raft.serving:
+            return []
         return [
             {"chunk_id": chunk_id, "version": version}
             for chunk_id, version in self.locations.take_deletions(name)
         ]
+
+    # -- cluster management (admins) ---------------------------------------------------
+
+    def fsck(self, path: str, start: int, limit: int) -> dict[str, Any]:
+        tree = self._read(lambda namespace: namespace.tree(path))
+        problems, summary = self.healing.fsck(tree)
+        start = max(0, start)
+        limit = max(1, min(limit, 1000))
+        page: list[dict[str, Any]] = []
+        size = 0
+        for entry in problems[start:]:
+            entry_size = 150 + len(entry["path"].encode()) + 20 * len(entry["locations"])
+            if len(page) >= limit or size + entry_size > PAGE_BYTES:
+                break
+            page.append(entry)
+            size += entry_size
+        return {"problems": page, "more": start + len(page) < len(problems), **summary}
+
+    async def set_decommission(self, identity: Identity, name: str, on: bool) -> None:
+        if on and self.registry.get(name) is None:
+            raise UnknownDataserver(f"no dataserver named {name!r} has registered")
+        self.healing.drain_remaining.pop(name, None)
+        await self._mutate(
+            ns.SetDecommission(name, on, **self._common(identity, "")), in_safe_mode=True
+        )
+        self.log.info(
+            "{admin} {action} dataserver {name}",
+            admin=identity.name,
+            action="decommissioned" if on else "recommissioned",
+            name=name,
+        )
+
+    def drain_state(self, name: str) -> str | None:
+        """ "decommissioning" or "decommissioned" for a dataserver being drained."""
+        draining = self._namespace.read(lambda namespace: namespace.decommissioned)
+        if name not in draining:
+            return None
+        return (
+            "decommissioned" if self.healing.drain_remaining.get(name) == 0 else "decommissioning"
+        )
+
+    async def control_safe_mode(self, identity: Identity, action: str) -> dict[str, Any]:
+        self._raft.check_serving()
+        if action == "enter":
+            await self._mutate(
+                ns.SetSafeMode(True, **self._common(identity, "")), in_safe_mode=True
+            )
+        elif action == "leave":
+            await self._mutate(
+                ns.SetSafeMode(False, **self._common(identity, "")), in_safe_mode=True
+            )
+            self.healing.leave_auto_safe_mode()
+        elif action != "get":
+            raise InvalidArgument(f"safe mode action {action!r}: expected get, enter or leave")
+        self.healing.refresh()
+        if action != "get":
+            self.log.info("{admin}: safe mode {action}", admin=identity.name, action=action)
+        return self.healing.safe_mode_state()
+
+    def control_balancer(self, identity: Identity, action: str, threshold: float) -> dict[str, Any]:
+        self._raft.check_serving()
+        if action == "start":
+            if not 0 <= threshold < 100:
+                raise InvalidArgument(f"threshold {threshold}: expected a percentage in 0..100")
+            self.healing.balancer.start(threshold or self.replication.balancer_threshold)
+        elif action == "stop":
+            self.healing.balancer.stop()
+        elif action != "status":
+            raise InvalidArgument(f"balancer action {action!r}: expected start, stop or status")
+        if action != "status":
+            self.log.info("{admin}: balancer {action}", admin=identity.name, action=action)
+        return self.healing.balancer_state()

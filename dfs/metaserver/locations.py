@@ -70,6 +70,14 @@ class ChunkLocations:
         self._deletions.setdefault(server, set()).add((chunk_id, version))
         self.remove(server, chunk_id)
 
+    def pending_deletions(self) -> dict[int, list[tuple[str, int]]]:
+        """chunk id -> (dataserver, version) of each replica waiting to be deleted."""
+        pending: dict[int, list[tuple[str, int]]] = {}
+        for server, replicas in self._deletions.items():
+            for chunk_id, version in replicas:
+                pending.setdefault(chunk_id, []).append((server, version))
+        return pending
+
     def take_deletions(self, server: str, limit: int = 1000) -> list[tuple[int, int]]:
         pending = self._deletions.get(server)
         if not pending:

@@ -125,6 +125,40 @@ class ChunkRef:
 
 
 @attrs.frozen
+class ChunkTarget:
+    """What the leader keeps a chunk at: its version, length (0 while it is still
+    being written) and the replication factor of its file."""
+
+    chunk_id: int
+    version: int
+    length: int
+    replication: int
+
+    @property
+    def committed(self) -> bool:
+        return self.length > 0
+
+
+@attrs.frozen
+class FileChunks:
+    """A file's chunks as fsck looks at them."""
+
+    path: str
+    replication: int
+    complete: bool
+    length: int
+    chunks: tuple[ChunkRef, ...]
+
+
+@attrs.frozen
+class Tree:
+    """Everything under a path, for fsck: its directories and its files' chunks."""
+
+    directories: int
+    files: tuple[FileChunks, ...]
+
+
+@attrs.frozen
 class Lease:
     """The one client allowed to write a file under construction, until ``expires``."""
 
@@ -327,6 +361,23 @@ class Chown(Operation):
     group: str | None = None
 
 
+@attrs.frozen
+class SetDecommission(Operation):
+    """Drain the dataserver named ``dataserver`` (``on``) or take it back: cluster
+    state every leader must know, so it is replicated. Superusers only."""
+
+    dataserver: str
+    on: bool
+
+
+@attrs.frozen
+class SetSafeMode(Operation):
+    """An administrator's safe mode: no namespace change until turned off.
+    Superusers only."""
+
+    on: bool
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -527,6 +578,9 @@ class Namespace:
     # chunk id -> inode of the file holding it: dataserver reports ask about chunks
     # by id, millions at a time, and must not search the tree.
     _chunk_files: dict[int, int] = attrs.field(init=False, factory=dict, repr=False)
+    # Dataservers an administrator is draining (by name), and the manual safe mode.
+    _decommissioned: set[str] = attrs.field(init=False, factory=set)
+    _safe_mode: bool = attrs.field(init=False, default=False)
     # (user, request id) -> result, oldest first; keyed by user too so that one client
     # cannot read another's results by guessing its request ids.
     _applied: dict[tuple[str, str], Ok[Any] | Err] = attrs.field(
@@ -619,6 +673,10 @@ class Namespace:
                 return self._chmod(op)
             case Chown():
                 return self._chown(op)
+            case SetDecommission():
+                return self._set_decommission(op)
+            case SetSafeMode():
+                return self._set_safe_mode(op)
         raise _Refused(errors.InvalidArgument, f"unknown operation {type(op).__name__}")
 
     # ----------------------------------------------------------------- queries
@@ -656,6 +714,39 @@ class Namespace:
         freed chunk (an orphan replica). Tells stale replicas from good ones."""
         chunk = self._chunk(chunk_id)
         return None if chunk is None else chunk[1].version
+
+    def chunk_target(self, chunk_id: int) -> ChunkTarget | None:
+        """Version, length and replication factor of a chunk some file holds; None
+        for an unknown or freed chunk. Cheap: the replication monitor asks it of
+        every replica it looks at."""
+        chunk = self._chunk(chunk_id)
+        if chunk is None:
+            return None
+        node, ref = chunk
+        return ChunkTarget(ref.chunk_id, ref.version, ref.length, node.replication)
+
+    def committed_chunk_count(self) -> int:
+        """Chunks holding data: every chunk but those still being written."""
+        pending = 0
+        for number in self._open_files:
+            node = self._nodes[number]
+            if isinstance(node, FileNode):
+                pending += len(_pending(node))
+        return len(self._chunk_files) - pending
+
+    @property
+    def decommissioned(self) -> frozenset[str]:
+        """Names of the dataservers being drained (or drained)."""
+        return frozenset(self._decommissioned)
+
+    @property
+    def safe_mode(self) -> bool:
+        """True while an administrator's safe mode is on."""
+        return self._safe_mode
+
+    def tree(self, path: str) -> Ok[Tree] | Err:
+        """Directories and files' chunks under ``path``, for fsck."""
+        return self._query(self._tree_query, path)
 
     def chunk_file(self, chunk_id: int) -> Stat | None:
         """The file holding a chunk (its replication is the chunk's target), or None."""
@@ -899,6 +990,25 @@ class Namespace:
                 size += node.length
                 replicated += node.length * node.replication
         return Usage(files=files, directories=directories, bytes=size, replicated_bytes=replicated)
+
+    def _tree_query(self, path: str) -> Tree:
+        directories = 0
+        files = []
+        top = self._existing(path)
+        for node in self._walk(top):
+            if isinstance(node, DirectoryNode):
+                directories += 1
+            else:
+                files.append(
+                    FileChunks(
+                        path=self._path_of(node),
+                        replication=node.replication,
+                        complete=node.lease is None,
+                        length=node.length,
+                        chunks=tuple(node.chunks),
+                    )
+                )
+        return Tree(directories=directories, files=tuple(files))
 
     def _chunks_query(self, path: str) -> tuple[ChunkRef, ...]:
         return tuple(self._file(path).chunks)
@@ -1211,3 +1321,20 @@ class Namespace:
         if group is not None:
             node.group = group
         return Ok(self._stat(path, node))
+
+    def _set_decommission(self, op: SetDecommission) -> Ok[frozenset[str]]:
+        if not op.caller.superuser:
+            raise _Refused(errors.PermissionDenied, "only a superuser may decommission")
+        name = _principal(op.dataserver, "dataserver name")
+        on = _flag(op.on, "on")
+        if on:
+            self._decommissioned.add(name)
+        else:
+            self._decommissioned.discard(name)
+        return Ok(frozenset(self._decommissioned))
+
+    def _set_safe_mode(self, op: SetSafeMode) -> Ok[bool]:
+        if not op.caller.superuser:
+            raise _Refused(errors.PermissionDenied, "only a superuser may change safe mode")
+        self._safe_mode = _flag(op.on, "on")
+        return Ok(self._safe_mode)

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dfs import __version__
 from dfs.config import (
@@ -60,6 +61,8 @@ class Metaserver:
     files: FileService | None = None
     raft: RaftService | None = None
     started_at: float = attrs.field(factory=time.time)
+    #: dataserver name -> the connection it registered on (orders go back on it)
+    sessions: dict[str, MetaserverSession] = attrs.field(factory=dict)
     log = Logger()
 
     def register_dataserver(
@@ -103,13 +106,23 @@ class Metaserver:
                 age=self.clock.seconds() - record.last_heartbeat,
             )
 
+    def session_for(self, name: str) -> MetaserverSession | None:
+        return self.sessions.get(name)
+
+    def _state(self, record: Any) -> str:
+        if record.state is DataserverState.ALIVE and self.files is not None:
+            drain = self.files.drain_state(record.name)
+            if drain is not None:
+                return drain
+        return str(record.state.value)
+
     def dataservers(self) -> list[dict[str, Any]]:
         now = self.clock.seconds()
         return [
             {
                 "name": record.name,
                 "address": record.address,
-                "state": record.state.value,
+                "state": self._state(record),
                 "capacity": record.space.capacity,
                 "free": record.space.free,
                 "used": record.space.used,
@@ -127,6 +140,7 @@ class Metaserver:
             "uptime": max(0.0, time.time() - self.started_at),
             "namespace_ready": self.files is not None and self.files.ready,
             "raft": self.raft.status() if self.raft is not None else None,
+            "replication": self.files.healing.status() if self.files is not None else None,
             "dataservers": self.dataservers(),
         }
 
@@ -159,6 +173,7 @@ class MetaserverSession(PeerSession):
         self.metaserver.register_dataserver(
             self.peer, name, address, SpaceReport(capacity, free, used, chunks)
         )
+        self.metaserver.sessions[name] = self
         return {
             "metaserver": self.local.name,
             "dead_after": self.metaserver.config.dataserver_dead_after,
@@ -175,6 +190,41 @@ class MetaserverSession(PeerSession):
     @ListDataservers.responder
     def list_dataservers(self) -> dict[str, Any]:
         return {"dataservers": self.metaserver.dataservers()}
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        sessions = self.metaserver.sessions
+        for name in [name for name, session in sessions.items() if session is self]:
+            del sessions[name]
+        super().connectionLost(reason)
+
+    # -- cluster management --------------------------------------------------------------
+
+    @commands.Fsck.responder
+    def fsck(self, path: str, start: int, limit: int) -> dict:
+        return self.files.fsck(path, start, limit)
+
+    @commands.Decommission.responder
+    async def decommission(self, name: str) -> dict:
+        await self.files.set_decommission(self.caller, name, True)
+        return {}
+
+    @commands.Recommission.responder
+    async def recommission(self, name: str) -> dict:
+        await self.files.set_decommission(self.caller, name, False)
+        return {}
+
+    @commands.ControlSafeMode.responder
+    async def control_safe_mode(self, action: str) -> dict:
+        return await self.files.control_safe_mode(self.caller, action)
+
+    @commands.ControlBalancer.responder
+    def control_balancer(self, action: str, threshold: float) -> dict:
+        return self.files.control_balancer(self.caller, action, threshold)
+
+    @commands.ReplicaCorrupt.responder
+    def replica_corrupt(self, name: str, chunk_id: int, version: int, reason: str) -> dict:
+        self.files.replica_corrupt(self.caller, name, chunk_id, version, reason)
+        return {}
 
     # -- the metaserver group ----------------------------------------------------------
 
@@ -416,10 +466,16 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         config=config,
         clock=reactor,
         registry=registry,
-        files=FileService(
-            reactor, raft, namespace, registry, replication, lease_period=config.lease_period
-        ),
         raft=raft,
+    )
+    metaserver.files = FileService(
+        reactor,
+        raft,
+        namespace,
+        registry,
+        replication,
+        lease_period=config.lease_period,
+        session_for=metaserver.session_for,
     )
     factory = Factory()
     factory.protocol = lambda: MetaserverSession(metaserver)
@@ -437,6 +493,7 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         ),
         # Check often enough that a dead dataserver is noticed within ~10% of the timeout.
         TimerService(max(0.1, config.dataserver_dead_after / 10), metaserver.expire_dataservers),
+        TimerService(replication.replication_interval, files.healing.tick),
     ]
     if config.http_listen is not None:
         metrics = CollectorRegistry()

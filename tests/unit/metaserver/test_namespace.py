@@ -913,3 +913,43 @@ def test_module_exports_the_documented_names() -> None:
     for name in ["Caller", "Ok", "Err", "Stat", "Entry", "ChunkRef", "DeleteResult", "Namespace"]:
         assert hasattr(ns_module, name)
     assert ns_module.Entry is Stat
+
+
+# -- cluster state: drains and the administrator's safe mode ---------------------------
+
+
+def test_decommission_and_safe_mode_are_replicated_state_for_superusers_only(
+    ns: Namespace,
+) -> None:
+    refused(ns, ns_module.SetDecommission("ds1", True, caller=ALICE, now=1), "PermissionDenied")
+    refused(ns, ns_module.SetSafeMode(True, caller=ALICE, now=1), "PermissionDenied")
+    refused(ns, ns_module.SetDecommission("bad/name", True, caller=ADMIN, now=1), "InvalidArgument")
+    ok(ns, ns_module.SetDecommission("ds1", True, caller=ADMIN, now=1))
+    ok(ns, ns_module.SetDecommission("ds2", True, caller=ADMIN, now=1))
+    ok(ns, ns_module.SetDecommission("ds1", False, caller=ADMIN, now=1))
+    assert ns.decommissioned == frozenset({"ds2"})
+    ok(ns, ns_module.SetSafeMode(True, caller=ADMIN, now=1))
+    assert ns.safe_mode
+    # Both survive a snapshot, as a new leader must see them.
+    restored = Namespace.restore(ns.snapshot())
+    assert restored.decommissioned == frozenset({"ds2"}) and restored.safe_mode
+
+
+def test_chunk_targets_and_the_committed_count_leave_out_chunks_being_written(
+    ns: Namespace,
+) -> None:
+    first, second = written(ns, "/done", [10, 20])
+    ok(ns, create("/open", holder="c2", now=4))
+    pending = ok(ns, AddChunk("/open", "c2", 70, caller=ALICE, now=5))
+    assert ns.chunk_target(second.chunk_id) == ns_module.ChunkTarget(second.chunk_id, 1, 20, 3)
+    target = ns.chunk_target(pending.chunk_id)
+    assert target is not None and not target.committed
+    assert ns.chunk_target(999) is None
+    assert ns.committed_chunk_count() == 2
+    tree = ns.tree("/")
+    assert isinstance(tree, Ok)
+    assert tree.value.directories == 1
+    assert [(f.path, f.complete, len(f.chunks)) for f in tree.value.files] == [
+        ("/done", True, 2),
+        ("/open", False, 1),
+    ]
