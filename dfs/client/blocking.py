@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import crochet
 
+from dfs.client.admin import FsckReport
 from dfs.client.client import DFSClient, Entry, Progress
 from dfs.client.reader import FileReader
 from dfs.client.writer import FileWriter
@@ -197,6 +198,24 @@ class BlockingClient:
 
     def remove_metaserver(self, raft_address: str) -> None:
         self._run(self._client.remove_metaserver, raft_address)
+
+    def fsck(self, path: str = "/") -> FsckReport:
+        return self._run(self._client.fsck, path)
+
+    def dataservers(self) -> list[dict[str, Any]]:
+        return self._run(self._client.dataservers)
+
+    def decommission(self, name: str) -> None:
+        self._run(self._client.decommission, name)
+
+    def recommission(self, name: str) -> None:
+        self._run(self._client.recommission, name)
+
+    def safemode(self, action: str = "get") -> dict[str, Any]:
+        return self._run(self._client.safemode, action)
+
+    def balancer(self, action: str = "status", threshold: float = 0.0) -> dict[str, Any]:
+        return self._run(self._client.balancer, action, threshold)
 
     def open(self, path: str, mode: str = "rb", **options: Any) -> io.RawIOBase:
         """``"rb"`` to read, ``"wb"`` to create (``"xb"`` to fail if it exists)."""

@@ -21,25 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from dfs.client.connection import ClientCredentials, DataserverPool, connect_server
+from dfs.client.admin import ClusterAdmin
+from dfs.client.connection import ClientCredentials, DataserverPool
 from dfs.client.leader import MetaserverChannel
 from dfs.client.reader import ChunkInfo, FileReader
 from dfs.client.writer import FileWriter, request_id
-from dfs.config import Address, ClientConfig
+from dfs.config import ClientConfig
 from dfs.protocol.commands import (
-    AddMetaserver,
     ClusterSpace,
     Create,
     Delete,
     DiskUsage,
     GetChunks,
     ListDirectory,
-    MetaserverStatus,
     Mkdir,
-    RemoveMetaserver,
     Rename,
     SetReplication,
     Stat,
@@ -77,8 +75,12 @@ class Entry:
         return cls(**{field.name: answer[field.name] for field in attrs.fields(cls)})
 
 
-class DFSClient:
-    """A connection to the cluster as the identity in the client's certificate."""
+class DFSClient(ClusterAdmin):
+    """A connection to the cluster as the identity in the client's certificate.
+
+    The administration methods (fsck, dataservers, decommission, safe mode, the
+    balancer, the metaserver group) come from :class:`~dfs.client.admin.ClusterAdmin`.
+    """
 
     def __init__(
         self,
@@ -157,41 +159,6 @@ class DFSClient:
 
     async def df(self) -> dict[str, int]:
         return dict(await self.metaserver.call(ClusterSpace))
-
-    # -- the metaserver group (admin certificates only) ------------------------------
-
-    async def metaserver_status(self) -> list[dict[str, Any]]:
-        """Every configured metaserver's own view of the Raft group, asked directly
-        (not through the leader); one that cannot be asked gives its address and
-        an ``error``."""
-
-        async def ask(address: Address) -> dict[str, Any]:
-            try:
-                session = await connect_server(
-                    self._reactor, address, self.credentials, timeout=self.config.connect_timeout
-                )
-            except Exception as error:
-                return {"address": str(address), "error": f"{type(error).__name__}: {error}"}
-            try:
-                call = session.callRemote(MetaserverStatus)
-                call.addTimeout(self.config.connect_timeout, self._reactor)
-                return {"address": str(address), **(await call)}
-            except Exception as error:
-                return {"address": str(address), "error": f"{type(error).__name__}: {error}"}
-            finally:
-                session.abort()
-
-        return list(
-            await gatherResults(
-                [Deferred.fromCoroutine(ask(address)) for address in self.config.metaservers]
-            )
-        )
-
-    async def add_metaserver(self, raft_address: str) -> None:
-        await self.metaserver.call(AddMetaserver, raft=raft_address)
-
-    async def remove_metaserver(self, raft_address: str) -> None:
-        await self.metaserver.call(RemoveMetaserver, raft=raft_address)
 
     # -- files --------------------------------------------------------------------
 

@@ -210,7 +210,8 @@ class MetaserverChannel:
         """As :meth:`call`, giving up after ``seconds``.
 
         Errors other than NotLeader, SafeMode and a failing connection are the
-        answer and raised at once. On giving up it raises the last NotLeader or
+        answer and raised at once; so is a SafeMode an administrator entered
+        (``SafeMode.manual``). On giving up it raises the last NotLeader or
         SafeMode, or else NoMetaserverReachable naming what went wrong with each
         metaserver.
         """
@@ -261,8 +262,13 @@ class MetaserverChannel:
                     failures[link.address] = "not the leader (no leader known)"
                     self._move_on(link, "knows no live leader", failed)
             except SafeMode as error:
+                if error.manual:
+                    # An administrator's safe mode lasts until one ends it: waiting
+                    # it out would only hold the caller for request_timeout.
+                    raise
                 # The leader (a follower would answer NotLeader) is still loading its
-                # namespace: ask it again after a pause, on the same session.
+                # namespace or waiting for chunk reports: ask it again after a pause,
+                # on the same session.
                 last = error
                 failures[link.address] = "in safe mode"
                 tries = len(self.addresses)

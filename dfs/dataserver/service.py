@@ -2,7 +2,9 @@
 
 Each :class:`MetaserverLink` keeps one connection to one metaserver (reconnecting
 with backoff), registers the dataserver and then heartbeats on the configured
-interval, registering again whenever the metaserver no longer knows it.
+interval, registering again whenever the metaserver no longer knows it. The leader
+sends its orders (copy a replica here, check one) back on that same connection,
+answered by a :class:`MetaserverLinkSession`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, cast
 
 import attrs
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from twisted.application.internet import ClientService, TimerService, backoffPolicy
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -27,6 +29,8 @@ from dfs import __version__
 from dfs.config import Address, ConfigError, DataserverConfig
 from dfs.dataserver.chunkstore import ChunkStore, StoredChunk
 from dfs.dataserver.pipeline import ChunkService, PeerConnections
+from dfs.dataserver.replicator import ChunkReplicator
+from dfs.dataserver.scrubber import ChunkScrubber
 from dfs.dataserver.space import SpaceMeasure
 from dfs.httpstatus import status_site
 from dfs.node import add_all, check_name, http_listener, load_credentials, tls_listener
@@ -41,10 +45,13 @@ from dfs.protocol.commands import (
     ReadChunk,
     RecoverChunkWrite,
     RegisterDataserver,
+    ReplicaCorrupt,
+    ReplicateChunk,
     ReportChunks,
+    VerifyChunk,
 )
 from dfs.protocol.dial import dial
-from dfs.protocol.errors import UnknownDataserver
+from dfs.protocol.errors import InvalidArgument, UnknownDataserver
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream
 from dfs.security.identity import Identity, Role
@@ -61,6 +68,8 @@ class Dataserver:
     started_at: float = attrs.field(factory=time.time)
     links: list[MetaserverLink] = attrs.field(factory=list)
     chunks: ChunkService | None = None
+    replicator: ChunkReplicator | None = None
+    scrubber: ChunkScrubber | None = None
 
     @property
     def address(self) -> str:
@@ -85,6 +94,11 @@ class Dataserver:
         for link in self.links:
             link.chunk_received(stored)
 
+    def replica_corrupt(self, chunk_id: int, version: int, reason: str) -> None:
+        """A replica was quarantined here: tell every metaserver."""
+        for link in self.links:
+            link.replica_corrupt(chunk_id, version, reason)
+
     def status(self) -> dict[str, Any]:
         return {
             "role": Role.DATASERVER.value,
@@ -98,6 +112,8 @@ class Dataserver:
                 {"address": str(link.metaserver), "registered": link.registered}
                 for link in self.links
             ],
+            "scrubber": self.scrubber.status() if self.scrubber is not None else None,
+            "replication": self.replicator.status() if self.replicator is not None else None,
         }
 
 
@@ -142,6 +158,32 @@ class DataserverSession(PeerSession):
         return {"data": data, "checksums": checksums}
 
 
+class MetaserverLinkSession(PeerSession):
+    """The dataserver's end of the connection it opened to a metaserver: besides
+    the calls the link makes, it carries out the leader's orders (only a peer with a
+    metaserver certificate may send them: PeerSession checks ``allowed_roles``)."""
+
+    def __init__(self, identity: Identity, replicator: ChunkReplicator | None) -> None:
+        super().__init__(identity)
+        self.replicator = replicator
+
+    def _orders(self) -> ChunkReplicator:
+        if self.replicator is None:
+            raise InvalidArgument("this dataserver takes no orders")
+        return self.replicator
+
+    @ReplicateChunk.responder
+    async def replicate_chunk(
+        self, chunk_id: int, version: int, length: int, sources: list[str], rate: int
+    ) -> dict:
+        source = await self._orders().replicate(chunk_id, version, length, list(sources), rate)
+        return {"source": source}
+
+    @VerifyChunk.responder
+    async def verify_chunk(self, chunk_id: int, version: int) -> dict:
+        return {"intact": await self._orders().verify(chunk_id, version)}
+
+
 class MetaserverLink(Service):
     """Registration and heartbeats towards one metaserver."""
 
@@ -163,7 +205,7 @@ class MetaserverLink(Service):
             HostnameEndpoint(reactor, metaserver.host, metaserver.port, timeout=10),
         )
         factory = Factory()
-        factory.protocol = lambda: PeerSession(dataserver.identity)
+        factory.protocol = lambda: MetaserverLinkSession(dataserver.identity, dataserver.replicator)
         self._client = ClientService(
             endpoint,
             factory,
@@ -228,20 +270,35 @@ class MetaserverLink(Service):
     def chunk_received(self, stored: StoredChunk) -> None:
         """Tell the metaserver at once; if it misses this, the full report that
         follows the next registration carries it."""
-        session = self._session
-        if session is None or not self.registered:
-            return
-        call = session.callRemote(
+        self._report(
+            "a chunk report",
             ChunkReceived,
-            name=self._dataserver.identity.name,
             chunk_id=stored.chunk_id,
             version=stored.version,
             length=stored.length,
         )
+
+    def replica_corrupt(self, chunk_id: int, version: int, reason: str) -> None:
+        """Tell the metaserver a replica was quarantined here; if it misses this, the
+        full report that follows the next registration no longer lists it."""
+        self._report(
+            "a corrupt replica report",
+            ReplicaCorrupt,
+            chunk_id=chunk_id,
+            version=version,
+            reason=reason[:1000],
+        )
+
+    def _report(self, what: str, command: Any, **arguments: Any) -> None:
+        session = self._session
+        if session is None or not self.registered:
+            return
+        call = session.callRemote(command, name=self._dataserver.identity.name, **arguments)
         call.addErrback(
             lambda failure: self.log.info(
-                "metaserver at {address} missed a chunk report: {error}",
+                "metaserver at {address} missed {what}: {error}",
                 address=str(self.metaserver),
+                what=what,
                 error=failure.value,
             )
         )
@@ -339,6 +396,53 @@ class DataserverMetrics:
             "Metaservers this dataserver is registered with",
             value=sum(1 for link in self._dataserver.links if link.registered),
         )
+        scrubber = self._dataserver.scrubber
+        if scrubber is not None:
+            scrub = scrubber.counters
+            for name, text, value in (
+                ("dfs_scrub_passes", "Scrub passes completed", scrub.passes),
+                ("dfs_scrub_replicas", "Replicas the scrubber checked", scrub.replicas_checked),
+                ("dfs_scrub_bytes", "Bytes the scrubber read and checked", scrub.bytes_checked),
+                ("dfs_scrub_corrupt", "Corrupt replicas the scrubber found", scrub.corrupt_found),
+            ):
+                yield CounterMetricFamily(name, text, value=value)
+            for name, text, when in (
+                (
+                    "dfs_scrub_last_pass_start_seconds",
+                    "When the last pass began",
+                    scrub.last_pass_start,
+                ),
+                (
+                    "dfs_scrub_last_pass_end_seconds",
+                    "When the last pass ended",
+                    scrub.last_pass_end,
+                ),
+            ):
+                if when is not None:
+                    yield GaugeMetricFamily(name, text + " (Unix time)", value=when)
+        replicator = self._dataserver.replicator
+        if replicator is not None:
+            copies = replicator.counters
+            for name, text, value in (
+                ("dfs_replications", "Replicas copied here on the leader's order", copies.copies),
+                ("dfs_replication_failures", "Copy orders answered with an error", copies.failures),
+                ("dfs_replication_bytes", "Bytes copied here from other dataservers", copies.bytes),
+                (
+                    "dfs_replication_source_failures",
+                    "Copy sources given up",
+                    copies.source_failures,
+                ),
+                (
+                    "dfs_verifications",
+                    "Replicas checked on the leader's order",
+                    copies.verifications,
+                ),
+                ("dfs_verification_corrupt", "Replicas those checks found corrupt", copies.corrupt),
+            ):
+                yield CounterMetricFamily(name, text, value=value)
+            yield GaugeMetricFamily(
+                "dfs_replications_in_progress", "Copies running here", value=copies.in_progress
+            )
 
 
 def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
@@ -384,6 +488,21 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
     )
     chunks = ChunkService(reactor, store, peers, dataserver.address, dataserver.chunk_received)
     dataserver.chunks = chunks
+    dataserver.replicator = ChunkReplicator(
+        reactor,
+        store,
+        address=dataserver.address,
+        connect=peers.dial,
+        on_received=dataserver.chunk_received,
+        on_corrupt=dataserver.replica_corrupt,
+    )
+    dataserver.scrubber = ChunkScrubber(
+        reactor,
+        store,
+        bandwidth=config.scrub_bandwidth,
+        interval=config.scrub_interval,
+        on_corrupt=dataserver.replica_corrupt,
+    )
     factory = Factory()
     factory.protocol = lambda: DataserverSession(chunks, identity)
 
@@ -392,6 +511,8 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
     children: list[Any] = [
         tls_listener("dfs-data", reactor, config.listen, credentials, factory),
         TimerService(60, chunks.expire_abandoned),
+        dataserver.replicator,
+        dataserver.scrubber,
     ]
     for address in config.metaservers:
         link = MetaserverLink(reactor, address, credentials, dataserver)

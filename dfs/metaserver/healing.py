@@ -561,7 +561,7 @@ class ReplicationMonitor:
                     chunk.chunk_id, chunk.version, chunk.length, file.replication
                 )
                 assessment = assess(target, self._locations.replicas(chunk.chunk_id), servers)
-                replicas += len(assessment.live)
+                replicas += len(assessment.counted)
                 older = [v for _, v in stale.get(chunk.chunk_id, ()) if v < chunk.version]
                 if older and not assessment.stale:
                     assessment = attrs.evolve(assessment, stale=tuple(("", v) for v in older))
@@ -576,9 +576,9 @@ class ReplicationMonitor:
                         "chunk_id": chunk.chunk_id,
                         "version": chunk.version,
                         "problem": found,
-                        "replicas": len(assessment.live),
+                        "replicas": len(assessment.counted),
                         "wanted": file.replication,
-                        "locations": list(assessment.live),
+                        "locations": list(assessment.counted),
                     }
                 )
         records = self._registry.records()

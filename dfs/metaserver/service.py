@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -116,6 +116,11 @@ class Metaserver:
                 return drain
         return str(record.state.value)
 
+    def _drain_remaining(self, name: str) -> int:
+        if self.files is None or self.files.drain_state(name) is None:
+            return -1
+        return self.files.healing.drain_remaining.get(name, -1)
+
     def dataservers(self) -> list[dict[str, Any]]:
         now = self.clock.seconds()
         return [
@@ -128,6 +133,7 @@ class Metaserver:
                 "used": record.space.used,
                 "chunks": record.space.chunks,
                 "last_heartbeat_age": max(0.0, now - record.last_heartbeat),
+                "drain_remaining": self._drain_remaining(record.name),
             }
             for record in self.registry.records()
         ]
@@ -189,6 +195,9 @@ class MetaserverSession(PeerSession):
 
     @ListDataservers.responder
     def list_dataservers(self) -> dict[str, Any]:
+        # Only the leader knows how far drains have gone: send the asker there.
+        if self.metaserver.raft is not None:
+            self.metaserver.raft.check_serving()
         return {"dataservers": self.metaserver.dataservers()}
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
@@ -393,6 +402,48 @@ class MetaserverMetrics:
             yield GaugeMetricFamily(
                 metric, help_text, value=sum(getattr(r.space, attr) for r in alive)
             )
+        files = self._metaserver.files
+        if files is None:
+            return
+        healing = files.healing
+        for metric, help_text, value in (
+            ("dfs_safe_mode", "1 while this metaserver is in safe mode", healing.in_safe_mode),
+            ("dfs_chunks", "Committed chunks in the namespace", healing.total_chunks),
+            (
+                "dfs_chunks_reported",
+                "Committed chunks with at least one live replica",
+                healing.reported_chunks,
+            ),
+            (
+                "dfs_chunks_under_replicated",
+                "Chunks with fewer replicas than their factor (missing ones included)",
+                healing.under_replicated,
+            ),
+            (
+                "dfs_chunks_missing",
+                "Committed chunks with no live replica",
+                healing.total_chunks - healing.reported_chunks,
+            ),
+            ("dfs_replica_copies_in_flight", "Replica copies under way", healing.copies_in_flight),
+            ("dfs_balancer_running", "1 while the balancer runs", healing.balancer.running),
+        ):
+            yield GaugeMetricFamily(metric, help_text, value=float(value))
+        for metric, help_text, value in (
+            ("dfs_replica_copies", "Replica copies completed", healing.copies_done),
+            ("dfs_replica_copies_failed", "Replica copies that failed", healing.copies_failed),
+            ("dfs_replica_copied_bytes", "Bytes of replicas copied", healing.copied_bytes),
+            (
+                "dfs_replica_removals",
+                "Replicas removed (surplus, stale, orphan, moved)",
+                healing.removals,
+            ),
+            (
+                "dfs_balancer_moved_bytes",
+                "Bytes moved by the balancer",
+                healing.balancer.moved_bytes,
+            ),
+        ):
+            yield CounterMetricFamily(metric, help_text, value=value)
 
 
 #: Seconds between looks for expired write leases.

@@ -111,6 +111,9 @@ DATASERVER_INFO: list = [
     (b"used", amp.Integer()),
     (b"chunks", amp.Integer()),
     (b"last_heartbeat_age", amp.Float()),
+    # while decommissioning: chunks it holds that still lack a replica elsewhere
+    # (-1 when not being drained, or not counted yet)
+    (b"drain_remaining", amp.Integer()),
 ]
 
 
@@ -179,9 +182,9 @@ FSCK_PROBLEM: list = [
     (b"chunk_id", amp.Integer()),
     (b"version", amp.Integer()),
     (b"problem", amp.Unicode()),  # missing, under-replicated, over-replicated, corrupt, stale
-    (b"replicas", amp.Integer()),  # live replicas at the current version
+    (b"replicas", amp.Integer()),  # live, current and not on a drained dataserver
     (b"wanted", amp.Integer()),  # the file's replication factor
-    (b"locations", amp.ListOf(amp.Unicode())),  # names of the dataservers holding them
+    (b"locations", amp.ListOf(amp.Unicode())),  # names of the dataservers holding those
 ]
 
 
@@ -213,7 +216,7 @@ class Fsck(DFSCommand):
         (b"over_replicated", amp.Integer()),
         (b"corrupt", amp.Integer()),
         (b"stale", amp.Integer()),
-        (b"replicas", amp.Integer()),  # live replicas at the current version, all chunks
+        (b"replicas", amp.Integer()),  # counted replicas (as above) of all chunks
         (b"dataservers_alive", amp.Integer()),
         (b"dataservers_dead", amp.Integer()),
         (b"decommissioning", amp.Integer()),

@@ -55,14 +55,21 @@ async def test_a_corrupted_replica_is_skipped_and_reported(cluster, poll, log_co
     assert await reader.read() == data
     reader.close()
     meta = cluster.metaservers[0]
+    # The metaserver has the dataserver check the replica, which quarantines it ...
     await poll(
         lambda: log_contains(
-            meta.logfile, f"chunk {chunks[0].chunk_id}", first.name, "reported bad"
+            meta.logfile, f"chunk {chunks[0].chunk_id}", first.name, "is corrupt and quarantined"
         ),
-        what="bad replica reported to the metaserver",
+        what="bad replica checked and quarantined",
     )
-    # The metaserver no longer offers the bad replica.
-    assert first.address not in (await chunks_of(client, "/c"))[0].locations
+    assert (first.directory / "data" / "quarantine" / path.name).exists()
+
+    # ... and a good copy replaces it, from another replica.
+    async def whole_again() -> bool:
+        report = await client.fsck("/c")
+        return report.healthy and first.address in (await chunks_of(client, "/c"))[0].locations
+
+    await poll(whole_again, timeout=30, what="the corrupt replica replaced")
     assert await client.read_file("/c") == data
     client.close()
 

@@ -71,6 +71,7 @@ class FakeMetaserver:
         self.leader = leader
         self.up = True
         self.safe_mode_answers = 0
+        self.safe_mode_message = "loading the namespace"
         self.sessions: list[FakeSession] = []
         self.requests: list[tuple[Any, dict[str, Any]]] = []
         self.applied: dict[str, dict[str, Any]] = {}
@@ -85,7 +86,7 @@ class FakeMetaserver:
             return fail(NotLeader(self.leader))
         if self.safe_mode_answers:
             self.safe_mode_answers -= 1
-            return fail(SafeMode("loading the namespace"))
+            return fail(SafeMode(self.safe_mode_message))
         if command is Stat and arguments["path"] == "/missing":
             return fail(FileNotFound("/missing"))
         request_id = arguments.get("request_id")
@@ -369,6 +370,19 @@ def test_safe_mode_that_lasts_gives_up_with_safe_mode() -> None:
 
     with pytest.raises(SafeMode):
         run_until_done(clock, start(channel, Stat, path="/"))
+
+
+def test_safe_mode_entered_by_an_administrator_is_raised_at_once() -> None:
+    group = FakeGroup(FakeMetaserver(A, "leader"), FakeMetaserver(B, leader=A))
+    group[A].safe_mode_answers = 1_000_000
+    group[A].safe_mode_message = f"{SafeMode.MANUAL}: no namespace change until it is left"
+    channel, clock = make_channel(group, (A, B))
+
+    with pytest.raises(SafeMode) as raised:
+        run_until_done(clock, start(channel, Mkdir, path="/a"), limit=0.0)
+    assert raised.value.manual
+    assert len(group[A].requests) == 1
+    assert clock.seconds() == 0.0
 
 
 def test_concurrent_calls_share_one_reconnect() -> None:

@@ -94,7 +94,7 @@ def test_a_simulated_cluster_balances_and_every_move_keeps_the_chunk() -> None:
         views, held = cluster_with(layout)
         if spread(views.values()) <= balancer.threshold:
             break
-        moves = balancer.plan(views, lambda name: held.get(name, []), {}, {}, {})
+        moves = balancer.plan(views, lambda name, held=held: held.get(name, []), {}, {}, {})
         assert moves, "the balancer stalled before reaching the threshold"
         for move in moves:
             layout[move.target].append(move.chunk_id)

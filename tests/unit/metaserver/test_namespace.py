@@ -938,7 +938,7 @@ def test_decommission_and_safe_mode_are_replicated_state_for_superusers_only(
 def test_chunk_targets_and_the_committed_count_leave_out_chunks_being_written(
     ns: Namespace,
 ) -> None:
-    first, second = written(ns, "/done", [10, 20])
+    _first, second = written(ns, "/done", [10, 20])
     ok(ns, create("/open", holder="c2", now=4))
     pending = ok(ns, AddChunk("/open", "c2", 70, caller=ALICE, now=5))
     assert ns.chunk_target(second.chunk_id) == ns_module.ChunkTarget(second.chunk_id, 1, 20, 3)

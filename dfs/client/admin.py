@@ -1,0 +1,201 @@
+"""What an administrator asks of the cluster: the metaserver group, chunk health
+(fsck), dataservers and their decommissioning, safe mode and the balancer.
+
+:class:`ClusterAdmin` is mixed into :class:`~dfs.client.client.DFSClient`, so these
+are methods of every client; the metaservers answer them only for an admin
+certificate (PermissionDenied otherwise). Everything but ``metaserver_status`` goes to
+the Raft leader through the client's :class:`~dfs.client.leader.MetaserverChannel`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, gatherResults
+
+from dfs.client.connection import ClientCredentials, connect_server
+from dfs.client.leader import MetaserverChannel
+from dfs.config import Address, ClientConfig
+from dfs.protocol.commands import (
+    AddMetaserver,
+    ControlBalancer,
+    ControlSafeMode,
+    Decommission,
+    Fsck,
+    ListDataservers,
+    MetaserverStatus,
+    Recommission,
+    RemoveMetaserver,
+)
+
+#: Problems asked for per Fsck call: a page stays well under AMP's 65,535-byte values.
+FSCK_PAGE = 500
+
+#: The counters of a Fsck answer, as :attr:`FsckReport.summary` holds them.
+FSCK_COUNTERS = (
+    "files",
+    "directories",
+    "bytes",
+    "chunks",
+    "open_chunks",
+    "missing",
+    "under_replicated",
+    "over_replicated",
+    "corrupt",
+    "stale",
+    "replicas",
+    "dataservers_alive",
+    "dataservers_dead",
+    "decommissioning",
+    "copies_in_flight",
+)
+
+SAFE_MODE_ACTIONS = ("get", "enter", "leave")
+BALANCER_ACTIONS = ("start", "stop", "status")
+
+
+@attrs.frozen
+class FsckProblem:
+    """One chunk that is not as its file's replication factor wants it."""
+
+    path: str
+    #: the chunk's place in the file, from 0
+    index: int
+    chunk_id: int
+    version: int
+    #: missing, under-replicated, over-replicated, corrupt or stale
+    problem: str
+    #: live replicas at the current version
+    replicas: int
+    #: the file's replication factor
+    wanted: int
+    #: names of the dataservers holding the live replicas
+    locations: tuple[str, ...]
+
+    @classmethod
+    def from_answer(cls, answer: dict[str, Any]) -> FsckProblem:
+        return cls(
+            path=answer["path"],
+            index=answer["index"],
+            chunk_id=answer["chunk_id"],
+            version=answer["version"],
+            problem=answer["problem"],
+            replicas=answer["replicas"],
+            wanted=answer["wanted"],
+            locations=tuple(answer["locations"]),
+        )
+
+
+@attrs.frozen
+class FsckReport:
+    """The health of a tree: every problem found, and the counters of the whole tree
+    (:data:`FSCK_COUNTERS`) as the last page of the check reported them."""
+
+    healthy: bool
+    problems: tuple[FsckProblem, ...]
+    summary: dict[str, int]
+
+
+class ClusterAdmin:
+    """The administration methods of :class:`~dfs.client.client.DFSClient`."""
+
+    # Set by DFSClient.__init__.
+    _reactor: Any
+    config: ClientConfig
+    credentials: ClientCredentials
+    metaserver: MetaserverChannel
+
+    # -- the metaserver group ------------------------------------------------------
+
+    async def metaserver_status(self) -> list[dict[str, Any]]:
+        """Every configured metaserver's own view of the Raft group, asked directly
+        (not through the leader); one that cannot be asked gives its address and
+        an ``error``."""
+
+        async def ask(address: Address) -> dict[str, Any]:
+            try:
+                session = await connect_server(
+                    self._reactor, address, self.credentials, timeout=self.config.connect_timeout
+                )
+            except Exception as error:
+                return {"address": str(address), "error": f"{type(error).__name__}: {error}"}
+            try:
+                call = session.callRemote(MetaserverStatus)
+                call.addTimeout(self.config.connect_timeout, self._reactor)
+                return {"address": str(address), **(await call)}
+            except Exception as error:
+                return {"address": str(address), "error": f"{type(error).__name__}: {error}"}
+            finally:
+                session.abort()
+
+        return list(
+            await gatherResults(
+                [Deferred.fromCoroutine(ask(address)) for address in self.config.metaservers]
+            )
+        )
+
+    async def add_metaserver(self, raft_address: str) -> None:
+        await self.metaserver.call(AddMetaserver, raft=raft_address)
+
+    async def remove_metaserver(self, raft_address: str) -> None:
+        await self.metaserver.call(RemoveMetaserver, raft=raft_address)
+
+    # -- chunk health ----------------------------------------------------------------
+
+    async def fsck(self, path: str = "/") -> FsckReport:
+        """Check every chunk of every file under ``path``: all the problems (asked for
+        a page at a time) and the tree's counters."""
+        problems: list[FsckProblem] = []
+        start = 0
+        while True:
+            answer = await self.metaserver.call(Fsck, path=path, start=start, limit=FSCK_PAGE)
+            page = [FsckProblem.from_answer(problem) for problem in answer["problems"]]
+            problems += page
+            start += len(page)
+            # A page without problems that says there are more would ask forever.
+            if not answer["more"] or not page:
+                return FsckReport(
+                    healthy=answer["healthy"],
+                    problems=tuple(problems),
+                    summary={name: answer[name] for name in FSCK_COUNTERS},
+                )
+
+    # -- dataservers -------------------------------------------------------------------
+
+    async def dataservers(self) -> list[dict[str, Any]]:
+        """Every dataserver the metaserver knows: ``name``, ``address``, ``state``
+        (alive, dead, decommissioning, decommissioned), ``capacity``, ``free``,
+        ``used`` (bytes), ``chunks`` and ``last_heartbeat_age`` (seconds)."""
+        answer = await self.metaserver.call(ListDataservers)
+        return [dict(dataserver) for dataserver in answer["dataservers"]]
+
+    async def decommission(self, name: str) -> None:
+        """Start draining the dataserver ``name``; :meth:`dataservers` shows it
+        ``decommissioned`` once every chunk it holds has its replicas elsewhere."""
+        await self.metaserver.call(Decommission, name=name)
+
+    async def recommission(self, name: str) -> None:
+        """Undo :meth:`decommission`: the dataserver takes chunks again."""
+        await self.metaserver.call(Recommission, name=name)
+
+    # -- safe mode and the balancer ----------------------------------------------------
+
+    async def safemode(self, action: str = "get") -> dict[str, Any]:
+        """``get``, ``enter`` or ``leave`` safe mode; the state after it: ``on``,
+        ``manual``, ``reason``, ``reported_chunks``, ``total_chunks``, ``threshold``,
+        ``dataservers_alive``, ``min_dataservers``."""
+        if action not in SAFE_MODE_ACTIONS:
+            raise ValueError(f"safe mode action must be get, enter or leave, not {action!r}")
+        return dict(await self.metaserver.call(ControlSafeMode, action=action))
+
+    async def balancer(self, action: str = "status", threshold: float = 0.0) -> dict[str, Any]:
+        """``start`` (with ``threshold`` percent, 0 for the configured one), ``stop``
+        or ``status`` of the balancer; its state after it: ``running``,
+        ``continuous``, ``threshold``, ``bandwidth``, ``moves_in_flight``,
+        ``moved_chunks``, ``moved_bytes``, ``spread``, ``balanced``."""
+        if action not in BALANCER_ACTIONS:
+            raise ValueError(f"balancer action must be start, stop or status, not {action!r}")
+        if not 0 <= threshold < 100:
+            raise ValueError(f"balancer threshold must be 0 to 100 percent, not {threshold!r}")
+        return dict(await self.metaserver.call(ControlBalancer, action=action, threshold=threshold))
