@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from dfs.client.connection import ClientCredentials, connect_metaserver, connect_server
 from dfs.config import Address, load_client_config
 from dfs.protocol.commands import ListDataservers, Ping, RegisterDataserver
-from dfs.protocol.errors import PermissionDenied
+from dfs.protocol.errors import NotLeader, PermissionDenied
 from dfs.security.ca import CertificateAuthority
 from dfs.security.identity import Role
 
@@ -132,8 +132,12 @@ async def test_dataservers_register_again_after_a_metaserver_restart(cluster, po
             session = await connect_metaserver(reactor, config)
         except Exception:
             return False
-        states = await dataserver_states(session)
-        session.transport.loseConnection()
+        try:
+            states = await dataserver_states(session)
+        except NotLeader:
+            return False  # restarted, not serving yet: only the leader lists dataservers
+        finally:
+            session.transport.loseConnection()
         return states == {"ds1": "alive", "ds2": "alive", "ds3": "alive"}
 
     await poll(all_alive, timeout=30, what="every dataserver registered with the new metaserver")
