@@ -255,3 +255,24 @@ async def test_the_balancer_evens_out_new_dataservers(make_cluster, poll, dfs):
 
 async def _count_alive(client: DFSClient, count: int) -> bool:
     return sum(d["state"] == "alive" for d in await client.dataservers()) == count
+
+
+@pytest_twisted.ensureDeferred
+async def test_fsck_command_lists_problems_and_exits_1_until_healthy(cluster, dfs, poll):
+    client = await connect(cluster)
+    await client.write_file("/f", os.urandom(100_000))
+    # Three dataservers cannot hold four replicas: under-replicated for good.
+    await client.set_replication("/f", 4)
+    config = str(cluster.client_config)
+    result = dfs("-c", config, "admin", "fsck", "/")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "/f: chunk 0" in result.stdout and "under-replicated: 3 of 4" in result.stdout
+    assert "The filesystem under path '/' is UNHEALTHY" in result.stdout
+    result = dfs("-c", config, "admin", "fsck", "/nowhere")
+    assert result.returncode == 1
+    assert result.stderr.startswith("dfs: admin fsck: /nowhere: ")
+    await client.set_replication("/f", 3)
+    result = dfs("-c", config, "admin", "fsck", "/")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is HEALTHY" in result.stdout
+    client.close()
