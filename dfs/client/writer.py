@@ -86,6 +86,7 @@ class ChunkPipeline:
                     chunk_id=self.chunk_id,
                     version=self.version,
                     downstream=self.targets[1:],
+                    expected_length=self._file.chunk_size,
                 )
                 await self._attach()
                 return

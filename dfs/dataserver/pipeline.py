@@ -236,14 +236,23 @@ class ChunkService:
         stream.watch(write.chunk_id, version, write.listener)
 
     async def open_write(
-        self, chunk_id: int, version: int, downstream: list[str], owner: Identity | None = None
+        self,
+        chunk_id: int,
+        version: int,
+        downstream: list[str],
+        owner: Identity | None = None,
+        *,
+        expected_length: int | None = None,
     ) -> None:
+        """Start this replica and the pipeline below it. ``expected_length`` (the
+        file's chunk size) is set aside in the store at once, so that open writes
+        count against the reserved space and the free space reported."""
         existing = self._writes.pop(chunk_id, None)
         if existing is not None:
             # A writer starting over (after a failure before any recovery) replaces
             # whatever partial replica an earlier attempt left.
             existing.discard()
-        writer = self.store.open_writer(chunk_id, version)
+        writer = self.store.open_writer(chunk_id, version, expected_length or None)
         write = ReplicaWrite(
             chunk_id, version, writer, list(downstream), owner, self._reactor.seconds()
         )
@@ -256,6 +265,7 @@ class ChunkService:
                     chunk_id=chunk_id,
                     version=version,
                     downstream=downstream[1:],
+                    expected_length=expected_length,
                 )
                 await self._connect_below(write)
             except DFSError:

@@ -125,8 +125,16 @@ class DataserverSession(PeerSession):
         self.chunks = chunks
 
     @OpenChunkWrite.responder
-    async def open_chunk_write(self, chunk_id: int, version: int, downstream: list[str]) -> dict:
-        await self.chunks.open_write(chunk_id, version, list(downstream), self.peer)
+    async def open_chunk_write(
+        self,
+        chunk_id: int,
+        version: int,
+        downstream: list[str],
+        expected_length: int | None = None,
+    ) -> dict:
+        await self.chunks.open_write(
+            chunk_id, version, list(downstream), self.peer, expected_length=expected_length
+        )
         return {}
 
     @OpenChunkStream.responder

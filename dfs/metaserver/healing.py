@@ -115,6 +115,7 @@ class ReplicationMonitor:
         self.copied_bytes = 0
         self.removals = 0
         self.last_pass_seconds = 0.0
+        self._early_pass: Any = None
 
     # -- safe mode ----------------------------------------------------------------
 
@@ -294,7 +295,12 @@ class ReplicationMonitor:
             # replicas would look lost and be copied for nothing.
             return
         copying = self._copying()
-        plan = self.planner.plan(assessments, servers, self._busy, copying, self._avoid(now))
+        incoming: dict[str, int] = {}
+        for copy in self._copies.values():
+            incoming[copy.target] = incoming.get(copy.target, 0) + copy.length
+        plan = self.planner.plan(
+            assessments, servers, self._busy, copying, self._avoid(now), incoming
+        )
         self.drain_remaining = plan.drain_remaining
         self.waiting = plan.waiting
         for removal in plan.removals:
@@ -313,6 +319,14 @@ class ReplicationMonitor:
         if assessment is not None:
             return assessment.lacking > 0
         return self._targets([chunk_id])[chunk_id] is not None
+
+    def _pass_soon(self) -> None:
+        """A copy slot came free while chunks wait for one: use it now rather than at
+        the next pass. Passes stay at most a fifth of the time, however short copies are."""
+        if self._early_pass is not None and self._early_pass.active():
+            return
+        delay = max(0.05, 4 * self.last_pass_seconds)
+        self._early_pass = self._reactor.callLater(delay, self.tick)
 
     def _avoid(self, now: float) -> dict[int, frozenset[str]]:
         avoid: dict[int, set[str]] = {}
@@ -360,6 +374,8 @@ class ReplicationMonitor:
                 self._busy[name] -= 1
                 if not self._busy[name]:
                     del self._busy[name]
+            if self.waiting or self.balancer.running:
+                self._pass_soon()
 
         done.addBoth(finished)
 

@@ -141,8 +141,8 @@ def problem(assessment: Assessment, corrupt: bool) -> str | None:
 class Plan:
     copies: list[Copy] = attrs.field(factory=list)
     removals: list[Removal] = attrs.field(factory=list)
-    #: chunks lacking replicas that no copy could be started for (no source or
-    #: target free, or no dataserver left to hold one more replica)
+    #: chunks still lacking replicas after this plan's copies (no source or target
+    #: free, or no dataserver left to hold one more replica)
     waiting: int = 0
     #: name of each draining dataserver -> chunks it holds that lack replicas without it
     drain_remaining: dict[str, int] = attrs.field(factory=dict)
@@ -163,12 +163,15 @@ class ReplicationPlanner:
         busy: Mapping[str, int],
         copying: Mapping[int, frozenset[str]],
         avoid: Mapping[int, frozenset[str]] | None = None,
+        incoming: Mapping[str, int] | None = None,
     ) -> Plan:
         """``busy``: copies each dataserver takes part in now; ``copying``: chunk id
         -> targets of the copies of it in flight (they count as replicas to come);
         ``avoid``: chunk id -> dataservers not to copy it to (a copy there failed
-        a moment ago)."""
+        a moment ago); ``incoming``: bytes each dataserver receives in copies in
+        flight (not in its last free space report yet)."""
         avoid = avoid or {}
+        promised = dict(incoming or {})
         plan = Plan(drain_remaining={s.name: 0 for s in servers.values() if s.draining})
         load = dict(busy)
         needy: list[Assessment] = []
@@ -195,20 +198,22 @@ class ReplicationPlanner:
         for assessment in needy:
             coming = copying.get(assessment.target.chunk_id, frozenset())
             started = 0
-            for _ in range(assessment.lacking - len(coming)):
+            needed = assessment.lacking - len(coming)
+            for _ in range(needed):
                 copy = self._copy(
                     assessment,
                     accepting,
                     load,
                     coming | avoid.get(assessment.target.chunk_id, frozenset()),
                     servers,
+                    promised,
                 )
                 if copy is None:
                     break
                 coming = coming | {copy.target}
                 plan.copies.append(copy)
                 started += 1
-            if not started:
+            if started < needed:
                 plan.waiting += 1
         return plan
 
@@ -219,6 +224,7 @@ class ReplicationPlanner:
         load: dict[str, int],
         coming: frozenset[str],
         servers: Mapping[str, ServerView],
+        promised: dict[str, int],
     ) -> Copy | None:
         target_chunk = assessment.target
         sources = [s for s in assessment.live if load.get(s, 0) < self.max_copies]
@@ -230,7 +236,7 @@ class ReplicationPlanner:
             for view in accepting
             if view.name not in holders
             and view.name not in coming
-            and view.free >= target_chunk.length
+            and view.free - promised.get(view.name, 0) >= target_chunk.length
             and load.get(view.name, 0) < self.max_copies
         ]
         if not candidates:
@@ -242,6 +248,7 @@ class ReplicationPlanner:
         sources.sort(key=lambda s: (not servers[s].draining, load.get(s, 0)))
         load[target.name] = load.get(target.name, 0) + 1
         load[sources[0]] = load.get(sources[0], 0) + 1
+        promised[target.name] = promised.get(target.name, 0) + target_chunk.length
         # Whole but for the replicas on draining dataservers: a drain, not a repair.
         purpose = DRAIN if len(assessment.live) >= assessment.wanted else REPAIR
         return Copy(

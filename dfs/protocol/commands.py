@@ -612,6 +612,8 @@ class OpenChunkWrite(DFSCommand):
         (b"chunk_id", amp.Integer()),
         (b"version", amp.Integer()),
         (b"downstream", amp.ListOf(amp.Unicode())),
+        # bytes the replica may grow to (the file's chunk size): set aside at once
+        (b"expected_length", amp.Integer(optional=True)),
     ]
     response: ClassVar[list] = []
     allowed_roles = DATA_PEERS

@@ -197,3 +197,16 @@ def test_plans_never_overload_never_duplicate_and_never_remove_needed_replicas(
                 1 for r in plan.removals if r.chunk_id == removal.chunk_id
             )
             assert kept >= assessment.wanted
+
+
+def test_a_target_is_not_promised_more_than_its_free_space() -> None:
+    roomy = ServerView("d", alive=True, draining=False, capacity=100 * MiB, used=0, free=MiB + 1)
+    cluster = servers(view("a"), view("b"), view("c"), roomy)
+    needy = [assess(chunk(n), {"a": 1, "b": 1}, cluster) for n in (1, 2)]
+    # "c" is busy: only "d" could take them, and it has room for one.
+    plan = planner(limit=4).plan(needy, cluster, {"c": 4}, {})
+    assert [copy.target for copy in plan.copies] == ["d"]
+    assert plan.waiting == 1
+    # Copies in flight towards it count too.
+    plan = planner(limit=4).plan(needy, cluster, {"c": 4}, {}, incoming={"d": MiB})
+    assert plan.copies == []
