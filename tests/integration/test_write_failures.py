@@ -76,15 +76,29 @@ async def test_kill_9_of_a_pipeline_dataserver_mid_write_loses_nothing(
     for later in chunks[2:]:
         assert victim.address not in later.locations
 
-    # The victim comes back: its unfinished replica of chunk 2 is gone at the scan, and
-    # it is never offered for that chunk.
+    # The victim comes back: its unfinished replica of chunk 2 (the old version) is
+    # gone at the scan and never offered; the leader then gives it a copy of the new
+    # version, and every chunk has its three replicas again.
     cluster.start_node(victim)
     cluster.wait_ready(timeout=60)
-    assert chunk_files(cluster, victim.name, chunks[1].chunk_id) == []
-    reader = await client.open("/big")
-    reader.close()
-    assert victim.address not in reader._chunks[1].locations
-    assert victim.address in reader._chunks[0].locations
+    old = f"{chunks[1].chunk_id}_{version_before}."
+    assert not [
+        n for n in chunk_files(cluster, victim.name, chunks[1].chunk_id) if n.startswith(old)
+    ]
+
+    async def whole_again() -> bool:
+        reader = await client.open("/big")
+        reader.close()
+        return (await client.fsck("/")).healthy and all(
+            victim.address in c.locations for c in reader._chunks[:2]
+        )
+
+    await poll(whole_again, timeout=30, what="chunk 2 copied to the returning dataserver")
+    assert chunk_files(cluster, victim.name, chunks[1].chunk_id) == [
+        f"{chunks[1].chunk_id}_{chunks[1].version}.chunk",
+        f"{chunks[1].chunk_id}_{chunks[1].version}.crc",
+    ]
+    assert await client.read_file("/big") == data
     client.close()
 
 
