@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,10 @@ def run_once(scratch: Path, dataservers: int, gib: float, copies: int) -> dict[s
         held = held_bytes(victim)
         copy_size, copy_seconds = disk_copy_seconds(victim, scratch)
         r1_seconds = write_files(client, "/r1-", held, 1)
+        # Those have one replica each: gone with the dataserver, never whole again.
+        for entry in client.listdir("/"):
+            if entry.name.startswith("r1-"):
+                client.delete(entry.path)
         before = leader_status(cluster)["replication"]["copied_bytes"]
         killed = time.monotonic()
         cluster.kill_node(victim)
@@ -136,6 +141,8 @@ def main() -> None:
     parser.add_argument("--copies", default="2,4", help="rereplication_per_dataserver values")
     parser.add_argument("--quick", action="store_true", help="0.25 GiB, copies 2: a smoke run")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so every cluster is stopped and the folder removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.quick:
         args.gib, args.copies = 0.25, "2"
     scratch = Path(tempfile.mkdtemp(prefix="dfs-rerep-"))
