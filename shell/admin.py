@@ -26,7 +26,7 @@ from dfs.client.admin import SAFE_MODE_ACTIONS, FsckProblem, FsckReport
 from dfs.client.blocking import BlockingClient
 from dfs.config import Address
 from dfs_shell.errors import CommandError
-from dfs_shell.files import FAILURES, Session, reason
+from dfs_shell.files import FAILURES, LOST, Session, reason
 from dfs_shell.sizes import human
 
 #: Seconds between two looks at a draining dataserver (``decommission --wait``).
@@ -155,16 +155,22 @@ def _runner(name: str, run: Run, subject: str | None = None) -> Callable[..., in
 
     def runner(args: argparse.Namespace) -> int:
         args.command_name = name
-        session = Session(args)
+        # The interactive shell's session is kept open, for its next command.
+        shared = getattr(args, "shell_session", None)
+        session = shared if shared is not None else Session(args)
+        session.command = name
         try:
             return int(run(session, args))
         except FAILURES as error:
+            if isinstance(error, LOST):
+                session.reset()
             if subject is None:
                 raise CommandError(name, reason(error)) from None
             about = getattr(args, subject)
             raise CommandError(name, f"{about}: {reason(error, about)}") from None
         finally:
-            session.close()
+            if shared is None:
+                session.close()
 
     return runner
 

@@ -1,8 +1,16 @@
-"""The one-shot file commands: ``dfs [-c CONFIG] ls|mkdir|put|get|cat|rm|mv|stat|du|df|setrep``.
+"""The file commands: ``dfs [-c CONFIG] ls|mkdir|put|get|cat|rm|mv|stat|du|df|setrep``,
+and the :class:`Session` every command (and the interactive shell) runs in.
 
 Each runs against the cluster named by the client config (``-c``, else the
 environment variable DFS_CONFIG, else ~/.config/dfs/client_config.json, else
-/etc/dfs/client_config.json). Failures print ``dfs: CMD: PATH: reason`` and exit 1.
+/etc/dfs/client_config.json). Failures print ``dfs: CMD: PATH: reason`` and exit 1;
+a wrong command line exits 2.
+
+The same commands run one-shot (``dfs ls /``: a session per command) and in the
+interactive shell, which sets ``args.shell_session`` to its long-lived session: its
+connection and its working directory (``cd``) then carry over from one command to the
+next. DFS paths that do not start with ``/`` are taken from that working directory
+(``/`` in the one-shot form).
 """
 
 from __future__ import annotations
@@ -52,6 +60,9 @@ FAILURES = (
     NoMetaserverReachable,
 )
 
+#: Failures after which the connection is not worth keeping: the session reconnects.
+LOST = (ConnectionClosed, ConnectError, defer.TimeoutError, NoMetaserverReachable)
+
 #: Seconds an interrupted put or get may take to remove its partial file.
 CANCEL_GRACE = 5.0
 
@@ -88,12 +99,44 @@ def reason(error: BaseException, path: str = "") -> str:
     return str(error) or type(error).__name__
 
 
+def resolve_path(cwd: str, path: str) -> str:
+    """``path`` as an absolute, normalised DFS path, relative ones taken from ``cwd``.
+
+    A relative ``..`` stops at ``/``, as ``cd ..`` does in any shell. An absolute path
+    that climbs above ``/`` is returned as it is, for the metaserver to refuse it
+    (INVALID_PATH): the wire contract's rule for absolute paths is kept.
+    """
+    if path.startswith("/"):
+        depth = 0
+        for part in path.split("/"):
+            if part == "..":
+                depth -= 1
+                if depth < 0:
+                    return path
+            elif part not in ("", "."):
+                depth += 1
+        joined = path
+    else:
+        joined = posixpath.join(cwd, path)
+    # normpath keeps two leading slashes (POSIX allows them a meaning; DFS gives none).
+    return "/" + posixpath.normpath(joined).lstrip("/")
+
+
 class Session:
-    """The connection a command uses, opened on first need."""
+    """The connection commands use (opened on first need) and the remote working
+    directory. One-shot, a command has its own; the interactive shell keeps one."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self._args = args
         self._client: BlockingClient | None = None
+        #: The remote working directory, absolute and normalised.
+        self.cwd = "/"
+        #: The command being run, named in connection errors.
+        self.command = getattr(args, "command_name", "dfs")
+
+    def resolve(self, path: str) -> str:
+        """``path`` as an absolute DFS path: relative paths are taken from ``cwd``."""
+        return resolve_path(self.cwd, path)
 
     @property
     def client(self) -> BlockingClient:
@@ -101,94 +144,195 @@ class Session:
             config = self._args.config or default_config()
             if config is None:
                 raise CommandError(
-                    self._args.command_name,
+                    self.command,
                     "no client config: give -c CONFIG or set DFS_CONFIG",
                 )
             try:
                 self._client = connect(config)
             except ConfigError as error:
-                raise CommandError(self._args.command_name, str(error)) from None
+                raise CommandError(self.command, str(error)) from None
             except Exception as error:
                 raise CommandError(
-                    self._args.command_name, f"cannot reach the cluster: {reason(error)}"
+                    self.command, f"cannot reach the cluster: {reason(error)}"
                 ) from None
         return self._client
+
+    def reset(self) -> None:
+        """Drop the connection (it was lost); the next use of ``client`` reconnects."""
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass  # it is gone already, which is what we want
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+            self._client = None
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    run: Callable[..., int],
+    *,
+    epilog: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand running ``run(session, args)``: ``summary`` is its line in ``help``,
+    ``epilog`` its examples in ``help NAME`` and ``dfs NAME --help``."""
+    # -h means human sizes (as in ls -h and du -h), so help is --help only.
+    parser = subparsers.add_parser(
+        name,
+        help=summary,
+        description=description or summary,
+        epilog=epilog,
+        add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--help", action="help", help="show this help and exit")
+    parser.set_defaults(run=_runner(name, run), command_name=name)
+    return parser
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    def command(name: str, help_text: str, run: Callable[..., int]) -> argparse.ArgumentParser:
-        # -h means human sizes (as in ls -h and du -h), so help is --help only.
-        parser = subparsers.add_parser(name, help=help_text, description=help_text, add_help=False)
-        parser.add_argument("--help", action="help", help="show this help and exit")
-        parser.set_defaults(run=_runner(name, run), command_name=name)
-        return parser
+    def command(name: str, summary: str, run: Callable[..., int], epilog: str) -> Any:
+        return add_command(subparsers, name, summary, run, epilog=epilog)
 
-    ls = command("ls", "list directories (or show files)", run_ls)
+    ls = command(
+        "ls",
+        "list directories (or show files)",
+        run_ls,
+        "examples:\n  dfs ls /data\n  dfs ls -lh /data/logs\n  dfs ls -R /data\n  dfs ls -ld /data",
+    )
     ls.add_argument("-l", action="store_true", help="long format: mode, owner, size, time")
     ls.add_argument("-h", "--human", action="store_true", help="sizes like 1.5K 20.0M")
     ls.add_argument("-d", action="store_true", help="list directories themselves")
-    ls.add_argument("paths", nargs="*", default=["/"], metavar="PATH")
+    ls.add_argument(
+        "-R", "--recursive", action="store_true", help="list subdirectories, recursively"
+    )
+    ls.add_argument("paths", nargs="*", metavar="PATH", help="default: the working directory")
 
-    mkdir = command("mkdir", "make directories", run_mkdir)
+    mkdir = command(
+        "mkdir",
+        "make directories",
+        run_mkdir,
+        "examples:\n  dfs mkdir /data\n  dfs mkdir -p /a/b/c",
+    )
     mkdir.add_argument(
         "-p", "--parents", action="store_true", help="make parents, no error if it exists"
     )
     mkdir.add_argument("paths", nargs="+", metavar="PATH")
 
-    put = command("put", "copy local files into DFS", run_put)
-    put.add_argument("-f", "--force", action="store_true", help="overwrite an existing file")
+    put = command(
+        "put",
+        "copy local files into DFS",
+        run_put,
+        "examples:\n  dfs put app.log /data/logs/app.log\n  dfs put a.txt b.txt /data/\n"
+        "  dfs put -r photos /backup\n  dfs put -f --replication 2 app.log /data/app.log",
+    )
+    put.add_argument("-f", "--force", action="store_true", help="overwrite existing files")
     put.add_argument(
-        "-r", "--replication", type=int, default=0, help="replicas (default: cluster's)"
+        "-r", "--recursive", action="store_true", help="copy directories and their contents"
+    )
+    put.add_argument(
+        "--replication", type=int, default=0, metavar="N", help="replicas (default: cluster's)"
     )
     put.add_argument("sources", nargs="+", metavar="LOCAL")
     put.add_argument("destination", metavar="REMOTE")
 
-    get = command("get", "copy DFS files to local files", run_get)
-    get.add_argument("-f", "--force", action="store_true", help="overwrite an existing local file")
+    get = command(
+        "get",
+        "copy DFS files to local files",
+        run_get,
+        "examples:\n  dfs get /data/logs/app.log .\n  dfs get -f /data/a.txt copy.txt\n"
+        "  dfs get -r /backup/photos restored",
+    )
+    get.add_argument("-f", "--force", action="store_true", help="overwrite existing local files")
+    get.add_argument(
+        "-r", "--recursive", action="store_true", help="copy directories and their contents"
+    )
     get.add_argument("sources", nargs="+", metavar="REMOTE")
     get.add_argument("destination", metavar="LOCAL")
 
-    cat = command("cat", "print files", run_cat)
+    cat = command("cat", "print files", run_cat, "examples:\n  dfs cat /data/a.txt | wc -l")
     cat.add_argument("paths", nargs="+", metavar="PATH")
 
-    rm = command("rm", "remove files or directories", run_rm)
+    rm = command(
+        "rm",
+        "remove files or directories",
+        run_rm,
+        "examples:\n  dfs rm /data/a.txt\n  dfs rm -r /data/old\n  dfs rm -f /maybe/there",
+    )
     rm.add_argument(
         "-r", "--recursive", action="store_true", help="remove directories and their contents"
     )
     rm.add_argument("-f", "--force", action="store_true", help="no error for missing paths")
     rm.add_argument("paths", nargs="+", metavar="PATH")
 
-    mv = command("mv", "move or rename", run_mv)
+    mv = command(
+        "mv",
+        "move or rename",
+        run_mv,
+        "examples:\n  dfs mv /data/a.txt /data/b.txt\n  dfs mv /data/b.txt /archive",
+    )
     mv.add_argument("source", metavar="SOURCE")
     mv.add_argument("destination", metavar="DESTINATION")
 
-    stat = command("stat", "show an entry's details", run_stat)
+    stat = command("stat", "show an entry's details", run_stat, "examples:\n  dfs stat /data/a.txt")
     stat.add_argument("paths", nargs="+", metavar="PATH")
 
-    du = command("du", "space used under paths", run_du)
+    du = command(
+        "du",
+        "space used under paths",
+        run_du,
+        "examples:\n  dfs du /data\n  dfs du -sh /data",
+    )
     du.add_argument("-s", "--summarize", action="store_true", help="one total per path")
     du.add_argument("-h", "--human", action="store_true", help="sizes like 1.5K 20.0M")
-    du.add_argument("paths", nargs="*", default=["/"], metavar="PATH")
+    du.add_argument("paths", nargs="*", metavar="PATH", help="default: the working directory")
 
-    df = command("df", "cluster capacity", run_df)
+    df = command("df", "cluster capacity", run_df, "examples:\n  dfs df -h")
     df.add_argument("-h", "--human", action="store_true", help="sizes like 1.5K 20.0M")
 
-    setrep = command("setrep", "set the replication factor of files", run_setrep)
+    setrep = command(
+        "setrep",
+        "set the replication factor of files",
+        run_setrep,
+        "examples:\n  dfs setrep 2 /data/a.txt",
+    )
     setrep.add_argument("replication", type=int, metavar="N")
     setrep.add_argument("paths", nargs="+", metavar="PATH")
 
+    # The commands that came with the interactive shell, each group in its module.
+    from dfs_shell import attributes, content, navigation
+    from dfs_shell import help as help_command
+
+    for group in (navigation, content, attributes, help_command):
+        group.register(subparsers)
+
 
 def _runner(name: str, run: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
+    """``run(session, args)`` in the interactive shell's session (``args.shell_session``,
+    kept open) or in a session of its own (closed after)."""
+
     def runner(args: argparse.Namespace) -> int:
-        session = Session(args)
+        shared = getattr(args, "shell_session", None)
+        session = shared if shared is not None else Session(args)
+        session.command = name
         try:
-            return run(session, args)
+            return int(run(session, args))
+        except (CommandError, BrokenPipeError):
+            raise
+        except FAILURES as error:
+            if isinstance(error, LOST):
+                session.reset()
+            raise CommandError(name, reason(error)) from None
         finally:
-            session.close()
+            if shared is None:
+                session.close()
 
     return runner
 
@@ -198,27 +342,40 @@ class Failures:
 
     With ``missing_ok`` (``rm -f``) a path that does not exist is no failure at all.
     A put or get names its ``local`` file when the local side fails (OSError), the
-    DFS path otherwise.
+    DFS path otherwise. A lost connection resets ``session``, so that the interactive
+    shell's next command reconnects.
     """
 
-    def __init__(self, command: str, *, missing_ok: bool = False) -> None:
+    def __init__(
+        self, command: str, session: Session | None = None, *, missing_ok: bool = False
+    ) -> None:
         self.command = command
+        self.session = session
         self.missing_ok = missing_ok
         self.count = 0
 
     @contextmanager
-    def about(self, path: str, local: str | None = None) -> Iterator[None]:
+    def about(
+        self, path: str, local: str | None = None, remote: str | None = None
+    ) -> Iterator[None]:
+        """``path`` is named in the message; ``remote`` (the resolved DFS path, which
+        the metaserver's messages name) is not repeated after it."""
         try:
             yield
         except (CommandError, BrokenPipeError):
             raise
         except FAILURES as error:
+            if isinstance(error, LOST) and self.session is not None:
+                self.session.reset()
             if self.missing_ok and isinstance(error, errors.FileNotFound):
                 return
             self.count += 1
             if local is not None and isinstance(error, OSError):
                 path = local
-            print(f"dfs: {self.command}: {path}: {reason(error, path)}", file=sys.stderr)
+            text = reason(error, remote or path)
+            if remote and remote != path and text.startswith(f"{path}: "):
+                text = text[len(path) + 2 :]
+            print(f"dfs: {self.command}: {path}: {text}", file=sys.stderr)
 
     @property
     def status(self) -> int:
@@ -229,44 +386,61 @@ def _size(value: int, args: argparse.Namespace) -> str:
     return human(value) if getattr(args, "human", False) else str(value)
 
 
-def _long(entry: Entry, args: argparse.Namespace) -> str:
+def long_line(entry: Entry, name: str, human_sizes: bool = False) -> str:
+    """One ``ls -l`` line for ``entry``, showing it as ``name``."""
     kind = stat_module.S_IFDIR if entry.is_dir else stat_module.S_IFREG
     mode = stat_module.filemode(kind | entry.mode)
     replication = "-" if entry.is_dir else str(entry.replication)
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime))
-    name = entry.path if args.paths_shown_in_full else entry.name
-    size = _size(entry.length, args)
+    size = human(entry.length) if human_sizes else str(entry.length)
     return f"{mode} {replication:>3} {entry.owner:<10} {entry.group:<10} {size:>12} {when} {name}"
 
 
 def run_ls(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("ls")
-    args.paths_shown_in_full = False
-    for index, path in enumerate(args.paths):
-        with failures.about(path):
-            entry = session.client.stat(path)
-            if entry.is_dir and not args.d:
-                entries = session.client.listdir(path)
-                if len(args.paths) > 1:
-                    print(("\n" if index else "") + f"{path}:")
-            else:
-                entries = [entry]
-                args.paths_shown_in_full = True
-            for item in entries:
-                print(
-                    _long(item, args)
-                    if args.l
-                    else (item.path if args.paths_shown_in_full else item.name)
-                )
-            args.paths_shown_in_full = False
+    failures = Failures("ls", session)
+    paths = args.paths or ["."]
+    client = session.client
+    headers = len(paths) > 1 or args.recursive
+    first = [True]
+
+    def show(entries: list[Entry], names: list[str]) -> None:
+        for entry, name in zip(entries, names, strict=True):
+            print(long_line(entry, name, args.human) if args.l else name)
+
+    def listing(shown: str, path: str) -> None:
+        entries = client.listdir(path)
+        if headers:
+            print(("" if first[0] else "\n") + f"{shown}:")
+        first[0] = False
+        show(entries, [entry.name for entry in entries])
+        if args.recursive:
+            for entry in entries:
+                if entry.is_dir:
+                    child = posixpath.join(shown, entry.name)
+                    with failures.about(child, remote=entry.path):
+                        listing(child, entry.path)
+
+    # Files first, then directories, as ls does.
+    files: list[tuple[str, Entry]] = []
+    directories: list[tuple[str, Entry]] = []
+    for path in paths:
+        with failures.about(path, remote=session.resolve(path)):
+            entry = client.stat(session.resolve(path))
+            (directories if entry.is_dir and not args.d else files).append((path, entry))
+    show([entry for _, entry in files], [shown for shown, _ in files])
+    if files:
+        first[0] = False
+    for shown, entry in directories:
+        with failures.about(shown, remote=entry.path):
+            listing(shown, entry.path)
     return failures.status
 
 
 def run_mkdir(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("mkdir")
+    failures = Failures("mkdir", session)
     for path in args.paths:
-        with failures.about(path):
-            session.client.mkdir(path, parents=args.parents)
+        with failures.about(path, remote=session.resolve(path)):
+            session.client.mkdir(session.resolve(path), parents=args.parents)
     return failures.status
 
 
@@ -278,8 +452,9 @@ def _progress(label: str, total: int) -> Any:
     return TransferProgress(label, total)
 
 
-def _transfer(start: Callable[..., Any], label: str, total: int) -> int:
-    """Run a put/get in the reactor thread, showing progress here; Ctrl-C cancels it."""
+def transfer(start: Callable[..., Any], label: str, total: int) -> int:
+    """Run a put/get/cp in the reactor thread, showing progress here; Ctrl-C cancels it
+    (which removes its partial file) and is raised again."""
     done = [0]
 
     def progress(count: int) -> None:
@@ -311,35 +486,55 @@ def _transfer(start: Callable[..., Any], label: str, total: int) -> int:
             raise
 
 
+def into_directory(session: Session, command: str, args: argparse.Namespace) -> bool:
+    """Whether SOURCE... DESTINATION puts the sources inside DESTINATION (several
+    sources, a trailing slash, or an existing directory) rather than at it."""
+    if len(args.sources) > 1 or args.destination.endswith("/"):
+        return True
+    destination = session.resolve(args.destination)
+    try:
+        return session.client.stat(destination).is_dir
+    except errors.FileNotFound:
+        return False
+    except FAILURES as error:
+        if isinstance(error, LOST):
+            session.reset()
+        raise CommandError(command, f"{args.destination}: {reason(error, destination)}") from None
+
+
 def run_put(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("put")
-    client = session.client
-    into_directory = len(args.sources) > 1 or args.destination.endswith("/")
-    if not into_directory:
-        try:
-            into_directory = client.stat(args.destination).is_dir
-        except errors.FileNotFound:
-            pass
-        except FAILURES as error:
-            raise CommandError(
-                "put", f"{args.destination}: {reason(error, args.destination)}"
-            ) from None
+    failures = Failures("put", session)
+    destination = session.resolve(args.destination)
+    inside = into_directory(session, "put", args)
     for source in args.sources:
-        target = (
-            posixpath.join(args.destination, Path(source).name)
-            if into_directory
-            else args.destination
-        )
-        with failures.about(target, local=source):
-            if Path(source).is_dir():
-                raise IsADirectoryError(21, "Is a directory")
-            total = Path(source).stat().st_size
+        local = Path(source)
+        target = posixpath.join(destination, local.name) if inside else destination
+        _put(session, failures, args, local, target)
+    return failures.status
+
+
+def _put(
+    session: Session, failures: Failures, args: argparse.Namespace, local: Path, target: str
+) -> None:
+    """Copy ``local`` to ``target``; a directory with its contents (``-r``), merged into
+    a directory that exists already."""
+    client = session.client
+    before = failures.count
+    children: list[Path] | None = None
+    with failures.about(target, local=str(local)):
+        if local.is_dir():
+            if not args.recursive:
+                raise IsADirectoryError(21, "Is a directory (use -r)")
+            client.mkdir(target, parents=True)
+            children = sorted(local.iterdir())
+        else:
+            total = local.stat().st_size
             options = {"replication": args.replication} if args.replication else {}
-            _transfer(
+            transfer(
                 partial(
                     run_eventually,
                     client.async_client.put,
-                    source,
+                    local,
                     target,
                     overwrite=args.force,
                     **options,
@@ -347,48 +542,79 @@ def run_put(session: Session, args: argparse.Namespace) -> int:
                 target,
                 total,
             )
-    return failures.status
+    if children is not None and failures.count == before:
+        for child in children:
+            _put(session, failures, args, child, posixpath.join(target, child.name))
 
 
 def run_get(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("get")
-    client = session.client
+    failures = Failures("get", session)
     local_dir = Path(args.destination).is_dir()
     if len(args.sources) > 1 and not local_dir:
         raise CommandError("get", f"{args.destination}: Not a directory")
     for source in args.sources:
+        remote = session.resolve(source)
         target = (
-            Path(args.destination) / posixpath.basename(source)
+            Path(args.destination) / (posixpath.basename(remote) or "root")
             if local_dir
             else Path(args.destination)
         )
-        with failures.about(source, local=str(target)):
-            entry = client.stat(source)
-            if entry.is_dir:
-                raise errors.IsADirectory(source)
-            if target.exists() and not args.force:
-                raise FileExistsError(17, "File exists (use -f to overwrite)")
-            _transfer(
-                partial(run_eventually, client.async_client.get, source, target),
-                source,
-                entry.length,
-            )
+        _get(session, failures, args, source, remote, target)
     return failures.status
 
 
+def _get(
+    session: Session,
+    failures: Failures,
+    args: argparse.Namespace,
+    shown: str,
+    remote: str,
+    target: Path,
+) -> None:
+    """Copy ``remote`` to ``target``; a directory with its contents (``-r``), merged
+    into a local folder that exists already."""
+    client = session.client
+    children: list[Entry] | None = None
+    with failures.about(shown, local=str(target), remote=remote):
+        entry = client.stat(remote)
+        if entry.is_dir:
+            if not args.recursive:
+                raise errors.IsADirectory(f"{remote}: use -r")
+            target.mkdir(exist_ok=True)
+            children = client.listdir(remote)
+        else:
+            if target.exists() and not args.force:
+                raise FileExistsError(17, "File exists (use -f to overwrite)")
+            transfer(
+                partial(run_eventually, client.async_client.get, remote, target),
+                shown,
+                entry.length,
+            )
+    for child in children or ():
+        _get(
+            session,
+            failures,
+            args,
+            posixpath.join(shown, child.name),
+            child.path,
+            target / child.name,
+        )
+
+
 def run_cat(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("cat")
+    failures = Failures("cat", session)
     out = sys.stdout.buffer
     for path in args.paths:
-        with failures.about(path):
-            with session.client.open(path) as remote:
+        with failures.about(path, remote=session.resolve(path)):
+            with session.client.open(session.resolve(path)) as remote:
                 while block := remote.read(4 * 1024 * 1024):
-                    _write_all(out, block)
+                    write_all(out, block)
             out.flush()
     return failures.status
 
 
-def _write_all(out: Any, data: bytes) -> None:
+def write_all(out: Any, data: bytes) -> None:
+    """Write all of ``data`` to the binary stream ``out``."""
     # A write into a pipe that its reader closed half way returns a short count
     # before it fails; write the rest, so that the failure is seen, not skipped.
     view = memoryview(data)
@@ -397,35 +623,34 @@ def _write_all(out: Any, data: bytes) -> None:
 
 
 def run_rm(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("rm", missing_ok=args.force)
+    failures = Failures("rm", session, missing_ok=args.force)
     for path in args.paths:
-        with failures.about(path):
-            session.client.delete(path, recursive=args.recursive)
+        with failures.about(path, remote=session.resolve(path)):
+            session.client.delete(session.resolve(path), recursive=args.recursive)
     return failures.status
 
 
 def run_mv(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("mv")
+    failures = Failures("mv", session)
     client = session.client
-    destination = args.destination
-    with failures.about(args.destination):
+    source = session.resolve(args.source)
+    destination = session.resolve(args.destination)
+    with failures.about(args.destination, remote=destination):
         try:
             if client.stat(destination).is_dir:
-                destination = posixpath.join(
-                    destination, posixpath.basename(args.source.rstrip("/"))
-                )
+                destination = posixpath.join(destination, posixpath.basename(source))
         except errors.FileNotFound:
             pass
-    with failures.about(args.source):
-        client.rename(args.source, destination)
+    with failures.about(args.source, remote=source):
+        client.rename(source, destination)
     return failures.status
 
 
 def run_stat(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("stat")
+    failures = Failures("stat", session)
     for path in args.paths:
-        with failures.about(path):
-            entry = session.client.stat(path)
+        with failures.about(path, remote=session.resolve(path)):
+            entry = session.client.stat(session.resolve(path))
             kind = stat_module.S_IFDIR if entry.is_dir else stat_module.S_IFREG
             print(f"  Path: {entry.path}")
             print(f"  Type: {entry.kind}{'' if entry.complete else ' (being written)'}")
@@ -442,16 +667,18 @@ def run_stat(session: Session, args: argparse.Namespace) -> int:
 
 
 def run_du(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("du")
-    for path in args.paths:
-        with failures.about(path):
+    failures = Failures("du", session)
+    for path in args.paths or ["."]:
+        remote = session.resolve(path)
+        with failures.about(path, remote=remote):
             if args.summarize:
-                _print_usage(session.client.du(path), path, args)
+                _print_usage(session.client.du(remote), path, args)
                 continue
-            entry = session.client.stat(path)
-            children = session.client.listdir(path) if entry.is_dir else [entry]
+            entry = session.client.stat(remote)
+            children = session.client.listdir(remote) if entry.is_dir else [entry]
             for child in children:
-                _print_usage(session.client.du(child.path), child.path, args)
+                shown = posixpath.join(path, child.name) if entry.is_dir else path
+                _print_usage(session.client.du(child.path), shown, args)
     return failures.status
 
 
@@ -474,8 +701,8 @@ def run_df(session: Session, args: argparse.Namespace) -> int:
 
 
 def run_setrep(session: Session, args: argparse.Namespace) -> int:
-    failures = Failures("setrep")
+    failures = Failures("setrep", session)
     for path in args.paths:
-        with failures.about(path):
-            session.client.set_replication(path, args.replication)
+        with failures.about(path, remote=session.resolve(path)):
+            session.client.set_replication(session.resolve(path), args.replication)
     return failures.status

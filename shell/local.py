@@ -1,5 +1,7 @@
-"""``dfs local up|status|down``: a whole cluster on this machine, for trying DFS out.
+"""``dfs local [up|status|down]``: a whole cluster on this machine, for trying DFS out.
 
+``dfs local`` alone starts the cluster in the default folder if it is not running
+(as ``up`` does) and opens the interactive shell on it.
 ``up`` creates the folder on first use (CA, certificates, configs, free loopback
 ports), starts one metaserver (or a Raft group of 3 or 5) and N dataservers as twistd
 processes, waits until a metaserver leads and every dataserver is registered, and
@@ -9,33 +11,39 @@ prints the client config's path.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from dfs.localcluster import DESCRIPTION, LocalCluster, LocalClusterError
+from dfs_shell import repl
 from dfs_shell.errors import CommandError
+
+#: What ``dfs local`` creates when no cluster exists yet (as ``up`` without options).
+DEFAULT_METASERVERS = 1
+DEFAULT_DATASERVERS = 3
+DEFAULT_TIMEOUT = 60.0
 
 
 def default_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "dfs" / "local"
+    return repl.data_dir() / "local"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     local = subparsers.add_parser(
         "local",
         help="run a whole cluster on this machine",
-        description="Create, start, inspect and stop a cluster of real processes on loopback.",
+        description="Create, start, inspect and stop a cluster of real processes on "
+        "loopback. With no command: start it (if needed) and open the shell on it.",
     )
-    commands = local.add_subparsers(title="local commands", metavar="COMMAND", required=True)
+    local.set_defaults(run=run_local_shell, command_name="local")
+    commands = local.add_subparsers(title="local commands", metavar="COMMAND")
 
     up = commands.add_parser("up", help="create (first time) and start the local cluster")
     _dir_option(up)
     up.add_argument(
         "--metaservers",
         type=int,
-        default=1,
+        default=DEFAULT_METASERVERS,
         choices=(1, 3, 5),
         metavar="N",
         help="metaservers when the cluster is created: 1, or a Raft group of 3 or 5 (default 1)",
@@ -43,14 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--dataservers",
         type=int,
-        default=3,
+        default=DEFAULT_DATASERVERS,
         metavar="N",
         help="number of dataservers when the cluster is created (default 3)",
     )
     up.add_argument(
         "--timeout",
         type=float,
-        default=60.0,
+        default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help="how long to wait for every dataserver to register (default 60)",
     )
@@ -83,31 +91,69 @@ def _open(args: argparse.Namespace, command: str) -> LocalCluster:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    directory = (args.dir or default_dir()).absolute()
     if args.dataservers < 1:
         raise CommandError("local up", f"--dataservers must be at least 1, got {args.dataservers}")
+    client_config = _up(
+        "local up",
+        (args.dir or default_dir()).absolute(),
+        metaservers=args.metaservers,
+        dataservers=args.dataservers,
+        timeout=args.timeout,
+    )
+    print(client_config)
+    return 0
+
+
+def run_local_shell(args: argparse.Namespace) -> int:
+    """``dfs local``: the local cluster in the default folder, up, and a shell on it."""
+    if getattr(args, "shell_session", None) is not None:
+        raise CommandError("local", "already in the shell; use 'local up|status|down'")
+    args.config = str(
+        _up(
+            "local",
+            default_dir().absolute(),
+            metaservers=DEFAULT_METASERVERS,
+            dataservers=DEFAULT_DATASERVERS,
+            timeout=DEFAULT_TIMEOUT,
+            quiet=True,
+        )
+    )
+    return repl.run_shell(args)
+
+
+def _up(
+    command: str,
+    directory: Path,
+    *,
+    metaservers: int,
+    dataservers: int,
+    timeout: float,
+    quiet: bool = False,
+) -> Path:
+    """Create (first time) and start the cluster in ``directory``: its client config."""
     try:
         if (directory / DESCRIPTION).exists():
             cluster = LocalCluster.open(directory)
         else:
             cluster = LocalCluster.create(
-                directory, metaservers=args.metaservers, dataservers=args.dataservers
+                directory, metaservers=metaservers, dataservers=dataservers
             )
         running = cluster.running()
         if len(running) == len(cluster.nodes):
-            print(
-                f"dfs: local up: the cluster in {directory} is already running "
-                f"({len(running)} processes); see 'dfs local status --dir {directory}'",
-                file=sys.stderr,
-            )
-            print(cluster.client_config)
-            return 0
+            if not quiet:
+                print(
+                    f"dfs: {command}: the cluster in {directory} is already running "
+                    f"({len(running)} processes); see 'dfs local status --dir {directory}'",
+                    file=sys.stderr,
+                )
+            return Path(cluster.client_config)
+        if quiet:
+            print(f"dfs: {command}: starting the local cluster in {directory}", file=sys.stderr)
         cluster.start()
-        cluster.wait_ready(timeout=args.timeout)
+        cluster.wait_ready(timeout=timeout)
     except LocalClusterError as error:
-        raise CommandError("local up", str(error)) from None
-    print(cluster.client_config)
-    return 0
+        raise CommandError(command, str(error)) from None
+    return Path(cluster.client_config)
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -1,5 +1,8 @@
 """The dfs command: one-shot subcommands (ca, local, ...) behind one parser.
 
+``dfs`` with no command opens the interactive shell (:mod:`dfs_shell.repl`), which
+parses and runs each of its lines with this same parser.
+
 Each command group lives in its own module with a ``register(subparsers)``
 function; a parsed command carries ``run(args) -> int`` as its handler. Errors
 a user can cause are raised as :class:`CommandError` and printed as one line
@@ -14,10 +17,10 @@ import sys
 from collections.abc import Sequence
 
 from dfs import __version__
-from dfs_shell import admin, ca, files, local
+from dfs_shell import admin, ca, files, local, repl
 from dfs_shell.errors import CommandError
 
-COMMAND_GROUPS = (files, admin, ca, local)
+COMMAND_GROUPS = (files, admin, ca, local, repl)
 
 #: The status of a command whose standard output was closed by its reader: that of a
 #: process killed by SIGPIPE, as a shell reports it (128 + 13).
@@ -48,8 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = getattr(args, "run", None)
     if run is None:
-        parser.print_help()
-        return 2
+        run = repl.run_shell
     try:
         status = int(run(args) or 0)
         sys.stdout.flush()

@@ -184,6 +184,12 @@ class BlockingClient:
     def set_replication(self, path: str, replication: int) -> None:
         self._run(self._client.set_replication, path, replication)
 
+    def chmod(self, path: str, mode: int) -> None:
+        self._run(self._client.chmod, path, mode)
+
+    def chown(self, path: str, owner: str | None = None, group: str | None = None) -> None:
+        self._run(self._client.chown, path, owner, group)
+
     def du(self, path: str) -> dict[str, int]:
         return self._run(self._client.du, path)
 
@@ -246,6 +252,18 @@ class BlockingClient:
     ) -> int:
         return self._run(
             self._client.put, local, remote, overwrite=overwrite, progress=progress, **options
+        )
+
+    def copy(
+        self,
+        source: str,
+        destination: str,
+        *,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> int:
+        return self._run(
+            self._client.copy, source, destination, overwrite=overwrite, progress=progress
         )
 
     def get(self, remote: str, local: str | Path, *, progress: Progress | None = None) -> int:

@@ -31,6 +31,8 @@ from dfs.client.reader import ChunkInfo, FileReader
 from dfs.client.writer import FileWriter, request_id
 from dfs.config import ClientConfig
 from dfs.protocol.commands import (
+    Chmod,
+    Chown,
     ClusterSpace,
     Create,
     Delete,
@@ -152,6 +154,16 @@ class DFSClient(ClusterAdmin):
     async def set_replication(self, path: str, replication: int) -> None:
         await self.metaserver.call(
             SetReplication, path=path, replication=replication, request_id=request_id()
+        )
+
+    async def chmod(self, path: str, mode: int) -> None:
+        """Set the mode bits of a file or directory (``0o755``)."""
+        await self.metaserver.call(Chmod, path=path, mode=mode, request_id=request_id())
+
+    async def chown(self, path: str, owner: str | None = None, group: str | None = None) -> None:
+        """Set the owner and/or the group; None leaves that one as it is."""
+        await self.metaserver.call(
+            Chown, path=path, owner=owner or "", group=group or "", request_id=request_id()
         )
 
     async def du(self, path: str) -> dict[str, int]:
@@ -293,6 +305,44 @@ class DFSClient(ClusterAdmin):
             await self.delete(writer.path)
         except Exception:
             pass
+
+    async def copy(
+        self,
+        source: str,
+        destination: str,
+        *,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> int:
+        """Copy a DFS file to another DFS path, in pieces, with the source's replication
+        and chunk size; returns the bytes copied. If it fails, the partial copy is
+        removed."""
+        entry = await self.stat(source)
+        reader = await self.open(source)
+        try:
+            writer = await self._create_or_clean_up(
+                destination,
+                overwrite=overwrite,
+                replication=entry.replication,
+                chunk_size=entry.chunk_size,
+            )
+            copied = 0
+            try:
+                while copied < reader.length:
+                    block = await reader.read(IO_SIZE)
+                    if not block:
+                        break
+                    await writer.write(block)
+                    copied += len(block)
+                    if progress:
+                        progress(copied)
+                await writer.close()
+            except BaseException:
+                await self.discard(writer)
+                raise
+        finally:
+            reader.close()
+        return copied
 
     async def get(self, remote: str, local: str | Path, *, progress: Progress | None = None) -> int:
         """Copy a DFS file to a local file (written under a temporary name and

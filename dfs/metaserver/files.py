@@ -343,6 +343,17 @@ class FileService:
             ns.SetReplication(path, replication, **self._common(identity, request_id))
         )
 
+    async def chmod(self, identity: Identity, path: str, mode: int, request_id: str) -> None:
+        await self._mutate(ns.Chmod(path, mode, **self._common(identity, request_id)))
+
+    async def chown(
+        self, identity: Identity, path: str, owner: str, group: str, request_id: str
+    ) -> None:
+        """``owner`` or ``group`` empty: that one is left as it is."""
+        await self._mutate(
+            ns.Chown(path, owner or None, group or None, **self._common(identity, request_id))
+        )
+
     async def recover_expired_leases(self) -> None:
         """Close files whose writer stopped renewing, at their committed length."""
         if not (self._raft.serving and self.ready) or self.healing.in_safe_mode:

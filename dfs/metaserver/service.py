@@ -350,6 +350,16 @@ class MetaserverSession(PeerSession):
         await self.files.set_replication(self.caller, path, replication, request_id)
         return {}
 
+    @commands.Chmod.responder
+    async def chmod(self, path: str, mode: int, request_id: str) -> dict:
+        await self.files.chmod(self.caller, path, mode, request_id)
+        return {}
+
+    @commands.Chown.responder
+    async def chown(self, path: str, owner: str, group: str, request_id: str) -> dict:
+        await self.files.chown(self.caller, path, owner, group, request_id)
+        return {}
+
     @commands.DiskUsage.responder
     def disk_usage(self, path: str) -> dict:
         return self.files.du(path)

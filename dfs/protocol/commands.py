@@ -479,6 +479,31 @@ class SetReplication(NamespaceCommand):
     response: ClassVar[list] = []
 
 
+class Chmod(NamespaceCommand):
+    """Set the mode bits (permissions, setuid/setgid/sticky) of a file or directory."""
+
+    commandName = b"Chmod"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"mode", amp.Integer()),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = []
+
+
+class Chown(NamespaceCommand):
+    """Set the owner and/or the group of a file or directory; "" leaves one unchanged."""
+
+    commandName = b"Chown"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"owner", amp.Unicode()),
+        (b"group", amp.Unicode()),
+        (b"request_id", amp.Unicode()),
+    ]
+    response: ClassVar[list] = []
+
+
 class DiskUsage(NamespaceCommand):
     commandName = b"DiskUsage"
     arguments: ClassVar[list] = [(b"path", amp.Unicode())]
@@ -708,6 +733,8 @@ ALL_COMMANDS: tuple[type[DFSCommand], ...] = (
     Delete,
     Rename,
     SetReplication,
+    Chmod,
+    Chown,
     DiskUsage,
     ClusterSpace,
     ReportBadReplica,
