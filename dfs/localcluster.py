@@ -28,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -354,28 +354,12 @@ class LocalCluster:
         """Configure (not start) a new metaserver that joins the group: the current
         members are its raft_partners, and the dataservers and the client list it
         from their next start. Make it a member (``dfs admin meta add``) first."""
-        template = json.loads(self.metaservers[0].config_path.read_text())
-        number = 1 + max(int(node.name.removeprefix("meta")) for node in self.metaservers)
-        name = f"meta{number}"
-        listen, http, raft = free_ports(3)
-        node = Node("meta", name, self.directory / name, listen, http)
-        node.directory.mkdir(mode=0o700)
-        ca = CertificateAuthority.load(self.directory / "ca")
-        issued = ca.issue(Role.METASERVER, name, [HOST, "localhost"], out_dir=node.directory)
-        document = {
-            **template,
-            "name": name,
-            "listen": node.address,
-            "http_listen": f"{HOST}:{http}",
-            "raft_listen": f"{HOST}:{raft}",
-            "raft_partners": [self.raft_address(member) for member in self.metaservers],
-            "tls": {
-                **template["tls"],
-                "certificate": issued.certificate_path.name,
-                "key": issued.key_path.name,
-            },
-        }
-        _write_json(node.config_path, document)
+        members = [self.raft_address(member) for member in self.metaservers]
+        node = self._another(
+            "meta",
+            lambda ports: {"raft_listen": f"{HOST}:{ports[0]}", "raft_partners": members},
+            extra_ports=1,
+        )
         self.nodes.insert(len(self.metaservers), node)
         self._metaservers_changed()
         return node
@@ -383,14 +367,33 @@ class LocalCluster:
     def add_dataserver(self, **options: Any) -> Node:
         """Configure (not start) one more dataserver like the first, with a
         certificate of its own; ``options`` override its dataserver_config.json keys."""
-        template = json.loads(self.dataservers[0].config_path.read_text())
-        number = 1 + max(int(node.name.removeprefix("ds")) for node in self.dataservers)
-        name = f"ds{number}"
-        listen, http = free_ports(2)
-        node = Node("data", name, self.directory / name, listen, http)
+        node = self._another("data", lambda ports: options)
+        self.nodes.append(node)
+        _write_json(self.directory / DESCRIPTION, self._describe())
+        return node
+
+    def _another(
+        self,
+        kind: str,
+        settings: Callable[[list[int]], dict[str, Any]],
+        extra_ports: int = 0,
+    ) -> Node:
+        """A new node of ``kind`` configured like the first of its kind, on free
+        ports, with a certificate of its own and ``settings(ports)`` on top, given
+        ``extra_ports`` more free ports (drawn with the node's own, so all differ)."""
+        prefix, role, peers = (
+            ("meta", Role.METASERVER, self.metaservers)
+            if kind == "meta"
+            else ("ds", Role.DATASERVER, self.dataservers)
+        )
+        template = json.loads(peers[0].config_path.read_text())
+        number = 1 + max(int(node.name.removeprefix(prefix)) for node in peers)
+        name = f"{prefix}{number}"
+        listen, http, *extra = free_ports(2 + extra_ports)
+        node = Node(kind, name, self.directory / name, listen, http)
         node.directory.mkdir(mode=0o700)
         ca = CertificateAuthority.load(self.directory / "ca")
-        issued = ca.issue(Role.DATASERVER, name, [HOST, "localhost"], out_dir=node.directory)
+        issued = ca.issue(role, name, [HOST, "localhost"], out_dir=node.directory)
         document = {
             **template,
             "name": name,
@@ -401,11 +404,9 @@ class LocalCluster:
                 "certificate": issued.certificate_path.name,
                 "key": issued.key_path.name,
             },
-            **options,
+            **settings(extra),
         }
         _write_json(node.config_path, document)
-        self.nodes.append(node)
-        _write_json(self.directory / DESCRIPTION, self._describe())
         return node
 
     def forget_metaserver(self, node: Node) -> None:
