@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -262,14 +262,25 @@ class DFSClient(ClusterAdmin):
         """Copy a local file into DFS; returns the bytes copied. If it fails, the
         partial file is removed, so no partial file is left visible."""
         writer = await self._create_or_clean_up(remote, overwrite=overwrite, **options)
+        with open(local, "rb") as source:
+
+            async def read() -> bytes:
+                return source.read(IO_SIZE)
+
+            return await self._fill(writer, read, progress)
+
+    async def _fill(
+        self, writer: FileWriter, read: Callable[[], Awaitable[bytes]], progress: Progress | None
+    ) -> int:
+        """Write what ``read`` gives until it gives nothing, then close; on any
+        failure discard the file, so no partial file is left visible."""
         copied = 0
         try:
-            with open(local, "rb") as source:
-                while block := source.read(IO_SIZE):
-                    await writer.write(block)
-                    copied += len(block)
-                    if progress:
-                        progress(copied)
+            while block := await read():
+                await writer.write(block)
+                copied += len(block)
+                if progress:
+                    progress(copied)
             await writer.close()
         except BaseException:
             await self.discard(writer)
@@ -326,23 +337,9 @@ class DFSClient(ClusterAdmin):
                 replication=entry.replication,
                 chunk_size=entry.chunk_size,
             )
-            copied = 0
-            try:
-                while copied < reader.length:
-                    block = await reader.read(IO_SIZE)
-                    if not block:
-                        break
-                    await writer.write(block)
-                    copied += len(block)
-                    if progress:
-                        progress(copied)
-                await writer.close()
-            except BaseException:
-                await self.discard(writer)
-                raise
+            return await self._fill(writer, lambda: reader.read(IO_SIZE), progress)
         finally:
             reader.close()
-        return copied
 
     async def get(self, remote: str, local: str | Path, *, progress: Progress | None = None) -> int:
         """Copy a DFS file to a local file (written under a temporary name and
