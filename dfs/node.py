@@ -25,6 +25,7 @@ from twisted.web.server import Site
 
 from dfs.config import Address, ConfigError, TLSFiles, override
 from dfs.security.identity import Identity, InvalidIdentity, Role, identity_from_certificate
+from dfs.security.secrets import check_private
 from dfs.security.tls import NodeCredentials
 
 C = TypeVar("C")
@@ -89,6 +90,7 @@ def _fail(program: str, message: str, status: int = 78) -> NoReturn:
 def load_credentials(tls: TLSFiles, source: str, role: Role) -> tuple[NodeCredentials, Identity]:
     """Load the node's certificate, key and CA and check the certificate's role."""
     tls.check(source)
+    check_private(tls.key, source, "tls.key", "the private key")
     try:
         credentials = NodeCredentials.load(tls.certificate, tls.key, tls.ca)
     except Exception as error:

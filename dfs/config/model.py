@@ -214,14 +214,32 @@ class ReplicationConfig(ConfigFile):
 
 
 @config_class
+class ConnectionLimits:
+    """What one peer may hold of a server: past a limit it is refused or disconnected."""
+
+    handshake_timeout: float = setting(Number(gt=0, le=3600), default=10.0)
+    idle_timeout: float = setting(Number(gt=0), default=900.0)
+    connections_per_identity: int = setting(Number(integer=True, ge=1), default=256)
+    commands_in_flight: int = setting(Number(integer=True, ge=1), default=512)
+    buffered_bytes: int = setting(Number(integer=True, ge=1048576), default=67108864)
+
+
+@config_class
 class SecurityConfig(ConfigFile):
-    """security_config.json: secrets shared by the metaservers, tokens, audit."""
+    """security_config.json: secrets shared by the servers, tokens, revocation, audit,
+    and the limits every server puts on its peers."""
 
     token_key_file: Path = setting(PATH, default="token.key")
-    token_lifetime: float = setting(SECONDS, default=300.0)
+    token_previous_key_file: Path | None = setting(Nullable(PATH), default=None)
+    token_lifetime: float = setting(Number(ge=10, le=86400), default=300.0)
     raft_password_file: Path = setting(PATH, default="raft.password")
     superusergroup: str = setting(NAME, default="supergroup")
+    crl: Path | None = setting(Nullable(PATH), default=None)
+    crl_check_interval: float = setting(Number(gt=0, le=10), default=2.0)
     audit_log: Path | None = setting(Nullable(PATH), default=None)
+    audit_log_max_bytes: int = setting(Number(integer=True, ge=4096), default=104857600)
+    audit_log_backups: int = setting(Number(integer=True, ge=0, le=1000), default=10)
+    limits: ConnectionLimits = setting(Section(ConnectionLimits), default={})
 
 
 def load_metaserver_config(path: str | Path) -> MetaserverConfig:

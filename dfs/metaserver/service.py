@@ -48,6 +48,7 @@ from dfs.protocol.commands import Heartbeat, ListDataservers, RegisterDataserver
 from dfs.protocol.errors import InvalidArgument, PermissionDenied, UnknownDataserver
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, Role
+from dfs.security.secrets import read_secret
 
 
 @attrs.define
@@ -478,22 +479,9 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
 
     replication = load_replication_config(config.replication_config)
     security = load_security_config(config.security_config)
-    try:
-        password = security.raft_password_file.read_text().strip()
-    except OSError as error:
-        raise ConfigError(
-            file=str(security.source),
-            key="raft_password_file",
-            expected="a readable file holding the Raft password",
-            got=str(error),
-        ) from None
-    if not password:
-        raise ConfigError(
-            file=str(security.source),
-            key="raft_password_file",
-            expected="a file holding a non-empty password",
-            got="an empty file",
-        )
+    password = read_secret(
+        security.raft_password_file, str(security.source), "raft_password_file", "the Raft password"
+    ).decode("utf-8", "replace")
     raft_dir = config.data_dir / "raft"
     raft_dir.mkdir(mode=0o700, exist_ok=True)
     if not config.raft_fsync:

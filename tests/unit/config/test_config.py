@@ -296,7 +296,7 @@ def test_wrong_type_names_the_key(tmp_path: Path, name: str, data: object, expec
         (
             "security_config.json",
             '{"token_lifetime": 0}',
-            "key 'token_lifetime': expected a number > 0, got 0",
+            "key 'token_lifetime': expected a number >= 10 and <= 86400, got 0",
         ),
     ],
 )
