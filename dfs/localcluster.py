@@ -9,7 +9,8 @@ by the pid in their pidfile, checking first that the pid is still that node.
 Layout of the folder::
 
     cluster.json              what was created: nodes, ports, client config
-    ca/                       the cluster CA (ca.crt, ca.key)
+    ca/                       the cluster CA (ca.crt, ca.key), its CRL (crl.pem) and
+                              the index of what it issued (issued/)
     shared/                   replication and security configs, token key, Raft password
     meta1/ ds1/ ds2/ ...      one folder per node: its certificate and key, config,
                               data/, twistd.pid, twistd.log, stderr.log
@@ -35,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from dfs.security.ca import CertificateAuthority
+from dfs.security.ca import CertificateAuthority, Revocation
 from dfs.security.identity import Role
 
 HOST = "127.0.0.1"
@@ -166,10 +167,12 @@ class LocalCluster:
         replication: dict[str, Any] | None = None,
         metaserver_options: dict[str, Any] | None = None,
         dataserver_options: dict[str, Any] | None = None,
+        security_options: dict[str, Any] | None = None,
     ) -> LocalCluster:
         """``metaserver_options`` are further metaserver_config.json keys (such as
         ``raft_snapshot_entries``) for every metaserver, ``dataserver_options`` the
-        same for every dataserver (such as ``scrub_bandwidth``)."""
+        same for every dataserver (such as ``scrub_bandwidth``), ``security_options``
+        further security_config.json keys (such as ``audit_log``)."""
         directory = Path(directory).absolute()
         if (directory / DESCRIPTION).exists():
             raise LocalClusterError(f"{directory} already holds a cluster")
@@ -197,7 +200,13 @@ class LocalCluster:
         )
         _write_json(
             shared / "security_config.json",
-            {"token_key_file": "token.key", "raft_password_file": "raft.password"},
+            {
+                "token_key_file": "token.key",
+                "raft_password_file": "raft.password",
+                # Always a CRL (empty at first): revoking then needs no restart.
+                "crl": str(ca.crl_path),
+                **(security_options or {}),
+            },
         )
         _write_secret(shared / "token.key")
         _write_secret(shared / "raft.password")
@@ -408,6 +417,50 @@ class LocalCluster:
         }
         _write_json(node.config_path, document)
         return node
+
+    # -- revocation --------------------------------------------------------
+
+    @property
+    def security_config(self) -> Path:
+        return self.directory / "shared" / "security_config.json"
+
+    def revoke(self, name: str, role: Role | str | None = None) -> tuple[Revocation, bool]:
+        """Revoke the certificates the cluster's CA issued for ``name`` (CAError if none).
+
+        Returns what was revoked and whether security_config.json had to be pointed
+        at the CRL (a cluster created before it always named one): running servers
+        only read that key when they start.
+        """
+        ca = CertificateAuthority.load(self.directory / "ca")
+        revocation = ca.revoke(name, role)
+        document = json.loads(self.security_config.read_text())
+        pointed = document.get("crl") != str(revocation.crl_path)
+        if pointed:
+            document["crl"] = str(revocation.crl_path)
+            _write_json(self.security_config, document)
+        return revocation, pointed
+
+    # -- users ---------------------------------------------------------------
+
+    def add_user(self, name: str, *, admin: bool = False) -> Path:
+        """Issue ``name`` a client (or admin) certificate from the cluster's CA and
+        write a client config for it; returns the config's path. CAError if the CA
+        already issued that name a certificate of that role."""
+        ca = CertificateAuthority.load(self.directory / "ca")
+        users = self.directory / "users"
+        users.mkdir(mode=0o700, exist_ok=True)
+        folder = users / name
+        folder.mkdir(mode=0o700, exist_ok=True)
+        issued = ca.issue(Role.ADMIN if admin else Role.CLIENT, name, out_dir=folder)
+        config = folder / "client_config.json"
+        document = json.loads(self.client_config.read_text())
+        document["tls"] = {
+            "certificate": issued.certificate_path.name,
+            "key": issued.key_path.name,
+            "ca": str(ca.certificate_path),
+        }
+        _write_json(config, document)
+        return config
 
     def forget_metaserver(self, node: Node) -> None:
         """Stop a metaserver removed from the group and drop it from this cluster."""

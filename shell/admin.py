@@ -27,7 +27,7 @@ from dfs.client.blocking import BlockingClient
 from dfs.config import Address
 from dfs_shell.errors import CommandError
 from dfs_shell.files import FAILURES, LOST, Session, reason
-from dfs_shell.sizes import human
+from dfs_shell.sizes import human, parse_size
 
 #: Seconds between two looks at a draining dataserver (``decommission --wait``).
 POLL_INTERVAL = 0.5
@@ -124,6 +124,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = actions.add_parser("status", help="show the balancer's state")
     show.set_defaults(run=_runner("admin balancer", run_balancer), action="status", threshold=0.0)
 
+    group = groups.add_parser(
+        "group",
+        help="list groups, add or remove their members",
+        description="Groups decide who shares a file's group permissions. Changing "
+        "them takes a superuser (an admin certificate or a member of the superuser group).",
+    )
+    group_commands = group.add_subparsers(title="group commands", metavar="COMMAND", required=True)
+    group_add = group_commands.add_parser("add", help="add users to a group (made if new)")
+    group_add.add_argument("group", metavar="GROUP")
+    group_add.add_argument("users", nargs="+", metavar="USER")
+    group_add.set_defaults(run=_runner("admin group add", run_group_add, subject="group"))
+    group_remove = group_commands.add_parser(
+        "remove", help="remove users from a group (an empty group is gone)"
+    )
+    group_remove.add_argument("group", metavar="GROUP")
+    group_remove.add_argument("users", nargs="+", metavar="USER")
+    group_remove.set_defaults(run=_runner("admin group remove", run_group_remove, subject="group"))
+    group_list = group_commands.add_parser("list", help="every group and its members")
+    group_list.set_defaults(run=_runner("admin group list", run_group_list))
+
+    user = groups.add_parser(
+        "user",
+        help="add a user's home directory",
+        description="A user is the name in their certificate (issue one with 'dfs ca "
+        "issue client NAME'); 'user add' gives them /user/NAME.",
+    )
+    user_commands = user.add_subparsers(title="user commands", metavar="COMMAND", required=True)
+    user_add = user_commands.add_parser(
+        "add", help="make /user/NAME owned by NAME, group NAME, mode 0750"
+    )
+    user_add.add_argument("name", metavar="NAME")
+    user_add.set_defaults(run=_runner("admin user add", run_user_add, subject="name"))
+
+    quota = groups.add_parser(
+        "quota",
+        help="set or clear a directory's name and space quotas",
+        description="A name quota bounds the files and directories under a directory "
+        "(itself included); a space quota bounds their bytes times replication. "
+        "'dfs count -q PATH' shows them with their use.",
+    )
+    quota_commands = quota.add_subparsers(title="quota commands", metavar="COMMAND", required=True)
+    quota_set = quota_commands.add_parser(
+        "set", help="set the name quota, the space quota or both (the other stays)"
+    )
+    quota_set.add_argument("path", metavar="PATH")
+    quota_set.add_argument("--files", type=_count, metavar="N", help="files and directories")
+    quota_set.add_argument(
+        "--bytes", type=_size_argument, metavar="SIZE", help="bytes times replication: 10G, 1.5T"
+    )
+    quota_set.set_defaults(run=_runner("admin quota set", run_quota_set, subject="path"))
+    quota_clear = quota_commands.add_parser("clear", help="remove both quotas")
+    quota_clear.add_argument("path", metavar="PATH")
+    quota_clear.set_defaults(run=_runner("admin quota clear", run_quota_clear, subject="path"))
+
     meta = groups.add_parser(
         "meta",
         help="the metaserver Raft group",
@@ -173,6 +227,23 @@ def _runner(name: str, run: Run, subject: str | None = None) -> Callable[..., in
                 session.close()
 
     return runner
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a name quota is at least 1")
+    return value
+
+
+def _size_argument(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _seconds(text: str) -> float:
@@ -561,4 +632,66 @@ def format_balancer(state: dict[str, Any]) -> str:
 
 def run_balancer(session: Session, args: argparse.Namespace) -> int:
     print(format_balancer(session.client.balancer(args.action, args.threshold)))
+    return 0
+
+
+# -- users and groups -----------------------------------------------------------------
+
+
+def format_groups(groups: dict[str, list[str]]) -> str:
+    """One line per group: ``GROUP: member, member``."""
+    if not groups:
+        return "No groups"
+    return "\n".join(f"{name}: {', '.join(members)}" for name, members in sorted(groups.items()))
+
+
+def run_group_add(session: Session, args: argparse.Namespace) -> int:
+    members = session.client.group_add(args.group, args.users)
+    print(format_groups({args.group: members}))
+    return 0
+
+
+def run_group_remove(session: Session, args: argparse.Namespace) -> int:
+    members = session.client.group_remove(args.group, args.users)
+    print(format_groups({args.group: members}) if members else f"{args.group}: no member left")
+    return 0
+
+
+def run_group_list(session: Session, args: argparse.Namespace) -> int:
+    print(format_groups(session.client.groups()))
+    return 0
+
+
+def run_user_add(session: Session, args: argparse.Namespace) -> int:
+    print(f"{session.client.add_user(args.name)} is ready for {args.name}")
+    return 0
+
+
+# -- quotas ---------------------------------------------------------------------------
+
+
+def format_quota(quota: dict[str, Any]) -> str:
+    """The quotas of a directory and their use, one line each."""
+    files, size = quota["files_quota"], quota["bytes_quota"]
+    names = f"{quota['names']} files and directories"
+    space = f"{_bytes(quota['space'])} (bytes times replication)"
+    return "\n".join(
+        [
+            f"{quota['path']}:",
+            f"  Name quota:  {'none' if files is None else files} ({names} in use)",
+            f"  Space quota: {'none' if size is None else _bytes(size)} ({space} in use)",
+        ]
+    )
+
+
+def run_quota_set(session: Session, args: argparse.Namespace) -> int:
+    if args.files is None and args.bytes is None:
+        raise CommandError("admin quota set", "give --files N, --bytes SIZE or both")
+    remote = session.resolve(args.path)
+    print(format_quota(session.client.set_quota(remote, files=args.files, bytes=args.bytes)))
+    return 0
+
+
+def run_quota_clear(session: Session, args: argparse.Namespace) -> int:
+    print(format_quota(session.client.clear_quota(session.resolve(args.path))))
     return 0

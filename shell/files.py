@@ -294,6 +294,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     du.add_argument("-h", "--human", action="store_true", help="sizes like 1.5K 20.0M")
     du.add_argument("paths", nargs="*", metavar="PATH", help="default: the working directory")
 
+    count = command(
+        "count",
+        "directories, files and bytes under paths; with -q their quotas",
+        run_count,
+        "columns: DIR_COUNT FILE_COUNT CONTENT_SIZE PATH; with -q first QUOTA REM_QUOTA "
+        "SPACE_QUOTA REM_SPACE_QUOTA (none and inf where there is no quota)\n"
+        "examples:\n  dfs count /data\n  dfs count -q -h /user/alice",
+    )
+    count.add_argument("-q", "--quota", action="store_true", help="show quotas and what is left")
+    count.add_argument("-h", "--human", action="store_true", help="sizes like 1.5K 20.0M")
+    count.add_argument("-v", "--header", action="store_true", help="print a header line")
+    count.add_argument("paths", nargs="*", metavar="PATH", help="default: the working directory")
+
     df = command("df", "cluster capacity", run_df, "examples:\n  dfs df -h")
     df.add_argument("-h", "--human", action="store_true", help="sizes like 1.5K 20.0M")
 
@@ -685,6 +698,45 @@ def run_du(session: Session, args: argparse.Namespace) -> int:
 def _print_usage(usage: dict[str, int], path: str, args: argparse.Namespace) -> None:
     plain, replicated = _size(usage["bytes"], args), _size(usage["replicated_bytes"], args)
     print(f"{plain:<12} {replicated:<12} {path}")
+
+
+COUNT_HEADER = ("DIR_COUNT", "FILE_COUNT", "CONTENT_SIZE")
+QUOTA_HEADER = ("QUOTA", "REM_QUOTA", "SPACE_QUOTA", "REM_SPACE_QUOTA")
+
+
+def count_line(
+    usage: dict[str, int], quota: dict[str, Any] | None, path: str, args: argparse.Namespace
+) -> str:
+    """One ``count`` line, HDFS's columns: the quotas first with -q."""
+    cells = [str(usage["directories"]), str(usage["files"]), _size(usage["bytes"], args)]
+    if quota is not None:
+        files, space = quota["files_quota"], quota["bytes_quota"]
+        cells = [
+            "none" if files is None else str(files),
+            "inf" if files is None else str(files - quota["names"]),
+            "none" if space is None else _size(space, args),
+            "inf" if space is None else _size(space - quota["space"], args),
+            *cells,
+        ]
+    return " ".join(f"{cell:>12}" for cell in cells) + f" {path}"
+
+
+def run_count(session: Session, args: argparse.Namespace) -> int:
+    failures = Failures("count", session)
+    if args.header:
+        header = (*QUOTA_HEADER, *COUNT_HEADER) if args.quota else COUNT_HEADER
+        print(" ".join(f"{cell:>12}" for cell in header) + " PATHNAME")
+    for path in args.paths or ["."]:
+        remote = session.resolve(path)
+        with failures.about(path, remote=remote):
+            usage = session.client.du(remote)
+            quota = None
+            if args.quota and session.client.stat(remote).is_dir:
+                quota = session.client.quota(remote)
+            elif args.quota:
+                quota = {"files_quota": None, "bytes_quota": None, "names": 1, "space": 0}
+            print(count_line(usage, quota, path, args))
+    return failures.status
 
 
 def run_df(session: Session, args: argparse.Namespace) -> int:

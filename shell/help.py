@@ -19,6 +19,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "find",
             "stat",
             "du",
+            "count",
             "df",
             "cat",
             "head",

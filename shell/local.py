@@ -1,4 +1,4 @@
-"""``dfs local [up|status|down]``: a whole cluster on this machine, for trying DFS out.
+"""``dfs local [up|status|down|revoke]``: a whole cluster on this machine, for trying DFS out.
 
 ``dfs local`` alone starts the cluster in the default folder if it is not running
 (as ``up`` does) and opens the interactive shell on it.
@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 
 from dfs.localcluster import DESCRIPTION, LocalCluster, LocalClusterError
+from dfs.security.ca import CAError
+from dfs.security.identity import Role
 from dfs_shell import repl
+from dfs_shell.ca import report_revocation
 from dfs_shell.errors import CommandError
 
 #: What ``dfs local`` creates when no cluster exists yet (as ``up`` without options).
@@ -71,6 +74,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     down = commands.add_parser("down", help="stop every process of the local cluster")
     _dir_option(down)
     down.set_defaults(run=run_down)
+
+    revoke = commands.add_parser(
+        "revoke",
+        help="revoke a user's (or node's) certificates",
+        description="Revoke every certificate the local cluster's CA issued to NAME: its "
+        "servers refuse and disconnect the holder within seconds, without a restart.",
+    )
+    _dir_option(revoke)
+    revoke.add_argument("name", metavar="NAME", help="identity name, e.g. alice")
+    revoke.add_argument(
+        "--role", choices=[role.value for role in Role], help="only the certificates of this role"
+    )
+    revoke.set_defaults(run=run_revoke)
+
+    adduser = commands.add_parser(
+        "adduser",
+        help="issue a user a certificate and write a client config for it",
+        description="Issue NAME a client certificate (an admin one with --admin) from the "
+        "local cluster's CA and write a client config for it; prints the config's path "
+        "(use it with 'dfs -c PATH' or DFS_CONFIG). 'dfs admin user add NAME' then gives "
+        "the user a home directory.",
+    )
+    _dir_option(adduser)
+    adduser.add_argument("name", metavar="NAME", help="the user's name, e.g. alice")
+    adduser.add_argument("--admin", action="store_true", help="an admin (superuser) certificate")
+    adduser.set_defaults(run=run_adduser)
 
 
 def _dir_option(parser: argparse.ArgumentParser) -> None:
@@ -181,6 +210,33 @@ def run_status(args: argparse.Namespace) -> int:
             state = "running, " + (", ".join(seen) if seen else "no metaserver answers")
         print(f"{node.name:<8} {role:<11} {pid or '-':>7}  {node.address:<21} {state}")
     return 0 if len(cluster.running()) == len(cluster.nodes) else 3
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    cluster = _open(args, "local revoke")
+    try:
+        revocation, pointed = cluster.revoke(args.name, args.role)
+    except CAError as error:
+        raise CommandError("local revoke", str(error)) from None
+    report_revocation(revocation)
+    if pointed and cluster.running():
+        print(
+            f"dfs: local revoke: {cluster.security_config} did not name the CRL; it does "
+            "now, and the servers check it from their next start "
+            f"('dfs local down --dir {cluster.directory}' then 'up')",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def run_adduser(args: argparse.Namespace) -> int:
+    cluster = _open(args, "local adduser")
+    try:
+        config = cluster.add_user(args.name, admin=args.admin)
+    except (CAError, ValueError) as error:
+        raise CommandError("local adduser", f"{args.name}: {error}") from None
+    print(config)
+    return 0
 
 
 def run_down(args: argparse.Namespace) -> int:

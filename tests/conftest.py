@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+# Lines a test prints starting with "REPORT " (benchmark-like figures of stress tests,
+# the size of the permission matrix, the fuzzer's counts), gathered from the captured
+# output and shown together at the end of the run, so that CI logs carry them.
+_REPORTS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        for line in report.capstdout.splitlines():
+            if line.startswith("REPORT "):
+                _REPORTS.append(line.removeprefix("REPORT "))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _REPORTS:
+        terminalreporter.section("reports")
+        for line in _REPORTS:
+            terminalreporter.write_line(line)

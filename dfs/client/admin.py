@@ -1,5 +1,6 @@
 """What an administrator asks of the cluster: the metaserver group, chunk health
-(fsck), dataservers and their decommissioning, safe mode and the balancer.
+(fsck), dataservers and their decommissioning, safe mode, the balancer, users and
+groups.
 
 :class:`ClusterAdmin` is mixed into :class:`~dfs.client.client.DFSClient`, so these
 are methods of every client; the metaservers answer them only for an admin
@@ -19,14 +20,19 @@ from dfs.client.leader import MetaserverChannel
 from dfs.config import Address, ClientConfig
 from dfs.protocol.commands import (
     AddMetaserver,
+    AddUser,
+    ChangeGroup,
     ControlBalancer,
     ControlSafeMode,
     Decommission,
     Fsck,
+    GetQuota,
     ListDataservers,
+    ListGroups,
     MetaserverStatus,
     Recommission,
     RemoveMetaserver,
+    SetQuota,
 )
 
 #: Problems asked for per Fsck call: a page stays well under AMP's 65,535-byte values.
@@ -199,3 +205,58 @@ class ClusterAdmin:
         if not 0 <= threshold < 100:
             raise ValueError(f"balancer threshold must be 0 to 100 percent, not {threshold!r}")
         return dict(await self.metaserver.call(ControlBalancer, action=action, threshold=threshold))
+
+    # -- users and groups --------------------------------------------------------------
+
+    async def groups(self) -> dict[str, list[str]]:
+        """Every group and its members, by group name."""
+        answer = await self.metaserver.call(ListGroups)
+        return {group["name"]: list(group["members"]) for group in answer["groups"]}
+
+    async def group_add(self, group: str, users: list[str]) -> list[str]:
+        """Add ``users`` to ``group`` (made if new); its members after the change.
+        Superusers only, as every change below."""
+        answer = await self.metaserver.call(ChangeGroup, group=group, users=users, add=True)
+        return list(answer["members"])
+
+    async def group_remove(self, group: str, users: list[str]) -> list[str]:
+        """Take ``users`` out of ``group``; a group left empty is gone."""
+        answer = await self.metaserver.call(ChangeGroup, group=group, users=users, add=False)
+        return list(answer["members"])
+
+    async def add_user(self, name: str) -> str:
+        """Make ``/user/<name>`` owned by ``name`` (group ``name``, mode 0750); its path."""
+        answer = await self.metaserver.call(AddUser, name=name)
+        return str(answer["path"])
+
+    # -- quotas ------------------------------------------------------------------------
+
+    async def quota(self, path: str) -> dict[str, Any]:
+        """A directory's quotas and use: ``files_quota`` and ``bytes_quota`` (None:
+        no limit), ``names`` (files and directories, itself included) and ``space``
+        (bytes times replication)."""
+        return _quota(await self.metaserver.call(GetQuota, path=path))
+
+    async def set_quota(
+        self, path: str, *, files: int | None = None, bytes: int | None = None
+    ) -> dict[str, Any]:
+        """Set the name quota (``files``) and/or the space quota (``bytes``) of a
+        directory; the one not given stays. Superusers only."""
+        if files is None and bytes is None:
+            raise ValueError("give a name quota (files), a space quota (bytes) or both")
+        answer = await self.metaserver.call(
+            SetQuota, path=path, files=files, bytes=bytes, clear=False
+        )
+        return _quota(answer)
+
+    async def clear_quota(self, path: str) -> dict[str, Any]:
+        """Remove both quotas of a directory. Superusers only."""
+        return _quota(await self.metaserver.call(SetQuota, path=path, clear=True))
+
+
+def _quota(answer: dict[str, Any]) -> dict[str, Any]:
+    quota = dict(answer)
+    for key in ("files_quota", "bytes_quota"):
+        if quota[key] < 0:
+            quota[key] = None
+    return quota

@@ -223,6 +223,29 @@ class BlockingClient:
     def balancer(self, action: str = "status", threshold: float = 0.0) -> dict[str, Any]:
         return self._run(self._client.balancer, action, threshold)
 
+    def groups(self) -> dict[str, list[str]]:
+        return self._run(self._client.groups)
+
+    def group_add(self, group: str, users: list[str]) -> list[str]:
+        return self._run(self._client.group_add, group, users)
+
+    def group_remove(self, group: str, users: list[str]) -> list[str]:
+        return self._run(self._client.group_remove, group, users)
+
+    def add_user(self, name: str) -> str:
+        return self._run(self._client.add_user, name)
+
+    def quota(self, path: str) -> dict[str, Any]:
+        return self._run(self._client.quota, path)
+
+    def set_quota(
+        self, path: str, *, files: int | None = None, bytes: int | None = None
+    ) -> dict[str, Any]:
+        return self._run(self._client.set_quota, path, files=files, bytes=bytes)
+
+    def clear_quota(self, path: str) -> dict[str, Any]:
+        return self._run(self._client.clear_quota, path)
+
     def open(self, path: str, mode: str = "rb", **options: Any) -> io.RawIOBase:
         """``"rb"`` to read, ``"wb"`` to create (``"xb"`` to fail if it exists)."""
         if mode == "rb":

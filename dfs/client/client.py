@@ -217,6 +217,7 @@ class DFSClient(ClusterAdmin):
                         length=chunk["length"],
                         offset=offset,
                         locations=tuple(chunk["locations"]),
+                        token=chunk["token"],
                     )
                 )
                 offset += chunk["length"]

@@ -5,6 +5,10 @@ On a checksum mismatch, a timeout, a stale or missing replica or a dataserver th
 does not answer, the reader moves on to the next replica (reporting a bad one to the
 metaserver in the background); only when no replica of a chunk can be read does the read fail, with
 an error naming the chunk.
+
+Every ReadChunk carries the chunk's read token. A read that outlasts it renews it
+(RenewChunkTokens) shortly before it runs out, or when a dataserver refuses it, and
+asks again from where it was: the user never sees an expired token.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from typing import Any
 import attrs
 import google_crc32c
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger
 
 from dfs.client.connection import DataserverPool
+from dfs.client.grants import ChunkGrant
 from dfs.client.leader import MetaserverChannel
-from dfs.protocol.commands import ReadChunk, ReportBadReplica
-from dfs.protocol.errors import ChecksumMismatch, ChunkNotFound, DFSError, StaleChunk
+from dfs.protocol.commands import ReadChunk, RenewChunkTokens, ReportBadReplica
+from dfs.protocol.errors import ChecksumMismatch, ChunkNotFound, DFSError, InvalidToken, StaleChunk
 from dfs.protocol.session import PeerSession
+from dfs.security.tokens import READ
 
 #: Answers that show the replica itself is bad, as opposed to its dataserver.
 BAD_REPLICA = (ChecksumMismatch, ChunkNotFound, StaleChunk)
@@ -47,10 +55,13 @@ class ChunkInfo:
     length: int
     offset: int  # where the chunk starts in the file
     locations: tuple[str, ...]
+    token: str = ""  # the read token that came with the locations
 
 
 class FileReader:
     """A file open for reading, with a position: ``read``, ``seek``, ``read_range``."""
+
+    log = Logger()
 
     def __init__(
         self,
@@ -69,6 +80,9 @@ class FileReader:
         self._chunks = chunks
         self.position = 0
         self._stream: _ChunkStream | None = None
+        now = reactor.seconds()
+        #: chunk id -> its read token, renewed as the read goes on
+        self._grants = {chunk.chunk_id: ChunkGrant(chunk.token, now) for chunk in chunks}
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.length}[whence]
@@ -131,6 +145,52 @@ class FileReader:
             finally:
                 stream.close()
         return b"".join(pieces)
+
+    def _grant(self, chunk: ChunkInfo) -> ChunkGrant:
+        return self._grants.setdefault(
+            chunk.chunk_id, ChunkGrant(chunk.token, self._reactor.seconds())
+        )
+
+    def token(self, chunk: ChunkInfo) -> str:
+        return self._grant(chunk).token
+
+    def renewal_due(self, chunk: ChunkInfo) -> bool:
+        return self._grant(chunk).renewal_due(self._reactor.seconds())
+
+    async def renew(self, chunk: ChunkInfo) -> None:
+        """A fresh read token for ``chunk`` from the metaserver (its errors, such as
+        the file being gone, are the read's)."""
+        answer = await self._metaserver.call(
+            RenewChunkTokens,
+            path=self.path,
+            operation=READ,
+            chunk_ids=[chunk.chunk_id],
+            client_id="",
+        )
+        for renewed in answer["tokens"]:
+            if renewed["chunk_id"] == chunk.chunk_id and renewed["version"] == chunk.version:
+                self._grants[chunk.chunk_id] = ChunkGrant(renewed["token"], self._reactor.seconds())
+                return
+        raise StaleChunk(
+            f"{self.path}: chunk {chunk.chunk_id} version {chunk.version} is no longer "
+            "the file's (it was rewritten)"
+        )
+
+    async def renew_early(self, chunk: ChunkInfo) -> None:
+        """Renew a token about to run out; on failure go on with it (a refusal will
+        renew it again, or tell why) and try again only a margin later."""
+        try:
+            await self.renew(chunk)
+        except CancelledError:
+            raise
+        except Exception as error:
+            self._grant(chunk).received = self._reactor.seconds()
+            self.log.info(
+                "{path}: early renewal of the token of chunk {chunk_id} failed: {error}",
+                path=self.path,
+                chunk_id=chunk.chunk_id,
+                error=f"{type(error).__name__}: {error}",
+            )
 
     def _report(self, chunk: ChunkInfo, address: str, reason: str) -> None:
         """Tell the metaserver a replica is bad, in the background: reporting is a
@@ -203,6 +263,10 @@ class _ChunkStream:
         self._replicas = list(chunk.locations)
         self._problems: list[str] = []
         self._session: PeerSession | None = None
+        #: the token was renewed after a refusal, and no answer came since
+        self._renewed = False
+        #: dialled again after the dataserver closed the connection, no answer since
+        self._redialled = False
 
     async def read(self, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset``; at least one unless the chunk ended."""
@@ -219,10 +283,31 @@ class _ChunkStream:
                 await self._next_answer()
             except (CancelledError, ChunkUnavailable):
                 raise  # the caller gave up, or no replica is left
+            except InvalidToken as error:
+                if self._renewed:
+                    self._fail(error)  # refused even fresh: that replica's problem
+                else:
+                    await self._renew()
+            except ConnectionDone as error:
+                # Closed cleanly: most likely an idle connection the dataserver closed
+                # (its idle_timeout) as this request went out. Dial it once more
+                # before counting the replica as failed.
+                if self._redialled:
+                    self._fail(error)
+                else:
+                    self._redial()
             except Exception as error:
                 self._fail(error)
 
     async def _next_answer(self) -> None:
+        if self._reader.renewal_due(self.chunk):
+            # The requests in flight still carry the old token, good for a while yet.
+            await self._reader.renew_early(self.chunk)
+        if self._session is not None and not self._session.is_open:
+            # The dataserver closed an idle connection while the reader paused (its
+            # idle_timeout): dial it again rather than count the replica as failed.
+            # Answers already received stay in _pending; a failed call still fails.
+            self._session = None
         if self._session is None:
             if not self._replicas:
                 raise self._unavailable()
@@ -230,6 +315,7 @@ class _ChunkStream:
         self._top_up()
         at, size, call = self._pending[0]
         answer = await call
+        self._renewed = self._redialled = False
         self._pending.popleft()
         self._data = _checked(self.chunk, at, size, answer["data"], answer["checksums"])
         self._data_at = at
@@ -237,8 +323,8 @@ class _ChunkStream:
 
     def _top_up(self) -> None:
         session = self._session
-        if session is None:
-            return
+        if session is None or not session.is_open:
+            return  # (a closed one is dialled again by _next_answer)
         # Whole blocks: a range read's last request runs to the end of its block.
         limit = min(self.chunk.length, -(-self._stop // BLOCK) * BLOCK)
         while len(self._pending) < WINDOW and self._requested < limit:
@@ -249,10 +335,32 @@ class _ChunkStream:
                 version=self.chunk.version,
                 offset=self._requested,
                 length=size,
+                token=self._reader.token(self.chunk),
             )
             call.addTimeout(READ_TIMEOUT, self._reader._reactor)
             self._pending.append((self._requested, size, call))
             self._requested += size
+
+    async def _renew(self) -> None:
+        """The replica refused the token (it ran out): renew it and ask the same
+        replica again from the block holding the next byte wanted."""
+        session = self._session
+        self.close()
+        await self._reader.renew(self.chunk)
+        self._renewed = True
+        self._session = session if session is not None and session.is_open else None
+        self._requested = self.offset - self.offset % BLOCK
+        self._data = b""
+        self._data_at = self._requested
+
+    def _redial(self) -> None:
+        """Ask the same replica again, on a new connection, from the block holding
+        the next byte wanted."""
+        self.close()
+        self._redialled = True
+        self._requested = self.offset - self.offset % BLOCK
+        self._data = b""
+        self._data_at = self._requested
 
     def _fail(self, error: Exception) -> None:
         self.close()

@@ -10,6 +10,11 @@ a chunk boundary; close waits for both. When a dataserver
 of the pipeline fails, the writer gets a new chunk version from the metaserver, asks
 the survivors to keep the acknowledged bytes under that version, and resends what
 was not acknowledged: the user sees no error as long as one replica survives.
+
+Every command to a dataserver carries the chunk's write token (from AddChunk, then
+from each BumpChunkVersion). A chunk that takes longer than the token lasts has it
+renewed (RenewChunkTokens) before a command, and once more on a refusal: an
+expired token never fails a write.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dfs.client.connection import DATASERVER_TIMEOUT, DataserverPool
+from dfs.client.grants import ChunkGrant
 from dfs.client.leader import MetaserverChannel
 from dfs.protocol.commands import (
     AbortChunkWrite,
@@ -34,11 +40,13 @@ from dfs.protocol.commands import (
     FinishChunkWrite,
     OpenChunkWrite,
     RecoverChunkWrite,
+    RenewChunkTokens,
     RenewLease,
 )
-from dfs.protocol.errors import DFSError, PipelineBroken
+from dfs.protocol.errors import DFSError, InvalidToken, PipelineBroken
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream
+from dfs.security.tokens import WRITE
 
 PACKET = 65536
 #: Bytes sent on the chunk stream and not yet acknowledged by every replica.
@@ -55,17 +63,30 @@ def request_id() -> str:
     return uuid.uuid4().hex
 
 
+class _RenewalFailed(Exception):
+    """The metaserver did not renew a token: its error ends the write (it is not
+    a dataserver's fault, so no dataserver is left out for it)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class ChunkPipeline:
     """One chunk being written through a pipeline of dataservers: control over AMP,
     data on the chunk stream to the first dataserver (a StreamListener)."""
 
     log = Logger()
 
-    def __init__(self, file: FileWriter, chunk_id: int, version: int, targets: list[str]) -> None:
+    def __init__(
+        self, file: FileWriter, chunk_id: int, version: int, targets: list[str], token: str = ""
+    ) -> None:
         self._file = file
         self.chunk_id = chunk_id
         self.version = version
         self.targets = list(targets)
+        #: the write token for ``version``
+        self.grant = ChunkGrant(token, file.now())
         self.length = 0  # bytes handed to the pipeline
         self.acked = 0  # bytes every replica acknowledged
         self._session: PeerSession | None = None
@@ -80,8 +101,7 @@ class ChunkPipeline:
         while True:
             try:
                 self._session = await self._file.dial(self.targets[0])
-                await self._file.ask(
-                    self._session,
+                await self._ask(
                     OpenChunkWrite,
                     chunk_id=self.chunk_id,
                     version=self.version,
@@ -92,8 +112,38 @@ class ChunkPipeline:
                 return
             except CancelledError:
                 raise  # the caller gave up: not the dataserver's fault
+            except _RenewalFailed as failed:
+                raise failed.error from None
             except Exception as error:
                 await self._lose(self._failed_address(error))
+
+    async def _ask(self, command: Any, **arguments: Any) -> Any:
+        """``command`` to the first dataserver with the write token, renewed first
+        when it is about to run out, and once more if the dataserver refuses it."""
+        assert self._session is not None
+        if self.grant.renewal_due(self._file.now()):
+            await self._renew()
+        try:
+            return await self._file.ask(self._session, command, token=self.grant.token, **arguments)
+        except InvalidToken:
+            await self._renew()
+        return await self._file.ask(self._session, command, token=self.grant.token, **arguments)
+
+    async def _renew(self) -> None:
+        try:
+            version, token = await self._file.renew_token(self.chunk_id)
+        except CancelledError:
+            raise
+        except Exception as error:
+            raise _RenewalFailed(error) from None
+        if version != self.version:
+            raise _RenewalFailed(
+                WriteFailed(
+                    f"chunk {self.chunk_id}: version {self.version} is being written, "
+                    f"the metaserver knows version {version}"
+                )
+            )
+        self.grant = ChunkGrant(token, self._file.now())
 
     async def _attach(self) -> None:
         """Send data, from now on, on the chunk stream to the first dataserver."""
@@ -163,11 +213,12 @@ class ChunkPipeline:
         while True:
             # A metaserver error here (the lease lost, say) ends the write: it is not
             # the dataservers' fault.
-            old, self.version = self.version, await self._file.bump_version(self.chunk_id)
+            old = self.version
+            self.version, token = await self._file.bump_version(self.chunk_id)
+            self.grant = ChunkGrant(token, self._file.now())
             try:
                 self._session = await self._file.dial(self.targets[0])
-                await self._file.ask(
-                    self._session,
+                await self._ask(
                     RecoverChunkWrite,
                     chunk_id=self.chunk_id,
                     version=old,
@@ -179,6 +230,8 @@ class ChunkPipeline:
                 break
             except CancelledError:
                 raise  # the caller gave up: not the dataserver's fault
+            except _RenewalFailed as failed:
+                raise failed.error from None
             except Exception as error:
                 self._detach()
                 await self._lose(self._failed_address(error))
@@ -202,7 +255,7 @@ class ChunkPipeline:
         if session is None or not session.is_open:
             return
         session.callRemote(
-            AbortChunkWrite, chunk_id=self.chunk_id, version=self.version
+            AbortChunkWrite, chunk_id=self.chunk_id, version=self.version, token=self.grant.token
         ).addErrback(lambda _: None)
 
     async def finish(self) -> list[str]:
@@ -210,8 +263,7 @@ class ChunkPipeline:
             await self._settle(lambda: self.acked >= self.length)
             assert self._session is not None
             try:
-                answer = await self._file.ask(
-                    self._session,
+                answer = await self._ask(
                     FinishChunkWrite,
                     chunk_id=self.chunk_id,
                     version=self.version,
@@ -219,6 +271,8 @@ class ChunkPipeline:
                 )
             except CancelledError:
                 raise  # the caller gave up: not the dataserver's fault
+            except _RenewalFailed as failed:
+                raise failed.error from None
             except Exception as error:
                 await self._recover(self._failed_address(error))
                 continue
@@ -287,7 +341,11 @@ class FileWriter:
         # the same request id.
         return await self._metaserver.call(command, **arguments)
 
-    async def bump_version(self, chunk_id: int) -> int:
+    def now(self) -> float:
+        return float(self._reactor.seconds())
+
+    async def bump_version(self, chunk_id: int) -> tuple[int, str]:
+        """The chunk's new version, and the write token for it."""
         answer = await self._ask_meta(
             BumpChunkVersion,
             path=self.path,
@@ -295,7 +353,19 @@ class FileWriter:
             chunk_id=chunk_id,
             request_id=request_id(),
         )
-        return int(answer["version"])
+        return int(answer["version"]), answer["token"]
+
+    async def renew_token(self, chunk_id: int) -> tuple[int, str]:
+        """A fresh write token for the chunk being written: its version and token."""
+        answer = await self._ask_meta(
+            RenewChunkTokens,
+            path=self.path,
+            operation=WRITE,
+            chunk_ids=[chunk_id],
+            client_id=self._client_id,
+        )
+        [renewed] = [t for t in answer["tokens"] if t["chunk_id"] == chunk_id]
+        return int(renewed["version"]), renewed["token"]
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``; returns once it is handed to the pipeline (waiting only when
@@ -335,7 +405,7 @@ class FileWriter:
             AddChunk, path=self.path, client_id=self._client_id, request_id=request_id()
         )
         self._chunk = ChunkPipeline(
-            self, answer["chunk_id"], answer["version"], list(answer["targets"])
+            self, answer["chunk_id"], answer["version"], list(answer["targets"]), answer["token"]
         )
         await self._chunk.open()
 

@@ -12,6 +12,11 @@ new chunk version and goes on.
 
 Write state is kept per chunk, not per connection: a survivor must still hold its
 partial replica when the connection from a failed upstream dataserver drops.
+
+Every command of a write carries the writer's token (checked by the session before
+it gets here) and passes it on to the next dataserver, which checks it too. The
+chunk stream carries none: its data goes only to a write opened (or recovered) by
+the same peer, so only after a token was found good.
 """
 
 from __future__ import annotations
@@ -243,10 +248,12 @@ class ChunkService:
         owner: Identity | None = None,
         *,
         expected_length: int | None = None,
+        token: str | None = None,
     ) -> None:
         """Start this replica and the pipeline below it. ``expected_length`` (the
         file's chunk size) is set aside in the store at once, so that open writes
-        count against the reserved space and the free space reported."""
+        count against the reserved space and the free space reported. ``token`` (the
+        writer's, checked by the caller) goes down the pipeline with every command."""
         existing = self._writes.pop(chunk_id, None)
         if existing is not None:
             # A writer starting over (after a failure before any recovery) replaces
@@ -266,6 +273,7 @@ class ChunkService:
                     version=version,
                     downstream=downstream[1:],
                     expected_length=expected_length,
+                    token=token,
                 )
                 await self._connect_below(write)
             except DFSError:
@@ -406,7 +414,9 @@ class ChunkService:
         )
         stream.send_failure(chunk_id, version, self.address)
 
-    async def finish(self, chunk_id: int, version: int, length: int) -> list[str]:
+    async def finish(
+        self, chunk_id: int, version: int, length: int, *, token: str | None = None
+    ) -> list[str]:
         write = self._write(chunk_id, version)
         done = write.complete.length if write.complete else write.active().length
         if length != done:
@@ -424,6 +434,7 @@ class ChunkService:
                     chunk_id=chunk_id,
                     version=version,
                     length=length,
+                    token=token,
                 )
             )
             if write.downstream
@@ -459,6 +470,8 @@ class ChunkService:
         length: int,
         downstream: list[str],
         owner: Identity | None = None,
+        *,
+        token: str | None = None,
     ) -> None:
         write = self._writes.get(chunk_id)
         if write is None or write.writer is None:
@@ -510,10 +523,11 @@ class ChunkService:
                 new_version=new_version,
                 length=length,
                 downstream=downstream[1:],
+                token=token,
             )
             await self._connect_below(write)
 
-    async def abort(self, chunk_id: int, version: int) -> None:
+    async def abort(self, chunk_id: int, version: int, *, token: str | None = None) -> None:
         write = self._writes.get(chunk_id)
         if write is None or write.version != version:
             return
@@ -522,7 +536,11 @@ class ChunkService:
         if write.downstream:
             try:
                 await self._hop(
-                    write.downstream, AbortChunkWrite, chunk_id=chunk_id, version=version
+                    write.downstream,
+                    AbortChunkWrite,
+                    chunk_id=chunk_id,
+                    version=version,
+                    token=token,
                 )
             except PipelineBroken:
                 pass  # the one below throws its partial replica away when it expires

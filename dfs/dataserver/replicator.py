@@ -9,7 +9,8 @@ block before a byte of it reaches the disk, writes the replica through the chunk
 store (a temporary name, fsynced, renamed) and reports it to every metaserver as a
 pipeline write does. A source that fails in any way (unreachable, no such replica,
 a stale one, a block that fails its CRC, too slow) is left for the next one, and
-what it sent is thrown away.
+what it sent is thrown away. The order carries a copy token minted for this
+dataserver, which every ReadChunk to a source presents.
 
 ``VerifyChunk`` re-reads a replica a reader reported bad; a corrupt one is
 quarantined and reported (``ReplicaCorrupt``), as the scrubber does.
@@ -135,6 +136,8 @@ class _Copy:
 
     chunk_id: int
     version: int
+    #: the copy token the leader minted for this dataserver, shown to the sources
+    token: str = ""
     waiters: list[Deferred[str]] = attrs.field(factory=list)
     task: Deferred[None] | None = None
     #: The replica is being made durable in a thread: it is no longer cancelled
@@ -221,7 +224,14 @@ class ChunkReplicator(Service):
     # -- ReplicateChunk ------------------------------------------------------------
 
     async def replicate(
-        self, chunk_id: int, version: int, length: int, sources: list[str], rate: int
+        self,
+        chunk_id: int,
+        version: int,
+        length: int,
+        sources: list[str],
+        rate: int,
+        *,
+        token: str = "",
     ) -> str:
         """Copy the replica here; answers the address it was copied from (this
         dataserver's own when the replica was here already)."""
@@ -231,6 +241,8 @@ class ChunkReplicator(Service):
             )
         while (copy := self._copies.get(chunk_id)) is not None:
             if copy.version == version:
+                # The order again (its answer was lost): its token lasts longer.
+                copy.token = token or copy.token
                 self.log.info(
                     "chunk {chunk_id} version {version} ordered again while it is being "
                     "copied: answering when that copy ends",
@@ -246,7 +258,7 @@ class ChunkReplicator(Service):
             # The chunk moved on: the copy of the older version is of no use.
             copy.cancel()
             await copy.ended()
-        copy = _Copy(chunk_id, version)
+        copy = _Copy(chunk_id, version, token)
         self._copies[chunk_id] = copy
         waiter = copy.wait()  # before it starts: a copy may end at once
         copy.task = Deferred.fromCoroutine(self._run(copy, length, list(sources), rate))
@@ -349,7 +361,7 @@ class ChunkReplicator(Service):
                 raise
             except Exception as error:
                 raise _SourceFailed(error) from None
-            await self._pull(session, address, writer, length, rate)
+            await self._pull(session, address, writer, length, rate, copy)
             copy.finishing = True
             try:
                 return await self._in_thread(writer.finish)
@@ -379,7 +391,13 @@ class ChunkReplicator(Service):
         return plan
 
     async def _pull(
-        self, session: SourceSession, address: str, writer: ChunkWriter, length: int, rate: int
+        self,
+        session: SourceSession,
+        address: str,
+        writer: ChunkWriter,
+        length: int,
+        rate: int,
+        copy: _Copy,
     ) -> None:
         """Read the replica from ``session`` into ``writer``, ``window`` reads in
         flight, never starting a read before ``rate`` allows it."""
@@ -400,7 +418,12 @@ class ChunkReplicator(Service):
                     plan.popleft()
                     start_at = None
                     call = session.callRemote(
-                        ReadChunk, chunk_id=chunk_id, version=version, offset=offset, length=ask
+                        ReadChunk,
+                        chunk_id=chunk_id,
+                        version=version,
+                        offset=offset,
+                        length=ask,
+                        token=copy.token,
                     )
                     call.addTimeout(self._timeout, self._reactor)
                     pending.append((offset, expect, call))

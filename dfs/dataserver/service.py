@@ -26,7 +26,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from dfs import __version__
-from dfs.config import Address, ConfigError, DataserverConfig
+from dfs.config import Address, ConfigError, DataserverConfig, load_security_config
+from dfs.dataserver.access import ChunkAccess
 from dfs.dataserver.chunkstore import ChunkStore, StoredChunk
 from dfs.dataserver.pipeline import ChunkService, PeerConnections
 from dfs.dataserver.replicator import ChunkReplicator
@@ -56,6 +57,8 @@ from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream
 from dfs.security.identity import Identity, Role
 from dfs.security.tls import NodeCredentials
+from dfs.security.tokenkeys import load_token_keys
+from dfs.trust import TrustService
 
 
 @attrs.define
@@ -70,6 +73,7 @@ class Dataserver:
     chunks: ChunkService | None = None
     replicator: ChunkReplicator | None = None
     scrubber: ChunkScrubber | None = None
+    access: ChunkAccess | None = None
 
     @property
     def address(self) -> str:
@@ -114,15 +118,31 @@ class Dataserver:
             ],
             "scrubber": self.scrubber.status() if self.scrubber is not None else None,
             "replication": self.replicator.status() if self.replicator is not None else None,
+            "tokens_refused": self.access.refused if self.access is not None else 0,
         }
 
 
 class DataserverSession(PeerSession):
-    """One AMP connection to the dataserver: chunk writes and reads."""
+    """One AMP connection to the dataserver: chunk writes and reads, each on a token
+    checked by ``access`` before the chunk is touched."""
 
-    def __init__(self, chunks: ChunkService, identity: Identity) -> None:
+    def __init__(self, chunks: ChunkService, identity: Identity, access: ChunkAccess) -> None:
         super().__init__(identity)
         self.chunks = chunks
+        self.access = access
+
+    def _check(
+        self, command: str, token: str | None, chunk_id: int, version: int, *, read: bool = False
+    ) -> None:
+        self.access.check(
+            token,
+            chunk_id,
+            version,
+            read=read,
+            peer=self.peer,
+            address=self.peer_address,
+            command=command,
+        )
 
     @OpenChunkWrite.responder
     async def open_chunk_write(
@@ -131,37 +151,62 @@ class DataserverSession(PeerSession):
         version: int,
         downstream: list[str],
         expected_length: int | None = None,
+        token: str | None = None,
     ) -> dict:
+        self._check("OpenChunkWrite", token, chunk_id, version)
         await self.chunks.open_write(
-            chunk_id, version, list(downstream), self.peer, expected_length=expected_length
+            chunk_id,
+            version,
+            list(downstream),
+            self.peer,
+            expected_length=expected_length,
+            token=token,
         )
         return {}
 
     @OpenChunkStream.responder
     def open_chunk_stream(self) -> ChunkStream:
-        # Answered, then this connection carries chunk stream frames only.
+        # Answered, then this connection carries chunk stream frames only. Their data
+        # goes only to writes this peer opened with a valid token (ChunkService).
         return self.chunks.stream(self.peer, self.peer_address)
 
     @FinishChunkWrite.responder
-    async def finish_chunk_write(self, chunk_id: int, version: int, length: int) -> dict:
-        return {"locations": await self.chunks.finish(chunk_id, version, length)}
+    async def finish_chunk_write(
+        self, chunk_id: int, version: int, length: int, token: str | None = None
+    ) -> dict:
+        self._check("FinishChunkWrite", token, chunk_id, version)
+        return {"locations": await self.chunks.finish(chunk_id, version, length, token=token)}
 
     @RecoverChunkWrite.responder
     async def recover_chunk_write(
-        self, chunk_id: int, version: int, new_version: int, length: int, downstream: list[str]
+        self,
+        chunk_id: int,
+        version: int,
+        new_version: int,
+        length: int,
+        downstream: list[str],
+        token: str | None = None,
     ) -> dict:
+        # The token names the version the write becomes (BumpChunkVersion gave it).
+        self._check("RecoverChunkWrite", token, chunk_id, new_version)
         await self.chunks.recover(
-            chunk_id, version, new_version, length, list(downstream), self.peer
+            chunk_id, version, new_version, length, list(downstream), self.peer, token=token
         )
         return {}
 
     @AbortChunkWrite.responder
-    async def abort_chunk_write(self, chunk_id: int, version: int) -> dict:
-        await self.chunks.abort(chunk_id, version)
+    async def abort_chunk_write(
+        self, chunk_id: int, version: int, token: str | None = None
+    ) -> dict:
+        self._check("AbortChunkWrite", token, chunk_id, version)
+        await self.chunks.abort(chunk_id, version, token=token)
         return {}
 
     @ReadChunk.responder
-    def read_chunk(self, chunk_id: int, version: int, offset: int, length: int) -> dict:
+    def read_chunk(
+        self, chunk_id: int, version: int, offset: int, length: int, token: str | None = None
+    ) -> dict:
+        self._check("ReadChunk", token, chunk_id, version, read=True)
         data, checksums = self.chunks.read(chunk_id, version, offset, length)
         return {"data": data, "checksums": checksums}
 
@@ -182,9 +227,17 @@ class MetaserverLinkSession(PeerSession):
 
     @ReplicateChunk.responder
     async def replicate_chunk(
-        self, chunk_id: int, version: int, length: int, sources: list[str], rate: int
+        self,
+        chunk_id: int,
+        version: int,
+        length: int,
+        sources: list[str],
+        rate: int,
+        token: str | None = None,
     ) -> dict:
-        source = await self._orders().replicate(chunk_id, version, length, list(sources), rate)
+        source = await self._orders().replicate(
+            chunk_id, version, length, list(sources), rate, token=token or ""
+        )
         return {"source": source}
 
     @VerifyChunk.responder
@@ -404,6 +457,13 @@ class DataserverMetrics:
             "Metaservers this dataserver is registered with",
             value=sum(1 for link in self._dataserver.links if link.registered),
         )
+        access = self._dataserver.access
+        if access is not None:
+            yield CounterMetricFamily(
+                "dfs_chunk_tokens_refused",
+                "Chunk commands refused for a missing, bad or expired token",
+                value=access.refused,
+            )
         scrubber = self._dataserver.scrubber
         if scrubber is not None:
             scrub = scrubber.counters
@@ -462,6 +522,9 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
     source = str(config.source)
     credentials, identity = load_credentials(config.tls, source, Role.DATASERVER)
     check_name(config.name, identity, source)
+    security = load_security_config(config.security_config)
+    trust = TrustService(reactor, credentials, identity, config.tls, source, security)
+    access = ChunkAccess(load_token_keys(security), reactor)
     try:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:
@@ -483,7 +546,7 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
         direct_io=config.direct_io,
     )
     scan = store.scan()
-    dataserver = Dataserver(identity=identity, config=config, store=store)
+    dataserver = Dataserver(identity=identity, config=config, store=store, access=access)
     Logger().info(
         "chunk store {root}: {count} replicas, {used} bytes",
         root=str(config.data_dir),
@@ -512,12 +575,15 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
         on_corrupt=dataserver.replica_corrupt,
     )
     factory = Factory()
-    factory.protocol = lambda: DataserverSession(chunks, identity)
+    factory.protocol = lambda: DataserverSession(chunks, identity, access)
 
     top = MultiService()
     top.setName("dfs-data")
     children: list[Any] = [
-        tls_listener("dfs-data", reactor, config.listen, credentials, factory),
+        trust,
+        tls_listener(
+            "dfs-data", reactor, config.listen, credentials, factory, limits=security.limits
+        ),
         TimerService(60, chunks.expire_abandoned),
         dataserver.replicator,
         dataserver.scrubber,

@@ -9,6 +9,7 @@ and the replicas dataservers should delete (sent with their heartbeat answers).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from typing import Any
@@ -32,10 +33,13 @@ from dfs.protocol.errors import (
 )
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, Role
+from dfs.security.tokens import READ, WRITE, TokenIssuer, TokenKeys
 
 #: A page of a listing stops growing past this many bytes of entries, so that the
 #: answer fits one AMP value (65,535 bytes) whatever the names are like.
 PAGE_BYTES = 40_000
+#: Chunks whose tokens one RenewChunkTokens renews: ~200 bytes each on the wire.
+MAX_RENEWALS = 100
 
 
 def _stat_entry(stat: ns.Stat) -> dict[str, Any]:
@@ -52,6 +56,16 @@ def _stat_entry(stat: ns.Stat) -> dict[str, Any]:
         "replication": stat.replication,
         "chunk_size": stat.chunk_size,
         "complete": stat.complete,
+    }
+
+
+def _quota_entry(usage: ns.QuotaUsage) -> dict[str, Any]:
+    return {
+        "path": usage.path,
+        "files_quota": -1 if usage.files is None else usage.files,
+        "bytes_quota": -1 if usage.bytes is None else usage.bytes,
+        "names": usage.names,
+        "space": usage.space,
     }
 
 
@@ -78,8 +92,13 @@ class FileService:
         placement: Placement | None = None,
         lease_period: float = 60.0,
         session_for: Callable[[str], PeerSession | None] = lambda name: None,
+        tokens: TokenIssuer | None = None,
     ) -> None:
         self._reactor = reactor
+        #: mints the chunk access tokens handed out with locations and allocations
+        #: (without one, as in tests that never reach a dataserver, a key of its own
+        #: that no dataserver knows)
+        self.tokens = tokens or TokenIssuer(TokenKeys(os.urandom(32)), 300.0)
         #: How long a writer's lease lasts without renewal (the client renews at a third).
         self.lease_period = lease_period
         self._raft = raft
@@ -93,7 +112,14 @@ class FileService:
         self._rng = random.Random()
         #: re-replication, removals, drains, balance, safe mode (leader decisions)
         self.healing = ReplicationMonitor(
-            reactor, raft, namespace, registry, self.locations, replication, session_for
+            reactor,
+            raft,
+            namespace,
+            registry,
+            self.locations,
+            replication,
+            session_for,
+            tokens=self.tokens,
         )
 
     # -- plumbing -------------------------------------------------------------------
@@ -240,6 +266,7 @@ class FileService:
             "chunk_id": chunk.chunk_id,
             "version": chunk.version,
             "targets": [record.address for record in targets],
+            "token": self.chunk_token(identity, chunk.chunk_id, chunk.version, WRITE),
         }
 
     def _min_replicas(self, stat: ns.Stat) -> int:
@@ -354,6 +381,52 @@ class FileService:
             ns.Chown(path, owner or None, group or None, **self._common(identity, request_id))
         )
 
+    async def change_group(
+        self, identity: Identity, group: str, users: list[str], add: bool
+    ) -> list[str]:
+        if len(users) > ns.MAX_GROUP_MEMBERS:
+            raise InvalidArgument(f"at most {ns.MAX_GROUP_MEMBERS} users at once")
+        members = await self._mutate(
+            ns.ChangeGroup(group, tuple(users), add, **self._common(identity, ""))
+        )
+        self.log.info(
+            "{admin}: group {group} {change} {users}",
+            admin=identity.name,
+            group=group,
+            change="gains" if add else "loses",
+            users=", ".join(users),
+        )
+        return list(members)
+
+    def groups(self) -> list[dict[str, Any]]:
+        self._check_ready()
+        listing = self._namespace.read(lambda namespace: namespace.groups())
+        return [{"name": name, "members": list(members)} for name, members in listing.items()]
+
+    async def add_user(self, identity: Identity, name: str) -> str:
+        stat = await self._mutate(ns.AddUser(name, **self._common(identity, "")))
+        self.log.info("{admin}: added user {name}", admin=identity.name, name=name)
+        return str(stat.path)
+
+    async def set_quota(
+        self, identity: Identity, path: str, files: int | None, size: int | None, clear: bool
+    ) -> dict[str, Any]:
+        usage = await self._mutate(
+            ns.SetQuota(path, files, size, clear, **self._common(identity, ""))
+        )
+        self.log.info(
+            "{admin}: quota of {path}: files {files}, bytes {size}",
+            admin=identity.name,
+            path=path,
+            files=usage.files,
+            size=usage.bytes,
+        )
+        return _quota_entry(usage)
+
+    def quota(self, identity: Identity, path: str) -> dict[str, Any]:
+        caller = self.caller(identity)
+        return _quota_entry(self._read(lambda namespace: namespace.quota(path, caller)))
+
     async def recover_expired_leases(self) -> None:
         """Close files whose writer stopped renewing, at their committed length."""
         if not (self._raft.serving and self.ready) or self.healing.in_safe_mode:
@@ -370,11 +443,15 @@ class FileService:
 
     # -- queries ------------------------------------------------------------------------
 
-    def stat(self, path: str) -> dict[str, Any]:
-        return _stat_entry(self._read(lambda namespace: namespace.stat(path)))
+    def stat(self, identity: Identity, path: str) -> dict[str, Any]:
+        caller = self.caller(identity)
+        return _stat_entry(self._read(lambda namespace: namespace.stat(path, caller)))
 
-    def list_directory(self, path: str, start_after: str, limit: int) -> dict[str, Any]:
-        entries = self._read(lambda namespace: namespace.list(path))
+    def list_directory(
+        self, identity: Identity, path: str, start_after: str, limit: int
+    ) -> dict[str, Any]:
+        caller = self.caller(identity)
+        entries = self._read(lambda namespace: namespace.list(path, caller))
         page: list[dict[str, Any]] = []
         size = 0
         limit = max(1, min(limit, 1000))
@@ -391,15 +468,22 @@ class FileService:
         return {"entries": page, "more": more}
 
     def get_chunks(
-        self, path: str, first: int, limit: int, client_host: str | None = None
+        self,
+        identity: Identity,
+        path: str,
+        first: int,
+        limit: int,
+        client_host: str | None = None,
     ) -> dict[str, Any]:
         """A page of the file's chunks with their live replicas, best first for a
         reader on ``client_host``: those on its own host, then the rest in random
-        order so that readers spread over the replicas."""
-        stat = self._read(lambda namespace: namespace.stat(path))
+        order so that readers spread over the replicas. Each comes with a read token
+        for ``identity``."""
+        caller = self.caller(identity)
+        stat = self._read(lambda namespace: namespace.stat(path, caller))
         if stat.kind != ns.FILE:
             raise IsADirectory(f"{path}: is a directory")
-        chunks = self._read(lambda namespace: namespace.chunks(path))
+        chunks = self._read(lambda namespace: namespace.chunks(path, caller))
         alive = {
             record.name: record.address
             for record in self.registry.records()
@@ -424,20 +508,67 @@ class FileService:
             ]
             self._rng.shuffle(addresses)
             addresses.sort(key=lambda address: Address.parse(address).host != client_host)
+            token = self.chunk_token(identity, chunk.chunk_id, chunk.version, READ)
             page.append(
                 {
                     "chunk_id": chunk.chunk_id,
                     "version": chunk.version,
                     "length": chunk.length,
                     "locations": addresses,
+                    "token": token,
                 }
             )
-            size += 60 + sum(len(address) + 2 for address in addresses)
+            size += 60 + len(token) + sum(len(address) + 2 for address in addresses)
             index += 1
         return {"length": stat.length, "chunks": page, "more": index < len(chunks)}
 
-    def du(self, path: str) -> dict[str, int]:
-        usage = self._read(lambda namespace: namespace.du(path))
+    # -- chunk access tokens ------------------------------------------------------------
+
+    def chunk_token(self, identity: Identity, chunk_id: int, version: int, operation: str) -> str:
+        """A token for ``identity`` to ``operation`` (read or write) ``version`` of
+        ``chunk_id`` on the dataservers; the caller has done the permission check."""
+        return self.tokens.issue(
+            chunk_id, version, operation, identity.name, self._reactor.seconds()
+        )
+
+    def renew_chunk_tokens(
+        self, identity: Identity, path: str, operation: str, chunk_ids: list[int], client_id: str
+    ) -> dict[str, Any]:
+        """Fresh tokens for chunks of the file at ``path``, for a reader or writer
+        whose tokens run out during a long transfer. A read token is given after the
+        same checks as GetChunks; a write token only to the holder of the file's
+        write lease (which it got from Create, after the permission checks)."""
+        if operation not in (READ, WRITE):
+            raise InvalidArgument(f"token operation {operation!r}: expected read or write")
+        if len(chunk_ids) > MAX_RENEWALS:
+            raise InvalidArgument(
+                f"{len(chunk_ids)} chunks at once: at most {MAX_RENEWALS} per request"
+            )
+        # Reading: the same permission checks as get_chunks (keep the two alike).
+        # Writing: the lease is the permission (a file may be write-only to its writer).
+        caller = self.caller(identity)
+        stat = self._read(lambda namespace: namespace.stat(path, caller))
+        if stat.kind != ns.FILE:
+            raise IsADirectory(f"{path}: is a directory")
+        if operation == WRITE and stat.under_construction != self.holder(identity, client_id):
+            raise PermissionDenied(f"{path}: {identity} does not hold its write lease")
+        reader = caller if operation == READ else None
+        versions = {
+            chunk.chunk_id: chunk.version
+            for chunk in self._read(lambda namespace: namespace.chunks(path, reader))
+        }
+        tokens = []
+        for chunk_id in dict.fromkeys(chunk_ids):
+            version = versions.get(chunk_id)
+            if version is None:
+                raise InvalidArgument(f"{path}: has no chunk {chunk_id}")
+            token = self.chunk_token(identity, chunk_id, version, operation)
+            tokens.append({"chunk_id": chunk_id, "version": version, "token": token})
+        return {"tokens": tokens}
+
+    def du(self, identity: Identity, path: str) -> dict[str, int]:
+        caller = self.caller(identity)
+        usage = self._read(lambda namespace: namespace.du(path, caller))
         return {
             "files": usage.files,
             "directories": usage.directories,

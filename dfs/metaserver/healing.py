@@ -51,6 +51,7 @@ from dfs.metaserver.replication import (
 from dfs.protocol.commands import ReplicateChunk, VerifyChunk
 from dfs.protocol.errors import ChunkNotFound, SafeMode, StaleChunk
 from dfs.protocol.session import PeerSession
+from dfs.security.tokens import COPY, TokenIssuer
 
 #: Seconds before a copy that failed is tried again towards the same dataserver.
 COPY_RETRY_PAUSE = 30.0
@@ -72,8 +73,13 @@ class ReplicationMonitor:
         config: ReplicationConfig,
         session_for: Callable[[str], PeerSession | None],
         started: float | None = None,
+        *,
+        tokens: TokenIssuer | None = None,
     ) -> None:
         self._reactor = reactor
+        #: mints the copy token each ReplicateChunk order carries (None: orders go
+        #: without one, and no dataserver serves them)
+        self._tokens = tokens
         self._raft = raft
         self._namespace = namespace
         self._registry = registry
@@ -397,6 +403,16 @@ class ReplicationMonitor:
         rate = self.config.balancer_bandwidth if copy.purpose == BALANCE else 0
         timeout = 60 + copy.length / max(1, rate or SLOWEST_COPY)
         began = self._reactor.seconds()
+        # The target presents this to its sources on every read of the copy, which
+        # may run (throttled) longer than a client's token lasts: it lasts as long
+        # as the order may.
+        token = (
+            self._tokens.issue(
+                copy.chunk_id, copy.version, COPY, copy.target, began, lifetime=timeout
+            )
+            if self._tokens is not None
+            else ""
+        )
         call = session.callRemote(
             ReplicateChunk,
             chunk_id=copy.chunk_id,
@@ -404,6 +420,7 @@ class ReplicationMonitor:
             length=copy.length,
             sources=addresses,
             rate=rate,
+            token=token,
         )
         call.addTimeout(timeout, self._reactor)
         try:

@@ -22,8 +22,9 @@ The tree is a flat table of inodes (directories hold ``name -> inode number``) w
 parent pointers, rather than nested objects: lookups stay O(depth), and pickling or
 comparing a namespace with deep paths never recurses as deep as the tree.
 
-Permissions are not checked yet (a later issue); owners, groups and modes are kept
-right so that they can be.
+Every operation and query that names a caller is checked with POSIX rules (see
+:class:`Namespace` "Permissions"). Group membership is part of the replicated
+state, so every replica judges a request the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ MAX_CHUNK_SIZE: Final = 1024 * MiB
 DEFAULT_REPLICATION: Final = 3
 MAX_REPLICATION: Final = 32
 MAX_MODE: Final = 0o7777
+#: Permission bits, as in a mode's owner, group or other triple.
+READ: Final = 4
+WRITE: Final = 2
+EXECUTE: Final = 1
+#: The sticky bit: in such a directory only an entry's owner, the directory's owner
+#: or a superuser may delete or rename the entry.
+STICKY: Final = 0o1000
+#: Bounds that keep one administrator's typo from bloating every snapshot.
+MAX_GROUPS: Final = 10_000
+MAX_GROUP_MEMBERS: Final = 10_000
+#: Where ``AddUser`` puts a user's home directory.
+USER_HOME: Final = "/user"
 ROOT_INODE: Final = 1
 FIRST_CHUNK_ID: Final = 1
 #: Chunks of one file that may be added and not yet committed: the writer fills the
@@ -226,16 +239,54 @@ class Usage:
     replicated_bytes: int
 
 
+@attrs.define
+class Quota:
+    """A directory's limits, as in HDFS, and what its subtree uses of them.
+
+    ``files`` bounds the names below it, the directory itself included (files and
+    directories); ``bytes`` bounds the space: each file's bytes times its
+    replication, a chunk being written counting as a whole chunk until committed.
+    None is no limit.
+    """
+
+    files: int | None
+    bytes: int | None
+    names: int = 0
+    space: int = 0
+
+
+@attrs.frozen
+class QuotaUsage:
+    """What ``count -q`` shows of a directory: its limits (None: none) and use."""
+
+    path: str
+    files: int | None
+    bytes: int | None
+    names: int
+    space: int
+
+
 # --------------------------------------------------------------------------- operations
 
 
 @attrs.frozen
 class Caller:
-    """Who asks for an operation, as the reactor side established it."""
+    """Who asks for an operation, as the reactor side established it: the user is
+    the name in the certificate, ``superuser`` is true for an admin certificate.
+    Groups are not the caller's to say: the namespace knows who is in which."""
 
     user: str
-    groups: tuple[str, ...] = ()
     superuser: bool = False
+
+
+@attrs.frozen
+class _Principal:
+    """A caller as the permission checks see it: with its groups, and superuser if
+    its certificate is an admin's or it belongs to the superuser group."""
+
+    user: str
+    groups: frozenset[str]
+    superuser: bool
 
 
 @attrs.frozen
@@ -359,6 +410,35 @@ class Chown(Operation):
     path: str
     owner: str | None = None
     group: str | None = None
+
+
+@attrs.frozen
+class ChangeGroup(Operation):
+    """Add ``users`` to ``group`` (``add``) or take them out; a group with no
+    member left is gone. Superusers only."""
+
+    group: str
+    users: tuple[str, ...]
+    add: bool
+
+
+@attrs.frozen
+class AddUser(Operation):
+    """Give user ``name`` a home: ``/user/<name>`` owned by them, group ``name``,
+    mode 0750 (``/user`` itself is made if missing). Superusers only."""
+
+    name: str
+
+
+@attrs.frozen
+class SetQuota(Operation):
+    """Set a directory's name quota (``files``) and/or space quota (``bytes``); None
+    leaves that one as it is, ``clear`` removes both. Superusers only."""
+
+    path: str
+    files: int | None = None
+    bytes: int | None = None
+    clear: bool = False
 
 
 @attrs.frozen
@@ -491,7 +571,17 @@ def _check_common(operation: object) -> Operation:
         raise _Refused(
             errors.InvalidArgument, f"{type(operation).__name__} is not a namespace operation"
         )
-    caller = operation.caller
+    _check_caller(operation.caller)
+    _time(operation.now, "now")
+    if not isinstance(operation.request_id, str):
+        raise _Refused(
+            errors.InvalidArgument,
+            f"request id must be a string, not {_shown(operation.request_id)}",
+        )
+    return operation
+
+
+def _check_caller(caller: object) -> Caller:
     if not isinstance(caller, Caller):
         raise _Refused(errors.InvalidArgument, f"caller must be a Caller, not {_shown(caller)}")
     if not isinstance(caller.user, str) or not caller.user:
@@ -500,13 +590,23 @@ def _check_common(operation: object) -> Operation:
             f"caller user must be a non-empty string, not {_shown(caller.user)}",
         )
     _flag(caller.superuser, "caller superuser")
-    _time(operation.now, "now")
-    if not isinstance(operation.request_id, str):
-        raise _Refused(
-            errors.InvalidArgument,
-            f"request id must be a string, not {_shown(operation.request_id)}",
-        )
-    return operation
+    return caller
+
+
+def _bits(want: int, node: Node) -> str:
+    """Permission bits in words: "read", "write and search", ..."""
+    execute = "search" if isinstance(node, DirectoryNode) else "execute"
+    words = [
+        word for bit, word in ((READ, "read"), (WRITE, "write"), (EXECUTE, execute)) if want & bit
+    ]
+    return " and ".join(words)
+
+
+def _file_space(node: FileNode) -> int:
+    """A file's use of a space quota: its bytes, and whole chunks for those being
+    written, times its replication."""
+    reserved = len(_pending(node)) * node.chunk_size if node.lease is not None else 0
+    return (node.length + reserved) * node.replication
 
 
 def _pending(node: FileNode) -> builtins.list[int]:
@@ -561,9 +661,19 @@ def _check_principal(_instance: object, _attribute: attrs.Attribute[str], value:
 class Namespace:
     """The replicated namespace. Mutate only through :meth:`apply`.
 
-    ``root_owner``/``root_group``/``root_mode`` describe "/" at creation (the
-    superuser and supergroup of the cluster); ``request_memory`` is how many request
-    ids are remembered for de-duplication.
+    ``root_owner``/``root_group``/``root_mode`` describe "/" at creation;
+    ``root_group`` is also the superuser group: its members are superusers.
+    ``request_memory`` is how many request ids are remembered for de-duplication.
+
+    Permissions follow POSIX. Resolving a path needs search (x) on every directory
+    on the way. Reading a file needs r on it, listing a directory r on it; creating
+    or removing an entry needs w and x on its directory, and in a sticky directory
+    removing or renaming an entry is for its owner, the directory's owner or a
+    superuser; moving a directory to another parent needs w on it (its ``..``).
+    Overwriting a file needs w on the file, which keeps its owner, group and mode,
+    as a truncation does. Only the owner or a superuser may chmod; only a
+    superuser may give a file away; the owner may change its group to one they
+    belong to. Superusers pass every check.
     """
 
     root_owner: str = attrs.field(default="dfs", validator=_check_principal)
@@ -581,6 +691,10 @@ class Namespace:
     # Dataservers an administrator is draining (by name), and the manual safe mode.
     _decommissioned: set[str] = attrs.field(init=False, factory=set)
     _safe_mode: bool = attrs.field(init=False, default=False)
+    # group -> its members, both sorted (deterministic snapshots and listings).
+    _groups: dict[str, builtins.list[str]] = attrs.field(init=False, factory=dict)
+    # directory inode -> its quota and use, kept up to date by every change below it.
+    _quotas: dict[int, Quota] = attrs.field(init=False, factory=dict)
     # (user, request id) -> result, oldest first; keyed by user too so that one client
     # cannot read another's results by guessing its request ids.
     _applied: dict[tuple[str, str], Ok[Any] | Err] = attrs.field(
@@ -673,6 +787,12 @@ class Namespace:
                 return self._chmod(op)
             case Chown():
                 return self._chown(op)
+            case ChangeGroup():
+                return self._change_group(op)
+            case AddUser():
+                return self._add_user(op)
+            case SetQuota():
+                return self._set_quota(op)
             case SetDecommission():
                 return self._set_decommission(op)
             case SetSafeMode():
@@ -681,23 +801,45 @@ class Namespace:
 
     # ----------------------------------------------------------------- queries
 
-    def stat(self, path: str) -> Ok[Stat] | Err:
-        """The entry at ``path``."""
-        return self._query(self._stat_query, path)
+    # Queries take the caller whose permissions apply; None is the server itself
+    # (the replication monitor, fsck), which sees everything.
+
+    def stat(self, path: str, caller: Caller | None = None) -> Ok[Stat] | Err:
+        """The entry at ``path`` (search permission on the way suffices)."""
+        return self._query(self._stat_query, path, caller)
 
     # Named like the shell command; return annotations below this method spell the
     # builtin as builtins.list because mypy resolves them in the class scope.
-    def list(self, path: str) -> Ok[tuple[Stat, ...]] | Err:
-        """A directory's entries sorted by name; a file lists as itself (like ``ls``)."""
-        return self._query(self._list_query, path)
+    def list(self, path: str, caller: Caller | None = None) -> Ok[tuple[Stat, ...]] | Err:
+        """A directory's entries sorted by name (read permission on it); a file lists
+        as itself (like ``ls``)."""
+        return self._query(self._list_query, path, caller)
 
-    def du(self, path: str) -> Ok[Usage] | Err:
-        """Files, directories and bytes (plain and times replication) under ``path``."""
-        return self._query(self._du_query, path)
+    def du(self, path: str, caller: Caller | None = None) -> Ok[Usage] | Err:
+        """Files, directories and bytes (plain and times replication) under ``path``;
+        the caller needs read and search on every directory below it."""
+        return self._query(self._du_query, path, caller)
 
-    def chunks(self, path: str) -> Ok[tuple[ChunkRef, ...]] | Err:
-        """A file's chunks in order (the last ones may be pending while it is written)."""
-        return self._query(self._chunks_query, path)
+    def chunks(self, path: str, caller: Caller | None = None) -> Ok[tuple[ChunkRef, ...]] | Err:
+        """A file's chunks in order (the last ones may be pending while it is written);
+        reading them needs read permission on the file."""
+        return self._query(self._chunks_query, path, caller)
+
+    def quota(self, path: str, caller: Caller | None = None) -> Ok[QuotaUsage] | Err:
+        """A directory's quota and use (both limits None when it has none)."""
+        return self._query(self._quota_query, path, caller)
+
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """Every group and its members, sorted by name."""
+        return {group: tuple(members) for group, members in sorted(self._groups.items())}
+
+    def groups_of(self, user: str) -> tuple[str, ...]:
+        """The groups ``user`` belongs to, sorted."""
+        return tuple(sorted(group for group, members in self._groups.items() if user in members))
+
+    def is_superuser(self, caller: Caller) -> bool:
+        """True for an admin certificate and for members of the superuser group."""
+        return self._who(caller).superuser
 
     def expired_leases(self, now: float) -> builtins.list[str]:
         """Paths of files whose write lease ran out by ``now``, for the leader to recover."""
@@ -746,7 +888,7 @@ class Namespace:
 
     def tree(self, path: str) -> Ok[Tree] | Err:
         """Directories and files' chunks under ``path``, for fsck."""
-        return self._query(self._tree_query, path)
+        return self._query(lambda path, _who: self._tree_query(path), path, None)
 
     def chunk_file(self, chunk_id: int) -> Stat | None:
         """The file holding a chunk (its replication is the chunk's target), or None."""
@@ -844,22 +986,167 @@ class Namespace:
             problems.append("the chunk index holds chunks no file has")
         if open_files != self._open_files:
             problems.append("the set of files under construction is out of date")
+        for inode, quota in self._quotas.items():
+            directory = self._nodes.get(inode)
+            if not isinstance(directory, DirectoryNode):
+                problems.append(f"a quota is kept for inode {inode}, not a directory")
+            elif (quota.names, quota.space) != self._usage_of(directory):
+                problems.append(f"the quota use of inode {inode} is out of date")
         return problems
 
     # ----------------------------------------------------------------- lookups
 
-    def _query(self, query: Callable[[str], T], path: str) -> Ok[T] | Err:
+    def _query(
+        self,
+        query: Callable[[str, _Principal | None], T],
+        path: str,
+        caller: Caller | None,
+    ) -> Ok[T] | Err:
         try:
-            return Ok(query(_normalize(path)))
+            who = None if caller is None else self._who(_check_caller(caller))
+            return Ok(query(_normalize(path), who))
         except _Refused as refusal:
             return refusal.err
         except Exception as error:
             return _internal_error(f"reading {_shown(path)}", error)
 
-    def _locate(self, path: str) -> tuple[DirectoryNode | None, str, Node | None]:
+    # ----------------------------------------------------------------- permissions
+
+    def _who(self, caller: Caller) -> _Principal:
+        groups = frozenset(
+            group for group, members in self._groups.items() if caller.user in members
+        )
+        return _Principal(
+            user=caller.user,
+            groups=groups,
+            superuser=caller.superuser or self.root_group in groups,
+        )
+
+    def _require(self, who: _Principal | None, node: Node, want: int, path: str) -> None:
+        """Refuse unless ``who`` has the ``want`` bits on ``node`` (at ``path``)."""
+        if who is None or who.superuser:
+            return
+        if node.owner == who.user:
+            bits = node.mode >> 6
+        elif node.group in who.groups:
+            bits = node.mode >> 3
+        else:
+            bits = node.mode
+        if bits & want != want:
+            kind = "directory" if isinstance(node, DirectoryNode) else "file"
+            raise _Refused(
+                errors.PermissionDenied,
+                f"{_p(path)}: permission denied: {who.user} has no {_bits(want, node)} "
+                f"permission on {kind} {_p(self._path_of(node))}",
+            )
+
+    def _require_unlink(
+        self, who: _Principal | None, parent: DirectoryNode, node: Node, path: str
+    ) -> None:
+        """Refuse unless ``who`` may remove ``node`` from ``parent``: write and search
+        on the directory, and in a sticky one, owning the entry or the directory."""
+        self._require(who, parent, WRITE | EXECUTE, path)
+        if (
+            who is not None
+            and not who.superuser
+            and parent.mode & STICKY
+            and who.user not in (node.owner, parent.owner)
+        ):
+            raise _Refused(
+                errors.PermissionDenied,
+                f"{_p(path)}: permission denied: {_p(self._path_of(parent))} is sticky and "
+                f"{who.user} owns neither it nor the entry",
+            )
+
+    def _require_subtree(self, who: _Principal | None, top: Node, path: str) -> None:
+        """For a recursive delete: ``who`` must be able to list and empty every
+        directory below ``top`` (read, write and search; sticky rules inside)."""
+        if who is None or who.superuser:
+            return
+        for node in self._walk(top):
+            if isinstance(node, DirectoryNode) and node.children:
+                self._require(who, node, READ | WRITE | EXECUTE, path)
+                for number in node.children.values():
+                    self._require_unlink(who, node, self._nodes[number], path)
+
+    # ----------------------------------------------------------------- quotas
+
+    def _usage_of(self, top: Node) -> tuple[int, int]:
+        """Names and space under ``top`` (itself included), as quotas count them."""
+        names = space = 0
+        for node in self._walk(top):
+            names += 1
+            if isinstance(node, FileNode):
+                space += _file_space(node)
+        return names, space
+
+    def _quotas_above(self, directory: DirectoryNode) -> builtins.list[tuple[int, Quota]]:
+        """The quotas of ``directory`` and of every directory above it."""
+        if not self._quotas:
+            return []
+        found = []
+        node = directory
+        while True:
+            quota = self._quotas.get(node.inode)
+            if quota is not None:
+                found.append((node.inode, quota))
+            if node.inode == ROOT_INODE:
+                return found
+            parent = self._nodes[node.parent]
+            assert isinstance(parent, DirectoryNode)
+            node = parent
+
+    def _check_quota(
+        self,
+        directory: DirectoryNode,
+        names: int,
+        space: int,
+        path: str,
+        skip: frozenset[int] = frozenset(),
+    ) -> None:
+        """Refuse with QuotaExceeded if adding ``names`` and ``space`` below
+        ``directory`` would take a quota above it past its limit."""
+        for inode, quota in self._quotas_above(directory):
+            if inode in skip:
+                continue
+            if names > 0 and quota.files is not None and quota.names + names > quota.files:
+                raise _Refused(
+                    errors.QuotaExceeded,
+                    f"{_p(path)}: the name quota of {_p(self._path_of(self._nodes[inode]))} "
+                    f"is {quota.files} files and directories, {quota.names} in use",
+                )
+            if space > 0 and quota.bytes is not None and quota.space + space > quota.bytes:
+                raise _Refused(
+                    errors.QuotaExceeded,
+                    f"{_p(path)}: the space quota of {_p(self._path_of(self._nodes[inode]))} "
+                    f"is {quota.bytes} bytes (times replication), {quota.space} in use, "
+                    f"{space} more needed",
+                )
+
+    def _charge(
+        self,
+        directory: DirectoryNode,
+        names: int,
+        space: int,
+        skip: frozenset[int] = frozenset(),
+    ) -> None:
+        """Count ``names`` and ``space`` (either may be negative) below ``directory``."""
+        for inode, quota in self._quotas_above(directory):
+            if inode not in skip:
+                quota.names += names
+                quota.space += space
+
+    def _parent_of(self, node: Node) -> DirectoryNode:
+        parent = self._nodes[node.parent]
+        assert isinstance(parent, DirectoryNode)
+        return parent
+
+    def _locate(
+        self, path: str, who: _Principal | None = None
+    ) -> tuple[DirectoryNode | None, str, Node | None]:
         """(parent directory, name, node) for a normalized path; node None if the last
-        component is missing. Refuses if a directory on the way is missing or a file.
-        The root has no parent: (None, "", root)."""
+        component is missing. Refuses if a directory on the way is missing or a file,
+        or if ``who`` may not search one. The root has no parent: (None, "", root)."""
         node: Node = self._root()
         if path == paths.ROOT:
             return None, "", node
@@ -871,6 +1158,7 @@ class Namespace:
                 raise _Refused(
                     errors.NotADirectory, f"{_p(path)}: {_prefix(names, depth)} is not a directory"
                 )
+            self._require(who, node, EXECUTE, path)
             parent = node
             number = node.children.get(name)
             if number is None:
@@ -889,14 +1177,14 @@ class Namespace:
         assert isinstance(root, DirectoryNode)
         return root
 
-    def _existing(self, path: str) -> Node:
-        _parent, _name, node = self._locate(path)
+    def _existing(self, path: str, who: _Principal | None = None) -> Node:
+        _parent, _name, node = self._locate(path, who)
         if node is None:
             raise _Refused(errors.FileNotFound, f"{_p(path)}: no such file or directory")
         return node
 
-    def _file(self, path: str) -> FileNode:
-        node = self._existing(path)
+    def _file(self, path: str, who: _Principal | None = None) -> FileNode:
+        node = self._existing(path, who)
         if not isinstance(node, FileNode):
             raise _Refused(errors.IsADirectory, f"{_p(path)}: is a directory")
         return node
@@ -968,22 +1256,24 @@ class Namespace:
             under_construction=None if node.lease is None else node.lease.holder,
         )
 
-    def _stat_query(self, path: str) -> Stat:
-        return self._stat(path, self._existing(path))
+    def _stat_query(self, path: str, who: _Principal | None) -> Stat:
+        return self._stat(path, self._existing(path, who))
 
-    def _list_query(self, path: str) -> tuple[Stat, ...]:
-        node = self._existing(path)
+    def _list_query(self, path: str, who: _Principal | None) -> tuple[Stat, ...]:
+        node = self._existing(path, who)
         if isinstance(node, FileNode):
             return (self._stat(path, node),)
+        self._require(who, node, READ, path)
         return tuple(
             self._stat(paths.join(path, name), self._nodes[node.children[name]])
             for name in sorted(node.children)
         )
 
-    def _du_query(self, path: str) -> Usage:
+    def _du_query(self, path: str, who: _Principal | None) -> Usage:
         files = directories = size = replicated = 0
-        for node in self._walk(self._existing(path)):
+        for node in self._walk(self._existing(path, who)):
             if isinstance(node, DirectoryNode):
+                self._require(who, node, READ | EXECUTE, path)
                 directories += 1
             else:
                 files += 1
@@ -1010,8 +1300,20 @@ class Namespace:
                 )
         return Tree(directories=directories, files=tuple(files))
 
-    def _chunks_query(self, path: str) -> tuple[ChunkRef, ...]:
-        return tuple(self._file(path).chunks)
+    def _quota_query(self, path: str, who: _Principal | None) -> QuotaUsage:
+        node = self._existing(path, who)
+        if not isinstance(node, DirectoryNode):
+            raise _Refused(errors.NotADirectory, f"{_p(path)}: quotas are set on directories")
+        quota = self._quotas.get(node.inode)
+        if quota is None:
+            names, space = self._usage_of(node)
+            return QuotaUsage(path, None, None, names, space)
+        return QuotaUsage(path, quota.files, quota.bytes, quota.names, quota.space)
+
+    def _chunks_query(self, path: str, who: _Principal | None) -> tuple[ChunkRef, ...]:
+        node = self._file(path, who)
+        self._require(who, node, READ, path)
+        return tuple(node.chunks)
 
     # ----------------------------------------------------------------- changes
     # Below, everything before the first assignment to the state may refuse; nothing
@@ -1034,15 +1336,20 @@ class Namespace:
         self._nodes[node.inode] = node
         parent.children[name] = node.inode
         parent.mtime = now
+        self._charge(parent, 1, 0)
         return node
 
     def _remove(self, parent: DirectoryNode, name: str, top: Node) -> tuple[ChunkRef, ...]:
         """Unlink ``top`` and drop its subtree; returns the chunks freed."""
         below = list(self._walk(top))
+        if self._quotas:
+            names, space = self._usage_of(top)
+            self._charge(parent, -names, -space)
         del parent.children[name]
         freed: list[ChunkRef] = []
         for node in below:
             del self._nodes[node.inode]
+            self._quotas.pop(node.inode, None)
             if isinstance(node, FileNode):
                 freed.extend(node.chunks)
                 self._open_files.discard(node.inode)
@@ -1055,11 +1362,14 @@ class Namespace:
         mode = _mode(op.mode)
         parents = _flag(op.parents, "parents")
         now = float(op.now)
+        who = self._who(op.caller)
         if not parents:
-            parent, name, node = self._locate(path)
+            parent, name, node = self._locate(path, who)
             if node is not None:
                 raise _Refused(errors.FileExists, f"{_p(path)}: already exists")
             assert parent is not None  # only the root has none, and it exists
+            self._require(who, parent, WRITE | EXECUTE, path)
+            self._check_quota(parent, 1, 0, path)
             return Ok(
                 self._stat(path, self._add_directory(parent, name, mode, op.caller.user, now))
             )
@@ -1068,6 +1378,7 @@ class Namespace:
         directory = self._root()
         missing = len(names)
         for depth, name in enumerate(names):
+            self._require(who, directory, EXECUTE, path)
             number = directory.children.get(name)
             if number is None:
                 missing = depth
@@ -1081,8 +1392,14 @@ class Namespace:
                     f"{_p(path)}: {_prefix(names, depth + 1)} is not a directory",
                 )
             directory = node
-        for name in names[missing:]:
-            directory = self._add_directory(directory, name, mode, op.caller.user, now)
+        if missing < len(names):
+            self._require(who, directory, WRITE | EXECUTE, path)
+            self._check_quota(directory, len(names) - missing, 0, path)
+        for depth in range(missing, len(names)):
+            # As mkdir -p does, directories made on the way can be entered and
+            # written by their owner whatever the mode asked for the last one.
+            made = mode if depth == len(names) - 1 else mode | 0o300
+            directory = self._add_directory(directory, names[depth], made, op.caller.user, now)
         return Ok(self._stat(path, directory))
 
     def _create(self, op: Create) -> Ok[CreateResult]:
@@ -1094,7 +1411,8 @@ class Namespace:
         holder = _holder(op.lease_holder)
         now = float(op.now)
         expires = _expiry(op.lease_expires, now)
-        parent, name, node = self._locate(path)
+        who = self._who(op.caller)
+        parent, name, node = self._locate(path, who)
         if isinstance(node, DirectoryNode):
             if overwrite:
                 raise _Refused(errors.IsADirectory, f"{_p(path)}: is a directory")
@@ -1102,6 +1420,7 @@ class Namespace:
         if node is not None:
             if not overwrite:
                 raise _Refused(errors.FileExists, f"{_p(path)}: already exists")
+            self._require(who, node, WRITE, path)
             lease = node.lease
             if lease is not None and lease.holder != holder and now < lease.expires:
                 raise _Refused(
@@ -1110,14 +1429,21 @@ class Namespace:
                     f"(lease until {lease.expires})",
                 )
         assert parent is not None  # "/" is a directory, refused above
+        owner, group = op.caller.user, parent.group
+        if node is None:
+            self._require(who, parent, WRITE | EXECUTE, path)
+            self._check_quota(parent, 1, 0, path)
+        else:
+            # Overwriting is truncating: the file stays whose it was.
+            owner, group, mode = node.owner, node.group, node.mode
         freed = self._remove(parent, name, node) if node is not None else ()
         # A replaced file gets a new inode, as in HDFS: it is a new file.
         new = FileNode(
             inode=self._next_inode,
             parent=parent.inode,
             name=name,
-            owner=op.caller.user,
-            group=parent.group,
+            owner=owner,
+            group=group,
             mode=mode,
             mtime=now,
             replication=replication,
@@ -1129,6 +1455,7 @@ class Namespace:
         self._open_files.add(new.inode)
         parent.children[name] = new.inode
         parent.mtime = now
+        self._charge(parent, 1, 0)
         return Ok(CreateResult(stat=self._stat(path, new), freed=freed))
 
     def _add_chunk(self, op: AddChunk) -> Ok[ChunkRef]:
@@ -1143,6 +1470,11 @@ class Namespace:
                 f"{_p(path)}: chunk {node.chunks[pending[0]].chunk_id} must be committed "
                 "before another chunk is added",
             )
+        # The whole chunk is set aside until its length is known (as HDFS does), so
+        # that writers sharing a quota cannot all pass the check and overrun it.
+        reserved = node.chunk_size * node.replication
+        self._check_quota(self._parent_of(node), 0, reserved, path)
+        self._charge(self._parent_of(node), 0, reserved)
         chunk = ChunkRef(chunk_id=self._next_chunk_id, version=1, length=0)
         self._next_chunk_id += 1
         node.chunks.append(chunk)
@@ -1203,6 +1535,7 @@ class Namespace:
         committed = attrs.evolve(chunk, length=length)
         node.chunks[index] = committed
         node.length += length
+        self._charge(self._parent_of(node), 0, (length - node.chunk_size) * node.replication)
         return Ok(committed)
 
     def _renew_lease(self, op: RenewLease) -> Ok[Stat]:
@@ -1226,6 +1559,10 @@ class Namespace:
         return Ok(self._stat(path, node))
 
     def _complete(self, node: FileNode, now: float) -> None:
+        # Chunks still being written hold no byte: their reservation ends here.
+        reserved = len(_pending(node)) * node.chunk_size * node.replication
+        if reserved:
+            self._charge(self._parent_of(node), 0, -reserved)
         node.lease = None
         node.mtime = now
         self._open_files.discard(node.inode)
@@ -1243,6 +1580,8 @@ class Namespace:
                 )
             # A chunk added but never committed holds no acknowledged byte: it goes,
             # and its partial replicas are discarded by the dataservers as abandoned.
+            reserved = len(_pending(node)) * node.chunk_size * node.replication
+            self._charge(self._parent_of(node), 0, -reserved)
             while node.chunks and node.chunks[-1].length == 0:
                 del self._chunk_files[node.chunks.pop().chunk_id]
             self._complete(node, now)
@@ -1255,12 +1594,16 @@ class Namespace:
         recursive = _flag(op.recursive, "recursive")
         if path == paths.ROOT:
             raise _Refused(errors.InvalidPath, "/: the root directory cannot be deleted")
-        parent, name, node = self._locate(path)
+        who = self._who(op.caller)
+        parent, name, node = self._locate(path, who)
         if node is None:
             raise _Refused(errors.FileNotFound, f"{_p(path)}: no such file or directory")
-        if isinstance(node, DirectoryNode) and node.children and not recursive:
-            raise _Refused(errors.DirectoryNotEmpty, f"{_p(path)}: directory is not empty")
         assert parent is not None
+        self._require_unlink(who, parent, node, path)
+        if isinstance(node, DirectoryNode) and node.children:
+            if not recursive:
+                raise _Refused(errors.DirectoryNotEmpty, f"{_p(path)}: directory is not empty")
+            self._require_subtree(who, node, path)
         freed = self._remove(parent, name, node)
         parent.mtime = float(op.now)
         return Ok(DeleteResult(freed=freed))
@@ -1272,7 +1615,8 @@ class Namespace:
             raise _Refused(
                 errors.InvalidPath, f"{_p(src)} -> {_p(dst)}: cannot rename the root directory"
             )
-        src_parent, src_name, node = self._locate(src)
+        who = self._who(op.caller)
+        src_parent, src_name, node = self._locate(src, who)
         if node is None:
             raise _Refused(errors.FileNotFound, f"{_p(src)}: no such file or directory")
         if src == dst:
@@ -1281,15 +1625,37 @@ class Namespace:
             raise _Refused(
                 errors.InvalidPath, f"{_p(src)} -> {_p(dst)}: cannot move a directory into itself"
             )
-        dst_parent, dst_name, replaced = self._locate(dst)
+        dst_parent, dst_name, replaced = self._locate(dst, who)
+        assert src_parent is not None and dst_parent is not None
+        self._require_unlink(who, src_parent, node, src)
+        if replaced is None:
+            self._require(who, dst_parent, WRITE | EXECUTE, dst)
+        else:
+            self._require_unlink(who, dst_parent, replaced, dst)
+        if isinstance(node, DirectoryNode) and src_parent is not dst_parent:
+            self._require(who, node, WRITE, src)  # its ".." changes
         if replaced is not None and not (
             isinstance(replaced, FileNode) and isinstance(node, FileNode)
         ):
             raise _Refused(errors.FileExists, f"{_p(dst)}: already exists")
-        assert src_parent is not None and dst_parent is not None
+        # Quotas above the destination only gain the entry, those above the source
+        # only lose it; those above both see no change.
+        above_src = frozenset(inode for inode, _ in self._quotas_above(src_parent))
+        above_dst = frozenset(inode for inode, _ in self._quotas_above(dst_parent))
+        moved = (0, 0)
+        if above_src != above_dst:
+            moved = self._usage_of(node)
+            names, space = moved
+            if replaced is not None:
+                replaced_names, replaced_space = self._usage_of(replaced)
+                names, space = names - replaced_names, space - replaced_space
+            self._check_quota(dst_parent, names, space, dst, skip=above_src)
         now = float(op.now)
         freed = self._remove(dst_parent, dst_name, replaced) if replaced is not None else ()
         del src_parent.children[src_name]
+        if above_src != above_dst:
+            self._charge(src_parent, -moved[0], -moved[1], skip=above_dst)
+            self._charge(dst_parent, moved[0], moved[1], skip=above_src)
         dst_parent.children[dst_name] = node.inode
         node.parent = dst_parent.inode
         node.name = dst_name
@@ -1300,14 +1666,27 @@ class Namespace:
     def _set_replication(self, op: SetReplication) -> Ok[Stat]:
         path = _normalize(op.path)
         replication = _integer(op.replication, "replication", 1, MAX_REPLICATION)
-        node = self._file(path)
+        who = self._who(op.caller)
+        node = self._file(path, who)
+        self._require(who, node, WRITE, path)
+        space = _file_space(node)
+        change = space // node.replication * replication - space
+        self._check_quota(self._parent_of(node), 0, change, path)
+        self._charge(self._parent_of(node), 0, change)
         node.replication = replication
         return Ok(self._stat(path, node))
 
     def _chmod(self, op: Chmod) -> Ok[Stat]:
         path = _normalize(op.path)
         mode = _mode(op.mode)
-        node = self._existing(path)
+        who = self._who(op.caller)
+        node = self._existing(path, who)
+        if not who.superuser and who.user != node.owner:
+            raise _Refused(
+                errors.PermissionDenied,
+                f"{_p(path)}: permission denied: only its owner ({_p(node.owner)}) or a "
+                "superuser may change its mode",
+            )
         node.mode = mode
         return Ok(self._stat(path, node))
 
@@ -1315,15 +1694,112 @@ class Namespace:
         path = _normalize(op.path)
         owner = None if op.owner is None else _principal(op.owner, "owner")
         group = None if op.group is None else _principal(op.group, "group")
-        node = self._existing(path)
+        who = self._who(op.caller)
+        node = self._existing(path, who)
+        if not who.superuser:
+            # POSIX chown/chgrp: a non-superuser may only keep the owner as it is, and
+            # only the owner may change the group, to one they belong to.
+            if who.user != node.owner:
+                raise _Refused(
+                    errors.PermissionDenied,
+                    f"{_p(path)}: permission denied: only its owner ({_p(node.owner)}) or a "
+                    "superuser may change its owner or group",
+                )
+            if owner is not None and owner != node.owner:
+                raise _Refused(
+                    errors.PermissionDenied,
+                    f"{_p(path)}: permission denied: only a superuser may give it to {_p(owner)}",
+                )
+            if group is not None and group != node.group and group not in who.groups:
+                raise _Refused(
+                    errors.PermissionDenied,
+                    f"{_p(path)}: permission denied: {who.user} is not a member of group "
+                    f"{_p(group)}",
+                )
         if owner is not None:
             node.owner = owner
         if group is not None:
             node.group = group
         return Ok(self._stat(path, node))
 
+    def _change_group(self, op: ChangeGroup) -> Ok[tuple[str, ...]]:
+        self._require_superuser(op.caller, "change groups")
+        group = _principal(op.group, "group")
+        add = _flag(op.add, "add")
+        if not isinstance(op.users, tuple) or not op.users:
+            raise _Refused(errors.InvalidArgument, "name at least one user")
+        users = {_principal(user, "user") for user in op.users}
+        members = set(self._groups.get(group, ()))
+        if add:
+            if group not in self._groups and len(self._groups) >= MAX_GROUPS:
+                raise _Refused(errors.InvalidArgument, f"there are {MAX_GROUPS} groups already")
+            members |= users
+            if len(members) > MAX_GROUP_MEMBERS:
+                raise _Refused(
+                    errors.InvalidArgument,
+                    f"group {group} would have more than {MAX_GROUP_MEMBERS} members",
+                )
+        else:
+            if group not in self._groups:
+                raise _Refused(errors.InvalidArgument, f"there is no group {group}")
+            members -= users
+        if members:
+            self._groups[group] = sorted(members)
+        else:
+            self._groups.pop(group, None)
+        return Ok(tuple(sorted(members)))
+
+    def _add_user(self, op: AddUser) -> Ok[Stat]:
+        self._require_superuser(op.caller, "add users")
+        name = _principal(op.name, "user name")
+        now = float(op.now)
+        root = self._root()
+        number = root.children.get(USER_HOME[1:])
+        home = None if number is None else self._nodes[number]
+        if home is not None and not isinstance(home, DirectoryNode):
+            raise _Refused(errors.NotADirectory, f"{USER_HOME}: is not a directory")
+        if home is not None and name in home.children:
+            raise _Refused(errors.FileExists, f"{USER_HOME}/{name}: already exists")
+        if home is None:
+            self._check_quota(root, 2, 0, f"{USER_HOME}/{name}")
+        else:
+            self._check_quota(home, 1, 0, f"{USER_HOME}/{name}")
+        if home is None:
+            home = self._add_directory(root, USER_HOME[1:], 0o755, self.root_owner, now)
+        directory = self._add_directory(home, name, 0o750, name, now)
+        directory.group = name
+        return Ok(self._stat(f"{USER_HOME}/{name}", directory))
+
+    def _set_quota(self, op: SetQuota) -> Ok[QuotaUsage]:
+        self._require_superuser(op.caller, "set quotas")
+        path = _normalize(op.path)
+        clear = _flag(op.clear, "clear")
+        files = None if op.files is None else _integer(op.files, "name quota", 1, _MAX_INT)
+        size = None if op.bytes is None else _integer(op.bytes, "space quota", 0, _MAX_INT)
+        node = self._existing(path)
+        if not isinstance(node, DirectoryNode):
+            raise _Refused(errors.NotADirectory, f"{_p(path)}: quotas are set on directories")
+        quota = self._quotas.get(node.inode)
+        if clear:
+            self._quotas.pop(node.inode, None)
+        elif files is not None or size is not None:
+            if quota is None:
+                names, space = self._usage_of(node)
+                quota = self._quotas[node.inode] = Quota(None, None, names, space)
+            if files is not None:
+                quota.files = files
+            if size is not None:
+                quota.bytes = size
+        return Ok(self._quota_query(path, None))
+
+    def _require_superuser(self, caller: Caller, doing: str) -> None:
+        if not self._who(caller).superuser:
+            raise _Refused(
+                errors.PermissionDenied, f"permission denied: only a superuser may {doing}"
+            )
+
     def _set_decommission(self, op: SetDecommission) -> Ok[frozenset[str]]:
-        if not op.caller.superuser:
+        if not self._who(op.caller).superuser:
             raise _Refused(errors.PermissionDenied, "only a superuser may decommission")
         name = _principal(op.dataserver, "dataserver name")
         on = _flag(op.on, "on")
@@ -1334,7 +1810,7 @@ class Namespace:
         return Ok(frozenset(self._decommissioned))
 
     def _set_safe_mode(self, op: SetSafeMode) -> Ok[bool]:
-        if not op.caller.superuser:
+        if not self._who(op.caller).superuser:
             raise _Refused(errors.PermissionDenied, "only a superuser may change safe mode")
         self._safe_mode = _flag(op.on, "on")
         return Ok(self._safe_mode)

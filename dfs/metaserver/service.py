@@ -7,6 +7,7 @@ listener, a timer that declares silent dataservers dead, and the HTTP status sit
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -18,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from dfs import __version__
@@ -29,6 +31,7 @@ from dfs.config import (
     load_security_config,
 )
 from dfs.httpstatus import status_site
+from dfs.metaserver.audit import AuditLog, open_audit_log
 from dfs.metaserver.files import FileService
 from dfs.metaserver.journal import JournalCorrupt
 from dfs.metaserver.namespace import Namespace
@@ -49,6 +52,9 @@ from dfs.protocol.errors import InvalidArgument, PermissionDenied, UnknownDatase
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, Role
 from dfs.security.secrets import read_secret
+from dfs.security.tokenkeys import load_token_issuer
+from dfs.security.tokens import WRITE
+from dfs.trust import TrustService
 
 
 @attrs.define
@@ -61,6 +67,8 @@ class Metaserver:
     registry: DataserverRegistry
     files: FileService | None = None
     raft: RaftService | None = None
+    #: records every namespace and admin operation, when security_config names a file
+    audit: AuditLog | None = None
     started_at: float = attrs.field(factory=time.time)
     #: dataserver name -> the connection it registered on (orders go back on it)
     sessions: dict[str, MetaserverSession] = attrs.field(factory=dict)
@@ -171,6 +179,16 @@ class MetaserverSession(PeerSession):
     def __init__(self, metaserver: Metaserver) -> None:
         super().__init__(metaserver.identity)
         self.metaserver = metaserver
+
+    def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], Any] | None:
+        # One hook for every command, role refusals included: the audit log decides
+        # from the command class what to record once the answer is known.
+        responder = super().locateResponder(name)
+        audit = self.metaserver.audit
+        if responder is None or audit is None:
+            return responder
+        command = self._commandDispatch[name][0]  # type: ignore[attr-defined]
+        return audit.wrap(command, self.peer, self.peer_address, responder)
 
     @RegisterDataserver.responder
     def register_dataserver(
@@ -306,7 +324,9 @@ class MetaserverSession(PeerSession):
         version = await self.files.bump_chunk_version(
             self.caller, path, client_id, chunk_id, request_id
         )
-        return {"version": version}
+        # The new version needs a new write token: the old one names the old version.
+        token = self.files.chunk_token(self.caller, chunk_id, version, WRITE)
+        return {"version": version, "token": token}
 
     @commands.CommitChunk.responder
     async def commit_chunk(self, **arguments: Any) -> dict:
@@ -325,16 +345,24 @@ class MetaserverSession(PeerSession):
 
     @commands.Stat.responder
     def stat(self, path: str) -> dict:
-        return self.files.stat(path)
+        return self.files.stat(self.caller, path)
 
     @commands.ListDirectory.responder
     def list_directory(self, path: str, start_after: str, limit: int) -> dict:
-        return self.files.list_directory(path, start_after, limit)
+        return self.files.list_directory(self.caller, path, start_after, limit)
 
     @commands.GetChunks.responder
     def get_chunks(self, path: str, first: int, limit: int) -> dict:
         peer = self.transport.getPeer() if self.transport is not None else None
-        return self.files.get_chunks(path, first, limit, getattr(peer, "host", None))
+        return self.files.get_chunks(self.caller, path, first, limit, getattr(peer, "host", None))
+
+    @commands.RenewChunkTokens.responder
+    def renew_chunk_tokens(
+        self, path: str, operation: str, chunk_ids: list[int], client_id: str
+    ) -> dict:
+        return self.files.renew_chunk_tokens(
+            self.caller, path, operation, list(chunk_ids), client_id
+        )
 
     @commands.Delete.responder
     async def delete(self, path: str, recursive: bool, request_id: str) -> dict:
@@ -361,9 +389,31 @@ class MetaserverSession(PeerSession):
         await self.files.chown(self.caller, path, owner, group, request_id)
         return {}
 
+    @commands.ChangeGroup.responder
+    async def change_group(self, group: str, users: list[str], add: bool) -> dict:
+        return {"members": await self.files.change_group(self.caller, group, users, add)}
+
+    @commands.ListGroups.responder
+    def list_groups(self) -> dict:
+        return {"groups": self.files.groups()}
+
+    @commands.AddUser.responder
+    async def add_user(self, name: str) -> dict:
+        return {"path": await self.files.add_user(self.caller, name)}
+
+    @commands.SetQuota.responder
+    async def set_quota(
+        self, path: str, clear: bool, files: int | None = None, bytes: int | None = None
+    ) -> dict:
+        return await self.files.set_quota(self.caller, path, files, bytes, clear)
+
+    @commands.GetQuota.responder
+    def get_quota(self, path: str) -> dict:
+        return self.files.quota(self.caller, path)
+
     @commands.DiskUsage.responder
     def disk_usage(self, path: str) -> dict:
-        return self.files.du(path)
+        return self.files.du(self.caller, path)
 
     @commands.ClusterSpace.responder
     def cluster_space(self) -> dict:
@@ -397,6 +447,13 @@ class MetaserverMetrics:
         info = InfoMetricFamily("dfs_build", "DFS version and node identity")
         info.add_metric([], {"version": __version__, "role": "metaserver"})
         yield info
+        audit = self._metaserver.audit
+        if audit is not None:
+            yield CounterMetricFamily(
+                "dfs_audit_records_lost",
+                "Audit records that could not be written to the audit log",
+                value=audit.lost,
+            )
         records = self._metaserver.registry.records()
         count = GaugeMetricFamily(
             "dfs_dataservers", "Dataservers known to this metaserver", labels=["state"]
@@ -479,9 +536,12 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
 
     replication = load_replication_config(config.replication_config)
     security = load_security_config(config.security_config)
+    trust = TrustService(reactor, credentials, identity, config.tls, source, security)
     password = read_secret(
         security.raft_password_file, str(security.source), "raft_password_file", "the Raft password"
     ).decode("utf-8", "replace")
+    tokens = load_token_issuer(security)
+    audit = open_audit_log(security, reactor)
     raft_dir = config.data_dir / "raft"
     raft_dir.mkdir(mode=0o700, exist_ok=True)
     if not config.raft_fsync:
@@ -516,6 +576,7 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         clock=reactor,
         registry=registry,
         raft=raft,
+        audit=audit,
     )
     metaserver.files = FileService(
         reactor,
@@ -525,6 +586,7 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         replication,
         lease_period=config.lease_period,
         session_for=metaserver.session_for,
+        tokens=tokens,
     )
     factory = Factory()
     factory.protocol = lambda: MetaserverSession(metaserver)
@@ -535,7 +597,10 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
     assert files is not None
     children: list[Any] = [
         raft,
-        tls_listener("dfs-meta", reactor, config.listen, credentials, factory),
+        trust,
+        tls_listener(
+            "dfs-meta", reactor, config.listen, credentials, factory, limits=security.limits
+        ),
         TimerService(
             min(LEASE_CHECK, config.lease_period / 4),
             lambda: Deferred.fromCoroutine(files.recover_expired_leases()),
@@ -552,5 +617,9 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
                 "dfs-meta", reactor, config.http_listen, status_site(metaserver.status, metrics)
             )
         )
+    if audit is not None:
+        # Stopped last (children stop in reverse order): operations answered while
+        # the others stop are still recorded.
+        children.insert(0, audit)
     add_all(top, children)
     return top

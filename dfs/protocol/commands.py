@@ -312,6 +312,7 @@ CHUNK: list = [
     (b"version", amp.Integer()),
     (b"length", amp.Integer()),
     (b"locations", amp.ListOf(amp.Unicode())),
+    (b"token", amp.Unicode()),  # a read token for the caller (dfs.security.tokens)
 ]
 
 
@@ -365,6 +366,7 @@ class AddChunk(NamespaceCommand):
         (b"chunk_id", amp.Integer()),
         (b"version", amp.Integer()),
         (b"targets", amp.ListOf(amp.Unicode())),
+        (b"token", amp.Unicode()),  # the write token for the pipeline
     ]
 
 
@@ -379,7 +381,8 @@ class BumpChunkVersion(NamespaceCommand):
         (b"chunk_id", amp.Integer()),
         (b"request_id", amp.Unicode()),
     ]
-    response: ClassVar[list] = [(b"version", amp.Integer())]
+    # the write token for the new version
+    response: ClassVar[list] = [(b"version", amp.Integer()), (b"token", amp.Unicode())]
 
 
 class CommitChunk(NamespaceCommand):
@@ -449,6 +452,29 @@ class GetChunks(NamespaceCommand):
     ]
 
 
+CHUNK_TOKEN: list = [
+    (b"chunk_id", amp.Integer()),
+    (b"version", amp.Integer()),  # the chunk's current version, which the token names
+    (b"token", amp.Unicode()),
+]
+
+
+class RenewChunkTokens(NamespaceCommand):
+    """Fresh tokens for chunks of ``path`` (at most 100), for a long read or write.
+
+    ``operation`` ``read``: checked as GetChunks is. ``write``: the caller must hold
+    the file's write lease (``client_id``, as for AddChunk)."""
+
+    commandName = b"RenewChunkTokens"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"operation", amp.Unicode()),
+        (b"chunk_ids", amp.ListOf(amp.Integer())),
+        (b"client_id", amp.Unicode()),  # "" for reading
+    ]
+    response: ClassVar[list] = [(b"tokens", amp.AmpList(CHUNK_TOKEN))]
+
+
 class Delete(NamespaceCommand):
     commandName = b"Delete"
     arguments: ClassVar[list] = [
@@ -502,6 +528,76 @@ class Chown(NamespaceCommand):
         (b"request_id", amp.Unicode()),
     ]
     response: ClassVar[list] = []
+
+
+# -- users, groups and quotas: any person may ask; the namespace lets only superusers
+# (an admin certificate, or a member of the superuser group) change them.
+
+
+class ChangeGroup(NamespaceCommand):
+    """Add ``users`` to ``group`` (``add`` true) or remove them; a group left with
+    no member is gone. Answers the members the group has now."""
+
+    commandName = b"ChangeGroup"
+    arguments: ClassVar[list] = [
+        (b"group", amp.Unicode()),
+        (b"users", amp.ListOf(amp.Unicode())),
+        (b"add", amp.Boolean()),
+    ]
+    response: ClassVar[list] = [(b"members", amp.ListOf(amp.Unicode()))]
+
+
+class ListGroups(NamespaceCommand):
+    """Every group and its members, by name."""
+
+    commandName = b"ListGroups"
+    arguments: ClassVar[list] = []
+    response: ClassVar[list] = [
+        (
+            b"groups",
+            amp.AmpList([(b"name", amp.Unicode()), (b"members", amp.ListOf(amp.Unicode()))]),
+        )
+    ]
+
+
+class AddUser(NamespaceCommand):
+    """Make user ``name``'s home directory, /user/<name>, owned by them, mode 0750."""
+
+    commandName = b"AddUser"
+    arguments: ClassVar[list] = [(b"name", amp.Unicode())]
+    response: ClassVar[list] = [(b"path", amp.Unicode())]
+
+
+QUOTA: list = [
+    (b"path", amp.Unicode()),
+    (b"files_quota", amp.Integer()),  # -1: no name quota
+    (b"bytes_quota", amp.Integer()),  # -1: no space quota
+    (b"names", amp.Integer()),  # files and directories, the directory included
+    (b"space", amp.Integer()),  # bytes times replication, chunks being written whole
+]
+
+
+class SetQuota(NamespaceCommand):
+    """Set a directory's name quota (``files``) and/or space quota (``bytes``, bytes
+    times replication); one left out stays as it is; ``clear`` removes both.
+    Superusers only. Answers the quota and use after the change."""
+
+    commandName = b"SetQuota"
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"files", amp.Integer(optional=True)),
+        (b"bytes", amp.Integer(optional=True)),
+        (b"clear", amp.Boolean()),
+    ]
+    response: ClassVar[list] = QUOTA
+
+
+class GetQuota(NamespaceCommand):
+    """A directory's quotas and what its subtree uses of them."""
+
+    commandName = b"GetQuota"
+    arguments: ClassVar[list] = [(b"path", amp.Unicode())]
+    response: ClassVar[list] = QUOTA
 
 
 class DiskUsage(NamespaceCommand):
@@ -608,6 +704,8 @@ class ReplicateChunk(DFSCommand):
         (b"length", amp.Integer()),
         (b"sources", amp.ListOf(amp.Unicode())),
         (b"rate", amp.Integer()),
+        # a copy token for the target dataserver, presented to the sources
+        (b"token", amp.Unicode(optional=True)),
     ]
     response: ClassVar[list] = [(b"source", amp.Unicode())]  # where it was copied from
     allowed_roles = frozenset({Role.METASERVER})
@@ -639,6 +737,9 @@ class OpenChunkWrite(DFSCommand):
         (b"downstream", amp.ListOf(amp.Unicode())),
         # bytes the replica may grow to (the file's chunk size): set aside at once
         (b"expected_length", amp.Integer(optional=True)),
+        # every chunk command takes the token the metaserver minted for it; optional
+        # on the wire so that a missing one is answered InvalidToken, not a parse error
+        (b"token", amp.Unicode(optional=True)),
     ]
     response: ClassVar[list] = []
     allowed_roles = DATA_PEERS
@@ -647,7 +748,9 @@ class OpenChunkWrite(DFSCommand):
 class OpenChunkStream(DFSCommand, amp.ProtocolSwitchCommand):
     """Turn this connection into a chunk stream (:mod:`dfs.protocol.stream`): once
     answered, both ends send raw frames of chunk data, acknowledgements and failures
-    instead of AMP boxes. Send it on a connection used for nothing else."""
+    instead of AMP boxes. Send it on a connection used for nothing else. It takes no
+    token: a dataserver takes a write's data only from the peer that opened (or last
+    recovered) that write with a valid write token."""
 
     commandName = b"OpenChunkStream"
     arguments: ClassVar[list] = []
@@ -664,6 +767,7 @@ class FinishChunkWrite(DFSCommand):
         (b"chunk_id", amp.Integer()),
         (b"version", amp.Integer()),
         (b"length", amp.Integer()),
+        (b"token", amp.Unicode(optional=True)),  # write
     ]
     response: ClassVar[list] = [(b"locations", amp.ListOf(amp.Unicode()))]
     allowed_roles = DATA_PEERS
@@ -680,6 +784,7 @@ class RecoverChunkWrite(DFSCommand):
         (b"new_version", amp.Integer()),
         (b"length", amp.Integer()),
         (b"downstream", amp.ListOf(amp.Unicode())),
+        (b"token", amp.Unicode(optional=True)),  # write, for new_version
     ]
     response: ClassVar[list] = []
     allowed_roles = DATA_PEERS
@@ -687,7 +792,11 @@ class RecoverChunkWrite(DFSCommand):
 
 class AbortChunkWrite(DFSCommand):
     commandName = b"AbortChunkWrite"
-    arguments: ClassVar[list] = [(b"chunk_id", amp.Integer()), (b"version", amp.Integer())]
+    arguments: ClassVar[list] = [
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"token", amp.Unicode(optional=True)),  # write
+    ]
     response: ClassVar[list] = []
     allowed_roles = DATA_PEERS
 
@@ -702,6 +811,8 @@ class ReadChunk(DFSCommand):
         (b"version", amp.Integer()),
         (b"offset", amp.Integer()),
         (b"length", amp.Integer()),
+        # read from a person, copy from a dataserver
+        (b"token", amp.Unicode(optional=True)),
     ]
     response: ClassVar[list] = [(b"data", Bulk()), (b"checksums", amp.ListOf(amp.Integer()))]
     allowed_roles = DATA_PEERS
@@ -730,11 +841,17 @@ ALL_COMMANDS: tuple[type[DFSCommand], ...] = (
     Stat,
     ListDirectory,
     GetChunks,
+    RenewChunkTokens,
     Delete,
     Rename,
     SetReplication,
     Chmod,
     Chown,
+    ChangeGroup,
+    ListGroups,
+    AddUser,
+    SetQuota,
+    GetQuota,
     DiskUsage,
     ClusterSpace,
     ReportBadReplica,

@@ -10,9 +10,11 @@ affect only the connection they came on.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
+from cryptography import x509
 from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, ITCPTransport
@@ -24,12 +26,18 @@ from zope.interface import implementer
 from dfs import __version__
 from dfs.protocol.commands import Ping
 from dfs.protocol.errors import InvalidArgument, PermissionDenied
+from dfs.protocol.limits import ConnectionGuard, ServerLimits, unsent_bytes
 from dfs.security.identity import Identity, InvalidIdentity, Role, identity_from_certificate
-from dfs.security.tls import peer_certificate, verify_failure
+from dfs.security.tls import attachment, peer_certificate, verify_failure
 
 #: The largest box a peer may send: a data packet is 64 KiB, a page of a listing
 #: well under one MiB; anything much larger is an attempt to exhaust memory.
 MAX_BOX_BYTES = 4 * 1024 * 1024
+
+#: The most keys a box may have: a command has a dozen arguments at most, and a Bulk
+#: value of MAX_BOX_BYTES is 64 pieces; a box of countless tiny keys would cost far
+#: more memory than its bytes on the wire.
+MAX_BOX_KEYS = 1024
 
 
 def _describe(reason: Failure) -> str:
@@ -44,8 +52,71 @@ def _describe(reason: Failure) -> str:
     return f"{type(value).__name__}: {value}".rstrip(": ")
 
 
+def _stray_answer(box: amp.AmpBox, outstanding: dict[bytes, Any] | None) -> str | None:
+    """Why ``box``, an answer or error, answers nothing asked (AMP would raise a
+    KeyError from deep inside), or None."""
+    if amp.ANSWER in box:
+        tag = box[amp.ANSWER]
+    elif amp.ERROR in box:
+        tag = box[amp.ERROR]
+        if amp.ERROR_CODE not in box or amp.ERROR_DESCRIPTION not in box:
+            return "an error without its code and description"
+    else:
+        return None
+    if tag not in (outstanding or {}):
+        return f"an answer to no request (tag {tag[:20]!r})"
+    return None
+
+
 #: Bytes read from the socket at once (Twisted reads 64 KiB at a time).
 READ_SIZE = 256 * 1024
+
+
+class SessionRegistry:
+    """A server's open sessions, and the check every new one must pass.
+
+    ``refusal`` says why a peer certificate is no longer accepted (revoked), or
+    None. A session whose peer is refused is refused at the end of its handshake;
+    ``sweep`` closes the open ones whose peer has become refused since (after the
+    revocation list changed).
+    """
+
+    log = Logger()
+
+    def __init__(self, refusal: Callable[[x509.Certificate], str | None]) -> None:
+        self._refusal = refusal
+        self._open: dict[PeerSession, x509.Certificate] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def admit(self, session: PeerSession, certificate: x509.Certificate) -> str | None:
+        """Why ``session`` must be refused, or None once it is registered as open."""
+        refusal = self._refusal(certificate)
+        if refusal is None:
+            self._open[session] = certificate
+        return refusal
+
+    def forget(self, session: PeerSession) -> None:
+        self._open.pop(session, None)
+
+    def sweep(self) -> int:
+        """Close every open session whose peer is refused now; how many were closed."""
+        closed = 0
+        for session, certificate in list(self._open.items()):
+            refusal = self._refusal(certificate)
+            if refusal is None:
+                continue
+            self.log.warn(
+                "closing connection with {peer} at {address}: {refusal}",
+                peer=str(session.peer),
+                address=session.peer_address,
+                refusal=refusal,
+            )
+            self.forget(session)
+            session.close_refused()
+            closed += 1
+        return closed
 
 
 @implementer(IHandshakeListener)
@@ -64,7 +135,25 @@ class PeerSession(amp.AMP):
         self.dialled = False
         self._refused = False
         self._lost = False
+        #: the server's open sessions, once this one is among them
+        self._registry: SessionRegistry | None = None
+        #: bytes (keys, values and their length prefixes) and keys of the box arriving
         self._box_bytes = 0
+        self._box_keys = 0
+        self._box_size = 0
+        #: the limits of the server that accepted this connection (none when dialled)
+        self.guard: ConnectionGuard | None = None
+        #: requests received while ``commands_in_flight`` are being answered, and
+        #: their size on the wire
+        self._held: deque[tuple[amp.AmpBox, int]] = deque()
+        self._held_bytes = 0
+        self._releasing = False
+        #: the TCP transport below TLS, whose output buffer tells a peer not reading
+        self._socket: Any = None
+
+    def apply_limits(self, limits: ServerLimits) -> None:
+        """Put ``limits`` on this connection (a server's, before it is connected)."""
+        self.guard = ConnectionGuard(limits, self)
 
     # -- connection life -------------------------------------------------
 
@@ -80,6 +169,9 @@ class PeerSession(amp.AMP):
             # Chunk data and large answers then arrive in fewer, larger reads, and TLS
             # decrypts more records per wake-up of the reactor.
             cast(Any, transport).bufferSize = READ_SIZE
+        self._socket = transport
+        if self.guard is not None:
+            self.guard.connected()
 
     @property
     def peer_address(self) -> str:
@@ -98,11 +190,23 @@ class PeerSession(amp.AMP):
             self._handshake_done = True
             self._refuse("certificate does not name a DFS identity: {error}", error=error)
             return
+        # The server's registry rides on each TLS connection made from its credentials, so
+        # sessions it accepts and sessions it dials are all checked (dfs.security.tls).
+        registry = attachment(self.transport)
+        if isinstance(registry, SessionRegistry):
+            refusal = registry.admit(self, cert)
+            if refusal is not None:
+                self._handshake_done = True
+                self._refuse("{refusal}", refusal=refusal)
+                return
+            self._registry = registry
         self.authenticated(identity)
 
     def authenticated(self, identity: Identity) -> None:
         """The peer proved ``identity`` (its certificate chains to the cluster CA)."""
         self._handshake_done = True
+        if self.guard is not None and not self.guard.authenticated(identity):
+            return  # one connection too many for this identity: refused
         self.peer = identity
         self.log.debug(
             "TLS session with {peer} from {address}", peer=str(identity), address=self.peer_address
@@ -117,6 +221,44 @@ class PeerSession(amp.AMP):
         )
         self.abort()
 
+    # -- limits (dfs.protocol.limits.GuardedConnection) --------------------
+
+    def refuse(self, reason_format: str, **fields: Any) -> None:
+        """Log why and drop the connection: a limit was passed."""
+        if self._refused or self._lost:
+            return
+        self._refuse(reason_format, **fields)
+
+    def close_idle(self, idle: float) -> None:
+        self.log.info(
+            "closed connection with {peer} from {address}: nothing received for {idle:.0f} s",
+            peer=str(self.peer),
+            address=self.peer_address,
+            idle=idle,
+        )
+        self._refused = True  # said why: no second line when it is lost
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def pause_reading(self, why: str, **fields: Any) -> None:
+        self.log.info(
+            "reading from {peer} at {address} paused: " + why,
+            peer=str(self.peer),
+            address=self.peer_address,
+            **fields,
+        )
+        if self.transport is not None:
+            cast(Any, self.transport).pauseProducing()
+
+    def resume_reading(self) -> None:
+        self._release_held()
+        guard = self.guard
+        if self.transport is not None and not self._lost and not (guard and guard.paused):
+            cast(Any, self.transport).resumeProducing()
+
+    def unsent_bytes(self) -> int:
+        return unsent_bytes(self._socket)
+
     def abort(self) -> None:
         """Drop the connection now, without waiting for buffered data to go out."""
         if self.transport is not None:
@@ -127,9 +269,22 @@ class PeerSession(amp.AMP):
         """Connected, and not closed or lost since."""
         return self.transport is not None and not self._lost
 
+    def close_refused(self) -> None:
+        """Drop a session its server no longer accepts (the registry logged why)."""
+        self._refused = True
+        self.abort()
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._lost = True
-        if not self._handshake_done and self.dialled:
+        if self._registry is not None:
+            self._registry.forget(self)
+        if self.guard is not None:
+            self.guard.closed()
+        self._held.clear()
+        self._held_bytes = 0
+        if self._refused:
+            pass  # the refusal was logged with its reason
+        elif not self._handshake_done and self.dialled:
             self.log.debug(
                 "TLS handshake with {address} failed: {reason}",
                 address=self.peer_address,
@@ -165,45 +320,124 @@ class PeerSession(amp.AMP):
         self._refused = True
         super().lengthLimitExceeded(length)
 
+    def dataReceived(self, data: bytes) -> None:
+        if self.guard is not None:
+            self.guard.received()
+        super().dataReceived(data)
+
     def proto_key(self, string: bytes) -> str:
         if self._refused:
             return "key"  # the connection is being dropped: keep nothing more
         if not string:
-            self._box_bytes = 0  # the box is complete
+            # The box is complete; its size goes with it to ampBoxReceived.
+            self._box_size = self._box_bytes + 2
+            self._box_bytes = self._box_keys = 0
+        else:
+            self._box_bytes += 2 + len(string)
+            self._box_keys += 1
+            if self._box_keys > MAX_BOX_KEYS:
+                return self._refuse_box("a box of more than {limit} keys", MAX_BOX_KEYS)
         return str(super().proto_key(string))
 
     def proto_value(self, string: bytes) -> str:
         if self._refused:
             return "key"
-        self._box_bytes += len(string)
+        self._box_bytes += 2 + len(string)
         if self._box_bytes > MAX_BOX_BYTES:
-            self.log.warn(
-                "refused input from {peer} at {address}: a box of more than {limit} bytes; "
-                "closing the connection",
-                peer=str(self.peer),
-                address=self.peer_address,
-                limit=MAX_BOX_BYTES,
-            )
-            self._refused = True
+            return self._refuse_box("a box of more than {limit} bytes", MAX_BOX_BYTES)
+        if self.guard is not None and not self.guard.check_buffered(
+            self._box_bytes + self._held_bytes
+        ):
             self._currentBox = None
-            self.abort()
             return "key"
         return str(super().proto_value(string))
 
+    def _refuse_box(self, reason_format: str, limit: int) -> str:
+        self.log.warn(
+            "refused input from {peer} at {address}: " + reason_format + "; closing the connection",
+            peer=str(self.peer),
+            address=self.peer_address,
+            limit=limit,
+        )
+        self._refused = True
+        self._currentBox = None
+        self.abort()
+        return "key"
+
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        guard = self.guard
+        if guard is not None and amp.COMMAND in box and (self._held or guard.full):
+            # As many commands in flight as allowed: this one waits its turn (reading
+            # is paused; what arrived with it is held here, and counts as buffered).
+            self._held.append((box, self._box_size))
+            self._held_bytes += self._box_size
+            guard.check_buffered(self._held_bytes)
+            return
+        self._box_received(box)
+
+    def _box_received(self, box: amp.AmpBox) -> None:
+        problem = _stray_answer(box, self._outstandingRequests)  # type: ignore[attr-defined]
         try:
-            super().ampBoxReceived(box)
+            if problem is None:
+                super().ampBoxReceived(box)
         except amp.AmpError as error:
+            problem = type(error).__name__
+        if problem is not None:
             self.log.warn(
                 "refused input from {peer} at {address}: malformed AMP box ({error}); "
                 "closing the connection",
                 peer=str(self.peer),
                 address=self.peer_address,
-                error=type(error).__name__,
+                error=problem,
             )
             self._refused = True
             if self.transport is not None:
                 self.transport.loseConnection()
+
+    def dispatchCommand(self, box: amp.AmpBox) -> Any:
+        guard = self.guard
+        if guard is not None:
+            guard.command_started()
+        answered = super().dispatchCommand(box)
+        if guard is not None:
+            answered.addBoth(self._command_done)
+        if amp.ASK not in box:
+            # No answer is wanted, so a refusal has nowhere to go: log it here, or
+            # AMP reports it as unhandled and drops the connection.
+            answered.addErrback(self._unanswered, box.get(amp.COMMAND, b""))
+        return answered
+
+    def _unanswered(self, failure: Failure, command: bytes) -> None:
+        # Refusals were logged where they were made (bad arguments, unknown command,
+        # denied role); only a failure that is no refusal (a bug) is worth a trace.
+        if not failure.check(amp.RemoteAmpError):
+            self.log.failure(
+                "{command} from {peer} failed", failure, command=command, peer=str(self.peer)
+            )
+
+    def _command_done(self, result: Any) -> Any:
+        assert self.guard is not None
+        self.guard.command_done()  # resumes reading (held requests first) if it may
+        return result
+
+    def _release_held(self) -> None:
+        """Dispatch held requests, in order, while there is room in flight."""
+        guard = self.guard
+        if self._releasing or guard is None:
+            return  # a command released below answered at once: the loop goes on
+        self._releasing = True
+        try:
+            while self._held and not guard.full and not self._lost:
+                box, size = self._held.popleft()
+                self._held_bytes -= size
+                self._box_received(box)
+        finally:
+            self._releasing = False
+
+    def sendBox(self, box: amp.AmpBox) -> None:
+        super().sendBox(box)
+        if self.guard is not None:
+            self.guard.check_buffered(self._box_bytes + self._held_bytes)
 
     @Ping.responder
     def ping(self) -> dict[str, str]:

@@ -16,6 +16,11 @@ Files on disk:
 * An existing file is never replaced unless the caller asks (``overwrite=True``,
   ``dfs ca issue --force``); the refusal is atomic too (a hard link, not a
   check-then-write race).
+* ``D/issued/<serial>.pem`` keeps a copy of every certificate the CA signed,
+  wherever its files were written: revocation works by name from that index, and
+  an operator can see serial numbers (``dfs ca list``).
+* ``D/crl.pem`` is the CA's certificate revocation list, signed by the CA key and
+  replaced atomically by ``revoke``; servers name it in security_config.json.
 
 Keys are EC P-256: small, and fast to handshake with, which matters because
 clients open many short TLS connections to dataservers.
@@ -25,29 +30,40 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dfs.security.identity import ORGANIZATION, Identity, Role, validate_name
+from dfs.security.identity import (
+    ORGANIZATION,
+    Identity,
+    InvalidIdentity,
+    Role,
+    identity_from_certificate,
+    validate_name,
+)
+from dfs.security.revocation import CRLError, parse_crl
 
 __all__ = [
     "CAError",
     "CAFileExistsError",
     "CertificateAuthority",
     "IssuedCertificate",
+    "Revocation",
+    "RevokedCertificate",
     "load_certificate",
 ]
 
@@ -57,6 +73,13 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 CA_CERTIFICATE_NAME = "ca.crt"
 CA_KEY_NAME = "ca.key"
+CRL_NAME = "crl.pem"
+ISSUED_DIRECTORY = "issued"
+_LOCK_NAME = ".lock"
+
+#: How long a CRL stays current: servers warn once its next update is past, and
+#: ``dfs ca crl --renew`` (or any revocation) signs a fresh one.
+CRL_DAYS = 365
 
 _KEY_MODE = 0o600
 _CERTIFICATE_MODE = 0o644
@@ -118,6 +141,27 @@ def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
 
 
 @attrs.frozen
+class RevokedCertificate:
+    """One entry of the CRL, with the identity the index knows for its serial."""
+
+    serial: int
+    revoked_at: datetime
+    identity: Identity | None
+
+
+@attrs.frozen
+class Revocation:
+    """What :meth:`CertificateAuthority.revoke` did."""
+
+    #: Certificates revoked now, and those the CRL listed already.
+    revoked: tuple[x509.Certificate, ...]
+    already: tuple[x509.Certificate, ...]
+    crl_path: Path
+    #: Entries in the CRL written.
+    total: int
+
+
+@attrs.frozen
 class CertificateAuthority:
     """A cluster CA kept in a directory as ``ca.crt`` and ``ca.key``."""
 
@@ -132,6 +176,14 @@ class CertificateAuthority:
     @property
     def key_path(self) -> Path:
         return self.directory / CA_KEY_NAME
+
+    @property
+    def crl_path(self) -> Path:
+        return self.directory / CRL_NAME
+
+    @property
+    def issued_directory(self) -> Path:
+        return self.directory / ISSUED_DIRECTORY
 
     @classmethod
     def create(
@@ -199,7 +251,11 @@ class CertificateAuthority:
         )
         _ensure_directory(directory)
         _write_pair(key_path, _key_pem(key), certificate_path, _certificate_pem(certificate), False)
-        return cls(directory, certificate, key)
+        authority = cls(directory, certificate, key)
+        # An empty list from the start: servers can name it before anyone is revoked.
+        # (No lock needed: nobody else knows this CA yet.)
+        authority._write_crl({})
+        return authority
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> CertificateAuthority:
@@ -297,11 +353,210 @@ class CertificateAuthority:
 
         key = ec.generate_private_key(ec.SECP256R1())
         certificate = self._sign_leaf(identity, key, alt_names, valid_from, valid_until)
+        # Recorded before it is handed out: nothing this CA signed escapes revocation by name.
+        self._record(certificate)
         _ensure_directory(directory)
         _write_pair(
             key_path, _key_pem(key), certificate_path, _certificate_pem(certificate), overwrite
         )
         return IssuedCertificate(certificate_path, key_path, identity, certificate)
+
+    # -- the index of issued certificates and the CRL ----------------------
+
+    def _record(self, certificate: x509.Certificate) -> None:
+        _ensure_directory(self.issued_directory)
+        path = self.issued_directory / f"{certificate.serial_number:x}.pem"
+        staged = _stage(path, _certificate_pem(certificate), _CERTIFICATE_MODE, secret=False)
+        try:
+            _commit(staged, path, overwrite=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+
+    def issued(self) -> list[x509.Certificate]:
+        """Every certificate this CA recorded issuing, by start of validity.
+
+        Certificates issued before the CA kept an index are not in it; revoke those
+        with :meth:`revoke_certificate`.
+        """
+        found = []
+        if not self.issued_directory.is_dir():
+            return []
+        for path in sorted(self.issued_directory.glob("*.pem")):
+            certificate = load_certificate(path)
+            if certificate.issuer == self.certificate.subject:
+                found.append(certificate)
+        found.sort(key=lambda c: (c.not_valid_before_utc, c.serial_number))
+        return found
+
+    def _crl_entries(self) -> dict[int, datetime]:
+        """The CRL's serials and revocation dates; {} if there is no CRL yet."""
+        try:
+            data = self.crl_path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as error:
+            raise CAError(f"cannot read {self.crl_path}: {error.strerror}") from None
+        try:
+            parse_crl(data, self.certificate)
+        except CRLError as error:
+            # Writing a new list over it would silently lift every revocation it holds.
+            raise CAError(f"{self.crl_path} is unusable: {error}; move it away first") from None
+        crl = (
+            x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+        )
+        return {entry.serial_number: entry.revocation_date_utc for entry in crl}
+
+    def revoked(self) -> list[RevokedCertificate]:
+        """The CRL's entries, oldest revocation first, with identities from the index."""
+        known = {c.serial_number: c for c in self.issued()}
+        entries = []
+        for serial, when in self._crl_entries().items():
+            certificate = known.get(serial)
+            entries.append(
+                RevokedCertificate(
+                    serial, when, _identity_or_none(certificate) if certificate else None
+                )
+            )
+        entries.sort(key=lambda e: (e.revoked_at, e.serial))
+        return entries
+
+    def ensure_crl(self) -> Path:
+        """Write an empty CRL if there is none; the CRL's path."""
+        with self._locked():
+            if not self.crl_path.exists():
+                self._write_crl({})
+        return self.crl_path
+
+    def renew_crl(self, *, days: int = CRL_DAYS) -> Path:
+        """Sign the current list again with a fresh next update."""
+        with self._locked():
+            self._write_crl(self._crl_entries(), days=days)
+        return self.crl_path
+
+    def revoke(self, name: str, role: Role | str | None = None) -> Revocation:
+        """Revoke every certificate this CA issued for ``name`` (of ``role``, if given).
+
+        An unknown name is a CAError; revoking again what is revoked already
+        changes nothing. A name held in several roles needs ``role`` to say which.
+        """
+        try:
+            name = validate_name(name)
+        except ValueError as error:
+            raise CAError(str(error)) from None
+        wanted: Role | None = None
+        if role is not None:
+            try:
+                wanted = Role(role)
+            except ValueError:
+                roles = ", ".join(r.value for r in Role)
+                raise CAError(f"unknown role {role!r}; expected one of {roles}") from None
+        matches = []
+        for certificate in self.issued():
+            identity = _identity_or_none(certificate)
+            if identity is None or identity.name != name:
+                continue
+            if wanted is None or identity.role is wanted:
+                matches.append((identity, certificate))
+        if not matches:
+            held = f" as {wanted.value}" if wanted is not None else ""
+            raise CAError(
+                f"this CA has no record of a certificate issued to {name!r}{held} "
+                f"(see 'dfs ca list --dir {self.directory}')"
+            )
+        roles_found = sorted({identity.role.value for identity, _ in matches})
+        if wanted is None and len(roles_found) > 1:
+            raise CAError(
+                f"{name!r} holds certificates as {' and '.join(roles_found)}; say which with --role"
+            )
+        return self._revoke([certificate for _, certificate in matches])
+
+    def revoke_certificate(self, certificate: x509.Certificate) -> Revocation:
+        """Revoke one certificate this CA signed (one issued before it kept an index, say)."""
+        try:
+            certificate.verify_directly_issued_by(self.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            raise CAError("that certificate was not issued by this CA") from None
+        try:
+            is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except (x509.ExtensionNotFound, ValueError):
+            is_ca = False
+        if is_ca:
+            # The CA's own certificate: listing it would say nothing a verifier uses.
+            raise CAError("that is a CA certificate; only certificates it issued can be revoked")
+        return self._revoke([certificate])
+
+    def _revoke(self, certificates: list[x509.Certificate]) -> Revocation:
+        with self._locked():
+            entries = self._crl_entries()
+            now = _now()
+            revoked, already = [], []
+            for certificate in certificates:
+                if certificate.serial_number in entries:
+                    already.append(certificate)
+                else:
+                    entries[certificate.serial_number] = now
+                    revoked.append(certificate)
+            if revoked or not self.crl_path.exists():
+                self._write_crl(entries)
+        return Revocation(tuple(revoked), tuple(already), self.crl_path, len(entries))
+
+    def _write_crl(self, entries: dict[int, datetime], *, days: int = CRL_DAYS) -> None:
+        _check_days(days)
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.certificate.subject)
+            .last_update(now - CLOCK_SKEW)
+            .next_update(_add_days(now, days))
+            # Microseconds since the epoch: grows with every list signed, as RFC 5280 asks.
+            .add_extension(x509.CRLNumber(int(now.timestamp() * 1_000_000)), critical=False)
+        )
+        try:
+            ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value),
+                critical=False,
+            )
+        except x509.ExtensionNotFound:
+            pass
+        for serial, when in sorted(entries.items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            )
+        crl = builder.sign(self._private_key, self._algorithm())
+        staged = _stage(
+            self.crl_path,
+            crl.public_bytes(serialization.Encoding.PEM),
+            _CERTIFICATE_MODE,
+            secret=False,
+        )
+        try:
+            # A server polling the file sees the old list or the new one, never half of one.
+            _commit(staged, self.crl_path, overwrite=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+        _sync_directory(self.directory)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the CA's lock: two revocations at once must not lose one another."""
+        path = self.directory / _LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), _KEY_MODE)
+        except OSError as error:
+            raise CAError(f"cannot lock {self.directory}: {error.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _algorithm(self) -> hashes.SHA256 | None:
+        if isinstance(self._private_key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+            return None
+        return hashes.SHA256()
 
     def _sign_leaf(
         self,
@@ -364,12 +619,14 @@ class CertificateAuthority:
         )
         if alt_names:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        algorithm = (
-            None
-            if isinstance(self._private_key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey))
-            else hashes.SHA256()
-        )
-        return builder.sign(self._private_key, algorithm)
+        return builder.sign(self._private_key, self._algorithm())
+
+
+def _identity_or_none(certificate: x509.Certificate) -> Identity | None:
+    try:
+        return identity_from_certificate(certificate)
+    except InvalidIdentity:
+        return None
 
 
 def _now() -> datetime:

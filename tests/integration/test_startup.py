@@ -181,3 +181,28 @@ def test_a_wildcard_listen_address_needs_an_advertised_address(created):
         "dfs-data", "--config", str(node.config_path), "--listen", f"0.0.0.0:{node.listen_port}"
     )
     assert_one_line_refusal(result, "key 'advertise'", "wildcard")
+
+
+@pytest.mark.parametrize(
+    ("program", "secret", "key"),
+    [
+        ("dfs-meta", "meta1/meta1.key", "key 'tls.key'"),
+        ("dfs-data", "ds1/ds1.key", "key 'tls.key'"),
+        ("dfs-meta", "shared/raft.password", "key 'raft_password_file'"),
+        ("dfs-meta", "shared/token.key", "key 'token_key_file'"),
+        ("dfs-data", "shared/token.key", "key 'token_key_file'"),
+    ],
+)
+def test_a_secret_others_can_read_stops_the_server_naming_the_fix(created, program, secret, key):
+    path = created.directory / secret
+    path.chmod(0o640)
+    node = created.metaservers[0] if program == "dfs-meta" else created.dataservers[0]
+    result = run_twistd(program, "--config", str(node.config_path), cwd=node.directory)
+    assert_one_line_refusal(
+        result,
+        f"{program}: configuration error:",
+        key,
+        f"run: chmod 600 {path}",
+        "mode 0640 lets its group use it",
+    )
+    assert port_is_free(node.listen_port)

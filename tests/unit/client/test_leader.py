@@ -473,3 +473,28 @@ def test_one_attempt_waits_a_quarter_of_the_request_timeout_but_at_least_5_s(
     request_timeout: float, expected: float
 ) -> None:
     assert attempt_timeout(request_timeout) == expected
+
+
+def test_a_session_the_metaserver_closed_while_idle_is_dialled_again() -> None:
+    # A metaserver closes a connection idle for its idle_timeout (security_config.json).
+    group = FakeGroup(FakeMetaserver(A, "leader"))
+    channel, clock = make_channel(group, addresses=(A,))
+    assert run_until_done(clock, start(channel, Stat, path="/"))["answered_by"] == A
+    [session] = group[A].sessions
+    session.lose(ConnectionDone())
+
+    assert run_until_done(clock, start(channel, Stat, path="/"))["answered_by"] == A
+    assert group.dials == [A, A]
+
+
+def test_a_request_sent_as_the_idle_close_arrives_is_asked_again() -> None:
+    group = FakeGroup(FakeMetaserver(A, "leader"))
+    channel, clock = make_channel(group, addresses=(A,))
+    assert run_until_done(clock, start(channel, Stat, path="/"))["answered_by"] == A
+    [session] = group[A].sessions
+    # Closed by the metaserver, but the client has not read the close yet.
+    session.callRemote = lambda command, **arguments: fail(ConnectionDone())  # type: ignore[method-assign]
+
+    outcome = start(channel, Mkdir, path="/a", mode=0o755, parents=False, request_id="r1")
+    assert run_until_done(clock, outcome, limit=5.0)["answered_by"] == A
+    assert group.dials == [A, A]

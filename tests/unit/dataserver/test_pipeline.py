@@ -13,16 +13,26 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
+from dfs.dataserver.access import ChunkAccess
 from dfs.dataserver.chunkstore import ChunkStore
 from dfs.dataserver.pipeline import ACK_DELAY, ChunkService, PeerConnections
 from dfs.dataserver.service import DataserverSession
+from dfs.protocol import commands
 from dfs.protocol.commands import OpenChunkWrite, RecoverChunkWrite
-from dfs.protocol.errors import InvalidArgument, PipelineBroken
+from dfs.protocol.errors import InvalidArgument, InvalidToken, PipelineBroken
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream, open_stream
 from dfs.security.identity import Identity, Role
+from dfs.security.tokens import WRITE, TokenKeys
 
 CLIENT = Identity(Role.CLIENT, "alice")
+KEYS = TokenKeys(b"k" * 32)
+
+
+def write_token(chunk_id: int, version: int, user: str = "alice", expires: float = 600) -> str:
+    return KEYS.mint(chunk_id, version, WRITE, user, expires)
+
+
 PACKET = 65536
 DS1, DS2, DS3 = "127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"
 
@@ -58,7 +68,8 @@ class Grid:
             return fail(ConnectionRefusedError(address))
         service, identity = self.services[address]
         client, server, pump = connectedServerAndClient(
-            lambda: DataserverSession(service, identity), lambda: PeerSession(caller)
+            lambda: DataserverSession(service, identity, ChunkAccess(KEYS, self.clock)),
+            lambda: PeerSession(caller),
         )
         server.authenticated(caller)
         client.authenticated(identity)
@@ -108,7 +119,13 @@ def grid(tmp_path: Path) -> Grid:
 def open_pipeline(grid: Grid, chunk_id: int = 5) -> tuple[ChunkStream, Listener]:
     control = grid.session(DS1)
     grid.outcome(
-        control.callRemote(OpenChunkWrite, chunk_id=chunk_id, version=1, downstream=[DS2, DS3])
+        control.callRemote(
+            OpenChunkWrite,
+            chunk_id=chunk_id,
+            version=1,
+            downstream=[DS2, DS3],
+            token=write_token(chunk_id, 1),
+        )
     )
     stream = grid.stream(DS1)
     listener = Listener()
@@ -155,7 +172,13 @@ def test_recovery_keeps_the_acknowledged_bytes_and_goes_on_without_the_failed_on
     control = grid.session(DS1)
     grid.outcome(
         control.callRemote(
-            RecoverChunkWrite, chunk_id=5, version=1, new_version=2, length=PACKET, downstream=[DS2]
+            RecoverChunkWrite,
+            chunk_id=5,
+            version=1,
+            new_version=2,
+            length=PACKET,
+            downstream=[DS2],
+            token=write_token(5, 2),
         )
     )
     recovered = Listener()
@@ -206,7 +229,13 @@ def test_a_dataserver_down_at_open_is_named_in_pipeline_broken(grid):
     control = grid.session(DS1)
     with pytest.raises(PipelineBroken) as caught:
         grid.outcome(
-            control.callRemote(OpenChunkWrite, chunk_id=5, version=1, downstream=[DS2, DS3])
+            control.callRemote(
+                OpenChunkWrite,
+                chunk_id=5,
+                version=1,
+                downstream=[DS2, DS3],
+                token=write_token(5, 1),
+            )
         )
     assert caught.value.address == DS3
 
@@ -229,8 +258,9 @@ def test_an_open_overtaken_by_the_writers_retry_leaves_the_pipeline_to_the_retry
         return real_connect(address)
 
     peers._connect = connect
-    first = Deferred.fromCoroutine(service.open_write(5, 1, [DS3], owner=ds1))
-    retry = Deferred.fromCoroutine(service.open_write(5, 1, [DS3], owner=CLIENT))
+    token = write_token(5, 1)
+    first = Deferred.fromCoroutine(service.open_write(5, 1, [DS3], owner=ds1, token=token))
+    retry = Deferred.fromCoroutine(service.open_write(5, 1, [DS3], owner=CLIENT, token=token))
     assert grid.outcome(retry) is None
     real_connect(dialled[0]).chainDeferred(gate)
     with pytest.raises(InvalidArgument, match="replaced by a newer write"):
@@ -244,3 +274,49 @@ def test_an_open_overtaken_by_the_writers_retry_leaves_the_pipeline_to_the_retry
     assert listener.failed == []
     assert listener.acked == 3 * PACKET
     assert grid.replica(DS3, 5) == (1, 3 * PACKET)
+
+
+def test_the_writers_token_goes_down_the_pipeline_and_every_dataserver_checks_it(grid):
+    open_pipeline(grid)  # the open reached DS3 with the client's token
+    control = grid.session(DS1)
+    grid.outcome(
+        control.callRemote(commands.AbortChunkWrite, chunk_id=5, version=1, token=write_token(5, 1))
+    )
+    for address in (DS1, DS2, DS3):
+        assert grid.services[address][0]._writes == {}
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "no token"),
+        (TokenKeys(b"other key").mint(5, 1, WRITE, "alice", 600), "forged token"),
+        (write_token(6, 1), "wrong chunk"),
+        (write_token(5, 2), "wrong version"),
+        (KEYS.mint(5, 1, "read", "alice", 600), "wrong operation"),
+        (write_token(5, 1, user="bob"), "wrong user"),
+        (write_token(5, 1, expires=0), "expired token"),
+    ],
+)
+def test_a_write_without_a_good_token_is_refused_before_the_store_is_touched(grid, token, reason):
+    control = grid.session(DS1)
+    with pytest.raises(InvalidToken, match=reason):
+        grid.outcome(
+            control.callRemote(OpenChunkWrite, chunk_id=5, version=1, downstream=[], token=token)
+        )
+    assert grid.services[DS1][0]._writes == {}
+    assert grid.services[DS1][0].store.chunks() == []
+
+
+def test_a_dataserver_below_refuses_a_token_the_first_did_not_check(grid):
+    """A dataserver forwarding a pipeline is trusted with another user's token, not
+    with none: the one below checks what it is given."""
+    ds1 = grid.services[DS1][1]
+    control = grid.session(DS2, ds1)
+    grid.outcome(
+        control.callRemote(
+            OpenChunkWrite, chunk_id=5, version=1, downstream=[], token=write_token(5, 1)
+        )
+    )
+    with pytest.raises(InvalidToken, match="no token"):
+        grid.outcome(control.callRemote(OpenChunkWrite, chunk_id=6, version=1, downstream=[]))

@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
+from dfs.dataserver.access import ChunkAccess
 from dfs.dataserver.chunkstore import CHECKSUM_BLOCK, ChunkStore, ChunkWriter, StoredChunk
 from dfs.dataserver.pipeline import ChunkService, PeerConnections
 from dfs.dataserver.replicator import (
@@ -30,12 +31,14 @@ from dfs.protocol.commands import ReadChunk, ReplicateChunk, VerifyChunk
 from dfs.protocol.errors import (
     ChecksumMismatch,
     ChunkNotFound,
+    InvalidToken,
     NoSpace,
     PermissionDenied,
     StaleChunk,
 )
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, Role
+from dfs.security.tokens import COPY, READ, TokenKeys
 
 B = CHECKSUM_BLOCK
 MiB = 1024 * 1024
@@ -43,6 +46,7 @@ HERE = "127.0.0.1:7200"
 S1, S2, S3, S4 = (f"127.0.0.1:72{n:02d}" for n in range(1, 5))
 META = Identity(Role.METASERVER, "meta1")
 DS = Identity(Role.DATASERVER, "ds0")
+KEYS = TokenKeys(b"cluster token key")
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -478,7 +482,8 @@ class Wires:
             S1,
             lambda stored: None,
         )
-        self.source_session = lambda: DataserverSession(chunks, source_identity)
+        access = ChunkAccess(KEYS, self.clock)
+        self.source_session = lambda: DataserverSession(chunks, source_identity, access)
         self.store = ChunkStore(root / "target", reserved_space=0, fsync=False)
         self.replicator = ChunkReplicator(
             self.clock,
@@ -528,7 +533,13 @@ def test_replicate_chunk_over_amp_copies_from_a_real_dataserver(tmp_path):
 
     answer = wires.outcome(
         leader.callRemote(
-            ReplicateChunk, chunk_id=9, version=4, length=len(data), sources=[S1], rate=0
+            ReplicateChunk,
+            chunk_id=9,
+            version=4,
+            length=len(data),
+            sources=[S1],
+            rate=0,
+            token=KEYS.mint(9, 4, COPY, DS.name, 600),
         )
     )
 
@@ -550,3 +561,43 @@ def test_only_a_metaserver_may_order_a_copy_or_a_check(tmp_path, role):
     with pytest.raises(PermissionDenied):
         wires.outcome(caller.callRemote(VerifyChunk, chunk_id=9, version=4))
     assert wires.store.chunks() == []
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "no token"),
+        (KEYS.mint(9, 4, COPY, "ds7", 600), "wrong user"),
+        (KEYS.mint(9, 4, READ, DS.name, 600), "wrong operation"),
+        (TokenKeys(b"another cluster").mint(9, 4, COPY, DS.name, 600), "forged token"),
+    ],
+)
+def test_a_source_serves_a_copy_only_on_a_copy_token_minted_for_the_target(tmp_path, token, reason):
+    wires = Wires(tmp_path)
+    writer = wires.source_store.open_writer(9, 4)
+    writer.append(b"data")
+    writer.finish()
+    leader = wires.link(META)
+    with pytest.raises(InvalidToken, match=reason):
+        wires.outcome(
+            leader.callRemote(
+                ReplicateChunk, chunk_id=9, version=4, length=4, sources=[S1], rate=0, token=token
+            )
+        )
+    assert wires.store.chunks() == []
+
+
+def test_the_copy_token_goes_with_every_read_to_the_sources(harness):
+    data = payload(3 * MiB)
+    source = harness.source(S1, {(9, 4): data})
+    tokens: list[str] = []
+    answer = source.callRemote
+
+    def recording(command: Any, **arguments: Any) -> Deferred[Any]:
+        tokens.append(arguments["token"])
+        return answer(command, **arguments)
+
+    source.callRemote = recording  # type: ignore[method-assign]
+    copy = harness.replicator.replicate(9, 4, len(data), [S1], 0, token="the copy token")
+    assert harness.outcome(Deferred.fromCoroutine(copy)) == S1
+    assert len(tokens) >= 3 and set(tokens) == {"the copy token"}

@@ -42,7 +42,7 @@ from dfs.metaserver.namespace import (
 )
 from dfs.protocol import errors
 
-ALICE = Caller("alice", groups=("staff",))
+ALICE = Caller("alice")
 BOB = Caller("bob")
 ADMIN = Caller("dfs", superuser=True)
 
@@ -115,7 +115,7 @@ def names(ns: Namespace, path: str) -> list[str]:
 
 @pytest.fixture
 def ns() -> Namespace:
-    return Namespace()
+    return Namespace(root_mode=0o777)
 
 
 # -- root and results ----------------------------------------------------------------
@@ -130,8 +130,8 @@ def test_root_exists_owned_by_the_configured_superuser() -> None:
     assert ns.next_inode == 2 and ns.next_chunk_id == 1
 
 
-def test_default_root_is_dfs_supergroup_755(ns: Namespace) -> None:
-    root = stat(ns, "/")
+def test_default_root_is_dfs_supergroup_755() -> None:
+    root = stat(Namespace(), "/")
     assert (root.owner, root.group, root.mode) == ("dfs", "supergroup", 0o755)
 
 
@@ -182,7 +182,7 @@ def test_mkdir_makes_a_directory_owned_by_caller_in_parents_group(ns: Namespace)
     )
     assert stat(ns, "/").mtime == 5.0
     ok(ns, Chown("/projects", None, "science", caller=ADMIN, now=6))
-    assert ok(ns, mkdir("/projects/x", caller=BOB)).group == "science"
+    assert ok(ns, mkdir("/projects/x", caller=ADMIN)).group == "science"
 
 
 def test_mkdir_refusals(ns: Namespace) -> None:
@@ -425,10 +425,13 @@ def test_overwrite_of_a_complete_file_frees_its_chunks_and_gives_a_new_inode(
 ) -> None:
     refs = written(ns, "/f", [3, 4])
     old = stat(ns, "/f")
-    result = ok(ns, create("/f", holder="c2", now=10, overwrite=True, caller=BOB))
+    ok(ns, Chmod("/f", 0o666, caller=ALICE, now=9))
+    result = ok(ns, create("/f", holder="c2", now=10, overwrite=True, caller=BOB, mode=0o600))
     assert result.freed == tuple(refs)
     assert result.stat.inode != old.inode
-    assert (result.stat.owner, result.stat.length, result.stat.complete) == ("bob", 0, False)
+    # Overwriting truncates: the file stays alice's, with its mode.
+    assert (result.stat.owner, result.stat.mode) == ("alice", 0o666)
+    assert (result.stat.length, result.stat.complete) == (0, False)
 
 
 def test_renew_extends_the_lease(ns: Namespace) -> None:
@@ -545,7 +548,7 @@ def test_rename_keeps_inode_owner_and_mtime(ns: Namespace) -> None:
     ok(ns, mkdir("/d", now=1))
     written(ns, "/f", [1], now=3)
     before = stat(ns, "/f")
-    after = ok(ns, Rename("/f", "/d/g", caller=BOB, now=9)).stat
+    after = ok(ns, Rename("/f", "/d/g", caller=ADMIN, now=9)).stat
     assert attrs.evolve(after, path="/f", name="f") == before
 
 
@@ -720,7 +723,7 @@ def test_request_ids_are_per_user(ns: Namespace) -> None:
 
 
 def test_only_the_latest_request_ids_are_remembered_oldest_out_first() -> None:
-    ns = Namespace(request_memory=3)
+    ns = Namespace(request_memory=3, root_mode=0o777)
     for number in range(4):
         ok(ns, Mkdir(f"/d{number}", caller=ALICE, now=1, request_id=f"r{number}"))
     # r0 was forgotten: applying it again is a new mkdir, refused.
@@ -835,7 +838,7 @@ ops = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(ops, max_size=8))
 def test_any_operation_is_answered_and_a_refusal_changes_nothing(operations: list[Any]) -> None:
-    ns = Namespace()
+    ns = Namespace(root_mode=0o777)
     ok(ns, mkdir("/a"))
     ok(ns, create("/f", holder="c1", expires=50))
     for op in operations:
@@ -886,7 +889,7 @@ def test_restore_refuses_a_snapshot_of_something_else() -> None:
 
 
 def test_a_very_deep_tree_pickles_and_compares() -> None:
-    ns = Namespace()
+    ns = Namespace(root_mode=0o777)
     deep = "/" + "/".join(["d"] * 2000)
     ok(ns, mkdir(deep, parents=True))
     copy = Namespace.restore(ns.snapshot())
@@ -897,7 +900,7 @@ def test_a_very_deep_tree_pickles_and_compares() -> None:
 
 
 def test_operations_and_results_pickle() -> None:
-    ns = Namespace()
+    ns = Namespace(root_mode=0o777)
     for op in [
         mkdir("/a"),
         create("/a/f"),

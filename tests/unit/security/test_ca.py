@@ -72,7 +72,7 @@ def test_create_writes_key_0600_certificate_0644_in_a_new_0700_directory(tmp_pat
     assert mode_of(directory / "ca.key") == 0o600
     assert mode_of(directory / "ca.crt") == 0o644
     assert mode_of(directory) == 0o700
-    assert sorted(p.name for p in directory.iterdir()) == ["ca.crt", "ca.key"]
+    assert sorted(p.name for p in directory.iterdir()) == ["ca.crt", "ca.key", "crl.pem"]
 
 
 def test_create_makes_a_self_signed_ca_certificate(tmp_path: Path) -> None:

@@ -1,0 +1,359 @@
+"""The audit log: one JSON line per namespace and admin operation, allowed or denied.
+
+The metaserver hands the responder of every command to :meth:`AuditLog.wrap`
+(``MetaserverSession.locateResponder``), role refusals included. Once the answer is
+known, one line records who asked (the name and role in their certificate, their
+address), what (the command, its path and destination, and the few arguments named in
+:data:`RECORDED_ARGUMENTS`) and how it ended: ``"ok"`` or the error's name, such as
+``"PermissionDenied"``. Nothing else of a request is copied: never file data, tokens or
+keys. Which commands are recorded is decided from the command class alone
+(:func:`audited`), so a new command a person may send is recorded without more code.
+
+The record is built by pure functions (:func:`audit_record`, :func:`format_line`);
+:class:`AuditLog` writes the lines to a file rotated by size (Twisted's ``LogFile``),
+created mode 0600 since it names users and paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
+
+from dfs.config import ConfigError, SecurityConfig
+from dfs.protocol.errors import ALL_ERRORS, NotLeader, PermissionDenied
+from dfs.security.identity import Identity, Role
+
+#: Commands a person may send that are not recorded when they succeed (a denial is
+#: always recorded), by name. The per-chunk traffic of a write (and the renewal of chunk
+#: tokens during a long read or write) happens between a Create or a GetChunks and the
+#: end, which are recorded; the others read the state of the cluster, not of the
+#: namespace, and are polled by tools and monitoring.
+UNAUDITED: frozenset[bytes] = frozenset(
+    {
+        b"Ping",
+        b"AddChunk",
+        b"BumpChunkVersion",
+        b"CommitChunk",
+        b"RenewLease",
+        b"RenewChunkTokens",
+        b"ReportBadReplica",
+        b"ClusterSpace",
+        b"ListDataservers",
+        b"MetaserverStatus",
+    }
+)
+
+#: The only arguments copied into a record (``source`` is recorded as ``path``). An
+#: allow-list, so that a new argument stays out of the audit log until someone decides
+#: it belongs there.
+RECORDED_ARGUMENTS: frozenset[str] = frozenset(
+    {
+        "path",
+        "source",
+        "destination",
+        "mode",
+        "owner",
+        "group",
+        "user",
+        "users",
+        "replication",
+        "recursive",
+        "overwrite",
+        "parents",
+        "length",
+        "name",
+        "action",
+        "threshold",
+        "raft",
+        "files",
+        "bytes",
+        "add",
+        "clear",
+    }
+)
+
+#: Parts of an argument name that mark a secret: never recorded, allow-list or not.
+SECRET_WORDS: tuple[str, ...] = ("token", "key", "password", "secret")
+
+#: Argument types whose values are recorded: text, numbers, flags and lists of text.
+#: Raw bytes (amp.String, Bulk) and nested lists never are, whatever their name.
+_PLAIN_TYPES: tuple[type[amp.Argument], ...] = (amp.Unicode, amp.Integer, amp.Float, amp.Boolean)
+
+_PEOPLE = frozenset({Role.CLIENT, Role.ADMIN})
+_ERROR_NAMES: dict[bytes, str] = {error.code: error.__name__ for error in ALL_ERRORS}
+
+OK = "ok"
+
+
+def audited(command: type[amp.Command]) -> bool:
+    """Whether an answered ``command`` is recorded whatever its outcome: those a person
+    (client or admin role) may send, but for :data:`UNAUDITED`. Dataserver and
+    metaserver traffic is recorded only when denied."""
+    allowed: frozenset[Role] = getattr(command, "allowed_roles", frozenset())
+    return bool(allowed & _PEOPLE) and command.commandName not in UNAUDITED
+
+
+def outcome_name(outcome: object) -> str | None:
+    """``"ok"`` for an answer, the error's name for a failure, None for an answer
+    that is not recorded (NotLeader: nothing happened here, the caller asks the leader)."""
+    if not isinstance(outcome, Failure):
+        return OK
+    error = outcome.value
+    if isinstance(error, amp.RemoteAmpError):
+        code = error.errorCode
+        if code == NotLeader.code:
+            return None
+        return _ERROR_NAMES.get(code, code.decode("ascii", "replace"))
+    if isinstance(error, NotLeader):
+        return None
+    return type(error).__name__
+
+
+def recorded_arguments(command: type[amp.Command], box: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """The arguments of ``box`` worth an audit record, decoded, in the command's order.
+    An argument missing or undecodable (the answer is then InvalidArgument) is left out."""
+    found: dict[str, Any] = {}
+    for wire_name, argument in command.arguments:
+        name = wire_name.decode("ascii", "replace")
+        if name not in RECORDED_ARGUMENTS or any(word in name for word in SECRET_WORDS):
+            continue
+        if not _plain(argument) or wire_name not in box:
+            continue
+        try:
+            value = argument.fromString(box[wire_name])
+        except Exception:
+            continue
+        if name == "mode" and isinstance(value, int):
+            value = f"{value:04o}"
+        found["path" if name == "source" else name] = value
+    return found
+
+
+def _plain(argument: amp.Argument) -> bool:
+    if isinstance(argument, amp.ListOf):
+        return isinstance(argument.elementType, _PLAIN_TYPES)
+    return isinstance(argument, _PLAIN_TYPES)
+
+
+def audit_record(
+    when: float,
+    caller: Identity | None,
+    remote: str,
+    operation: str,
+    arguments: Mapping[str, Any],
+    result: str,
+) -> dict[str, Any]:
+    """One record: the fixed fields first (``path`` and ``destination`` always there,
+    null when the command has none), then the recorded arguments; one named like a
+    fixed field is recorded as ``target_NAME`` (``target_user``)."""
+    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    record: dict[str, Any] = {
+        "time": stamp,
+        "user": caller.name if caller is not None else None,
+        "role": caller.role.value if caller is not None else None,
+        "remote": remote,
+        "operation": operation,
+        "path": arguments.get("path"),
+        "destination": arguments.get("destination"),
+        "result": result,
+    }
+    for name, value in arguments.items():
+        if name in ("path", "destination"):
+            continue
+        # An argument named like a fixed field (the user a command acts on) must not
+        # pass for the caller.
+        record["target_" + name if name in record else name] = value
+    return record
+
+
+def format_line(record: Mapping[str, Any]) -> bytes:
+    """One line of UTF-8 JSON. Control characters in a path are escaped by JSON, so a
+    record is always exactly one line."""
+    text = json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+    return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+class AuditFile(LogFile):
+    """Twisted's size-rotated log file, opened for appending and always mode 0600.
+
+    Appending (rather than writing at the offset found at open) keeps lines whole
+    even if two processes were given the same file. ``maxRotatedFiles`` 0 keeps no
+    rotated file at all."""
+
+    def _openFile(self) -> None:
+        self.closed = False
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        descriptor = os.open(self.path, flags, 0o600)
+        try:
+            # An existing file may have been made readable by others: not any more.
+            os.fchmod(descriptor, 0o600)
+            self.size = os.fstat(descriptor).st_size
+        except OSError:
+            os.close(descriptor)
+            raise
+        self._file = os.fdopen(descriptor, "ab", buffering=0)
+
+    def rotate(self) -> None:
+        super().rotate()
+        if self.maxRotatedFiles == 0:
+            Path(f"{self.path}.1").unlink(missing_ok=True)
+
+    def open_again(self) -> None:
+        """Open the file afresh after a failure (a rotation may have stopped half way)."""
+        file = getattr(self, "_file", None)
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        self._openFile()
+
+
+class AuditLog(Service):
+    """Writes audit records to a rotated file, without buffering: a line is in the file
+    (the page cache) once its operation is answered, so a clean stop or a crash of
+    the process loses none. A failure to write is logged as an error and operations
+    go on (the count of lost records is logged when writing works again)."""
+
+    log = Logger()
+
+    def __init__(self, file: AuditFile, clock: IReactorTime) -> None:
+        self._file = file
+        self._clock = clock
+        self.path = file.path
+        self.written = 0
+        self.lost = 0
+        self._failing = False
+        self._reopen = False
+
+    @classmethod
+    def open(
+        cls, path: Path, max_bytes: int, backups: int, clock: IReactorTime, source: str
+    ) -> AuditLog:
+        """Open (or create) the audit log at ``path``; ConfigError naming ``source``
+        (the security config) and the key when it cannot be written."""
+        if not path.parent.is_dir():
+            raise ConfigError(
+                source,
+                "audit_log",
+                "a file in an existing folder",
+                f"{str(path)!r} (no folder {str(path.parent)!r})",
+            )
+        try:
+            file = AuditFile(
+                path.name,
+                str(path.parent),
+                rotateLength=max_bytes,
+                defaultMode=0o600,
+                maxRotatedFiles=backups,
+            )
+        except OSError as error:
+            raise ConfigError(
+                source,
+                "audit_log",
+                "a file the metaserver can write",
+                f"{str(path)!r} ({error.strerror or error})",
+            ) from None
+        return cls(file, clock)
+
+    def wrap(
+        self,
+        command: type[amp.Command],
+        caller: Identity | None,
+        remote: str,
+        responder: Callable[[amp.AmpBox], Any],
+    ) -> Callable[[amp.AmpBox], Any]:
+        """``responder`` recording its outcome once answered. The answer passes
+        through unchanged."""
+
+        def respond(box: amp.AmpBox) -> Any:
+            def answered(outcome: object) -> object:
+                self.answered(command, caller, remote, box, outcome)
+                return outcome
+
+            return maybeDeferred(responder, box).addBoth(answered)
+
+        return respond
+
+    def answered(
+        self,
+        command: type[amp.Command],
+        caller: Identity | None,
+        remote: str,
+        box: Mapping[bytes, bytes],
+        outcome: object,
+    ) -> None:
+        """Record ``command`` from ``caller`` answered with ``outcome`` (a result or a
+        Failure), if it is one to record."""
+        try:
+            result = outcome_name(outcome)
+            if result is None or not (audited(command) or result == PermissionDenied.__name__):
+                return
+            record = audit_record(
+                self._clock.seconds(),
+                caller,
+                remote,
+                command.commandName.decode("ascii", "replace"),
+                recorded_arguments(command, box),
+                result,
+            )
+            self.write(format_line(record))
+        except Exception:
+            # The answer must still reach the caller, whatever went wrong here.
+            self.log.failure("cannot build an audit record for {command}", command=command)
+
+    def write(self, line: bytes) -> None:
+        try:
+            if self._reopen or self._file.closed:
+                self._file.open_again()
+                self._reopen = False
+            self._file.write(line)
+        except (OSError, ValueError) as error:
+            self._reopen = True
+            self.lost += 1
+            if not self._failing:
+                self._failing = True
+                self.log.error(
+                    "cannot write the audit log {path}: {error}; operations go on unrecorded",
+                    path=self.path,
+                    error=str(error),
+                )
+            return
+        self.written += 1
+        if self._failing:
+            self._failing = False
+            self.log.warn(
+                "the audit log {path} is written again; {lost} records lost so far",
+                path=self.path,
+                lost=self.lost,
+            )
+
+    def stopService(self) -> None:
+        # Nothing is buffered (each line is written as it comes): closing is all.
+        super().stopService()
+        if not self._file.closed:
+            self._file.close()
+
+
+def open_audit_log(security: SecurityConfig, clock: IReactorTime) -> AuditLog | None:
+    """The audit log ``security`` names, or None when it names none."""
+    if security.audit_log is None:
+        return None
+    return AuditLog.open(
+        security.audit_log,
+        security.audit_log_max_bytes,
+        security.audit_log_backups,
+        clock,
+        str(security.source),
+    )

@@ -1,0 +1,172 @@
+"""Revocation and rotation on a running cluster, without a restart.
+
+``dfs local revoke`` shuts a user out of every server within seconds (at once on
+SIGHUP): the open connections are closed and new ones refused, while other users
+go on working. A server given a renewed certificate uses it for new connections
+after SIGHUP, and the connections opened before keep working.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from dfs.client.connection import ClientCredentials, connect_server
+from dfs.config import Address
+from dfs.localcluster import HOST, LocalCluster, Node
+from dfs.protocol.commands import Ping
+from dfs.protocol.session import PeerSession
+from dfs.security.ca import CertificateAuthority
+from dfs.security.identity import Role
+from dfs.security.tls import NodeCredentials, peer_certificate
+
+pytestmark = pytest.mark.slow
+
+
+def user(cluster: LocalCluster, name: str, directory: Path) -> ClientCredentials:
+    """A client certificate for ``name`` from the cluster's CA."""
+    ca = CertificateAuthority.load(cluster.directory / "ca")
+    issued = ca.issue(Role.CLIENT, name, out_dir=directory)
+    credentials = NodeCredentials.load(
+        issued.certificate_path, issued.key_path, cluster.directory / "ca" / "ca.crt"
+    )
+    return ClientCredentials(credentials=credentials, identity=issued.identity)
+
+
+async def connect(node: Node, credentials: ClientCredentials) -> PeerSession:
+    session = await connect_server(reactor, Address.parse(node.address), credentials, timeout=5)
+    assert (await session.callRemote(Ping))["name"] == node.name
+    return session
+
+
+async def refused(node: Node, credentials: ClientCredentials) -> bool:
+    try:
+        session = await connect(node, credentials)
+    except Exception:
+        return True
+    session.abort()
+    return False
+
+
+async def works(session: PeerSession) -> bool:
+    answer = await session.callRemote(Ping).addTimeout(5, reactor)
+    return session.is_open and bool(answer["name"])
+
+
+def servers(cluster: LocalCluster) -> list[Node]:
+    return cluster.metaservers + cluster.dataservers
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoked_user_is_disconnected_and_refused_within_seconds(
+    make_cluster, tmp_path, dfs, poll, log_contains
+):
+    cluster = make_cluster(
+        metaservers=1, dataservers=1, security_options={"crl_check_interval": 2.0}
+    )
+    alice = user(cluster, "alice", tmp_path)
+    bob = user(cluster, "bob", tmp_path)
+    alice_sessions = [await connect(node, alice) for node in servers(cluster)]
+    bob_sessions = [await connect(node, bob) for node in servers(cluster)]
+
+    result = dfs("local", "revoke", "--dir", str(cluster.directory), "alice")
+    assert result.returncode == 0, result.stderr
+    assert "revoked client:alice" in result.stdout
+    revoked_at = time.monotonic()
+
+    await poll(
+        lambda: not any(session.is_open for session in alice_sessions),
+        timeout=10,
+        what="alice's open connections closed",
+    )
+    assert time.monotonic() - revoked_at < 10
+    for node in servers(cluster):
+        assert await refused(node, alice), f"{node.name} accepted a revoked certificate"
+        assert log_contains(node.logfile, "closing connection with client:alice", "revoked")
+        assert log_contains(node.logfile, "refused connection", "certificate revoked", "alice")
+
+    # Everyone else goes on: the open connections and new ones.
+    for session in bob_sessions:
+        assert await works(session)
+    for node in servers(cluster):
+        (await connect(node, bob)).abort()
+
+    again = dfs("local", "revoke", "--dir", str(cluster.directory), "alice")
+    assert again.returncode == 0, again.stderr
+    assert "already revoked: client:alice" in again.stdout
+    unknown = dfs("local", "revoke", "--dir", str(cluster.directory), "nobody")
+    assert unknown.returncode != 0
+    assert unknown.stderr.strip().startswith("dfs: local revoke:")
+    assert "nobody" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_applies_revocation_at_once_and_renewed_server_certificate(
+    make_cluster, tmp_path, poll, log_contains
+):
+    # The longest check interval: only SIGHUP acts within the few seconds below.
+    cluster = make_cluster(
+        metaservers=1, dataservers=1, security_options={"crl_check_interval": 10}
+    )
+    carol = user(cluster, "carol", tmp_path)
+    dave = user(cluster, "dave", tmp_path)
+    carol_sessions = [await connect(node, carol) for node in servers(cluster)]
+
+    cluster.revoke("carol")
+    for node in servers(cluster):
+        cluster.signal_node(node, signal.SIGHUP)
+    await poll(
+        lambda: not any(session.is_open for session in carol_sessions),
+        timeout=5,
+        what="carol's connections closed after SIGHUP",
+    )
+    for node in servers(cluster):
+        assert log_contains(node.logfile, "SIGHUP: reloading")
+        assert await refused(node, carol)
+
+    # A renewed certificate for the dataserver: new connections get it, old ones go on.
+    ds1 = cluster.dataservers[0]
+    before = await connect(ds1, dave)
+    old_serial = peer_certificate(before.transport).serial_number
+    ca = CertificateAuthority.load(cluster.directory / "ca")
+
+    # First one for another identity: refused, and the server keeps its own.
+    stranger = ca.issue(Role.DATASERVER, "ds9", [HOST], out_dir=tmp_path)
+    shutil.copyfile(stranger.certificate_path, ds1.directory / "ds1.crt")
+    shutil.copyfile(stranger.key_path, ds1.directory / "ds1.key")
+    cluster.signal_node(ds1, signal.SIGHUP)
+    await poll(
+        lambda: log_contains(
+            ds1.logfile, "not using the new certificate", "dataserver:ds9", "dataserver:ds1"
+        ),
+        timeout=5,
+        what="the wrong identity refused",
+    )
+    probe = await connect(ds1, dave)
+    assert peer_certificate(probe.transport).serial_number == old_serial
+    probe.abort()
+
+    renewed = ca.issue(
+        Role.DATASERVER, "ds1", [HOST, "localhost"], out_dir=ds1.directory, overwrite=True
+    )
+    cluster.signal_node(ds1, signal.SIGHUP)
+
+    async def new_connections_see_renewed() -> bool:
+        session = await connect(ds1, dave)
+        serial = peer_certificate(session.transport).serial_number
+        session.abort()
+        return serial == renewed.certificate.serial_number
+
+    await poll(new_connections_see_renewed, timeout=5, what="the renewed certificate in use")
+    assert await works(before)
+    assert peer_certificate(before.transport).serial_number == old_serial
+    # The dataserver's own link to the metaserver was not dropped either.
+    status = cluster.status(ds1)
+    assert status is not None and all(link["registered"] for link in status["metaservers"])
+    before.abort()
