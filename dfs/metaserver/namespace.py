@@ -908,6 +908,21 @@ class Namespace:
                 return node, chunk
         return None
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in attrs.fields(type(self))}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A snapshot written by an older version lacks the fields added since (groups,
+        # quotas): they start out as their defaults, so an upgraded metaserver loads it.
+        for field in attrs.fields(type(self)):
+            if field.name in state:
+                value = state[field.name]
+            elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+                value = field.default.factory()
+            else:
+                value = field.default
+            object.__setattr__(self, field.name, value)
+
     def snapshot(self) -> bytes:
         """The whole state as bytes; :meth:`restore` gives back an equal namespace."""
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)

@@ -246,3 +246,16 @@ def test_groups_survive_a_snapshot(ns: Namespace) -> None:
     restored = Namespace.restore(ns.snapshot())
     assert restored.groups() == {"team": ("alice", "bob")}
     assert restored == ns
+
+
+def test_a_snapshot_from_before_groups_and_quotas_loads_with_none() -> None:
+    ns = Namespace(root_mode=0o777)
+    ok(ns, mkdir("/kept", caller=ALICE))
+    state = ns.__getstate__()
+    del state["_groups"], state["_quotas"]
+    older = Namespace.__new__(Namespace)
+    older.__setstate__(state)
+    assert older.groups() == {}
+    assert older.verify() == []
+    assert older.stat("/kept").value.owner == "alice"  # type: ignore[union-attr]
+    ok(older, group("team", "alice"))
