@@ -85,6 +85,8 @@ setup(
             "pytest-twisted>=1.14.1",
             "hypothesis>=6.100",
             "pexpect>=4.9",
+            # Ships the Kubernetes schemas: tests/packaging validates the manifests offline.
+            "kubernetes-validate>=1.30",
         ],
         "lint": [
             "ruff>=0.5",
@@ -93,7 +95,12 @@ setup(
         ],
     },
     cmdclass={"editable_wheel": EditableWithPlugins},
-    entry_points={"console_scripts": ["dfs = dfs_shell.main:main"]},
+    entry_points={
+        "console_scripts": [
+            "dfs = dfs_shell.main:main",
+            "dfs-meta-restore = dfs.metaserver.restore:main",
+        ]
+    },
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

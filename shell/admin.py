@@ -6,6 +6,7 @@ config.
 - ``decommission NAME [--wait]`` and ``recommission NAME``: drain a dataserver
   before taking it away, or take it back;
 - ``safemode get|enter|leave`` and ``balancer start|stop|status``;
+- ``backup FILE``: a consistent snapshot of the namespace from the leader;
 - ``meta status|add|remove``: the metaserver Raft group. ``meta status`` asks every
   configured metaserver for its own view (so a follower that lags or a metaserver
   that is down shows as such); the rest go to the leader.
@@ -17,6 +18,8 @@ not). What is printed is built by the pure ``format_*`` functions.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -65,6 +68,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fsck.add_argument("path", nargs="?", default="/", metavar="PATH", help="default: /")
     fsck.set_defaults(run=_runner("admin fsck", run_fsck, subject="path"))
+
+    backup = groups.add_parser(
+        "backup",
+        help="write a consistent snapshot of the namespace to a local file",
+        description="The Raft leader snapshots the namespace (directories, files, "
+        "owners, modes, chunk lists, groups, quotas) at one point; it is written to "
+        "FILE (mode 0600) with its SHA-256 inside. Restore it with 'dfs-meta-restore' "
+        "on every metaserver "
+        "(docs/deployment.md, 'Backup and restore').",
+    )
+    backup.add_argument("file", metavar="FILE", help="the local file to write")
+    backup.set_defaults(run=_runner("admin backup", run_backup, subject="file"))
 
     decommission = groups.add_parser(
         "decommission",
@@ -694,4 +709,27 @@ def run_quota_set(session: Session, args: argparse.Namespace) -> int:
 
 def run_quota_clear(session: Session, args: argparse.Namespace) -> int:
     print(format_quota(session.client.clear_quota(session.resolve(args.path))))
+    return 0
+
+
+# -- backups --------------------------------------------------------------------------
+
+
+def run_backup(session: Session, args: argparse.Namespace) -> int:
+    target = os.path.abspath(args.file)
+    # Written next to FILE and renamed over it once complete: an interrupted backup
+    # never leaves a FILE that looks whole.
+    temporary = f"{target}.partial"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            answer = session.client.backup(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    print(f"backup written to {args.file}: {_bytes(answer['size'])}, SHA-256 {answer['sha256']}")
     return 0

@@ -10,7 +10,8 @@ the Raft leader through the client's :class:`~dfs.client.leader.MetaserverChanne
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from typing import IO, Any
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
@@ -30,10 +31,13 @@ from dfs.protocol.commands import (
     ListDataservers,
     ListGroups,
     MetaserverStatus,
+    ReadBackup,
     Recommission,
     RemoveMetaserver,
     SetQuota,
+    StartBackup,
 )
+from dfs.protocol.errors import ChecksumMismatch
 
 #: Problems asked for per Fsck call: a page stays well under AMP's 65,535-byte values.
 FSCK_PAGE = 500
@@ -58,6 +62,9 @@ FSCK_COUNTERS = (
 )
 
 SAFE_MODE_ACTIONS = ("get", "enter", "leave")
+
+#: Bytes of a backup asked for per ReadBackup call.
+BACKUP_PAGE = 1024 * 1024
 BALANCER_ACTIONS = ("start", "stop", "status")
 
 
@@ -252,6 +259,35 @@ class ClusterAdmin:
     async def clear_quota(self, path: str) -> dict[str, Any]:
         """Remove both quotas of a directory. Superusers only."""
         return _quota(await self.metaserver.call(SetQuota, path=path, clear=True))
+
+    # -- backups -----------------------------------------------------------------------
+
+    async def backup(self, out: IO[bytes]) -> dict[str, Any]:
+        """Have the leader take a backup of the namespace and write it to ``out``, a
+        page at a time; its ``size`` and ``sha256``. ChecksumMismatch when what
+        arrived is not what the leader took."""
+        answer = await self.metaserver.call(StartBackup)
+        backup_id, size = answer["backup_id"], answer["size"]
+        digest = hashlib.sha256()
+        offset = 0
+        while offset < size:
+            page = await self.metaserver.call(
+                ReadBackup,
+                backup_id=backup_id,
+                offset=offset,
+                length=min(BACKUP_PAGE, size - offset),
+            )
+            data = page["data"]
+            if not data:
+                break
+            digest.update(data)
+            out.write(data)
+            offset += len(data)
+        if offset != size or digest.hexdigest() != answer["sha256"]:
+            raise ChecksumMismatch(
+                f"the backup arrived damaged ({offset} of {size} bytes, SHA-256 differs)"
+            )
+        return {"size": size, "sha256": answer["sha256"]}
 
 
 def _quota(answer: dict[str, Any]) -> dict[str, Any]:

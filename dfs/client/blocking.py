@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import IO, Any, TypeVar, cast
 
 import crochet
 
@@ -207,6 +207,9 @@ class BlockingClient:
 
     def fsck(self, path: str = "/") -> FsckReport:
         return self._run(self._client.fsck, path)
+
+    def backup(self, out: IO[bytes]) -> dict[str, Any]:
+        return self._run(self._client.backup, out)
 
     def dataservers(self) -> list[dict[str, Any]]:
         return self._run(self._client.dataservers)

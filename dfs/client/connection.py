@@ -20,6 +20,7 @@ from dfs.config import Address, ClientConfig
 from dfs.protocol.dial import dial
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import StreamPool
+from dfs.protocol.version import IncompatibleProtocol
 from dfs.security.identity import Identity, identity_from_certificate
 from dfs.security.tls import NodeCredentials
 
@@ -144,6 +145,8 @@ async def connect_metaserver(
             return await connect_server(
                 reactor, address, credentials, timeout=config.connect_timeout
             )
+        except IncompatibleProtocol:
+            raise  # the other metaservers of the cluster speak the same
         except Exception as error:
             failures.append(f"{address}: {type(error).__name__}: {error}")
     raise NoMetaserverReachable("no metaserver reachable (" + "; ".join(failures) + ")")

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from dfs.client.connection import ClientCredentials, NoMetaserverReachable, connect_server
 from dfs.config import Address, ClientConfig
 from dfs.protocol.errors import NotLeader, SafeMode
+from dfs.protocol.version import IncompatibleProtocol
 
 #: The pause after the first full round of metaservers without an answer; it doubles
 #: after each further round, up to LAST_PAUSE. An election takes a moment: asking
@@ -332,6 +333,12 @@ class MetaserverChannel:
     async def _dial(self, address: str) -> None:
         try:
             session = await self._connect(address)
+        except IncompatibleProtocol as error:
+            # Asking again, or another metaserver of the same cluster, cannot help:
+            # the caller gets the versions at once.
+            self._dialing = False
+            self._release(Failure(error))
+            return
         except Exception as error:
             self._dialing = False
             self._rotate_past(address)

@@ -136,7 +136,7 @@ class MetaserverConfig(ConfigFile):
     data_dir: Path = setting(PATH, default="/var/lib/dfs/meta")
     dataserver_dead_after: float = setting(SECONDS, default=30.0)
     lease_period: float = setting(SECONDS, default=60.0)
-    tls: TLSFiles = setting(TLS, default=_tls("meta1"))
+    tls: TLSFiles = setting(TLS, default=_tls("metaserver"))
     replication_config: Path = setting(PATH, default="replication_config.json")
     security_config: Path = setting(PATH, default="security_config.json")
 
@@ -159,7 +159,7 @@ class DataserverConfig(ConfigFile):
     direct_io: bool = setting(Flag(), default=True)
     scrub_bandwidth: int = setting(Number(integer=True, ge=0), default=4194304)
     scrub_interval: float = setting(Number(gt=0), default=604800.0)
-    tls: TLSFiles = setting(TLS, default=_tls("ds1"))
+    tls: TLSFiles = setting(TLS, default=_tls("dataserver"))
     security_config: Path = setting(PATH, default="security_config.json")
 
     def __attrs_post_init__(self) -> None:

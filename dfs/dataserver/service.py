@@ -218,6 +218,7 @@ class MetaserverLinkSession(PeerSession):
 
     def __init__(self, identity: Identity, replicator: ChunkReplicator | None) -> None:
         super().__init__(identity)
+        self.dialled = True  # so it states its protocol version first (Hello)
         self.replicator = replicator
 
     def _orders(self) -> ChunkReplicator:

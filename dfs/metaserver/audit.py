@@ -49,6 +49,8 @@ UNAUDITED: frozenset[bytes] = frozenset(
         b"CommitChunk",
         b"RenewLease",
         b"RenewChunkTokens",
+        # the pages of a backup: StartBackup is the one worth a record
+        b"ReadBackup",
         b"ReportBadReplica",
         b"ClusterSpace",
         b"ListDataservers",

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from dfs.config import Address, ReplicationConfig
+from dfs.metaserver import backup
 from dfs.metaserver import namespace as ns
 from dfs.metaserver.healing import ReplicationMonitor
 from dfs.metaserver.locations import ChunkLocations
@@ -121,6 +122,8 @@ class FileService:
             session_for,
             tokens=self.tokens,
         )
+        #: backups taken here, held while an administrator fetches them
+        self.backups = backup.BackupStore(reactor)
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -719,6 +722,45 @@ class FileService:
         if action != "get":
             self.log.info("{admin}: safe mode {action}", admin=identity.name, action=action)
         return self.healing.safe_mode_state()
+
+    def start_backup(self, leader: str) -> dict[str, Any]:
+        """Snapshot the namespace into a backup file held for ReadBackup. Only the
+        serving leader takes one: its state holds everything committed. The
+        snapshot is taken under the namespace's lock, in one go, so it is one
+        consistent state however long the pages take to fetch."""
+        self._check_ready()
+        status = self._raft.status()
+        payload = self._namespace.read(lambda namespace: namespace.snapshot())
+        data = backup.encode(
+            payload,
+            leader=leader,
+            # Read before the snapshot: it holds at least the entries up to here.
+            raft_index=int(status.get("last_applied", 0)),
+            raft_term=int(status.get("term", 0)),
+            created=self._reactor.seconds(),
+        )
+        backup_id, held = self.backups.add(data)
+        self.log.info(
+            "backup {backup_id} taken: {size} bytes at Raft index {index}",
+            backup_id=backup_id,
+            size=len(data),
+            index=status.get("last_applied", 0),
+        )
+        return {"backup_id": backup_id, "size": len(data), "sha256": held.sha256}
+
+    def read_backup(self, backup_id: str, offset: int, length: int) -> dict[str, Any]:
+        if offset < 0 or not 0 < length <= backup.MAX_PAGE:
+            raise InvalidArgument(
+                f"offset {offset}, length {length}: expected offset >= 0 and "
+                f"0 < length <= {backup.MAX_PAGE}"
+            )
+        data = self.backups.page(backup_id, offset, length)
+        if data is None:
+            raise InvalidArgument(
+                f"backup {backup_id!r} is not held here (the leader changed, or it "
+                "expired): take the backup again"
+            )
+        return {"data": data}
 
     def control_balancer(self, identity: Identity, action: str, threshold: float) -> dict[str, Any]:
         self._raft.check_serving()

@@ -249,6 +249,14 @@ class MetaserverSession(PeerSession):
     def control_balancer(self, action: str, threshold: float) -> dict:
         return self.files.control_balancer(self.caller, action, threshold)
 
+    @commands.StartBackup.responder
+    def start_backup(self) -> dict:
+        return self.files.start_backup(self.metaserver.identity.name)
+
+    @commands.ReadBackup.responder
+    def read_backup(self, backup_id: str, offset: int, length: int) -> dict:
+        return self.files.read_backup(backup_id, offset, length)
+
     @commands.ReplicaCorrupt.responder
     def replica_corrupt(self, name: str, chunk_id: int, version: int, reason: str) -> dict:
         self.files.replica_corrupt(self.caller, name, chunk_id, version, reason)

@@ -290,6 +290,36 @@ class ControlBalancer(DFSCommand):
     allowed_roles = frozenset({Role.ADMIN})
 
 
+class StartBackup(DFSCommand):
+    """The leader snapshots the namespace into a backup file (see
+    docs/deployment.md, "Backup and restore") and holds it for :class:`ReadBackup`;
+    answers its id, its size and the SHA-256 of the whole file."""
+
+    commandName = b"StartBackup"
+    arguments: ClassVar[list] = []
+    response: ClassVar[list] = [
+        (b"backup_id", amp.Unicode()),
+        (b"size", amp.Integer()),
+        (b"sha256", amp.Unicode()),
+    ]
+    allowed_roles = frozenset({Role.ADMIN})
+
+
+class ReadBackup(DFSCommand):
+    """Bytes ``offset`` to ``offset + length`` (at most 4 MiB) of a backup taken by
+    :class:`StartBackup` on this metaserver; fewer at its end. InvalidArgument for
+    a backup not held here (the leader changed, or it expired)."""
+
+    commandName = b"ReadBackup"
+    arguments: ClassVar[list] = [
+        (b"backup_id", amp.Unicode()),
+        (b"offset", amp.Integer()),
+        (b"length", amp.Integer()),
+    ]
+    response: ClassVar[list] = [(b"data", Bulk())]
+    allowed_roles = frozenset({Role.ADMIN})
+
+
 # -- the namespace: people ask a metaserver ------------------------------------
 
 ENTRY: list = [
@@ -831,6 +861,8 @@ ALL_COMMANDS: tuple[type[DFSCommand], ...] = (
     Recommission,
     ControlSafeMode,
     ControlBalancer,
+    StartBackup,
+    ReadBackup,
     Mkdir,
     Create,
     AddChunk,

@@ -6,6 +6,11 @@ OpenSSL) gives its :class:`~dfs.security.identity.Identity`. Before any responde
 runs, the command's ``allowed_roles`` is checked against that identity. Refused
 handshakes, refused commands and malformed input are logged with their reason and
 affect only the connection they came on.
+
+Then both sides state their protocol version (:mod:`dfs.protocol.version`): the
+dialling side sends Hello as its first box, pipelined with whatever it asks next, and
+the accepting side answers it before dispatching anything else. A peer that speaks an
+incompatible version, or sends another command first, is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from cryptography import x509
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, ITCPTransport
 from twisted.logger import Logger
@@ -27,6 +32,13 @@ from dfs import __version__
 from dfs.protocol.commands import Ping
 from dfs.protocol.errors import InvalidArgument, PermissionDenied
 from dfs.protocol.limits import ConnectionGuard, ServerLimits, unsent_bytes
+from dfs.protocol.version import (
+    PROTOCOL_VERSION,
+    Hello,
+    IncompatibleProtocol,
+    ProtocolVersion,
+    mismatch,
+)
 from dfs.security.identity import Identity, InvalidIdentity, Role, identity_from_certificate
 from dfs.security.tls import attachment, peer_certificate, verify_failure
 
@@ -70,6 +82,9 @@ def _stray_answer(box: amp.AmpBox, outstanding: dict[bytes, Any] | None) -> str 
 
 #: Bytes read from the socket at once (Twisted reads 64 KiB at a time).
 READ_SIZE = 256 * 1024
+
+#: A dialled session's Hello not answered yet.
+_PENDING = object()
 
 
 class SessionRegistry:
@@ -125,6 +140,9 @@ class PeerSession(amp.AMP):
 
     log = Logger()
 
+    #: The protocol this side speaks (another only in tests).
+    protocol_version: ProtocolVersion = PROTOCOL_VERSION
+
     def __init__(self, local: Identity) -> None:
         super().__init__()
         self.local = local
@@ -150,6 +168,14 @@ class PeerSession(amp.AMP):
         self._releasing = False
         #: the TCP transport below TLS, whose output buffer tells a peer not reading
         self._socket: Any = None
+        #: accepting side: no command but Hello until the peer stated its version
+        self._awaiting_hello = False
+        #: dialling side: the outcome of its Hello (None: answered and compatible;
+        #: _PENDING: not yet), and who waits for it
+        self._introduction: Failure | object | None = _PENDING
+        self._introduction_waiters: list[Deferred[None]] = []
+        #: dialling side: why the peer cannot be talked with, failing every request
+        self._incompatible: IncompatibleProtocol | None = None
 
     def apply_limits(self, limits: ServerLimits) -> None:
         """Put ``limits`` on this connection (a server's, before it is connected)."""
@@ -172,6 +198,10 @@ class PeerSession(amp.AMP):
         self._socket = transport
         if self.guard is not None:
             self.guard.connected()
+        if self.dialled:
+            # Written before the handshake completes, so it goes out first, ahead of
+            # any request: TLS sends application data in the order it was written.
+            self._say_hello()
 
     @property
     def peer_address(self) -> str:
@@ -201,6 +231,8 @@ class PeerSession(amp.AMP):
                 return
             self._registry = registry
         self.authenticated(identity)
+        if not self.dialled and not self._refused:
+            self._awaiting_hello = True
 
     def authenticated(self, identity: Identity) -> None:
         """The peer proved ``identity`` (its certificate chains to the cluster CA)."""
@@ -282,6 +314,10 @@ class PeerSession(amp.AMP):
             self.guard.closed()
         self._held.clear()
         self._held_bytes = 0
+        if self._incompatible is not None:
+            # Requests sent with the Hello fail with the reason, not a lost connection.
+            reason = Failure(self._incompatible)
+        self._introduce(reason)
         if self._refused:
             pass  # the refusal was logged with its reason
         elif not self._handshake_done and self.dialled:
@@ -395,6 +431,8 @@ class PeerSession(amp.AMP):
                 self.transport.loseConnection()
 
     def dispatchCommand(self, box: amp.AmpBox) -> Any:
+        if self._awaiting_hello:
+            return self._first_command(box)
         guard = self.guard
         if guard is not None:
             guard.command_started()
@@ -439,6 +477,18 @@ class PeerSession(amp.AMP):
         if self.guard is not None:
             self.guard.check_buffered(self._box_bytes + self._held_bytes)
 
+    @Hello.responder
+    def hello(self, protocol: str, software: str) -> dict[str, str]:
+        # A Hello after the first (or on a session with no TLS handshake, as in
+        # tests over a loopback) is answered all the same; the first one is answered
+        # by _first_command.
+        return {
+            "protocol": str(self.protocol_version),
+            "software": __version__,
+            "role": self.local.role.value,
+            "name": self.local.name,
+        }
+
     @Ping.responder
     def ping(self) -> dict[str, str]:
         return {
@@ -448,6 +498,149 @@ class PeerSession(amp.AMP):
             "peer_role": self.peer.role.value if self.peer else "",
             "peer_name": self.peer.name if self.peer else "",
         }
+
+    # -- protocol version (dfs.protocol.version) -------------------------
+
+    def introduced(self) -> Deferred[None]:
+        """On the dialling side: fires once the peer answered Hello with a compatible
+        protocol version; fails with IncompatibleProtocol, or with whatever ended the
+        connection first (a refused TLS handshake)."""
+        waiter: Deferred[None] = Deferred()
+        outcome = self._introduction
+        if outcome is _PENDING:
+            self._introduction_waiters.append(waiter)
+        elif isinstance(outcome, Failure):
+            waiter.errback(outcome)
+        else:
+            waiter.callback(None)
+        return waiter
+
+    def _introduce(self, outcome: Failure | None) -> None:
+        if self._introduction is not _PENDING:
+            return
+        self._introduction = outcome
+        waiters, self._introduction_waiters = self._introduction_waiters, []
+        for waiter in waiters:
+            if outcome is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(outcome)
+
+    def _peer_words(self) -> str:
+        role = self.peer.role.value if self.peer is not None else "server"
+        return f"the {role} at {self.peer_address}"
+
+    def _say_hello(self) -> None:
+        hello = self.callRemote(Hello, protocol=str(self.protocol_version), software=__version__)
+        hello.addCallbacks(self._hello_answered, self._hello_failed)
+
+    def _hello_answered(self, answer: dict[str, Any]) -> None:
+        try:
+            theirs: object = ProtocolVersion.parse(answer["protocol"])
+            compatible = self.protocol_version.compatible_with(cast(ProtocolVersion, theirs))
+        except ValueError:
+            theirs, compatible = repr(answer["protocol"][:40]), False
+        if compatible:
+            self._introduce(None)
+            return
+        self._cannot_talk(
+            mismatch(self._peer_words(), theirs, self.local.role.value, self.protocol_version)
+        )
+
+    def _hello_failed(self, failure: Failure) -> None:
+        if failure.check(amp.RemoteAmpError, amp.UnknownRemoteError, amp.UnhandledCommand):
+            # A server from before protocol versions knows no Hello.
+            self._cannot_talk(
+                f"{self._peer_words()} states no DFS protocol version (it predates "
+                f"protocol 1.0), this {self.local.role.value} "
+                f"{self.protocol_version}"
+            )
+        else:
+            self._introduce(failure)  # the connection failed: its reason says why
+
+    def _cannot_talk(self, message: str) -> None:
+        self._incompatible = IncompatibleProtocol(message)
+        self.log.warn("closing connection: {message}", message=message)
+        self._introduce(Failure(self._incompatible))
+        self._refused = True  # said why: no second line when it is lost
+        self.abort()
+
+    def _first_command(self, box: amp.AmpBox) -> Deferred[Any]:
+        """Answer the peer's Hello, the first command on an accepted connection, or
+        refuse the connection. The answer is sent here, not by a responder, so that
+        the connection is closed right after it when the versions cannot talk."""
+        name = box[amp.COMMAND]
+        if self._refused:
+            return Deferred()  # the connection is being closed: nothing more is answered
+        if name != Hello.commandName:
+            self._refuse_unintroduced(
+                box,
+                f"{name.decode('ascii', 'replace')[:40]} before Hello: the peer states "
+                f"no DFS protocol version, this {self.local.role.value} speaks "
+                f"{self.protocol_version}",
+            )
+            return Deferred()
+        try:
+            arguments = Hello.parseArguments(box, self)
+            theirs = ProtocolVersion.parse(arguments["protocol"])
+        except Exception as error:
+            self._refuse_unintroduced(box, f"a malformed Hello ({error})")
+            return Deferred()
+        if amp.ASK in box:
+            answer = Hello.makeResponse(
+                {
+                    "protocol": str(self.protocol_version),
+                    "software": __version__,
+                    "role": self.local.role.value,
+                    "name": self.local.name,
+                },
+                self,
+            )
+            answer[amp.ANSWER] = box[amp.ASK]
+            self.sendBox(answer)
+        if not self.protocol_version.compatible_with(theirs):
+            self._refused = True
+            peer = f"{self.peer} at {self.peer_address}"
+            self.log.warn(
+                "refused connection: {message}",
+                message=mismatch(peer, theirs, self.local.role.value, self.protocol_version),
+            )
+            self._close_after_answer()
+            return Deferred()
+        self._awaiting_hello = False
+        self.log.debug(
+            "{peer} at {address} speaks DFS protocol {protocol} (software {software})",
+            peer=str(self.peer),
+            address=self.peer_address,
+            protocol=str(theirs),
+            software=arguments["software"],
+        )
+        return Deferred()
+
+    def _refuse_unintroduced(self, box: amp.AmpBox, why: str) -> None:
+        self._refused = True
+        self.log.warn(
+            "refused connection from {peer} at {address}: {why}",
+            peer=str(self.peer),
+            address=self.peer_address,
+            why=why,
+        )
+        if amp.ASK in box:
+            self.sendBox(
+                amp.AmpBox(
+                    {
+                        amp.ERROR: box[amp.ASK],
+                        amp.ERROR_CODE: InvalidArgument.code,
+                        amp.ERROR_DESCRIPTION: why.encode("utf-8", "replace"),
+                    }
+                )
+            )
+        self._close_after_answer()
+
+    def _close_after_answer(self) -> None:
+        # loseConnection, not abort: the answer just written still goes out.
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     # -- authorisation ---------------------------------------------------
 

@@ -22,6 +22,7 @@ from dfs.client.connection import ClientCredentials, connect_server
 from dfs.config import Address, load_client_config
 from dfs.localcluster import LocalCluster
 from dfs.protocol.commands import Ping
+from dfs.protocol.version import PROTOCOL_VERSION
 
 
 class Silent(Protocol):
@@ -149,6 +150,11 @@ def test_a_peer_that_never_reads_its_answers_is_dropped(make_cluster, log_contai
     )
     sent = 0
     with context.wrap_socket(raw, server_hostname=address.host) as tls:
+        # Every connection states its protocol version first.
+        version = str(PROTOCOL_VERSION).encode()
+        tls.sendall(
+            amp.AmpBox(_command=b"Hello", _ask=b"0", protocol=version, software=b"raw").serialize()
+        )
         # Ask and ask, and never read: the answers pile up in the kernel's buffers,
         # then in the server's; it stops reading, and drops the peer once it has
         # taken nothing for idle_timeout.

@@ -43,6 +43,7 @@ from dfs.localcluster import LocalCluster, Node
 from dfs.metaserver.service import MetaserverSession
 from dfs.protocol import commands
 from dfs.protocol.stream import HEADER
+from dfs.protocol.version import PROTOCOL_VERSION
 from dfs.security.ca import CertificateAuthority
 from dfs.security.identity import Role
 
@@ -329,6 +330,13 @@ class Connection:
         self.buffer = bytearray()
         self.closed = False
         self.tag = 0
+        # Every connection states its protocol version first (dfs.protocol.version);
+        # the hostile exchanges come after it.
+        version = str(PROTOCOL_VERSION).encode()
+        self.send(
+            amp.AmpBox(_command=b"Hello", _ask=b"0", protocol=version, software=b"fuzz").serialize()
+        )
+        next(self.boxes(time.monotonic() + 10), None)
 
     def next_tag(self) -> bytes:
         self.tag += 1

@@ -1,0 +1,137 @@
+"""Rebuild a metaserver's Raft state from a namespace backup, offline.
+
+Run on every metaserver host of the group, with the metaserver stopped and its
+``data_dir/raft`` empty (moved aside or new)::
+
+    dfs-meta-restore --config /etc/dfs/metaserver_config.json BACKUP
+
+It checks the backup (magic, format, SHA-256: see :mod:`dfs.metaserver.backup`)
+before unpickling anything, closes the files that were being written at backup
+time at their committed length, and writes a Raft snapshot (PySyncObj's
+``raft.dump``) holding the namespace and the group's membership (``raft_listen``
+and ``raft_partners`` of the config). Every member restored from the same backup
+gets the same snapshot, at the same Raft index, so the group starts from it as if
+it had compacted its log there: no member holds an entry another lacks, and a
+member added later receives the snapshot from the leader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import pickle
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pysyncobj.node import TCPNode
+from pysyncobj.syncobj import _COMMAND_TYPE
+
+from dfs.config import ConfigError, load_metaserver_config
+from dfs.metaserver.backup import BackupInvalid, describe, parse, recover_leases
+from dfs.metaserver.filelayer import FileLayer
+from dfs.metaserver.namespace import Namespace
+
+PROGRAM = "dfs-meta-restore"
+#: The files a metaserver keeps in data_dir/raft (see dfs.metaserver.journal).
+RAFT_FILES = ("raft.journal", "raft.meta", "raft.dump")
+#: The two log entries a snapshot ends with: no-ops at the start of term 0, as a
+#: new group's first entry is. The restored group's first leader appends after them.
+_NOOP = bytes([_COMMAND_TYPE.NO_OP])
+_BEFORE_LAST = (_NOOP, 1, 0)
+_LAST = (_NOOP, 2, 0)
+
+
+class RestoreRefused(Exception):
+    """Restoring here would lose or mix state; one line saying why."""
+
+
+def raft_snapshot(namespace: Namespace, members: Sequence[str]) -> bytes:
+    """PySyncObj's full dump (gzip of a pickle) of a group whose whole state is
+    ``namespace``: what :class:`dfs.metaserver.raft.NamespaceLog` holds, the last
+    two log entries and the members' Raft addresses."""
+    consumer = {"state": namespace, "addresses": {}}
+    data = ([{}, consumer], _LAST, _BEFORE_LAST, {TCPNode(member) for member in members})
+    buffer = io.BytesIO()
+    # mtime 0: every member restored from one backup writes the same bytes.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed:
+        pickle.dump(data, compressed, protocol=pickle.HIGHEST_PROTOCOL)
+    return buffer.getvalue()
+
+
+def restore(
+    backup_data: bytes,
+    data_dir: Path,
+    members: Sequence[str],
+    layer: FileLayer | None = None,
+) -> tuple[Namespace, list[str], str]:
+    """Write the Raft state of a member of ``members`` into ``data_dir/raft`` from a
+    backup file's bytes. Returns the namespace, the files closed and a description
+    of the backup. Raises BackupInvalid or RestoreRefused."""
+    backup = parse(backup_data)
+    raft_dir = data_dir / "raft"
+    present = [name for name in RAFT_FILES if (raft_dir / name).exists()]
+    if present:
+        raise RestoreRefused(
+            f"{raft_dir} already holds Raft state ({', '.join(present)}): stop the "
+            "metaserver and move that folder aside first"
+        )
+    namespace = backup.namespace()
+    problems = namespace.verify()
+    if problems:
+        raise BackupInvalid(f"the namespace in the backup is inconsistent: {problems[0]}")
+    closed = recover_leases(namespace, backup.header.created)
+    raft_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (layer or FileLayer()).write_file(raft_dir / "raft.dump", raft_snapshot(namespace, members))
+    return namespace, closed, describe(backup.header)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Rebuild this metaserver's Raft state from a backup taken with "
+        "'dfs admin backup'. Run it on every metaserver of the group, each stopped and "
+        "with an empty data_dir/raft, then start them.",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default="/etc/dfs/metaserver_config.json",
+        help="the metaserver's config (data_dir, raft_listen, raft_partners)",
+    )
+    parser.add_argument("--data-dir", help="restore into this folder instead of data_dir")
+    parser.add_argument("backup", metavar="BACKUP", help="the backup file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_metaserver_config(args.config)
+        data_dir = Path(args.data_dir) if args.data_dir else config.data_dir
+        members = sorted({str(config.raft_listen), *(str(p) for p in config.raft_partners)})
+        with open(args.backup, "rb") as file:
+            data = file.read()
+        namespace, closed, description = restore(data, data_dir, members)
+    except ConfigError as error:
+        return _fail(f"configuration error: {error}", 78)
+    except OSError as error:
+        return _fail(f"{error.filename or args.backup}: {error.strerror or error}", 74)
+    except BackupInvalid as error:
+        return _fail(f"{args.backup}: {error}", 65)
+    except RestoreRefused as error:
+        return _fail(str(error), 73)
+    print(f"restored {args.backup}: {description}")
+    print(
+        f"{namespace.entry_count} files and directories into {data_dir / 'raft'} "
+        f"for the group {', '.join(members)}"
+    )
+    for path in closed:
+        print(f"closed at its committed length (was being written): {path}")
+    return 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROGRAM}: error: {message}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""Every connection states its protocol version first (Hello): same major accepted,
+another refused naming both versions on both sides, a command before Hello refused.
+
+Sessions talk over real TLS in memory (TLSMemoryBIOFactory over iosim), so the
+version exchange starts where it does in production: at the end of the handshake.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols import amp
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test.iosim import IOPump, connectedServerAndClient
+
+from dfs.client.leader import MetaserverChannel
+from dfs.protocol.commands import Ping
+from dfs.protocol.errors import InvalidArgument
+from dfs.protocol.session import PeerSession
+from dfs.protocol.version import (
+    PROTOCOL_VERSION,
+    IncompatibleProtocol,
+    ProtocolVersion,
+)
+from dfs.security.ca import CertificateAuthority
+from dfs.security.identity import Identity, Role
+from dfs.security.tls import NodeCredentials
+
+
+@attrs.frozen
+class Pki:
+    server: NodeCredentials
+    client: NodeCredentials
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder: Path = tmp_path_factory.mktemp("pki")
+    ca = CertificateAuthority.create(folder / "ca")
+    issued = [
+        ca.issue(Role.METASERVER, "meta1", ["localhost"], out_dir=folder),
+        ca.issue(Role.CLIENT, "alice", out_dir=folder),
+    ]
+    server, client = (
+        NodeCredentials.load(item.certificate_path, item.key_path, ca.certificate_path)
+        for item in issued
+    )
+    return Pki(server, client)
+
+
+@pytest.fixture
+def events():
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+
+
+def warnings(events: list[dict]) -> list[str]:
+    return [formatEvent(e) for e in events if e.get("log_level").name == "warn"]
+
+
+def session(pki: Pki, *, version: ProtocolVersion = PROTOCOL_VERSION, dialled: bool) -> PeerSession:
+    identity = Identity(Role.CLIENT, "alice") if dialled else Identity(Role.METASERVER, "meta1")
+    peer = PeerSession(identity)
+    peer.dialled = dialled
+    peer.protocol_version = version
+    return peer
+
+
+@attrs.frozen
+class Wire:
+    pump: IOPump
+    #: TLS gathers small writes and sends them on the next turn of this clock
+    clock: Clock
+
+    def settle(self) -> None:
+        for _ in range(10):
+            self.clock.advance(0)
+            self.pump.flush()
+
+
+def connect(pki: Pki, server: PeerSession, client: PeerSession) -> Wire:
+    """``client`` dials ``server`` over TLS in memory (nothing moves before settle)."""
+    clock = Clock()
+    server_side = TLSMemoryBIOFactory(
+        pki.server.server_options(), False, Factory.forProtocol(lambda: server), clock
+    )
+    client_side = TLSMemoryBIOFactory(
+        pki.client.client_options("localhost"), True, Factory.forProtocol(lambda: client), clock
+    )
+    _, _, pump = connectedServerAndClient(
+        lambda: server_side.buildProtocol(None), lambda: client_side.buildProtocol(None)
+    )
+    return Wire(pump, clock)
+
+
+def outcome(deferred: Deferred, wire: Wire | IOPump):
+    results: list = []
+    deferred.addBoth(results.append)
+    if isinstance(wire, Wire):
+        wire.settle()
+    else:
+        wire.flush()
+    assert results, "no outcome"
+    return results[0]
+
+
+def test_versions_parse_and_talk_when_the_major_is_the_same():
+    assert ProtocolVersion.parse("1.0") == ProtocolVersion(1, 0)
+    assert str(ProtocolVersion(2, 13)) == "2.13"
+    assert ProtocolVersion(1, 0).compatible_with(ProtocolVersion(1, 7))
+    assert not ProtocolVersion(1, 0).compatible_with(ProtocolVersion(2, 0))
+    for text in ["", "1", "1.0.0", "01.0", "v1.0", "1.-1", "9999999.0"]:
+        with pytest.raises(ValueError, match="not a DFS protocol version"):
+            ProtocolVersion.parse(text)
+
+
+def test_the_same_major_is_accepted_and_the_first_request_goes_with_the_hello(pki, events):
+    server = session(pki, dialled=False, version=ProtocolVersion(1, 3))
+    client = session(pki, dialled=True)
+    pump = connect(pki, server, client)
+    # Asked at once, before the handshake: it travels right behind the Hello.
+    ping = client.callRemote(Ping)
+    assert outcome(client.introduced(), pump) is None
+    answer = outcome(ping, pump)
+    assert answer["name"] == "meta1" and answer["peer_name"] == "alice"
+    assert client.is_open and server.is_open
+    assert warnings(events) == []
+
+
+@pytest.mark.parametrize("who", ["client", "server"])
+def test_another_major_is_refused_naming_both_versions_on_both_sides(pki, events, who):
+    newer = ProtocolVersion(2, 0)
+    server = session(pki, dialled=False, version=newer if who == "server" else PROTOCOL_VERSION)
+    client = session(pki, dialled=True, version=newer if who == "client" else PROTOCOL_VERSION)
+    pump = connect(pki, server, client)
+    failure = outcome(client.callRemote(Ping), pump)
+    # The caller gets one line naming both versions, not a lost connection.
+    assert failure.check(IncompatibleProtocol)
+    server_v, client_v = str(server.protocol_version), str(client.protocol_version)
+    assert str(failure.value) == (
+        f"the metaserver at {client.peer_address} speaks DFS protocol {server_v}, "
+        f"this client {client_v}"
+    )
+    assert outcome(client.introduced(), pump).check(IncompatibleProtocol)
+    assert not client.is_open and not server.is_open
+    refusals = [line for line in warnings(events) if line.startswith("refused connection")]
+    # The server refused as well: its log names both versions too.
+    assert refusals == [
+        f"refused connection: client:alice at {server.peer_address} speaks DFS "
+        f"protocol {client_v}, this metaserver {server_v}"
+    ]
+
+
+def test_a_command_before_hello_is_refused_and_the_connection_closed(pki, events):
+    server = session(pki, dialled=False)
+    client = session(pki, dialled=False)  # states no version: dials like an old client
+    pump = connect(pki, server, client)
+    failure = outcome(client.callRemote(Ping), pump)
+    assert failure.check(InvalidArgument)
+    assert "Ping before Hello" in str(failure.value)
+    assert f"speaks {PROTOCOL_VERSION}" in str(failure.value)
+    assert not server.is_open
+    assert any("refused connection from client:alice" in line for line in warnings(events))
+
+
+def test_a_server_that_knows_no_hello_is_refused_by_the_dialling_side(events):
+    client = PeerSession(Identity(Role.CLIENT, "alice"))
+    client.dialled = True
+    _, _, pump = connectedServerAndClient(amp.AMP, lambda: client)
+    failure = outcome(client.introduced(), pump)
+    assert failure.check(IncompatibleProtocol)
+    assert "states no DFS protocol version" in str(failure.value)
+    assert not client.is_open
+
+
+def test_the_client_channel_reports_an_incompatible_metaserver_at_once():
+    dials: list[str] = []
+
+    async def connect(address: str):
+        dials.append(address)
+        return await fail(IncompatibleProtocol("the metaserver speaks DFS protocol 2.0"))
+
+    channel = MetaserverChannel(Clock(), ["10.0.0.1:7000", "10.0.0.2:7000"], connect, 60.0)
+    result: list = []
+    Deferred.fromCoroutine(channel.call(Ping)).addBoth(result.append)
+    assert result and result[0].check(IncompatibleProtocol), result
+    assert dials == ["10.0.0.1:7000"]  # no retry loop, no other metaserver asked
