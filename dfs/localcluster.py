@@ -329,7 +329,7 @@ class LocalCluster:
     # -- processes -------------------------------------------------------
 
     def start_node(self, node: Node, extra_args: Sequence[str] = ()) -> None:
-        if node.pid() is not None:
+        if self._running_pid(node) is not None:
             return
         node.pidfile.unlink(missing_ok=True)
         command = twistd_argv(
@@ -491,8 +491,19 @@ class LocalCluster:
             raise LocalClusterError(f"{node.name} is not running")
         os.kill(pid, signum)
 
-    def stop_node(self, node: Node, timeout: float = 15.0) -> None:
+    def _running_pid(self, node: Node) -> int | None:
+        """The node's pid: from its pidfile, or, for a process this object started
+        whose twistd has not written its pidfile yet, from the child itself."""
         pid = node.pid()
+        if pid is not None:
+            return pid
+        child = self._children.get(node.name)
+        if child is not None and child.poll() is None:
+            return child.pid
+        return None
+
+    def stop_node(self, node: Node, timeout: float = 15.0) -> None:
+        pid = self._running_pid(node)
         if pid is None:
             return
         os.kill(pid, signal.SIGCONT)  # a paused node cannot act on SIGTERM
@@ -513,10 +524,8 @@ class LocalCluster:
     def _wait_gone(self, node: Node, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while True:
-            child = self._children.get(node.name)
-            if child is not None:
-                child.poll()  # reap it, so that it is gone rather than a zombie
-            if node.pid() != pid:
+            # (_running_pid reaps a child of ours, so that it is gone, not a zombie)
+            if self._running_pid(node) != pid:
                 return True
             if time.monotonic() > deadline:
                 return False
@@ -526,7 +535,7 @@ class LocalCluster:
         """Stop every running node (dataservers first); return the names stopped."""
         stopped = []
         for node in self.dataservers + self.metaservers:
-            if node.pid() is not None:
+            if self._running_pid(node) is not None:
                 self.stop_node(node, timeout)
                 stopped.append(node.name)
         return stopped
