@@ -44,12 +44,7 @@ def check_private(path: Path, source: str, key: str, what: str) -> None:
     try:
         problem = exposure(path)
     except OSError as error:
-        raise ConfigError(
-            file=source,
-            key=key,
-            expected=f"a readable file holding {what}",
-            got=f"{path}: {error.strerror or error}",
-        ) from None
+        raise _unreadable(path, source, key, what, error) from None
     if problem is not None:
         raise ConfigError(
             file=source,
@@ -69,14 +64,18 @@ def read_secret(path: Path, source: str, key: str, what: str) -> bytes:
     try:
         data = Path(path).read_bytes().strip()
     except OSError as error:
-        raise ConfigError(
-            file=source,
-            key=key,
-            expected=f"a readable file holding {what}",
-            got=f"{path}: {error.strerror or error}",
-        ) from None
+        raise _unreadable(path, source, key, what, error) from None
     if not data:
         raise ConfigError(
             file=source, key=key, expected=f"a file holding {what}", got=f"{path}: an empty file"
         )
     return data
+
+
+def _unreadable(path: Path, source: str, key: str, what: str, error: OSError) -> ConfigError:
+    return ConfigError(
+        file=source,
+        key=key,
+        expected=f"a readable file holding {what}",
+        got=f"{path}: {error.strerror or error}",
+    )
