@@ -163,7 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "user",
         help="add a user's home directory",
         description="A user is the name in their certificate (issue one with 'dfs ca "
-        "issue client NAME'); 'user add' gives them /user/NAME.",
+        "issue --dir CA --role client --name NAME'); 'user add' gives them /user/NAME.",
     )
     user_commands = user.add_subparsers(title="user commands", metavar="COMMAND", required=True)
     user_add = user_commands.add_parser(
