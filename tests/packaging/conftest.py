@@ -52,7 +52,8 @@ MIRROR = os.environ.get("DFS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 def debian_root() -> Iterator[Path]:
     """A Debian 12 minbase root, made once with debootstrap and shared: systemd and
     dbus to boot it (test_boot.py), python3-venv for an image built without network
-    (test_docker.py). Tests copy it; none changes it."""
+    (test_docker.py), and the base piuparts copies (test_piuparts.py). Tests copy it;
+    none changes it."""
     require("debootstrap")
     # Not under /tmp: a tmpfs there may be too small or mounted noexec.
     folder = Path(tempfile.mkdtemp(prefix="dfs-debian-", dir="/var/tmp"))
