@@ -16,13 +16,15 @@ from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from dfs.config import Address, ClientConfig
+from dfs.config import Address, ClientConfig, ConfigError
 from dfs.protocol.dial import dial
-from dfs.protocol.session import PeerSession
+from dfs.protocol.session import PeerSession, SessionRegistry
 from dfs.protocol.stream import StreamPool
 from dfs.protocol.version import IncompatibleProtocol
 from dfs.security.identity import Identity, identity_from_certificate
+from dfs.security.revocation import CRLError
 from dfs.security.tls import NodeCredentials
+from dfs.trust import read_crl
 
 #: How long the first dataserver of a pipeline may take to answer, or to acknowledge
 #: data sent on a chunk stream. Longer than two hops' own timeouts, so that a
@@ -41,8 +43,23 @@ class ClientCredentials:
 
     @classmethod
     def from_config(cls, config: ClientConfig) -> ClientCredentials:
+        """The user's credentials; with ``tls.crl`` set, every server the client dials
+        is checked against that revocation list and refused when it is listed."""
         credentials = NodeCredentials.load(config.tls.certificate, config.tls.key, config.tls.ca)
         certificate = x509.load_pem_x509_certificate(config.tls.certificate.read_bytes())
+        if config.tls.crl is not None:
+            try:
+                revocations, _ = read_crl(config.tls.crl, credentials.ca_certificate)
+            except CRLError as error:
+                raise ConfigError(
+                    file=str(config.source or "client config"),
+                    key="tls.crl",
+                    expected="a CRL signed by the cluster CA (dfs ca revoke writes one)",
+                    got=str(error),
+                ) from None
+            # Each TLS connection made from these credentials carries the registry,
+            # which refuses a listed server at the end of the handshake.
+            credentials.attachment = SessionRegistry(revocations.refusal)
         return cls(credentials=credentials, identity=identity_from_certificate(certificate))
 
 

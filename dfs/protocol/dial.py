@@ -18,6 +18,15 @@ from dfs.security.identity import Identity
 from dfs.security.tls import NodeCredentials
 
 
+class PeerRefused(ConnectionError):
+    """This side refused the server at the handshake (its certificate is revoked)."""
+
+    def __init__(self, address: Address, reason: str) -> None:
+        super().__init__(f"refused the server at {address}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
 async def dial(
     reactor: Any,
     address: Address,
@@ -45,5 +54,11 @@ async def dial(
         await session.callRemote(Ping).addTimeout(timeout, reactor)
     except (TimeoutError, defer.TimeoutError, error.TimeoutError):
         session.abort()
+        if session.refusal is not None:
+            raise PeerRefused(address, session.refusal) from None
         raise TimeoutError(f"no answer from {address} within {timeout:g} s") from None
+    except Exception:
+        if session.refusal is not None:
+            raise PeerRefused(address, session.refusal) from None
+        raise
     return session

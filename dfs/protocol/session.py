@@ -155,6 +155,8 @@ class PeerSession(amp.AMP):
         self._lost = False
         #: the server's open sessions, once this one is among them
         self._registry: SessionRegistry | None = None
+        #: why this side refused the peer at the handshake (its certificate is revoked)
+        self.refusal: str | None = None
         #: bytes (keys, values and their length prefixes) and keys of the box arriving
         self._box_bytes = 0
         self._box_keys = 0
@@ -227,7 +229,14 @@ class PeerSession(amp.AMP):
             refusal = registry.admit(self, cert)
             if refusal is not None:
                 self._handshake_done = True
-                self._refuse("{refusal}", refusal=refusal)
+                self.refusal = refusal
+                if self.dialled and not self.local.role.is_server:
+                    # A user's tool reports it itself (dfs.protocol.dial.PeerRefused);
+                    # a server logs it, as it logs every refusal.
+                    self._refused = True
+                    self.abort()
+                else:
+                    self._refuse("{refusal}", refusal=refusal)
                 return
             self._registry = registry
         self.authenticated(identity)

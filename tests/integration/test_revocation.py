@@ -8,6 +8,7 @@ after SIGHUP, and the connections opened before keep working.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -170,3 +171,36 @@ async def test_sighup_applies_revocation_at_once_and_renewed_server_certificate(
     status = cluster.status(ds1)
     assert status is not None and all(link["registered"] for link in status["metaservers"])
     before.abort()
+
+
+def test_client_with_a_crl_refuses_a_revoked_server(make_cluster, tmp_path, dfs):
+    # A client whose config names the CRL (tls.crl) checks every server it dials; one
+    # without goes on as before (servers check their peers either way).
+    cluster = make_cluster(metaservers=1, dataservers=1)
+    crl = cluster.directory / "ca" / "crl.pem"
+    document = json.loads(cluster.client_config.read_text())
+    document["tls"]["crl"] = str(crl)
+    # Beside the cluster's own: the config's relative paths stay right.
+    checking = cluster.client_config.parent / "checking_client.json"
+    checking.write_text(json.dumps(document))
+
+    assert dfs("-c", str(checking), "ls", "/").returncode == 0
+    revocation, _ = cluster.revoke("meta1", Role.METASERVER)
+    assert revocation.crl_path == crl
+
+    refused = dfs("-c", str(checking), "ls", "/")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("dfs: ls: "), refused.stderr
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "certificate revoked" in refused.stderr and "meta1" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert dfs("-c", str(cluster.client_config), "ls", "/").returncode == 0
+
+    # A CRL the client cannot use is a configuration error naming tls.crl.
+    crl_copy = tmp_path / "bad.pem"
+    crl_copy.write_text("not a CRL\n")
+    document["tls"]["crl"] = str(crl_copy)
+    checking.write_text(json.dumps(document))
+    bad = dfs("-c", str(checking), "ls", "/")
+    assert bad.returncode != 0
+    assert "tls.crl" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
