@@ -44,7 +44,10 @@ class ClientCredentials:
     @classmethod
     def from_config(cls, config: ClientConfig) -> ClientCredentials:
         """The user's credentials; with ``tls.crl`` set, every server the client dials
-        is checked against that revocation list and refused when it is listed."""
+        is checked against that revocation list and refused when it is listed. A file
+        that cannot be read is a ConfigError naming its key."""
+        source = str(config.source or "client config")
+        config.tls.check(source)
         credentials = NodeCredentials.load(config.tls.certificate, config.tls.key, config.tls.ca)
         certificate = x509.load_pem_x509_certificate(config.tls.certificate.read_bytes())
         if config.tls.crl is not None:
@@ -52,7 +55,7 @@ class ClientCredentials:
                 revocations, _ = read_crl(config.tls.crl, credentials.ca_certificate)
             except CRLError as error:
                 raise ConfigError(
-                    file=str(config.source or "client config"),
+                    file=source,
                     key="tls.crl",
                     expected="a CRL signed by the cluster CA (dfs ca revoke writes one)",
                     got=str(error),

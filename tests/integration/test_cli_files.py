@@ -431,6 +431,16 @@ def test_the_config_comes_from_c_then_dfs_config_then_home(shared_cluster, tmp_p
     failed_with_one_line(named_missing, f"dfs: ls: {missing}")
     failed_with_one_line(bad, f"dfs: ls: {broken}")
 
+    # A config naming a key file that is not there: the file and the key, not errno.
+    no_key = standalone_config(shared_cluster, tmp_path / "no_key.json")
+    document = json.loads(no_key.read_text())
+    document["tls"]["key"] = str(tmp_path / "gone.key")
+    no_key.write_text(json.dumps(document))
+    failed_with_one_line(
+        Dfs(empty_home)("-c", str(no_key), "ls", "/"),
+        f"dfs: ls: {no_key}: key 'tls.key': expected an existing readable file",
+    )
+
 
 def test_a_metaserver_that_is_down_or_silent_is_one_line_not_a_traceback(
     shared_cluster, dfs, tmp_path
