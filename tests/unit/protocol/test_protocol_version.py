@@ -8,6 +8,7 @@ version exchange starts where it does in production: at the end of the handshake
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import attrs
 import pytest
@@ -193,3 +194,57 @@ def test_the_client_channel_reports_an_incompatible_metaserver_at_once():
     Deferred.fromCoroutine(channel.call(Ping)).addBoth(result.append)
     assert result and result[0].check(IncompatibleProtocol), result
     assert dials == ["10.0.0.1:7000"]  # no retry loop, no other metaserver asked
+
+
+class RawHello(amp.Command):
+    """Hello as a hostile or broken peer might send it: any bytes, any keys."""
+
+    commandName = b"Hello"
+    arguments: ClassVar[list] = [
+        (b"protocol", amp.String(optional=True)),
+        (b"software", amp.String(optional=True)),
+        (b"extra", amp.String(optional=True)),
+    ]
+    response: ClassVar[list] = []
+    errors: ClassVar[dict] = {InvalidArgument: InvalidArgument.code}
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"software": b"0.1.0"},
+        {"protocol": b"1.0"},
+        {"protocol": b"banana", "software": b"0.1.0"},
+        {"protocol": b"", "software": b"0.1.0"},
+        {"protocol": b"1", "software": b"0.1.0"},
+        {"protocol": b"1.0.0", "software": b"0.1.0"},
+        {"protocol": b"-1.0", "software": b"0.1.0"},
+        {"protocol": b"\xff\xfe.\x00", "software": b"0.1.0"},
+        {"protocol": b"9" * 60000 + b".0", "software": b"0.1.0"},
+        {"protocol": b"1.0", "software": b"\xff" * 100},
+    ],
+    ids=[
+        "no-protocol",
+        "no-software",
+        "word",
+        "empty",
+        "major-only",
+        "three-parts",
+        "negative",
+        "not-utf8",
+        "huge",
+        "software-not-utf8",
+    ],
+)
+def test_a_malformed_hello_is_refused_in_one_line_without_a_traceback(pki, events, arguments):
+    server = session(pki, dialled=False)
+    client = session(pki, dialled=False)  # sends what the test says, not a Hello of its own
+    wire = connect(pki, server, client)
+    failure = outcome(client.callRemote(RawHello, **arguments), wire)
+    assert failure.check(InvalidArgument), failure
+    assert "malformed Hello" in str(failure.value)
+    assert not server.is_open
+    refusals = [line for line in warnings(events) if "a malformed Hello" in line]
+    assert len(refusals) == 1 and "\n" not in refusals[0], refusals
+    assert len(refusals[0]) < 400, refusals[0]
+    assert not [e for e in events if e.get("log_failure") is not None or e.get("isError")]
