@@ -9,7 +9,11 @@
   connection of the server carries);
 * the server's own certificate and key and the CA certificate named in the
   ``tls`` section of its config: read again on SIGHUP and used for every
-  connection made afterwards, accepted or dialled, while the open ones go on.
+  connection made afterwards, accepted or dialled, while the open ones go on;
+* the chunk token keys (``token_key_file`` and ``token_previous_key_file`` in
+  security_config.json, which is read again for their names): read again on SIGHUP
+  and handed to whoever mints or checks tokens, so that a key rotation needs no
+  restart. Keys that cannot be used are logged and the ones in use stay.
 
 twistd leaves SIGHUP alone (the reactor handles SIGINT, SIGTERM and SIGCHLD,
 twistd SIGUSR1 to reopen its log file), and Python's default for SIGHUP ends the
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -37,7 +42,7 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from dfs.config import ConfigError, SecurityConfig, TLSFiles
+from dfs.config import ConfigError, SecurityConfig, TLSFiles, load_security_config
 from dfs.protocol.session import SessionRegistry
 from dfs.security.identity import Identity, InvalidIdentity, identity_from_certificate
 from dfs.security.revocation import (
@@ -49,6 +54,8 @@ from dfs.security.revocation import (
 )
 from dfs.security.secrets import check_private
 from dfs.security.tls import NodeCredentials
+from dfs.security.tokenkeys import load_token_keys
+from dfs.security.tokens import TokenKeys
 
 
 def read_crl(path: Path, authority: x509.Certificate) -> tuple[RevocationList, FileState]:
@@ -83,6 +90,8 @@ class TrustService(Service):
         security: SecurityConfig,
         *,
         handle_sighup: bool = True,
+        token_keys: TokenKeys | None = None,
+        use_token_keys: Callable[[TokenKeys], None] | None = None,
     ) -> None:
         self._reactor = reactor
         self.credentials = credentials
@@ -93,6 +102,9 @@ class TrustService(Service):
         self._security_source = str(security.source)
         self._interval = security.crl_check_interval
         self._handle_sighup = handle_sighup
+        #: the token keys in use, and who takes new ones (None: this server has none)
+        self.token_keys = token_keys
+        self._use_token_keys = use_token_keys
         self.revocations: RevocationList | None = None
         self._state: FileState | None = None
         self.registry = SessionRegistry(self.refusal)
@@ -161,14 +173,44 @@ class TrustService(Service):
     # -- reloading -----------------------------------------------------------
 
     def reload(self, why: str = "SIGHUP") -> None:
-        """Read the node's certificate, key and CA again, then the CRL (against that CA)."""
-        self.log.info("{why}: reloading the certificate, key, CA and CRL", why=why)
+        """Read the node's certificate, key and CA again, then the CRL (against that
+        CA), then the token keys."""
+        self.log.info("{why}: reloading the certificate, key, CA, CRL and token keys", why=why)
         try:
             self.reload_credentials()
             if self.crl_path is not None:
                 self.check_crl(force=True)
         except Exception:
             self.log.failure("reloading on {why} failed", why=why)
+        try:
+            self.reload_token_keys()
+        except Exception:
+            self.log.failure("reloading the token keys on {why} failed", why=why)
+
+    def reload_token_keys(self) -> bool:
+        """Use the token keys security_config.json names now; keep the ones in use
+        (and log why) if the file or a key cannot be used. False when kept."""
+        if self._use_token_keys is None:
+            return False
+        try:
+            keys = load_token_keys(load_security_config(self._security_source))
+        except ConfigError as error:
+            self.log.error(
+                "not using new token keys: {reason}; keeping the ones in use", reason=str(error)
+            )
+            return False
+        if keys == self.token_keys:
+            self.log.info("token keys unchanged")
+            return True
+        before = self.token_keys
+        self.token_keys = keys
+        self._use_token_keys(keys)
+        self.log.info(
+            "token keys reloaded: current key {current}, previous key {previous}",
+            current="unchanged" if before is not None and keys.current == before.current else "new",
+            previous="none" if keys.previous is None else "set",
+        )
+        return True
 
     def reload_credentials(self) -> bool:
         """Use the certificate, key and CA now in the files for new connections.

@@ -37,6 +37,10 @@ class ChunkAccess:
         #: tokens refused, for the status page
         self.refused = 0
 
+    def use(self, keys: TokenKeys) -> None:
+        """Check tokens with ``keys`` from now on (reloaded on SIGHUP)."""
+        self.keys = keys
+
     def check(
         self,
         token: str | None,

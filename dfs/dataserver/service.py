@@ -524,8 +524,18 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
     credentials, identity = load_credentials(config.tls, source, Role.DATASERVER)
     check_name(config.name, identity, source)
     security = load_security_config(config.security_config)
-    trust = TrustService(reactor, credentials, identity, config.tls, source, security)
-    access = ChunkAccess(load_token_keys(security), reactor)
+    keys = load_token_keys(security)
+    access = ChunkAccess(keys, reactor)
+    trust = TrustService(
+        reactor,
+        credentials,
+        identity,
+        config.tls,
+        source,
+        security,
+        token_keys=keys,
+        use_token_keys=access.use,
+    )
     try:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:

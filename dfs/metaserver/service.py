@@ -544,11 +544,20 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
 
     replication = load_replication_config(config.replication_config)
     security = load_security_config(config.security_config)
-    trust = TrustService(reactor, credentials, identity, config.tls, source, security)
+    tokens = load_token_issuer(security)
+    trust = TrustService(
+        reactor,
+        credentials,
+        identity,
+        config.tls,
+        source,
+        security,
+        token_keys=tokens.keys,
+        use_token_keys=tokens.use,
+    )
     password = read_secret(
         security.raft_password_file, str(security.source), "raft_password_file", "the Raft password"
     ).decode("utf-8", "replace")
-    tokens = load_token_issuer(security)
     audit = open_audit_log(security, reactor)
     raft_dir = config.data_dir / "raft"
     raft_dir.mkdir(mode=0o700, exist_ok=True)

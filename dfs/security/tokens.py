@@ -192,12 +192,17 @@ def is_expired(error: InvalidToken) -> bool:
     return str(error).startswith("expired token")
 
 
-@attrs.frozen
+@attrs.define
 class TokenIssuer:
-    """The metaserver's side: tokens that last ``lifetime`` seconds from ``now``."""
+    """The metaserver's side: tokens that last ``lifetime`` seconds from ``now``.
+    ``keys`` change on SIGHUP (:class:`dfs.trust.TrustService`): tokens minted from
+    then on use the new current key."""
 
     keys: TokenKeys
     lifetime: float
+
+    def use(self, keys: TokenKeys) -> None:
+        self.keys = keys
 
     def issue(
         self,

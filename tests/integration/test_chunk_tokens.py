@@ -5,7 +5,9 @@ token lasts succeeds all the same."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -244,3 +246,68 @@ async def test_a_transfer_slower_than_a_token_lasts_still_succeeds(
         assert refused == 0, "a token ran out before it was renewed"
     else:
         assert refused >= 3, "the expired tokens were not presented"
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_rotates_the_token_key_without_a_restart(make_cluster, credentials_of, poll):
+    # The rotation of docs/configuration.md, with kill -HUP for every restart. The
+    # servers share one security_config.json; only the one signalled reads it again.
+    cluster = make_cluster(metaservers=1, dataservers=1)
+    (meta1,), (ds1,) = cluster.metaservers, cluster.dataservers
+    pids = {node.name: node.pid() for node in (meta1, ds1)}
+    credentials = credentials_of(cluster)
+    client, chunk = await a_chunk(cluster, "/hup")
+    chunk_id, version = chunk["chunk_id"], chunk["version"]
+    user = credentials.identity.name
+    session = await dataserver(chunk["locations"][0], credentials)
+    shared = cluster.directory / "shared"
+    old_key = cluster_keys(cluster).current
+    new_key = write_key(shared / "token.key.new")
+
+    def read(token: str) -> Any:
+        return session.callRemote(
+            ReadChunk, chunk_id=chunk_id, version=version, offset=0, length=BLOCK, token=token
+        )
+
+    def configure(current: str, previous: str | None) -> None:
+        document = json.loads(cluster.security_config.read_text())
+        document.update(token_key_file=current, token_previous_key_file=previous)
+        cluster.security_config.write_text(json.dumps(document))
+
+    def reloads(node: Any) -> int:
+        return node.logfile.read_text().count("token keys reloaded")
+
+    async def reload(node: Any, count: int) -> None:
+        cluster.signal_node(node, signal.SIGHUP)
+        await poll(
+            lambda: reloads(node) == count, timeout=10, what=f"{node.name} reloaded its keys"
+        )
+
+    def minted(key: bytes) -> str:
+        return TokenKeys(key).mint(chunk_id, version, READ, user, time.time() + 300)
+
+    # Before: a token of the new key is forged.
+    assert (await refusal(read(minted(new_key)))).startswith("forged token")
+    # 1. The dataserver accepts the new key as the previous one.
+    configure("token.key", "token.key.new")
+    await reload(ds1, 1)
+    assert len((await read(minted(new_key)))["data"]) == BLOCK
+    assert len((await read(minted(old_key)))["data"]) == BLOCK
+    # 2. The metaserver mints with the new key.
+    configure("token.key.new", "token.key")
+    await reload(meta1, 1)
+    answer = await client.metaserver.call(GetChunks, path="/hup", first=0, limit=1)
+    token = answer["chunks"][0]["token"]
+    TokenKeys(new_key).verify(token, chunk_id, version, READ, user, time.time())
+    assert len((await read(token))["data"]) == BLOCK
+    # 3. The old key is dropped everywhere: its tokens are refused, the new ones not.
+    configure("token.key.new", None)
+    await reload(ds1, 2)
+    await reload(meta1, 2)
+    assert (await refusal(read(minted(old_key)))).startswith("forged token")
+    assert len((await read(minted(new_key)))["data"]) == BLOCK
+    assert await client.read_file("/hup") is not None
+    # No process was restarted.
+    assert {node.name: node.pid() for node in (meta1, ds1)} == pids
+    session.transport.loseConnection()
+    client.close()
