@@ -491,11 +491,7 @@ def transfer(start: Callable[..., Any], label: str, total: int) -> int:
         except KeyboardInterrupt:
             # A cancelled transfer removes its partial file; give it the moment that
             # takes, or the process would end first. A second Ctrl-C stops waiting.
-            result.cancel()
-            try:
-                result.wait(CANCEL_GRACE)
-            except Exception:
-                pass
+            result.abandon(CANCEL_GRACE)
             raise
 
 

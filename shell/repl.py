@@ -205,7 +205,7 @@ class Shell:
         try:
             entries = result.wait(LISTING_TIMEOUT)
         except crochet.TimeoutError:
-            result.cancel()
+            result.abandon()
             raise
         return [(entry.name, entry.is_dir) for entry in entries]
 

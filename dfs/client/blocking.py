@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, Generic, TypeVar, cast
 
 import crochet
 
@@ -43,32 +43,70 @@ def run(
     timeout: float | None = None,
     **kwargs: Any,
 ) -> T:
-    """Run ``coroutine_function(*args, **kwargs)`` in the reactor thread and wait."""
-    from twisted.internet.defer import Deferred
-
-    @crochet.run_in_reactor
-    def start() -> Deferred[T]:
-        return Deferred.fromCoroutine(coroutine_function(*args, **kwargs))
-
-    result = start()
+    """Run ``coroutine_function(*args, **kwargs)`` in the reactor thread and wait. On
+    Ctrl-C or the timeout it is cancelled, and however it ends is not logged."""
+    result: Eventual[T] = run_eventually(coroutine_function, *args, **kwargs)
     try:
-        return cast(T, result.wait(threading.TIMEOUT_MAX if timeout is None else timeout))
-    except KeyboardInterrupt:
-        result.cancel()
+        return result.wait(timeout)
+    except (KeyboardInterrupt, crochet.TimeoutError):
+        result.abandon()
         raise
+
+
+class Eventual(Generic[T]):
+    """An operation running in the reactor thread, which the caller polls, waits for,
+    or gives up on (crochet's EventualResult, plus :meth:`abandon`)."""
+
+    def __init__(self, result: crochet.EventualResult, abandoned: list[bool]) -> None:
+        self._result = result
+        #: read and set in the reactor thread only
+        self._abandoned = abandoned
+
+    def wait(self, timeout: float | None) -> T:
+        """Its value, or its exception; crochet.TimeoutError if it takes longer."""
+        return cast(T, self._result.wait(threading.TIMEOUT_MAX if timeout is None else timeout))
+
+    def cancel(self) -> None:
+        self._result.cancel()
+
+    def abandon(self, grace: float = 0.0) -> None:
+        """Cancel it and give it up to ``grace`` seconds to end (a transfer removes
+        its partial file). However it ends, then or later, nothing is logged: the
+        caller has told the user why it stopped. A KeyboardInterrupt while waiting
+        (a second Ctrl-C) stops the wait and is raised."""
+        self._result.cancel()
+        try:
+            self._result.wait(grace)
+        except Exception:
+            pass  # its failure, or no end within the grace
+        finally:
+            # In the reactor thread, so that the operation ends either before this
+            # (and its outcome is taken below) or after it (and dropped there).
+            try:
+                crochet.run_in_reactor(self._abandoned.append)(True).wait(1)
+            except Exception:
+                pass  # the reactor is stopping: nothing more will end
+            self._result.original_failure()
 
 
 def run_eventually(
     coroutine_function: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any
-) -> crochet.EventualResult:
-    """Start it in the reactor thread; the caller polls or waits on the result."""
+) -> Eventual[T]:
+    """Start it in the reactor thread; the caller polls, waits, or abandons it."""
     from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    abandoned: list[bool] = []
+
+    def settle(outcome: object) -> object:
+        # A failure after the caller gave up is nobody's to report.
+        return None if abandoned and isinstance(outcome, Failure) else outcome
 
     @crochet.run_in_reactor
     def start() -> Deferred[T]:
-        return Deferred.fromCoroutine(coroutine_function(*args, **kwargs))
+        return Deferred.fromCoroutine(coroutine_function(*args, **kwargs)).addBoth(settle)
 
-    return start()
+    return Eventual(start(), abandoned)
 
 
 class RemoteReader(io.RawIOBase):
