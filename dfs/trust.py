@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from twisted.application.service import Service
@@ -56,6 +55,16 @@ from dfs.security.secrets import check_private
 from dfs.security.tls import NodeCredentials
 from dfs.security.tokenkeys import load_token_keys
 from dfs.security.tokens import TokenKeys
+
+
+class TokenKeyUser(Protocol):
+    """What mints or checks chunk tokens (the metaserver's TokenIssuer, the
+    dataserver's ChunkAccess): the keys in use, and a way to change them."""
+
+    @property
+    def keys(self) -> TokenKeys: ...
+
+    def use(self, keys: TokenKeys) -> None: ...
 
 
 def read_crl(path: Path, authority: x509.Certificate) -> tuple[RevocationList, FileState]:
@@ -90,8 +99,7 @@ class TrustService(Service):
         security: SecurityConfig,
         *,
         handle_sighup: bool = True,
-        token_keys: TokenKeys | None = None,
-        use_token_keys: Callable[[TokenKeys], None] | None = None,
+        tokens: TokenKeyUser | None = None,
     ) -> None:
         self._reactor = reactor
         self.credentials = credentials
@@ -102,9 +110,8 @@ class TrustService(Service):
         self._security_source = str(security.source)
         self._interval = security.crl_check_interval
         self._handle_sighup = handle_sighup
-        #: the token keys in use, and who takes new ones (None: this server has none)
-        self.token_keys = token_keys
-        self._use_token_keys = use_token_keys
+        #: who mints or checks tokens with the keys in use (None: this server has none)
+        self._tokens = tokens
         self.revocations: RevocationList | None = None
         self._state: FileState | None = None
         self.registry = SessionRegistry(self.refusal)
@@ -190,7 +197,7 @@ class TrustService(Service):
     def reload_token_keys(self) -> bool:
         """Use the token keys security_config.json names now; keep the ones in use
         (and log why) if the file or a key cannot be used. False when kept."""
-        if self._use_token_keys is None:
+        if self._tokens is None:
             return False
         try:
             keys = load_token_keys(load_security_config(self._security_source))
@@ -199,15 +206,14 @@ class TrustService(Service):
                 "not using new token keys: {reason}; keeping the ones in use", reason=str(error)
             )
             return False
-        if keys == self.token_keys:
+        before = self._tokens.keys
+        if keys == before:
             self.log.info("token keys unchanged")
             return True
-        before = self.token_keys
-        self.token_keys = keys
-        self._use_token_keys(keys)
+        self._tokens.use(keys)
         self.log.info(
             "token keys reloaded: current key {current}, previous key {previous}",
-            current="unchanged" if before is not None and keys.current == before.current else "new",
+            current="unchanged" if keys.current == before.current else "new",
             previous="none" if keys.previous is None else "set",
         )
         return True

@@ -524,8 +524,7 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
     credentials, identity = load_credentials(config.tls, source, Role.DATASERVER)
     check_name(config.name, identity, source)
     security = load_security_config(config.security_config)
-    keys = load_token_keys(security)
-    access = ChunkAccess(keys, reactor)
+    access = ChunkAccess(load_token_keys(security), reactor)
     trust = TrustService(
         reactor,
         credentials,
@@ -533,8 +532,7 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
         config.tls,
         source,
         security,
-        token_keys=keys,
-        use_token_keys=access.use,
+        tokens=access,
     )
     try:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

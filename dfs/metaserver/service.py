@@ -552,8 +552,7 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         config.tls,
         source,
         security,
-        token_keys=tokens.keys,
-        use_token_keys=tokens.use,
+        tokens=tokens,
     )
     password = read_secret(
         security.raft_password_file, str(security.source), "raft_password_file", "the Raft password"

@@ -295,6 +295,18 @@ async def test_sessions_a_server_dialled_are_checked_and_closed_too(tmp_path):
 # -- token keys ------------------------------------------------------------------------
 
 
+class KeyHolder:
+    """What mints or checks tokens, as TrustService sees it."""
+
+    def __init__(self, keys: TokenKeys) -> None:
+        self.keys = keys
+        self.used: list[TokenKeys] = []
+
+    def use(self, keys: TokenKeys) -> None:
+        self.keys = keys
+        self.used.append(keys)
+
+
 def secret(path: Path, value: bytes, mode: int = 0o600) -> Path:
     path.write_bytes(value + b"\n")
     path.chmod(mode)
@@ -304,8 +316,8 @@ def secret(path: Path, value: bytes, mode: int = 0o600) -> Path:
 def test_sighup_hands_the_token_keys_security_config_names_now_to_their_user(tmp_path, events):
     old = secret(tmp_path / "token.key", b"a" * 64)
     node = Node(tmp_path, crl=None, token_key_file=str(old))
-    used: list[TokenKeys] = []
-    keys = load_token_keys(load_security_config(tmp_path / "security_config.json"))
+    holder = KeyHolder(load_token_keys(load_security_config(tmp_path / "security_config.json")))
+    used = holder.used
     trust = TrustService(
         Clock(),
         node.credentials,
@@ -314,8 +326,7 @@ def test_sighup_hands_the_token_keys_security_config_names_now_to_their_user(tmp
         "dataserver_config.json",
         load_security_config(tmp_path / "security_config.json"),
         handle_sighup=False,
-        token_keys=keys,
-        use_token_keys=used.append,
+        tokens=holder,
     )
 
     trust.reload()
@@ -330,7 +341,7 @@ def test_sighup_hands_the_token_keys_security_config_names_now_to_their_user(tmp
     document = {"token_key_file": str(new), "token_previous_key_file": str(old)}
     (tmp_path / "security_config.json").write_text(json.dumps(document))
     trust.reload()
-    assert used[-1] == TokenKeys(b"b" * 64, b"a" * 64) == trust.token_keys
+    assert used[-1] == TokenKeys(b"b" * 64, b"a" * 64) == holder.keys
     assert "token keys reloaded: current key new, previous key set" in texts(events)
 
     # Keys that cannot be used are logged, and the ones in use stay.
@@ -342,7 +353,7 @@ def test_sighup_hands_the_token_keys_security_config_names_now_to_their_user(tmp
     missing = {"token_key_file": str(tmp_path / "gone.key")}
     (tmp_path / "security_config.json").write_text(json.dumps(missing))
     trust.reload()
-    assert len(used) == before and trust.token_keys == TokenKeys(b"b" * 64, b"a" * 64)
+    assert len(used) == before and holder.keys == TokenKeys(b"b" * 64, b"a" * 64)
     errors = [t for t in texts(events, LogLevel.error) if t.startswith("not using new token keys")]
     assert len(errors) == 3, errors
     assert "chmod 600" in errors[0] and "gone.key" in errors[2]
