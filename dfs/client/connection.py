@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -49,7 +48,6 @@ class ClientCredentials:
         source = str(config.source or "client config")
         config.tls.check(source)
         credentials = NodeCredentials.load(config.tls.certificate, config.tls.key, config.tls.ca)
-        certificate = x509.load_pem_x509_certificate(config.tls.certificate.read_bytes())
         if config.tls.crl is not None:
             try:
                 revocations, _ = read_crl(config.tls.crl, credentials.ca_certificate)
@@ -63,7 +61,9 @@ class ClientCredentials:
             # Each TLS connection made from these credentials carries the registry,
             # which refuses a listed server at the end of the handshake.
             credentials.attachment = SessionRegistry(revocations.refusal)
-        return cls(credentials=credentials, identity=identity_from_certificate(certificate))
+        return cls(
+            credentials=credentials, identity=identity_from_certificate(credentials.certificate)
+        )
 
 
 async def connect_server(

@@ -52,13 +52,11 @@ async def dial(
         # TLS completes after the TCP connection; a Ping proves the handshake passed
         # both ways and tells us who answered.
         await session.callRemote(Ping).addTimeout(timeout, reactor)
-    except (TimeoutError, defer.TimeoutError, error.TimeoutError):
-        session.abort()
+    except Exception as failure:
         if session.refusal is not None:
             raise PeerRefused(address, session.refusal) from None
-        raise TimeoutError(f"no answer from {address} within {timeout:g} s") from None
-    except Exception:
-        if session.refusal is not None:
-            raise PeerRefused(address, session.refusal) from None
+        if isinstance(failure, (TimeoutError, defer.TimeoutError, error.TimeoutError)):
+            session.abort()
+            raise TimeoutError(f"no answer from {address} within {timeout:g} s") from None
         raise
     return session

@@ -58,9 +58,9 @@ def test_a_crl_refuses_the_servers_it_lists(tmp_path, ca):
     config = load_client_config(client_config(tmp_path, ca, crl=str(ca.crl_path)))
     registry = ClientCredentials.from_config(config).credentials.attachment
     assert isinstance(registry, SessionRegistry)
-    refusal = registry._refusal(meta1.certificate)
+    refusal = registry.admit(object(), meta1.certificate)
     assert refusal is not None and refusal.startswith("certificate revoked")
-    assert registry._refusal(meta2.certificate) is None
+    assert registry.admit(object(), meta2.certificate) is None
 
 
 @pytest.mark.parametrize("content", [b"not a CRL\n", None])
