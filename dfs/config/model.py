@@ -157,6 +157,7 @@ class DataserverConfig(ConfigFile):
     reserved_space: int = setting(Number(integer=True, ge=0), default=1073741824)
     capacity: int | None = setting(Nullable(Number(integer=True, gt=0)), default=None)
     direct_io: bool = setting(Flag(), default=True)
+    drop_behind_reads: bool = setting(Flag(), default=True)
     scrub_bandwidth: int = setting(Number(integer=True, ge=0), default=4194304)
     scrub_interval: float = setting(Number(gt=0), default=604800.0)
     tls: TLSFiles = setting(TLS, default=_tls("dataserver"))

@@ -625,6 +625,7 @@ class ChunkStore:
         capacity: int | None = None,
         fsync: bool = True,
         direct_io: bool = True,
+        drop_behind_reads: bool = True,
         stage_size: int = STAGE_SIZE,
     ) -> None:
         if reserved_space < 0:
@@ -637,6 +638,8 @@ class ChunkStore:
         self.fsync = fsync
         #: write replicas with direct I/O where the file system allows it
         self.direct_io = direct_io
+        #: drop the pages of a replica read in order once the reader is past them
+        self.drop_behind_reads = drop_behind_reads
         #: bytes a replica being written gathers before a disk write
         self.stage_size = stage_size
         self.chunks_dir = self.root / "chunks"
@@ -993,11 +996,16 @@ class ChunkStore:
             step = read_ahead // 2
             if (
                 read_ahead
-                and end < stored.length
                 and (offset == 0 or end // step != offset // step)
                 and hasattr(os, "posix_fadvise")
             ):
-                os.posix_fadvise(fd, end, read_ahead, os.POSIX_FADV_WILLNEED)
+                if end < stored.length:
+                    os.posix_fadvise(fd, end, read_ahead, os.POSIX_FADV_WILLNEED)
+                crossed = end // step * step
+                if self.drop_behind_reads and crossed >= step:
+                    # And to forget the stretch the reader has gone past: the page
+                    # cache does not grow by a replica's length at each read.
+                    os.posix_fadvise(fd, crossed - step, step, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
         if len(data) != length:

@@ -553,6 +553,7 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
         reserved_space=config.reserved_space,
         capacity=config.capacity,
         direct_io=config.direct_io,
+        drop_behind_reads=config.drop_behind_reads,
     )
     scan = store.scan()
     dataserver = Dataserver(identity=identity, config=config, store=store, access=access)

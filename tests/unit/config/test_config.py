@@ -531,6 +531,7 @@ def test_address_shows_ipv6_in_brackets() -> None:
     reserved_space=st.integers(0, 2**40),
     capacity=st.none() | st.integers(2**40 + 1, 2**50),
     direct_io=st.booleans(),
+    drop_behind_reads=st.booleans(),
     tls=st.builds(
         TLSFiles, absolute_paths, absolute_paths, absolute_paths, st.none() | absolute_paths
     ),

@@ -7,7 +7,9 @@ import fcntl
 import itertools
 import os
 import random
+import shutil
 import struct
+import subprocess
 import threading
 from pathlib import Path
 
@@ -550,6 +552,42 @@ def test_stage_size_must_suit_direct_io(tmp_path):
     for size in (0, -DIRECT_ALIGN, DIRECT_ALIGN + 512):
         with pytest.raises(ValueError, match="multiple of 4096"):
             store_at(tmp_path, stage_size=size)
+
+
+# -- the page cache behind a reader ----------------------------------------------------
+
+
+def cached_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the page cache, as fincore (util-linux) counts them."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--raw", "--noheadings", "--output", "RES", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(out.stdout.strip())
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs fincore (util-linux)")
+def test_a_reader_in_order_leaves_only_the_read_ahead_in_the_page_cache(tmp_path):
+    size = 32 * 2**20
+    data = payload(size)
+    resident = {}
+    for drop in (True, False):
+        store = store_at(tmp_path / f"drop-{drop}", fsync=True, drop_behind_reads=drop)
+        write_chunk(store, 1, 1, data, piece=2**20)
+        path = next((tmp_path / f"drop-{drop}" / "chunks").rglob("1_1.chunk"))
+        assert path.read_bytes() == data  # now every page is cached, and clean
+        if cached_bytes(path) < size:
+            pytest.skip("this file system keeps no page cache for the data file")
+        got = bytearray()
+        for offset in range(0, size, 8 * B):  # as the client asks: 512 KiB at a time
+            piece, _ = store.read_with_checksums(1, 1, offset, 8 * B)
+            got += piece
+        assert got == data
+        resident[drop] = cached_bytes(path)
+    assert resident[False] == size
+    assert resident[True] <= 2**20, resident
 
 
 # -- pipeline recovery ----------------------------------------------------------------
