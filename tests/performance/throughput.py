@@ -15,8 +15,9 @@ reads --files files of 64 KiB. Beside them, measured in the same run:
 
 Prints MB/s (10^6 bytes per second), files/s, how busy the benchmark process (the
 client), the servers and the rest of the machine were, and the ratios to baseline (a)
-that the targets are set on. Reads are warm (the dataservers' page cache holds what was just
-written) unless --cold-read. The cluster is always stopped and the folder removed,
+that the targets are set on. Reads find the replicas on disk, not in the page cache,
+where the dataservers write with direct I/O (their default); --cold-read also drops
+them from the cache where they do not. The cluster is always stopped and the folder removed,
 on an error or Ctrl-C too. Prints figures; asserts nothing.
 
 --profile DIR profiles each phase of every process, with py-spy or perf (see
