@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dfs import __version__
+from dfs.protocol import bulktls
 from dfs.protocol.commands import Ping
 from dfs.protocol.errors import InvalidArgument, PermissionDenied
 from dfs.protocol.limits import ConnectionGuard, ServerLimits, unsent_bytes
@@ -198,6 +199,9 @@ class PeerSession(amp.AMP):
             # decrypts more records per wake-up of the reactor.
             cast(Any, transport).bufferSize = READ_SIZE
         self._socket = transport
+        # Chunk packets and large answers: one TLS write each, and one delivery up
+        # the stack for all the records of one read (dfs.protocol.bulktls).
+        bulktls.enable(self.transport)
         if self.guard is not None:
             self.guard.connected()
         if self.dialled:

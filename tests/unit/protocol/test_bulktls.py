@@ -1,0 +1,230 @@
+"""Bulk mode of the TLS layer, over real TLS in memory (TLSMemoryBIOFactory over
+iosim): what is written arrives whole and in order, in one piece per write below TLS
+and one delivery per read above it; a TLS shutdown and a corrupt record end the
+connection as they do without it; and every DFS session is in bulk mode."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from OpenSSL.SSL import Error
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.test.iosim import IOPump, connectedServerAndClient
+
+from dfs.protocol import bulktls
+from dfs.protocol.session import PeerSession
+from dfs.security.ca import CertificateAuthority
+from dfs.security.identity import Identity, Role
+from dfs.security.tls import NodeCredentials
+
+
+@attrs.frozen
+class Pki:
+    server: NodeCredentials
+    client: NodeCredentials
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder: Path = tmp_path_factory.mktemp("pki")
+    ca = CertificateAuthority.create(folder / "ca")
+    issued = [
+        ca.issue(Role.DATASERVER, "ds1", ["localhost"], out_dir=folder),
+        ca.issue(Role.CLIENT, "alice", out_dir=folder),
+    ]
+    server, client = (
+        NodeCredentials.load(item.certificate_path, item.key_path, ca.certificate_path)
+        for item in issued
+    )
+    return Pki(server, client)
+
+
+class End(Protocol):
+    """One end: keeps every delivery and how the connection ended."""
+
+    def __init__(self, bulk: bool = True) -> None:
+        self.bulk = bulk
+        self.deliveries: list[bytes] = []
+        self.reason = None
+
+    def connectionMade(self) -> None:
+        if self.bulk:
+            assert bulktls.enable(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.deliveries.append(data)
+
+    def connectionLost(self, reason=None) -> None:
+        self.reason = reason
+
+    @property
+    def received(self) -> bytes:
+        return b"".join(self.deliveries)
+
+
+@attrs.define
+class Wire:
+    pump: IOPump
+    clock: Clock
+    server_tls: TLSMemoryBIOProtocol
+    client_tls: TLSMemoryBIOProtocol
+
+    def settle(self) -> None:
+        for _ in range(10):
+            self.clock.advance(0)
+            self.pump.flush()
+
+
+def connect(pki: Pki, server: Protocol, client: Protocol) -> Wire:
+    clock = Clock()
+    server_side = TLSMemoryBIOFactory(
+        pki.server.server_options(), False, Factory.forProtocol(lambda: server), clock
+    )
+    client_side = TLSMemoryBIOFactory(
+        pki.client.client_options("localhost"), True, Factory.forProtocol(lambda: client), clock
+    )
+    client_tls, server_tls, pump = connectedServerAndClient(
+        lambda: server_side.buildProtocol(None), lambda: client_side.buildProtocol(None)
+    )
+    wire = Wire(pump, clock, server_tls, client_tls)
+    wire.settle()  # the handshake
+    return wire
+
+
+def count_writes(tls: TLSMemoryBIOProtocol) -> list[int]:
+    """Sizes of the pieces the TLS layer hands the transport below, from now on."""
+    sizes: list[int] = []
+    below = tls.transport
+    write = below.write
+
+    def counted(data: bytes) -> None:
+        sizes.append(len(data))
+        write(data)
+
+    below.write = counted
+    return sizes
+
+
+def test_a_packet_goes_out_as_one_piece_and_arrives_as_one_delivery(pki):
+    server, client = End(), End()
+    wire = connect(pki, server, client)
+    pieces = count_writes(wire.client_tls)
+    packet = random.Random(1).randbytes(65536 + 29)
+    client.transport.write(packet)
+    assert len(pieces) == 1
+    # Five records: the plaintext and, per record, no more than header and tag.
+    assert len(packet) < pieces[0] <= len(packet) + 5 * 64
+    wire.settle()
+    assert server.deliveries == [packet]
+
+
+def test_without_bulk_mode_the_same_packet_is_cut_in_records_both_ways(pki):
+    """What bulk mode saves: the TLS layer alone writes and delivers record by record."""
+    server, client = End(bulk=False), End(bulk=False)
+    wire = connect(pki, server, client)
+    pieces = count_writes(wire.client_tls)
+    packet = random.Random(1).randbytes(65536 + 29)
+    client.transport.write(packet)
+    wire.settle()
+    assert server.received == packet
+    assert len(pieces) > 1 and len(server.deliveries) > 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    writes=st.lists(st.integers(min_value=0, max_value=150_000), min_size=1, max_size=12),
+    pump_every=st.integers(min_value=1, max_value=4),
+)
+def test_writes_of_any_size_arrive_whole_and_in_order_both_ways(pki, writes, pump_every):
+    server, client = End(), End()
+    wire = connect(pki, server, client)
+    source = random.Random(len(writes))
+    sent = {client: bytearray(), server: bytearray()}
+    for number, size in enumerate(writes):
+        sender = client if number % 2 == 0 else server
+        data = source.randbytes(size)
+        sender.transport.write(data)
+        sent[sender] += data
+        if number % pump_every == 0:
+            wire.settle()
+    wire.settle()
+    assert server.received == sent[client]
+    assert client.received == sent[server]
+
+
+def test_a_tls_shutdown_ends_the_connection_cleanly_after_the_last_bytes(pki):
+    server, client = End(), End()
+    wire = connect(pki, server, client)
+    last = random.Random(2).randbytes(100_000)
+    client.transport.write(last)
+    client.transport.loseConnection()
+    wire.settle()
+    assert server.received == last
+    assert server.reason is not None and server.reason.check(ConnectionDone)
+    assert client.reason is not None and client.reason.check(ConnectionDone)
+
+
+def test_a_corrupt_record_ends_the_connection_with_the_tls_error_after_the_good_ones(pki):
+    server, client = End(), End()
+    wire = connect(pki, server, client)
+    good = random.Random(3).randbytes(65536)  # four records
+    client.transport.write(good)
+    client.transport.write(random.Random(4).randbytes(10_000))  # one more
+    wire.clock.advance(0)
+    records = bytearray(wire.pump.clientIO.getOutBuffer())
+    records[-10] ^= 0xFF  # inside the tag of the last record
+    wire.server_tls.dataReceived(bytes(records))
+    wire.settle()
+    assert server.received == good
+    assert server.reason is not None and server.reason.check(Error)
+
+
+def test_enable_is_idempotent_and_refuses_a_transport_without_tls(pki):
+    server, client = End(), End()
+    wire = connect(pki, server, client)
+    assert bulktls.is_bulk(client.transport) and bulktls.is_bulk(server.transport)
+    assert bulktls.enable(client.transport)
+    packet = b"x" * 70_000
+    client.transport.write(packet)
+    wire.settle()
+    assert server.deliveries == [packet]
+    assert not bulktls.enable(StringTransport())
+    assert not bulktls.is_bulk(StringTransport())
+
+
+def test_a_tls_layer_without_the_replaced_parts_stays_as_it_is_and_says_so_once(pki, monkeypatch):
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        monkeypatch.setattr(bulktls, "_NEEDED", (*bulktls._NEEDED, "_no_such_part"))
+        monkeypatch.setattr(bulktls, "_said", [])
+        for _ in range(2):
+            server, client = End(bulk=False), End(bulk=False)
+            wire = connect(pki, server, client)
+            assert not bulktls.enable(client.transport)
+            assert not bulktls.is_bulk(client.transport)
+            client.transport.write(b"y" * 70_000)
+            wire.settle()
+            assert server.received == b"y" * 70_000
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [formatEvent(e) for e in events if "bulk mode" in formatEvent(e)]
+    assert said == ["TLS bulk mode is off: this Twisted's TLS layer has no _no_such_part"]
+
+
+def test_every_session_is_in_bulk_mode_on_both_ends(pki):
+    server = PeerSession(Identity(Role.DATASERVER, "ds1"))
+    client = PeerSession(Identity(Role.CLIENT, "alice"))
+    client.dialled = True
+    connect(pki, server, client)
+    assert bulktls.is_bulk(server.transport) and bulktls.is_bulk(client.transport)
