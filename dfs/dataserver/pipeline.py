@@ -284,7 +284,13 @@ class ChunkService:
     # The chunk stream: packets in, acknowledgements and failures out.
 
     def chunk_data(
-        self, stream: ChunkStream, chunk_id: int, version: int, offset: int, data: bytes
+        self,
+        stream: ChunkStream,
+        chunk_id: int,
+        version: int,
+        offset: int,
+        data: bytes,
+        frame: memoryview | None = None,
     ) -> None:
         write = self._writes.get(chunk_id)
         if write is None or write.version != version:
@@ -316,7 +322,7 @@ class ChunkService:
         write.last_activity = self._reactor.seconds()
         if write.outbound is not None:
             # Cut-through: the next dataserver gets the packet before the disk does.
-            write.outbound.send_data(chunk_id, version, offset, data)
+            write.outbound.send_data(chunk_id, version, offset, data, frame)
         try:
             writer.append(data)
         except Exception as error:

@@ -21,14 +21,22 @@ OpenSSL cannot take yet is buffered, a TLS error or shutdown ends the connection
 after delivering what came before it, and the handshake, producers and closing are
 untouched. Where the installed Twisted lacks what is replaced, :func:`enable` leaves
 the connection as it is and says so.
+
+pyOpenSSL checks, after every call that succeeded, for errors that only its
+callbacks (certificate verification, ALPN, OCSP) can leave, and allocates a buffer
+per call: at four or five records per packet that costs as much as the decryption.
+Bulk mode calls the same OpenSSL functions through pyOpenSSL's own bindings, with
+buffers kept per connection, and hands any result other than data or "want more
+input" to pyOpenSSL to raise the exception it always raises. Where pyOpenSSL lacks
+those bindings it uses pyOpenSSL's methods.
 """
 
 from __future__ import annotations
 
-from types import MethodType
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
-from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -45,6 +53,8 @@ _NEEDED = (
     "_tlsConnection",
     "_lostTLSConnection",
     "_aborted",
+    "_handshakeDone",
+    "_appSendBuffer",
 )
 #: The largest plaintext of one TLS record, and what a record adds to it at most
 #: (TLS 1.3 with AES-GCM: header, content type and tag; TLS 1.2 adds an explicit
@@ -53,6 +63,17 @@ _RECORD = 16384
 _RECORD_OVERHEAD = 64
 #: What one decryption asks for: more than a record holds.
 _RECEIVE = 65536
+
+#: What the drain reads from OpenSSL's outgoing buffer at most at once.
+_DRAIN = 256 * 1024
+
+try:
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+except ImportError:  # pragma: no cover - a pyOpenSSL without its bindings module
+    _ffi = _lib = None
+_LIB_NEEDED = ("SSL_read", "SSL_write", "SSL_get_error", "BIO_read", "SSL_ERROR_WANT_READ")
+_CONNECTION_NEEDED = ("_ssl", "_from_ssl", "_raise_ssl_error")
 
 _log = Logger()
 _said: list[bool] = []
@@ -88,81 +109,185 @@ def enable(transport: Any) -> bool:
                 missing=", ".join(missing),
             )
         return False
-    tls._write = MethodType(_write, tls)  # type: ignore[method-assign]
-    tls._flushReceiveBIO = MethodType(_flush_receive, tls)  # type: ignore[method-assign]
+    layer = _BulkLayer(tls)
+    tls._write = layer.write  # type: ignore[method-assign]
+    tls._flushReceiveBIO = layer.flush_receive  # type: ignore[method-assign]
     return True
+
+
+def _layer(transport: Any) -> _BulkLayer | None:
+    tls = tls_layer(transport)
+    if tls is None:
+        return None
+    layer = getattr(tls.__dict__.get("_write"), "__self__", None)
+    return layer if isinstance(layer, _BulkLayer) else None
 
 
 def is_bulk(transport: Any) -> bool:
     """True when the TLS layer under ``transport`` is in bulk mode."""
-    tls = tls_layer(transport)
-    return tls is not None and getattr(tls.__dict__.get("_write"), "__func__", None) is _write
+    return _layer(transport) is not None
 
 
-def _write(tls: Any, data: bytes) -> None:
-    """Encrypt ``data`` in one call and send every record it made as one piece."""
-    if tls._lostTLSConnection:
-        return
-    connection = tls._tlsConnection
-    sent = 0
-    failure = None
-    while sent < len(data):
-        try:
-            sent += connection.send(data if not sent else memoryview(data)[sent:])
-        except WantReadError:
-            # Not before the peer says more (a renegotiation): keep the rest.
-            _drain(tls, len(data) - sent)
-            tls._bufferedWrite(data[sent:])
+def is_direct(transport: Any) -> bool:
+    """True when the connection under ``transport`` is in bulk mode and calls
+    OpenSSL directly (not through pyOpenSSL's methods)."""
+    layer = _layer(transport)
+    return layer is not None and layer.direct
+
+
+def sender(transport: Any) -> Callable[[bytes | memoryview], None] | None:
+    """For a connection in bulk mode, a function that sends one message (bytes or a
+    memoryview of bytes) straight to the TLS layer's bulk write, in order with
+    everything written to ``transport`` before; None for any other connection.
+
+    It goes the usual way, through ``transport.write``, whenever that has more to
+    do than encrypt and send: before the handshake, while a write waits for the
+    peer, and once the connection is closing."""
+    layer = _layer(transport)
+    if layer is None:
+        return None
+    tls = layer.tls
+    # Small writes gather in the TLS layer for a moment; they go first.
+    flush = getattr(getattr(tls, "_aggregator", None), "flush", None)
+    write = layer.write
+
+    def send(data: bytes | memoryview) -> None:
+        if (
+            tls.disconnecting
+            or tls._lostTLSConnection
+            or tls._appSendBuffer
+            or not tls._handshakeDone
+        ):
+            transport.write(bytes(data))
             return
-        except Error:
-            failure = Failure()
-            break
-    _drain(tls, sent)
-    if failure is not None:
-        # As the TLS layer does: the connection ends, with the error as the reason.
-        tls._tlsShutdownFinished(failure)
+        if flush is not None:
+            flush()
+        write(data)
+
+    return send
 
 
-def _drain(tls: Any, plaintext: int) -> None:
-    """Send what OpenSSL has written to its outgoing buffer, in as few pieces as it
-    takes (one, when ``plaintext`` bytes were encrypted since the last drain)."""
-    connection = tls._tlsConnection
-    size = plaintext + _RECORD_OVERHEAD * (plaintext // _RECORD + 2)
-    while True:
-        try:
-            records = connection.bio_read(size)
-        except WantReadError:
+_no_zero = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi is not None else None
+
+
+class _BulkLayer:
+    """Bulk mode for one TLS layer: its write and its receive loop."""
+
+    def __init__(self, tls: Any) -> None:
+        self.tls = tls
+        connection: Connection = tls._tlsConnection
+        self.connection = connection
+        self.direct = (
+            _lib is not None
+            and all(hasattr(_lib, name) for name in _LIB_NEEDED)
+            and all(hasattr(connection, name) for name in _CONNECTION_NEEDED)
+        )
+        if self.direct:
+            assert _no_zero is not None
+            self._ssl = cast(Any, connection)._ssl
+            self._outgoing = cast(Any, connection)._from_ssl
+            self._in = _no_zero("char[]", _RECEIVE)
+            self._out = _no_zero("char[]", _DRAIN)
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Encrypt ``data`` in one call and send every record it made as one piece."""
+        tls = self.tls
+        if tls._lostTLSConnection:
             return
-        tls.transport.write(records)
-        if len(records) < size:
-            return
-
-
-def _flush_receive(tls: Any) -> None:
-    """Decrypt everything that arrived and deliver it at once; on a TLS shutdown or
-    error, deliver what came before it and then end the connection as the TLS layer
-    does."""
-    connection = tls._tlsConnection
-    pieces: list[bytes] = []
-    while not tls._lostTLSConnection:
-        try:
-            pieces.append(connection.recv(_RECEIVE))
-        except WantReadError:
-            break
-        except ZeroReturnError:
-            # The peer shut TLS down: nothing more comes on this connection.
-            _deliver(tls, pieces)
-            pieces = []
-            tls._shutdownTLS()
-            tls._tlsShutdownFinished(None)
-        except Error:
-            failure = Failure()
-            _deliver(tls, pieces)
-            pieces = []
+        sent = 0
+        failure = None
+        while sent < len(data):
+            try:
+                sent += self._encrypt(data if not sent else memoryview(data)[sent:])
+            except WantReadError:
+                # Not before the peer says more (a renegotiation): keep the rest.
+                self._drain(len(data) - sent)
+                tls._bufferedWrite(bytes(data[sent:]))
+                return
+            except Error:
+                failure = Failure()
+                break
+        self._drain(sent)
+        if failure is not None:
+            # As the TLS layer does: the connection ends, with the error as the reason.
             tls._tlsShutdownFinished(failure)
-    _deliver(tls, pieces)
-    # What arrived may call for an answer at the TLS level (a key update).
-    tls._flushSendBIO()
+
+    def _encrypt(self, data: bytes | memoryview) -> int:
+        if not self.direct:
+            return self.connection.send(data)
+        with _ffi.from_buffer(data) as pointer:
+            result: int = _lib.SSL_write(self._ssl, pointer, len(data))
+        if result <= 0:
+            cast(Any, self.connection)._raise_ssl_error(self._ssl, result)
+        return result
+
+    def _drain(self, plaintext: int) -> None:
+        """Send what OpenSSL has written to its outgoing buffer, in as few pieces as
+        it takes (one, when ``plaintext`` bytes were encrypted since the last drain
+        and they make no more than _DRAIN bytes)."""
+        size = min(_DRAIN, plaintext + _RECORD_OVERHEAD * (plaintext // _RECORD + 2))
+        write = self.tls.transport.write
+        while True:
+            if self.direct:
+                count = _lib.BIO_read(self._outgoing, self._out, size)
+                if count <= 0:
+                    return  # a memory buffer that is empty
+                records = _ffi.buffer(self._out, count)[:]
+            else:
+                try:
+                    records = self.connection.bio_read(size)
+                except WantReadError:
+                    return
+            write(records)
+            if len(records) < size:
+                return
+
+    def _decrypt(self) -> bytes | None:
+        """The plaintext of the next record, None when more input is needed; raises
+        what pyOpenSSL raises for anything else."""
+        if not self.direct:
+            try:
+                return self.connection.recv(_RECEIVE)
+            except WantReadError:
+                return None
+        ssl = self._ssl
+        count = _lib.SSL_read(ssl, self._in, _RECEIVE)
+        if count > 0:
+            return _ffi.buffer(self._in, count)[:]
+        if _lib.SSL_get_error(ssl, count) == _lib.SSL_ERROR_WANT_READ:
+            return None
+        cast(Any, self.connection)._raise_ssl_error(ssl, count)
+        raise Error([("", "SSL_read", f"failed ({count}) with no error to report")])
+
+    def flush_receive(self) -> None:
+        """Decrypt everything that arrived and deliver it at once; on a TLS shutdown
+        or error, deliver what came before it and then end the connection as the TLS
+        layer does."""
+        tls = self.tls
+        pieces: list[bytes] = []
+        while not tls._lostTLSConnection:
+            try:
+                plaintext = self._decrypt()
+            except ZeroReturnError:
+                # The peer shut TLS down: nothing more comes on this connection.
+                _deliver(tls, pieces)
+                pieces = []
+                tls._shutdownTLS()
+                tls._tlsShutdownFinished(None)
+                continue
+            except Error:
+                failure = Failure()
+                _deliver(tls, pieces)
+                pieces = []
+                tls._tlsShutdownFinished(failure)
+                continue
+            if plaintext is None:
+                break
+            pieces.append(plaintext)
+        _deliver(tls, pieces)
+        # What arrived may call for an answer at the TLS level (a key update).
+        if not tls._lostTLSConnection:
+            self._drain(0)
 
 
 def _deliver(tls: Any, pieces: list[bytes]) -> None:

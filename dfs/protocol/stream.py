@@ -32,6 +32,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dfs.protocol import bulktls
 from dfs.protocol.commands import OpenChunkStream
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity
@@ -63,9 +64,16 @@ class DataReceiver(Protocol):
     """The dataserver's side: where the data frames of inbound streams go."""
 
     def chunk_data(
-        self, stream: ChunkStream, chunk_id: int, version: int, offset: int, data: bytes
+        self,
+        stream: ChunkStream,
+        chunk_id: int,
+        version: int,
+        offset: int,
+        data: bytes,
+        frame: memoryview | None,
     ) -> None:
-        """One packet of a chunk write."""
+        """One packet of a chunk write; ``frame`` is the whole DATA frame as it came
+        (header and payload, for passing on unchanged), when it came in one piece."""
 
     def frames_done(self, stream: ChunkStream) -> None:
         """Every complete frame that arrived was delivered: time to acknowledge."""
@@ -117,6 +125,18 @@ class ChunkStream(TwistedProtocol):
         self.lost = False
         #: the last write whose data a receiver refused here (it says so once)
         self.refused: Key | None = None
+        self._send: Callable[[Any], None] | None = None
+
+    def connectionMade(self) -> None:
+        # Chunk packets skip the layers a small write needs (dfs.protocol.bulktls).
+        send = bulktls.sender(self.transport)
+        if send is None:
+            write = cast(Any, self.transport).write
+
+            def send(data: bytes | memoryview) -> None:
+                write(bytes(data))  # the same object when it is bytes already
+
+        self._send = send
 
     @property
     def streaming(self) -> bool:
@@ -149,15 +169,27 @@ class ChunkStream(TwistedProtocol):
         if watch is not None and watch.listener is listener:
             del self._watches[(chunk_id, version)]
 
-    def send_data(self, chunk_id: int, version: int, offset: int, data: bytes) -> None:
+    def send_data(
+        self,
+        chunk_id: int,
+        version: int,
+        offset: int,
+        data: bytes,
+        frame: memoryview | None = None,
+    ) -> None:
+        """Send one packet; ``frame``, when given, is it already framed (a DATA frame
+        received for the same chunk, version and offset, passed on)."""
         watch = self._watches.get((chunk_id, version))
         if watch is not None:
             watch.sent = offset + len(data)
         if self._watchdog is None and not self.lost:
             self._progress = self._clock.seconds()
             self._watchdog = self._clock.callLater(self._timeout, self._check)
-        if self.transport is not None:
-            self.transport.write(HEADER.pack(DATA, chunk_id, version, offset, len(data)) + data)
+        if self._send is not None and not self.lost:
+            if frame is not None:
+                self._send(frame)
+            else:
+                self._send(HEADER.pack(DATA, chunk_id, version, offset, len(data)) + data)
 
     def send_ack(self, chunk_id: int, version: int, length: int) -> None:
         if self.transport is not None:
@@ -194,6 +226,8 @@ class ChunkStream(TwistedProtocol):
             return
         size = len(data)
         position = 0
+        #: where the frame being read began in ``data`` (-1: in an earlier read)
+        start = -1
         acks: dict[Key, int] = {}
         failures: list[tuple[Key, str]] = []
         delivered = False
@@ -203,6 +237,7 @@ class ChunkStream(TwistedProtocol):
                     head = self._head
                     if not head and size - position >= HEADER.size:
                         frame = HEADER.unpack_from(data, position)
+                        start = position
                         position += HEADER.size
                     else:
                         take = min(HEADER.size - len(head), size - position)
@@ -212,6 +247,7 @@ class ChunkStream(TwistedProtocol):
                             break
                         frame = HEADER.unpack(head)
                         head.clear()
+                        start = -1
                     if not self._well_formed(frame[0], frame[4]):
                         return
                     self._frame = frame
@@ -230,7 +266,8 @@ class ChunkStream(TwistedProtocol):
                 self._have = 0
                 if kind == DATA:
                     assert self._receiver is not None
-                    self._receiver.chunk_data(self, chunk_id, version, offset, payload)
+                    whole = view[start:position] if start >= 0 else None
+                    self._receiver.chunk_data(self, chunk_id, version, offset, payload, whole)
                     delivered = True
                 elif kind == ACK:
                     key = (chunk_id, version)

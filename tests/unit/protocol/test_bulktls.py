@@ -1,7 +1,10 @@
 """Bulk mode of the TLS layer, over real TLS in memory (TLSMemoryBIOFactory over
 iosim): what is written arrives whole and in order, in one piece per write below TLS
 and one delivery per read above it; a TLS shutdown and a corrupt record end the
-connection as they do without it; and every DFS session is in bulk mode."""
+connection as they do without it; and every DFS session is in bulk mode.
+
+Each test runs twice: calling OpenSSL directly, and through pyOpenSSL's methods (as
+bulk mode does where pyOpenSSL lacks the bindings it uses)."""
 
 from __future__ import annotations
 
@@ -47,6 +50,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         for item in issued
     )
     return Pki(server, client)
+
+
+def use(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if mode == "methods":
+        monkeypatch.setattr(bulktls, "_LIB_NEEDED", (*bulktls._LIB_NEEDED, "no_such_function"))
+
+
+@pytest.fixture(params=["direct", "methods"])
+def mode(request, monkeypatch) -> str:
+    use(request.param, monkeypatch)
+    return request.param
 
 
 class End(Protocol):
@@ -115,7 +129,7 @@ def count_writes(tls: TLSMemoryBIOProtocol) -> list[int]:
     return sizes
 
 
-def test_a_packet_goes_out_as_one_piece_and_arrives_as_one_delivery(pki):
+def test_a_packet_goes_out_as_one_piece_and_arrives_as_one_delivery(pki, mode):
     server, client = End(), End()
     wire = connect(pki, server, client)
     pieces = count_writes(wire.client_tls)
@@ -146,6 +160,13 @@ def test_without_bulk_mode_the_same_packet_is_cut_in_records_both_ways(pki):
     pump_every=st.integers(min_value=1, max_value=4),
 )
 def test_writes_of_any_size_arrive_whole_and_in_order_both_ways(pki, writes, pump_every):
+    for mode in ["direct", "methods"]:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            use(mode, monkeypatch)
+            exchange(pki, writes, pump_every)
+
+
+def exchange(pki: Pki, writes: list[int], pump_every: int) -> None:
     server, client = End(), End()
     wire = connect(pki, server, client)
     source = random.Random(len(writes))
@@ -162,7 +183,7 @@ def test_writes_of_any_size_arrive_whole_and_in_order_both_ways(pki, writes, pum
     assert client.received == sent[server]
 
 
-def test_a_tls_shutdown_ends_the_connection_cleanly_after_the_last_bytes(pki):
+def test_a_tls_shutdown_ends_the_connection_cleanly_after_the_last_bytes(pki, mode):
     server, client = End(), End()
     wire = connect(pki, server, client)
     last = random.Random(2).randbytes(100_000)
@@ -174,7 +195,7 @@ def test_a_tls_shutdown_ends_the_connection_cleanly_after_the_last_bytes(pki):
     assert client.reason is not None and client.reason.check(ConnectionDone)
 
 
-def test_a_corrupt_record_ends_the_connection_with_the_tls_error_after_the_good_ones(pki):
+def test_a_corrupt_record_ends_the_connection_with_the_tls_error_after_the_good_ones(pki, mode):
     server, client = End(), End()
     wire = connect(pki, server, client)
     good = random.Random(3).randbytes(65536)  # four records
@@ -189,10 +210,11 @@ def test_a_corrupt_record_ends_the_connection_with_the_tls_error_after_the_good_
     assert server.reason is not None and server.reason.check(Error)
 
 
-def test_enable_is_idempotent_and_refuses_a_transport_without_tls(pki):
+def test_enable_is_idempotent_and_refuses_a_transport_without_tls(pki, mode):
     server, client = End(), End()
     wire = connect(pki, server, client)
     assert bulktls.is_bulk(client.transport) and bulktls.is_bulk(server.transport)
+    assert bulktls.is_direct(client.transport) == (mode == "direct")
     assert bulktls.enable(client.transport)
     packet = b"x" * 70_000
     client.transport.write(packet)
@@ -222,9 +244,12 @@ def test_a_tls_layer_without_the_replaced_parts_stays_as_it_is_and_says_so_once(
     assert said == ["TLS bulk mode is off: this Twisted's TLS layer has no _no_such_part"]
 
 
-def test_every_session_is_in_bulk_mode_on_both_ends(pki):
+def test_every_session_is_in_bulk_mode_on_both_ends_and_calls_openssl_directly(pki, mode):
     server = PeerSession(Identity(Role.DATASERVER, "ds1"))
     client = PeerSession(Identity(Role.CLIENT, "alice"))
     client.dialled = True
     connect(pki, server, client)
     assert bulktls.is_bulk(server.transport) and bulktls.is_bulk(client.transport)
+    if mode == "direct":
+        # What this pyOpenSSL offers: a change there shows here, not as a slowdown.
+        assert bulktls.is_direct(server.transport) and bulktls.is_direct(client.transport)

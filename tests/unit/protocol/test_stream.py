@@ -27,11 +27,13 @@ class Received:
 
     def __init__(self) -> None:
         self.packets: list[tuple[int, int, int, bytes]] = []
+        self.frames: list[bytes | None] = []
         self.batches = 0
         self.lost = False
 
-    def chunk_data(self, stream, chunk_id, version, offset, data):
+    def chunk_data(self, stream, chunk_id, version, offset, data, frame=None):
         self.packets.append((chunk_id, version, offset, data))
+        self.frames.append(None if frame is None else bytes(frame))
 
     def frames_done(self, stream):
         self.batches += 1
@@ -96,6 +98,22 @@ def test_packets_arrive_whole_and_in_order_however_the_bytes_are_cut(packets, cu
         sum(len(p) for p in packets[:i]) for i in range(len(packets))
     ]
     assert all(p[:2] == (7, 2) for p in received.packets)
+
+
+def test_a_frame_that_came_in_one_read_is_handed_on_as_it_came_to_be_passed_on():
+    stream, _, received = receiving_end()
+    first, second, third = (frame(DATA, 7, 2, 100 * n, bytes([n]) * 100) for n in range(3))
+    stream.dataReceived(first + second[:50])
+    stream.dataReceived(second[50:] + third)
+    assert received.frames == [first, None, third]  # the second was cut: built again
+    sender, transport = sending_end()
+    for (chunk_id, version, offset, data), whole in zip(
+        received.packets, received.frames, strict=True
+    ):
+        sender.send_data(
+            chunk_id, version, offset, data, None if whole is None else memoryview(whole)
+        )
+    assert transport.value() == first + second + third
 
 
 def test_a_packet_goes_out_as_one_frame():
