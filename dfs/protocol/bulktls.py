@@ -66,6 +66,8 @@ _RECEIVE = 65536
 
 #: What the drain reads from OpenSSL's outgoing buffer at most at once.
 _DRAIN = 256 * 1024
+#: The outgoing buffer of a new connection.
+_OUT_FIRST = 4096
 
 try:
     from OpenSSL._util import ffi as _ffi
@@ -167,7 +169,7 @@ def sender(transport: Any) -> Callable[[bytes | memoryview], None] | None:
     return send
 
 
-_no_zero = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi is not None else None
+_no_zero: Any = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi is not None else None
 
 
 class _BulkLayer:
@@ -183,11 +185,14 @@ class _BulkLayer:
             and all(hasattr(connection, name) for name in _CONNECTION_NEEDED)
         )
         if self.direct:
-            assert _no_zero is not None
             self._ssl = cast(Any, connection)._ssl
             self._outgoing = cast(Any, connection)._from_ssl
-            self._in = _no_zero("char[]", _RECEIVE)
-            self._out = _no_zero("char[]", _DRAIN)
+            # One record's plaintext at most comes out of one SSL_read.
+            self._in = _no_zero("char[]", _RECORD)
+            # Grown to what the largest message needed, up to _DRAIN: a connection
+            # that carries small messages only keeps a small buffer.
+            self._out = _no_zero("char[]", _OUT_FIRST)
+            self._out_size = _OUT_FIRST
 
     def write(self, data: bytes | memoryview) -> None:
         """Encrypt ``data`` in one call and send every record it made as one piece."""
@@ -229,6 +234,9 @@ class _BulkLayer:
         write = self.tls.transport.write
         while True:
             if self.direct:
+                if size > self._out_size:
+                    self._out = _no_zero("char[]", size)
+                    self._out_size = size
                 count = _lib.BIO_read(self._outgoing, self._out, size)
                 if count <= 0:
                     return  # a memory buffer that is empty
@@ -251,7 +259,7 @@ class _BulkLayer:
             except WantReadError:
                 return None
         ssl = self._ssl
-        count = _lib.SSL_read(ssl, self._in, _RECEIVE)
+        count = _lib.SSL_read(ssl, self._in, _RECORD)
         if count > 0:
             return _ffi.buffer(self._in, count)[:]
         if _lib.SSL_get_error(ssl, count) == _lib.SSL_ERROR_WANT_READ:

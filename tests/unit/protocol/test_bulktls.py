@@ -253,3 +253,22 @@ def test_every_session_is_in_bulk_mode_on_both_ends_and_calls_openssl_directly(p
     if mode == "direct":
         # What this pyOpenSSL offers: a change there shows here, not as a slowdown.
         assert bulktls.is_direct(server.transport) and bulktls.is_direct(client.transport)
+
+
+def test_a_connection_keeps_an_outgoing_buffer_as_large_as_its_largest_message_needs(pki):
+    server, client = End(), End()
+    wire = connect(pki, server, client)
+    layer = bulktls._layer(client.transport)
+    assert layer is not None and layer.direct
+    client.transport.write(b"small" * 100)
+    wire.settle()
+    assert layer._out_size == bulktls._OUT_FIRST
+    packet = random.Random(6).randbytes(70_000)
+    client.transport.write(packet)
+    wire.settle()
+    assert 70_000 < layer._out_size < 75_000  # the records of one packet
+    large = random.Random(7).randbytes(3_000_000)
+    client.transport.write(large)
+    wire.settle()
+    assert layer._out_size == bulktls._DRAIN  # and no larger: it goes out in pieces
+    assert server.received.endswith(packet + large)
