@@ -61,7 +61,7 @@ _NEEDED = (
 #: nonce instead of the type; more comes out in a second read).
 _RECORD = 16384
 _RECORD_OVERHEAD = 64
-#: What one decryption asks for: more than a record holds.
+#: What one decryption through pyOpenSSL's methods asks for: more than a record holds.
 _RECEIVE = 65536
 
 #: What the drain reads from OpenSSL's outgoing buffer at most at once.

@@ -3,53 +3,26 @@ iosim): what is written arrives whole and in order, in one piece per write below
 and one delivery per read above it; a TLS shutdown and a corrupt record end the
 connection as they do without it; and every DFS session is in bulk mode.
 
-Each test runs twice: calling OpenSSL directly, and through pyOpenSSL's methods (as
+The tests run both ways: calling OpenSSL directly, and through pyOpenSSL's methods (as
 bulk mode does where pyOpenSSL lacks the bindings it uses)."""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
-import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL.SSL import Error
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
-from twisted.test.iosim import IOPump, connectedServerAndClient
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from dfs.protocol import bulktls
 from dfs.protocol.session import PeerSession
-from dfs.security.ca import CertificateAuthority
 from dfs.security.identity import Identity, Role
-from dfs.security.tls import NodeCredentials
-
-
-@attrs.frozen
-class Pki:
-    server: NodeCredentials
-    client: NodeCredentials
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    folder: Path = tmp_path_factory.mktemp("pki")
-    ca = CertificateAuthority.create(folder / "ca")
-    issued = [
-        ca.issue(Role.DATASERVER, "ds1", ["localhost"], out_dir=folder),
-        ca.issue(Role.CLIENT, "alice", out_dir=folder),
-    ]
-    server, client = (
-        NodeCredentials.load(item.certificate_path, item.key_path, ca.certificate_path)
-        for item in issued
-    )
-    return Pki(server, client)
 
 
 def use(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,33 +59,16 @@ class End(Protocol):
         return b"".join(self.deliveries)
 
 
-@attrs.define
-class Wire:
-    pump: IOPump
-    clock: Clock
-    server_tls: TLSMemoryBIOProtocol
-    client_tls: TLSMemoryBIOProtocol
+@pytest.fixture(scope="module")
+def connect(tls_connect):
+    """``connect(server, client)``: connected over TLS in memory, handshake done."""
 
-    def settle(self) -> None:
-        for _ in range(10):
-            self.clock.advance(0)
-            self.pump.flush()
+    def connect(server: Protocol, client: Protocol):
+        wire = tls_connect(server, client)
+        wire.settle()
+        return wire
 
-
-def connect(pki: Pki, server: Protocol, client: Protocol) -> Wire:
-    clock = Clock()
-    server_side = TLSMemoryBIOFactory(
-        pki.server.server_options(), False, Factory.forProtocol(lambda: server), clock
-    )
-    client_side = TLSMemoryBIOFactory(
-        pki.client.client_options("localhost"), True, Factory.forProtocol(lambda: client), clock
-    )
-    client_tls, server_tls, pump = connectedServerAndClient(
-        lambda: server_side.buildProtocol(None), lambda: client_side.buildProtocol(None)
-    )
-    wire = Wire(pump, clock, server_tls, client_tls)
-    wire.settle()  # the handshake
-    return wire
+    return connect
 
 
 def count_writes(tls: TLSMemoryBIOProtocol) -> list[int]:
@@ -129,9 +85,9 @@ def count_writes(tls: TLSMemoryBIOProtocol) -> list[int]:
     return sizes
 
 
-def test_a_packet_goes_out_as_one_piece_and_arrives_as_one_delivery(pki, mode):
+def test_a_packet_goes_out_as_one_piece_and_arrives_as_one_delivery(connect, mode):
     server, client = End(), End()
-    wire = connect(pki, server, client)
+    wire = connect(server, client)
     pieces = count_writes(wire.client_tls)
     packet = random.Random(1).randbytes(65536 + 29)
     client.transport.write(packet)
@@ -142,10 +98,10 @@ def test_a_packet_goes_out_as_one_piece_and_arrives_as_one_delivery(pki, mode):
     assert server.deliveries == [packet]
 
 
-def test_without_bulk_mode_the_same_packet_is_cut_in_records_both_ways(pki):
+def test_without_bulk_mode_the_same_packet_is_cut_in_records_both_ways(connect):
     """What bulk mode saves: the TLS layer alone writes and delivers record by record."""
     server, client = End(bulk=False), End(bulk=False)
-    wire = connect(pki, server, client)
+    wire = connect(server, client)
     pieces = count_writes(wire.client_tls)
     packet = random.Random(1).randbytes(65536 + 29)
     client.transport.write(packet)
@@ -159,16 +115,16 @@ def test_without_bulk_mode_the_same_packet_is_cut_in_records_both_ways(pki):
     writes=st.lists(st.integers(min_value=0, max_value=150_000), min_size=1, max_size=12),
     pump_every=st.integers(min_value=1, max_value=4),
 )
-def test_writes_of_any_size_arrive_whole_and_in_order_both_ways(pki, writes, pump_every):
+def test_writes_of_any_size_arrive_whole_and_in_order_both_ways(connect, writes, pump_every):
     for mode in ["direct", "methods"]:
         with pytest.MonkeyPatch.context() as monkeypatch:
             use(mode, monkeypatch)
-            exchange(pki, writes, pump_every)
+            exchange(connect, writes, pump_every)
 
 
-def exchange(pki: Pki, writes: list[int], pump_every: int) -> None:
+def exchange(connect, writes: list[int], pump_every: int) -> None:
     server, client = End(), End()
-    wire = connect(pki, server, client)
+    wire = connect(server, client)
     source = random.Random(len(writes))
     sent = {client: bytearray(), server: bytearray()}
     for number, size in enumerate(writes):
@@ -183,9 +139,9 @@ def exchange(pki: Pki, writes: list[int], pump_every: int) -> None:
     assert client.received == sent[server]
 
 
-def test_a_tls_shutdown_ends_the_connection_cleanly_after_the_last_bytes(pki, mode):
+def test_a_tls_shutdown_ends_the_connection_cleanly_after_the_last_bytes(connect, mode):
     server, client = End(), End()
-    wire = connect(pki, server, client)
+    wire = connect(server, client)
     last = random.Random(2).randbytes(100_000)
     client.transport.write(last)
     client.transport.loseConnection()
@@ -195,9 +151,9 @@ def test_a_tls_shutdown_ends_the_connection_cleanly_after_the_last_bytes(pki, mo
     assert client.reason is not None and client.reason.check(ConnectionDone)
 
 
-def test_a_corrupt_record_ends_the_connection_with_the_tls_error_after_the_good_ones(pki, mode):
+def test_a_corrupt_record_ends_the_connection_with_the_tls_error_after_the_good_ones(connect, mode):
     server, client = End(), End()
-    wire = connect(pki, server, client)
+    wire = connect(server, client)
     good = random.Random(3).randbytes(65536)  # four records
     client.transport.write(good)
     client.transport.write(random.Random(4).randbytes(10_000))  # one more
@@ -210,9 +166,9 @@ def test_a_corrupt_record_ends_the_connection_with_the_tls_error_after_the_good_
     assert server.reason is not None and server.reason.check(Error)
 
 
-def test_enable_is_idempotent_and_refuses_a_transport_without_tls(pki, mode):
+def test_enable_is_idempotent_and_refuses_a_transport_without_tls(connect, mode):
     server, client = End(), End()
-    wire = connect(pki, server, client)
+    wire = connect(server, client)
     assert bulktls.is_bulk(client.transport) and bulktls.is_bulk(server.transport)
     assert bulktls.is_direct(client.transport) == (mode == "direct")
     assert bulktls.enable(client.transport)
@@ -224,7 +180,9 @@ def test_enable_is_idempotent_and_refuses_a_transport_without_tls(pki, mode):
     assert not bulktls.is_bulk(StringTransport())
 
 
-def test_a_tls_layer_without_the_replaced_parts_stays_as_it_is_and_says_so_once(pki, monkeypatch):
+def test_a_tls_layer_without_the_replaced_parts_stays_as_it_is_and_says_so_once(
+    connect, monkeypatch
+):
     events: list[dict] = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -232,7 +190,7 @@ def test_a_tls_layer_without_the_replaced_parts_stays_as_it_is_and_says_so_once(
         monkeypatch.setattr(bulktls, "_said", [])
         for _ in range(2):
             server, client = End(bulk=False), End(bulk=False)
-            wire = connect(pki, server, client)
+            wire = connect(server, client)
             assert not bulktls.enable(client.transport)
             assert not bulktls.is_bulk(client.transport)
             client.transport.write(b"y" * 70_000)
@@ -244,20 +202,20 @@ def test_a_tls_layer_without_the_replaced_parts_stays_as_it_is_and_says_so_once(
     assert said == ["TLS bulk mode is off: this Twisted's TLS layer has no _no_such_part"]
 
 
-def test_every_session_is_in_bulk_mode_on_both_ends_and_calls_openssl_directly(pki, mode):
-    server = PeerSession(Identity(Role.DATASERVER, "ds1"))
+def test_every_session_is_in_bulk_mode_on_both_ends_and_calls_openssl_directly(connect, mode):
+    server = PeerSession(Identity(Role.METASERVER, "meta1"))
     client = PeerSession(Identity(Role.CLIENT, "alice"))
     client.dialled = True
-    connect(pki, server, client)
+    connect(server, client)
     assert bulktls.is_bulk(server.transport) and bulktls.is_bulk(client.transport)
     if mode == "direct":
         # What this pyOpenSSL offers: a change there shows here, not as a slowdown.
         assert bulktls.is_direct(server.transport) and bulktls.is_direct(client.transport)
 
 
-def test_a_connection_keeps_an_outgoing_buffer_as_large_as_its_largest_message_needs(pki):
+def test_a_connection_keeps_an_outgoing_buffer_as_large_as_its_largest_message_needs(connect):
     server, client = End(), End()
-    wire = connect(pki, server, client)
+    wire = connect(server, client)
     layer = bulktls._layer(client.transport)
     assert layer is not None and layer.direct
     client.transport.write(b"small" * 100)

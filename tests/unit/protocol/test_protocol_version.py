@@ -7,18 +7,14 @@ version exchange starts where it does in production: at the end of the handshake
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-import attrs
 import pytest
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import amp
-from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.test.iosim import IOPump, connectedServerAndClient
+from twisted.test.iosim import connectedServerAndClient
 
 from dfs.client.leader import MetaserverChannel
 from dfs.protocol.commands import Ping
@@ -29,30 +25,7 @@ from dfs.protocol.version import (
     IncompatibleProtocol,
     ProtocolVersion,
 )
-from dfs.security.ca import CertificateAuthority
 from dfs.security.identity import Identity, Role
-from dfs.security.tls import NodeCredentials
-
-
-@attrs.frozen
-class Pki:
-    server: NodeCredentials
-    client: NodeCredentials
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    folder: Path = tmp_path_factory.mktemp("pki")
-    ca = CertificateAuthority.create(folder / "ca")
-    issued = [
-        ca.issue(Role.METASERVER, "meta1", ["localhost"], out_dir=folder),
-        ca.issue(Role.CLIENT, "alice", out_dir=folder),
-    ]
-    server, client = (
-        NodeCredentials.load(item.certificate_path, item.key_path, ca.certificate_path)
-        for item in issued
-    )
-    return Pki(server, client)
 
 
 @pytest.fixture
@@ -67,7 +40,7 @@ def warnings(events: list[dict]) -> list[str]:
     return [formatEvent(e) for e in events if e.get("log_level").name == "warn"]
 
 
-def session(pki: Pki, *, version: ProtocolVersion = PROTOCOL_VERSION, dialled: bool) -> PeerSession:
+def session(*, version: ProtocolVersion = PROTOCOL_VERSION, dialled: bool) -> PeerSession:
     identity = Identity(Role.CLIENT, "alice") if dialled else Identity(Role.METASERVER, "meta1")
     peer = PeerSession(identity)
     peer.dialled = dialled
@@ -75,37 +48,10 @@ def session(pki: Pki, *, version: ProtocolVersion = PROTOCOL_VERSION, dialled: b
     return peer
 
 
-@attrs.frozen
-class Wire:
-    pump: IOPump
-    #: TLS gathers small writes and sends them on the next turn of this clock
-    clock: Clock
-
-    def settle(self) -> None:
-        for _ in range(10):
-            self.clock.advance(0)
-            self.pump.flush()
-
-
-def connect(pki: Pki, server: PeerSession, client: PeerSession) -> Wire:
-    """``client`` dials ``server`` over TLS in memory (nothing moves before settle)."""
-    clock = Clock()
-    server_side = TLSMemoryBIOFactory(
-        pki.server.server_options(), False, Factory.forProtocol(lambda: server), clock
-    )
-    client_side = TLSMemoryBIOFactory(
-        pki.client.client_options("localhost"), True, Factory.forProtocol(lambda: client), clock
-    )
-    _, _, pump = connectedServerAndClient(
-        lambda: server_side.buildProtocol(None), lambda: client_side.buildProtocol(None)
-    )
-    return Wire(pump, clock)
-
-
-def outcome(deferred: Deferred, wire: Wire | IOPump):
+def outcome(deferred: Deferred, wire: Any):
     results: list = []
     deferred.addBoth(results.append)
-    if isinstance(wire, Wire):
+    if hasattr(wire, "settle"):  # over TLS: the clock turns too
         wire.settle()
     else:
         wire.flush()
@@ -123,10 +69,10 @@ def test_versions_parse_and_talk_when_the_major_is_the_same():
             ProtocolVersion.parse(text)
 
 
-def test_the_same_major_is_accepted_and_the_first_request_goes_with_the_hello(pki, events):
-    server = session(pki, dialled=False, version=ProtocolVersion(1, 3))
-    client = session(pki, dialled=True)
-    pump = connect(pki, server, client)
+def test_the_same_major_is_accepted_and_the_first_request_goes_with_the_hello(tls_connect, events):
+    server = session(dialled=False, version=ProtocolVersion(1, 3))
+    client = session(dialled=True)
+    pump = tls_connect(server, client)
     # Asked at once, before the handshake: it travels right behind the Hello.
     ping = client.callRemote(Ping)
     assert outcome(client.introduced(), pump) is None
@@ -137,11 +83,11 @@ def test_the_same_major_is_accepted_and_the_first_request_goes_with_the_hello(pk
 
 
 @pytest.mark.parametrize("who", ["client", "server"])
-def test_another_major_is_refused_naming_both_versions_on_both_sides(pki, events, who):
+def test_another_major_is_refused_naming_both_versions_on_both_sides(tls_connect, events, who):
     newer = ProtocolVersion(2, 0)
-    server = session(pki, dialled=False, version=newer if who == "server" else PROTOCOL_VERSION)
-    client = session(pki, dialled=True, version=newer if who == "client" else PROTOCOL_VERSION)
-    pump = connect(pki, server, client)
+    server = session(dialled=False, version=newer if who == "server" else PROTOCOL_VERSION)
+    client = session(dialled=True, version=newer if who == "client" else PROTOCOL_VERSION)
+    pump = tls_connect(server, client)
     failure = outcome(client.callRemote(Ping), pump)
     # The caller gets one line naming both versions, not a lost connection.
     assert failure.check(IncompatibleProtocol)
@@ -160,10 +106,10 @@ def test_another_major_is_refused_naming_both_versions_on_both_sides(pki, events
     ]
 
 
-def test_a_command_before_hello_is_refused_and_the_connection_closed(pki, events):
-    server = session(pki, dialled=False)
-    client = session(pki, dialled=False)  # states no version: dials like an old client
-    pump = connect(pki, server, client)
+def test_a_command_before_hello_is_refused_and_the_connection_closed(tls_connect, events):
+    server = session(dialled=False)
+    client = session(dialled=False)  # states no version: dials like an old client
+    pump = tls_connect(server, client)
     failure = outcome(client.callRemote(Ping), pump)
     assert failure.check(InvalidArgument)
     assert "Ping before Hello" in str(failure.value)
@@ -236,10 +182,12 @@ class RawHello(amp.Command):
         "software-not-utf8",
     ],
 )
-def test_a_malformed_hello_is_refused_in_one_line_without_a_traceback(pki, events, arguments):
-    server = session(pki, dialled=False)
-    client = session(pki, dialled=False)  # sends what the test says, not a Hello of its own
-    wire = connect(pki, server, client)
+def test_a_malformed_hello_is_refused_in_one_line_without_a_traceback(
+    tls_connect, events, arguments
+):
+    server = session(dialled=False)
+    client = session(dialled=False)  # sends what the test says, not a Hello of its own
+    wire = tls_connect(server, client)
     failure = outcome(client.callRemote(RawHello, **arguments), wire)
     assert failure.check(InvalidArgument), failure
     assert "malformed Hello" in str(failure.value)
