@@ -12,17 +12,15 @@ namespace, and on the leader, once out of safe mode:
   refers to (the orders go out with the dataservers' heartbeat answers);
 - drains decommissioned dataservers, and runs the balancer when asked to.
 
-Safe mode: after this process starts, nothing is decided (and the namespace takes
-no change) until ``safemode_threshold`` of the committed chunks have a replica
-reported and ``safemode_min_dataservers`` are alive, plus ``safemode_extension``
-seconds. An administrator's safe mode is replicated state in the namespace.
+Nothing is decided while :class:`~dfs.metaserver.safemode.SafeMode` holds back; each
+pass hands it the count of chunks with a replica reported.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -31,9 +29,9 @@ from twisted.logger import Logger
 from dfs.config import ReplicationConfig
 from dfs.metaserver import namespace as ns
 from dfs.metaserver.balancer import Balancer, spread
-from dfs.metaserver.locations import ChunkLocations
-from dfs.metaserver.raft import NamespaceLog, RaftService
+from dfs.metaserver.log import ReplicatedLog
 from dfs.metaserver.registry import DataserverRegistry, DataserverState
+from dfs.metaserver.replicas import ReplicaTracker
 from dfs.metaserver.replication import (
     BALANCE,
     CORRUPT,
@@ -47,11 +45,16 @@ from dfs.metaserver.replication import (
     ServerView,
     assess,
     problem,
+    server_views,
 )
+from dfs.metaserver.safemode import SafeMode
 from dfs.protocol.commands import ReplicateChunk, VerifyChunk
-from dfs.protocol.errors import ChunkNotFound, SafeMode, StaleChunk
+from dfs.protocol.errors import ChunkNotFound, PermissionDenied, StaleChunk
 from dfs.protocol.session import PeerSession
-from dfs.security.tokens import COPY, TokenIssuer
+from dfs.security.identity import Identity
+
+if TYPE_CHECKING:
+    from dfs.metaserver.allocation import ChunkTokens
 
 #: Seconds before a copy that failed is tried again towards the same dataserver.
 COPY_RETRY_PAUSE = 30.0
@@ -66,24 +69,24 @@ class ReplicationMonitor:
     def __init__(
         self,
         reactor: Any,
-        raft: RaftService,
-        namespace: NamespaceLog,
+        log: ReplicatedLog,
+        safe_mode: SafeMode,
         registry: DataserverRegistry,
-        locations: ChunkLocations,
+        replicas: ReplicaTracker,
         config: ReplicationConfig,
         session_for: Callable[[str], PeerSession | None],
         started: float | None = None,
         *,
-        tokens: TokenIssuer | None = None,
+        tokens: ChunkTokens | None = None,
     ) -> None:
         self._reactor = reactor
         #: mints the copy token each ReplicateChunk order carries (None: orders go
         #: without one, and no dataserver serves them)
         self._tokens = tokens
-        self._raft = raft
-        self._namespace = namespace
+        self._log = log
+        self._safe_mode = safe_mode
         self._registry = registry
-        self._locations = locations
+        self._replicas = replicas
         self.config = config
         self._session_for = session_for
         #: reactor time this metaserver started; decisions wait for every live
@@ -109,9 +112,6 @@ class ReplicationMonitor:
         #: name of each draining dataserver -> chunks still lacking without it
         #: (absent until the first plan after decommissioning)
         self.drain_remaining: dict[str, int] = {}
-        self._auto_safe_mode = True
-        self._threshold_met_at: float | None = None
-        self._last_safe_mode_check = float("-inf")
         self.reported_chunks = 0
         self.total_chunks = 0
         self.under_replicated = 0
@@ -123,119 +123,22 @@ class ReplicationMonitor:
         self.last_pass_seconds = 0.0
         self._early_pass: Any = None
 
-    # -- safe mode ----------------------------------------------------------------
-
-    @property
-    def manual_safe_mode(self) -> bool:
-        return bool(self._namespace.read(lambda namespace: namespace.safe_mode))
-
-    @property
-    def in_safe_mode(self) -> bool:
-        return self._auto_safe_mode or self.manual_safe_mode
-
-    def check_mutation(self) -> None:
-        """SafeMode if the namespace may not change now."""
-        if self.manual_safe_mode:
-            raise SafeMode(f"{SafeMode.MANUAL}: leave it with `dfs admin safemode leave`")
-        if self._auto_safe_mode:
-            now = self._reactor.seconds()
-            # Checked on demand too, so that a leader with nothing to wait for
-            # serves at once rather than at its first pass; at most ten times a second.
-            if now - self._last_safe_mode_check >= 0.1:
-                self._last_safe_mode_check = now
-                self._count_reported()
-                self._update_safe_mode(now)
-            if self._auto_safe_mode:
-                raise SafeMode(f"{self._safe_mode_reason()}; retry shortly")
-
-    def _alive(self) -> int:
-        return len(self._registry.alive())
-
-    def _threshold_met(self) -> bool:
-        share = self.reported_chunks / self.total_chunks if self.total_chunks else 1.0
-        return (
-            share >= self.config.safemode_threshold
-            and self._alive() >= self.config.safemode_min_dataservers
-        )
-
-    def _update_safe_mode(self, now: float) -> None:
-        if not self._auto_safe_mode:
-            return
-        if not self._threshold_met():
-            self._threshold_met_at = None
-            return
-        if self._threshold_met_at is None:
-            self._threshold_met_at = now
-        if now - self._threshold_met_at >= self.config.safemode_extension:
-            self._auto_safe_mode = False
-            self.log.info(
-                "leaving safe mode: {reported} of {total} chunks reported, "
-                "{alive} dataservers alive",
-                reported=self.reported_chunks,
-                total=self.total_chunks,
-                alive=self._alive(),
-            )
-
-    def _safe_mode_reason(self) -> str:
-        if self.manual_safe_mode:
-            return SafeMode.MANUAL
-        if not self._auto_safe_mode:
-            return ""
-        if self._alive() < self.config.safemode_min_dataservers:
-            return (
-                f"waiting for dataservers: {self._alive()} alive, "
-                f"{self.config.safemode_min_dataservers} needed"
-            )
-        if not self._threshold_met():
-            return (
-                f"waiting for chunk reports: {self.reported_chunks} of {self.total_chunks} "
-                f"chunks reported, {self.config.safemode_threshold:.2%} needed"
-            )
-        return "chunk reports complete; leaving safe mode after safemode_extension"
-
-    def safe_mode_state(self) -> dict[str, Any]:
-        return {
-            "on": self.in_safe_mode,
-            "manual": self.manual_safe_mode,
-            "reason": self._safe_mode_reason() if self.in_safe_mode else "",
-            "reported_chunks": self.reported_chunks,
-            "total_chunks": self.total_chunks,
-            "threshold": self.config.safemode_threshold,
-            "dataservers_alive": self._alive(),
-            "min_dataservers": self.config.safemode_min_dataservers,
-        }
-
-    def leave_auto_safe_mode(self) -> None:
-        if self._auto_safe_mode:
-            self._auto_safe_mode = False
-            self.log.warn("safe mode left on an administrator's order")
-
     # -- looking -------------------------------------------------------------------
 
     def servers(self) -> dict[str, ServerView]:
-        draining = self._namespace.read(lambda namespace: namespace.decommissioned)
-        return {
-            record.name: ServerView(
-                name=record.name,
-                alive=record.state is DataserverState.ALIVE,
-                draining=record.name in draining,
-                capacity=record.space.capacity,
-                used=record.space.used,
-                free=record.space.free,
-            )
-            for record in self._registry.records()
-        }
+        draining = self._log.read(lambda namespace: namespace.decommissioned)
+        return server_views(self._registry.records(), draining)
 
     def _targets(self, chunk_ids: Iterable[int]) -> dict[int, ns.ChunkTarget | None]:
         ids = list(chunk_ids)
-        return self._namespace.read(lambda namespace: {c: namespace.chunk_target(c) for c in ids})
+        return self._log.read(lambda namespace: {c: namespace.chunk_target(c) for c in ids})
 
     def assess_all(
         self, servers: dict[str, ServerView], now: float
     ) -> tuple[list[Assessment], list[tuple[str, int, int]]]:
         """Every committed chunk with a replica reported, assessed; and the orphan
         replicas (dataserver, chunk id, version) past their grace period."""
-        replicas = self._locations.items()
+        replicas = self._replicas.items()
         targets = self._targets(chunk_id for chunk_id, _ in replicas)
         assessments = []
         expired = []
@@ -260,41 +163,28 @@ class ReplicationMonitor:
         for key in set(self._orphans) - seen_orphans:
             del self._orphans[key]
         self.reported_chunks = reported
-        self.total_chunks = self._namespace.read(
-            lambda namespace: namespace.committed_chunk_count()
-        )
+        self.total_chunks = self._log.read(lambda namespace: namespace.committed_chunk_count())
         return assessments, expired
-
-    def _count_reported(self) -> None:
-        servers = self.servers()
-        self.assess_all(servers, self._reactor.seconds())
-
-    def refresh(self) -> None:
-        """Bring the safe mode counts up to date (they are otherwise as of the last
-        pass), while the automatic safe mode lasts."""
-        if self._auto_safe_mode and self._raft.ready:
-            self._count_reported()
-            self._update_safe_mode(self._reactor.seconds())
 
     # -- the pass ------------------------------------------------------------------
 
     def tick(self) -> None:
         """One pass; run every ``replication_interval`` on every metaserver (a
         follower keeps its safe mode and counts current for when it leads)."""
-        if not self._raft.ready:
+        if not self._log.ready:
             return
         began = time.perf_counter()
         now = self._reactor.seconds()
         servers = self.servers()
         assessments, expired = self.assess_all(servers, now)
-        self._update_safe_mode(now)
+        self._safe_mode.counted(self.reported_chunks, self.total_chunks, now)
         self.under_replicated = sum(1 for a in assessments if a.lacking) + (
             self.total_chunks - self.reported_chunks
         )
         by_id = {a.target.chunk_id: a for a in assessments}
         for chunk_id in [c for c in self.corrupt if not self._still_corrupt(c, by_id)]:
             del self.corrupt[chunk_id]
-        if not self._raft.serving or self.in_safe_mode:
+        if not self._safe_mode.deciding:
             return
         if now - self.started < self._registry.dead_after:
             # Until then a live dataserver may not have registered here yet: its
@@ -350,7 +240,7 @@ class ReplicationMonitor:
         return {chunk_id: frozenset(targets) for chunk_id, targets in copying.items()}
 
     def _remove(self, server: str, chunk_id: int, version: int, reason: str) -> None:
-        self._locations.schedule_deletion(server, chunk_id, version)
+        self._replicas.schedule_deletion(server, chunk_id, version)
         self.removals += 1
         self.log.info(
             "removing the {reason} replica of chunk {chunk_id} version {version} on {server}",
@@ -407,9 +297,7 @@ class ReplicationMonitor:
         # may run (throttled) longer than a client's token lasts: it lasts as long
         # as the order may.
         token = (
-            self._tokens.issue(
-                copy.chunk_id, copy.version, COPY, copy.target, began, lifetime=timeout
-            )
+            self._tokens.copy(copy.target, copy.chunk_id, copy.version, lifetime=timeout)
             if self._tokens is not None
             else ""
         )
@@ -440,7 +328,7 @@ class ReplicationMonitor:
             return
         self.copies_done += 1
         self.copied_bytes += copy.length
-        self._locations.add(copy.target, copy.chunk_id, copy.version)
+        self._replicas.copied(copy.target, copy.chunk_id, copy.version)
         self.log.info(
             "{purpose} copy of chunk {chunk_id} version {version} ({length} bytes) "
             "from {source} to {target} in {seconds:.2f}s",
@@ -460,7 +348,7 @@ class ReplicationMonitor:
         target = self._targets([copy.chunk_id])[copy.chunk_id]
         if target is None or target.version != copy.version:
             return  # freed or rewritten meanwhile: the orphan and stale rules apply
-        assessment = assess(target, self._locations.replicas(copy.chunk_id), self.servers())
+        assessment = assess(target, self._replicas.replicas(copy.chunk_id), self.servers())
         if copy.then_remove in assessment.counted and len(assessment.counted) > target.replication:
             self._remove(copy.then_remove, copy.chunk_id, copy.version, "moved")
             self.balancer.moved(copy.length)
@@ -525,10 +413,24 @@ class ReplicationMonitor:
 
     # -- corrupt replicas -----------------------------------------------------------
 
+    def report_corrupt(
+        self, identity: Identity, name: str, chunk_id: int, version: int, reason: str
+    ) -> None:
+        """Dataserver ``name`` found its replica corrupt and quarantined it."""
+        if name != identity.name:
+            raise PermissionDenied(f"{identity} cannot report for dataserver {name!r}")
+        self.replica_corrupt(name, chunk_id, version, reason)
+
+    def bad_replica(self, chunk_id: int, version: int, address: str, reason: str) -> None:
+        """A reader found the replica at ``address`` bad."""
+        for record in self._registry.records():
+            if record.address == address:
+                self.suspect(record.name, chunk_id, version, reason)
+
     def replica_corrupt(self, server: str, chunk_id: int, version: int, reason: str) -> None:
         """``server`` quarantined its replica: it is gone, and the chunk is repaired
         from a good one at the next pass."""
-        self._locations.remove(server, chunk_id)
+        self._replicas.remove(server, chunk_id)
         self.corrupt.setdefault(chunk_id, set()).add(server)
         self.log.warn(
             "replica of chunk {chunk_id} version {version} on {server} is corrupt "
@@ -562,7 +464,7 @@ class ReplicationMonitor:
 
         def failed(failure: Any) -> None:
             if failure.check(ChunkNotFound, StaleChunk):
-                self._locations.remove(server, chunk_id)
+                self._replicas.remove(server, chunk_id)
             self.log.info(
                 "could not check chunk {chunk_id} on {server}: {error}",
                 chunk_id=chunk_id,
@@ -579,7 +481,7 @@ class ReplicationMonitor:
         """Every problem under a tree (files in walk order, chunks in file order)
         and the summary counters of the Fsck answer."""
         servers = self.servers()
-        stale = self._locations.pending_deletions()
+        stale = self._replicas.pending_deletions()
         problems: list[dict[str, Any]] = []
         counts = dict.fromkeys((MISSING, UNDER, OVER, CORRUPT, STALE), 0)
         chunks = open_chunks = replicas = size = 0
@@ -593,7 +495,7 @@ class ReplicationMonitor:
                 target = ns.ChunkTarget(
                     chunk.chunk_id, chunk.version, chunk.length, file.replication
                 )
-                assessment = assess(target, self._locations.replicas(chunk.chunk_id), servers)
+                assessment = assess(target, self._replicas.replicas(chunk.chunk_id), servers)
                 replicas += len(assessment.counted)
                 older = [v for _, v in stale.get(chunk.chunk_id, ()) if v < chunk.version]
                 if older and not assessment.stale:
@@ -638,7 +540,7 @@ class ReplicationMonitor:
 
     def status(self) -> dict[str, Any]:
         return {
-            "safe_mode": self.safe_mode_state(),
+            "safe_mode": self._safe_mode.state(),
             "reported_chunks": self.reported_chunks,
             "total_chunks": self.total_chunks,
             "under_replicated": self.under_replicated,

@@ -25,6 +25,7 @@ from typing import Final
 import attrs
 
 from dfs.metaserver.namespace import ChunkTarget
+from dfs.metaserver.registry import DataserverRecord, DataserverState
 
 MISSING: Final = "missing"
 CORRUPT: Final = "corrupt"
@@ -57,6 +58,24 @@ class ServerView:
     def accepts(self) -> bool:
         """May receive new replicas."""
         return self.alive and not self.draining
+
+
+def server_views(
+    records: Iterable[DataserverRecord], draining: frozenset[str]
+) -> dict[str, ServerView]:
+    """The registry's dataservers as the planner sees them; ``draining`` names those
+    being decommissioned."""
+    return {
+        record.name: ServerView(
+            name=record.name,
+            alive=record.state is DataserverState.ALIVE,
+            draining=record.name in draining,
+            capacity=record.space.capacity,
+            used=record.space.used,
+            free=record.space.free,
+        )
+        for record in records
+    }
 
 
 @attrs.frozen

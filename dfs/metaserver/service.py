@@ -1,7 +1,11 @@
 """The metaserver daemon: AMP responders, the dataserver registry, HTTP status.
 
-``makeService(config)`` composes a MultiService of small services: the TLS
-listener, a timer that declares silent dataservers dead, and the HTTP status site.
+``makeService(config)`` builds the owners of the metaserver's state once
+(:func:`wire`: namespace requests, chunk allocation and tokens, replica locations,
+the replication monitor, cluster control, safe mode) over the replicated log, and
+composes a MultiService of small services: Raft, the TLS listener, timers for
+leases, dead dataservers and replication, and the HTTP status site. Responders
+decode a command, call one owner, and encode its answer.
 """
 
 from __future__ import annotations
@@ -27,16 +31,23 @@ from dfs.config import (
     Address,
     ConfigError,
     MetaserverConfig,
+    ReplicationConfig,
     load_replication_config,
     load_security_config,
 )
 from dfs.httpstatus import status_site
+from dfs.metaserver.allocation import ChunkAllocator, ChunkTokens
 from dfs.metaserver.audit import AuditLog, open_audit_log
-from dfs.metaserver.files import FileService
+from dfs.metaserver.control import ClusterControl
+from dfs.metaserver.healing import ReplicationMonitor
 from dfs.metaserver.journal import JournalCorrupt
+from dfs.metaserver.log import RaftLog, ReplicatedLog
 from dfs.metaserver.namespace import Namespace
 from dfs.metaserver.raft import NamespaceLog, RaftService, RaftSettings
 from dfs.metaserver.registry import DataserverRegistry, DataserverState, SpaceReport
+from dfs.metaserver.replicas import ReplicaTracker
+from dfs.metaserver.requests import NamespaceRequests
+from dfs.metaserver.safemode import SafeMode
 from dfs.node import (
     StartupError,
     add_all,
@@ -53,19 +64,60 @@ from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, Role
 from dfs.security.secrets import read_secret
 from dfs.security.tokenkeys import load_token_issuer
-from dfs.security.tokens import WRITE
+from dfs.security.tokens import TokenIssuer
 from dfs.trust import TrustService
+
+
+@attrs.frozen
+class Handlers:
+    """The owners of the metaserver's state, each the only one to change its part."""
+
+    namespace: NamespaceRequests
+    chunks: ChunkAllocator
+    replicas: ReplicaTracker
+    monitor: ReplicationMonitor
+    control: ClusterControl
+    safe_mode: SafeMode
+
+
+def wire(
+    clock: Any,
+    log: ReplicatedLog,
+    registry: DataserverRegistry,
+    replication: ReplicationConfig,
+    issuer: TokenIssuer,
+    lease_period: float,
+    session_for: Callable[[str], PeerSession | None],
+) -> Handlers:
+    """Build the owners and hand each the narrow parts of the others it needs."""
+    replicas = ReplicaTracker(log, registry)
+    safe_mode = SafeMode(clock, log, replication, registry, census=replicas.census)
+    tokens = ChunkTokens(clock, issuer)
+    monitor = ReplicationMonitor(
+        clock, log, safe_mode, registry, replicas, replication, session_for, tokens=tokens
+    )
+    return Handlers(
+        namespace=NamespaceRequests(clock, log, safe_mode, replicas, replication, lease_period),
+        chunks=ChunkAllocator(
+            clock, log, safe_mode, registry, replicas, tokens, replication, lease_period
+        ),
+        replicas=replicas,
+        monitor=monitor,
+        control=ClusterControl(clock, log, safe_mode, registry, monitor, replication),
+        safe_mode=safe_mode,
+    )
 
 
 @attrs.define
 class Metaserver:
-    """The metaserver's state and decisions, shared by all its connections."""
+    """The dataservers as this metaserver knows them (registrations, heartbeats, the
+    connection each is reached on), and the owners the sessions call."""
 
     identity: Identity
     config: MetaserverConfig
     clock: IReactorTime
     registry: DataserverRegistry
-    files: FileService | None = None
+    handlers: Handlers
     raft: RaftService | None = None
     #: records every namespace and admin operation, when security_config names a file
     audit: AuditLog | None = None
@@ -95,19 +147,23 @@ class Metaserver:
                 chunks=space.chunks,
             )
 
-    def heartbeat(self, caller: Identity, name: str, space: SpaceReport) -> None:
+    def heartbeat(self, caller: Identity, name: str, space: SpaceReport) -> list[dict[str, int]]:
+        """Record ``name``'s heartbeat; the replicas it is to delete."""
         if name != caller.name:
             raise PermissionDenied(f"{caller} cannot heartbeat as dataserver {name!r}")
         _check_space(space)
         if not self.registry.heartbeat(name, space, self.clock.seconds()):
             raise UnknownDataserver(f"dataserver {name} is not registered here")
-        if self.files is not None:
-            self.files.placement.reported(name)
+        self.handlers.chunks.space_reported(name)
+        # No deletion leaves a leader still in safe mode (nor a follower): what it
+        # scheduled waits.
+        if not self.handlers.safe_mode.deciding:
+            return []
+        return self.handlers.replicas.deletions_for(name)
 
     def expire_dataservers(self) -> None:
         for record in self.registry.expire(self.clock.seconds()):
-            if self.files is not None:
-                self.files.dataserver_dead(record.name)
+            self.handlers.replicas.dataserver_dead(record.name)
             self.log.warn(
                 "dataserver {name} at {address} declared dead: no heartbeat for {age:.1f}s",
                 name=record.name,
@@ -118,34 +174,39 @@ class Metaserver:
     def session_for(self, name: str) -> MetaserverSession | None:
         return self.sessions.get(name)
 
-    def _state(self, record: Any) -> str:
-        if record.state is DataserverState.ALIVE and self.files is not None:
-            drain = self.files.drain_state(record.name)
-            if drain is not None:
-                return drain
-        return str(record.state.value)
-
-    def _drain_remaining(self, name: str) -> int:
-        if self.files is None or self.files.drain_state(name) is None:
-            return -1
-        return self.files.healing.drain_remaining.get(name, -1)
+    def space(self) -> dict[str, int]:
+        records = self.registry.records()
+        alive = [record for record in records if record.state is DataserverState.ALIVE]
+        return {
+            "capacity": sum(record.space.capacity for record in alive),
+            "used": sum(record.space.used for record in alive),
+            "free": sum(record.space.free for record in alive),
+            "dataservers_alive": len(alive),
+            "dataservers_dead": len(records) - len(alive),
+        }
 
     def dataservers(self) -> list[dict[str, Any]]:
         now = self.clock.seconds()
-        return [
-            {
-                "name": record.name,
-                "address": record.address,
-                "state": self._state(record),
-                "capacity": record.space.capacity,
-                "free": record.space.free,
-                "used": record.space.used,
-                "chunks": record.space.chunks,
-                "last_heartbeat_age": max(0.0, now - record.last_heartbeat),
-                "drain_remaining": self._drain_remaining(record.name),
-            }
-            for record in self.registry.records()
-        ]
+        control = self.handlers.control
+        answer = []
+        for record in self.registry.records():
+            state = str(record.state.value)
+            if record.state is DataserverState.ALIVE:
+                state = control.drain_state(record.name) or state
+            answer.append(
+                {
+                    "name": record.name,
+                    "address": record.address,
+                    "state": state,
+                    "capacity": record.space.capacity,
+                    "free": record.space.free,
+                    "used": record.space.used,
+                    "chunks": record.space.chunks,
+                    "last_heartbeat_age": max(0.0, now - record.last_heartbeat),
+                    "drain_remaining": control.drain_remaining(record.name),
+                }
+            )
+        return answer
 
     def status(self) -> dict[str, Any]:
         return {
@@ -153,9 +214,9 @@ class Metaserver:
             "name": self.identity.name,
             "version": __version__,
             "uptime": max(0.0, time.time() - self.started_at),
-            "namespace_ready": self.files is not None and self.files.ready,
+            "namespace_ready": self.raft is not None and self.raft.ready,
             "raft": self.raft.status() if self.raft is not None else None,
-            "replication": self.files.healing.status() if self.files is not None else None,
+            "replication": self.handlers.monitor.status(),
             "dataservers": self.dataservers(),
         }
 
@@ -209,8 +270,8 @@ class MetaserverSession(PeerSession):
         self, name: str, capacity: int, free: int, used: int, chunks: int
     ) -> dict[str, Any]:
         assert self.peer is not None
-        self.metaserver.heartbeat(self.peer, name, SpaceReport(capacity, free, used, chunks))
-        return {"delete": self.files.deletions_for(name) if self.files else []}
+        space = SpaceReport(capacity, free, used, chunks)
+        return {"delete": self.metaserver.heartbeat(self.peer, name, space)}
 
     @ListDataservers.responder
     def list_dataservers(self) -> dict[str, Any]:
@@ -229,37 +290,37 @@ class MetaserverSession(PeerSession):
 
     @commands.Fsck.responder
     def fsck(self, path: str, start: int, limit: int) -> dict:
-        return self.files.fsck(path, start, limit)
+        return self.handlers.control.fsck(path, start, limit)
 
     @commands.Decommission.responder
     async def decommission(self, name: str) -> dict:
-        await self.files.set_decommission(self.caller, name, True)
+        await self.handlers.control.set_decommission(self.caller, name, True)
         return {}
 
     @commands.Recommission.responder
     async def recommission(self, name: str) -> dict:
-        await self.files.set_decommission(self.caller, name, False)
+        await self.handlers.control.set_decommission(self.caller, name, False)
         return {}
 
     @commands.ControlSafeMode.responder
     async def control_safe_mode(self, action: str) -> dict:
-        return await self.files.control_safe_mode(self.caller, action)
+        return await self.handlers.safe_mode.control(self.caller, action)
 
     @commands.ControlBalancer.responder
     def control_balancer(self, action: str, threshold: float) -> dict:
-        return self.files.control_balancer(self.caller, action, threshold)
+        return self.handlers.control.control_balancer(self.caller, action, threshold)
 
     @commands.StartBackup.responder
     def start_backup(self) -> dict:
-        return self.files.start_backup(self.metaserver.identity.name)
+        return self.handlers.control.start_backup(self.metaserver.identity.name)
 
     @commands.ReadBackup.responder
     def read_backup(self, backup_id: str, offset: int, length: int) -> dict:
-        return self.files.read_backup(backup_id, offset, length)
+        return self.handlers.control.read_backup(backup_id, offset, length)
 
     @commands.ReplicaCorrupt.responder
     def replica_corrupt(self, name: str, chunk_id: int, version: int, reason: str) -> dict:
-        self.files.replica_corrupt(self.caller, name, chunk_id, version, reason)
+        self.handlers.monitor.report_corrupt(self.caller, name, chunk_id, version, reason)
         return {}
 
     # -- the metaserver group ----------------------------------------------------------
@@ -303,9 +364,8 @@ class MetaserverSession(PeerSession):
     # -- the namespace ---------------------------------------------------------------
 
     @property
-    def files(self) -> FileService:
-        assert self.metaserver.files is not None
-        return self.metaserver.files
+    def handlers(self) -> Handlers:
+        return self.metaserver.handlers
 
     @property
     def caller(self) -> Identity:
@@ -314,134 +374,134 @@ class MetaserverSession(PeerSession):
 
     @commands.Mkdir.responder
     async def mkdir(self, path: str, mode: int, parents: bool, request_id: str) -> dict:
-        await self.files.mkdir(self.caller, path, mode, parents, request_id)
+        await self.handlers.namespace.mkdir(self.caller, path, mode, parents, request_id)
         return {}
 
     @commands.Create.responder
     async def create(self, **arguments: Any) -> dict:
-        return await self.files.create(self.caller, **arguments)
+        return await self.handlers.namespace.create(self.caller, **arguments)
 
     @commands.AddChunk.responder
     async def add_chunk(self, path: str, client_id: str, request_id: str) -> dict:
-        return await self.files.add_chunk(self.caller, path, client_id, request_id)
+        return await self.handlers.chunks.add_chunk(self.caller, path, client_id, request_id)
 
     @commands.BumpChunkVersion.responder
     async def bump_chunk_version(
         self, path: str, client_id: str, chunk_id: int, request_id: str
     ) -> dict:
-        version = await self.files.bump_chunk_version(
+        return await self.handlers.chunks.bump_chunk_version(
             self.caller, path, client_id, chunk_id, request_id
         )
-        # The new version needs a new write token: the old one names the old version.
-        token = self.files.chunk_token(self.caller, chunk_id, version, WRITE)
-        return {"version": version, "token": token}
 
     @commands.CommitChunk.responder
     async def commit_chunk(self, **arguments: Any) -> dict:
-        await self.files.commit_chunk(self.caller, **arguments)
+        await self.handlers.chunks.commit_chunk(self.caller, **arguments)
         return {}
 
     @commands.RenewLease.responder
     async def renew_lease(self, path: str, client_id: str) -> dict:
-        await self.files.renew_lease(self.caller, path, client_id)
+        await self.handlers.namespace.renew_lease(self.caller, path, client_id)
         return {}
 
     @commands.CloseFile.responder
     async def close_file(self, path: str, client_id: str, length: int, request_id: str) -> dict:
-        await self.files.close(self.caller, path, client_id, length, request_id)
+        await self.handlers.namespace.close(self.caller, path, client_id, length, request_id)
         return {}
 
     @commands.Stat.responder
     def stat(self, path: str) -> dict:
-        return self.files.stat(self.caller, path)
+        return self.handlers.namespace.stat(self.caller, path)
 
     @commands.ListDirectory.responder
     def list_directory(self, path: str, start_after: str, limit: int) -> dict:
-        return self.files.list_directory(self.caller, path, start_after, limit)
+        return self.handlers.namespace.list_directory(self.caller, path, start_after, limit)
 
     @commands.GetChunks.responder
     def get_chunks(self, path: str, first: int, limit: int) -> dict:
         peer = self.transport.getPeer() if self.transport is not None else None
-        return self.files.get_chunks(self.caller, path, first, limit, getattr(peer, "host", None))
+        host = getattr(peer, "host", None)
+        return self.handlers.chunks.get_chunks(self.caller, path, first, limit, host)
 
     @commands.RenewChunkTokens.responder
     def renew_chunk_tokens(
         self, path: str, operation: str, chunk_ids: list[int], client_id: str
     ) -> dict:
-        return self.files.renew_chunk_tokens(
+        return self.handlers.chunks.renew_chunk_tokens(
             self.caller, path, operation, list(chunk_ids), client_id
         )
 
     @commands.Delete.responder
     async def delete(self, path: str, recursive: bool, request_id: str) -> dict:
-        await self.files.delete(self.caller, path, recursive, request_id)
+        await self.handlers.namespace.delete(self.caller, path, recursive, request_id)
         return {}
 
     @commands.Rename.responder
     async def rename(self, source: str, destination: str, request_id: str) -> dict:
-        await self.files.rename(self.caller, source, destination, request_id)
+        await self.handlers.namespace.rename(self.caller, source, destination, request_id)
         return {}
 
     @commands.SetReplication.responder
     async def set_replication(self, path: str, replication: int, request_id: str) -> dict:
-        await self.files.set_replication(self.caller, path, replication, request_id)
+        await self.handlers.namespace.set_replication(self.caller, path, replication, request_id)
         return {}
 
     @commands.Chmod.responder
     async def chmod(self, path: str, mode: int, request_id: str) -> dict:
-        await self.files.chmod(self.caller, path, mode, request_id)
+        await self.handlers.namespace.chmod(self.caller, path, mode, request_id)
         return {}
 
     @commands.Chown.responder
     async def chown(self, path: str, owner: str, group: str, request_id: str) -> dict:
-        await self.files.chown(self.caller, path, owner, group, request_id)
+        await self.handlers.namespace.chown(self.caller, path, owner, group, request_id)
         return {}
 
     @commands.ChangeGroup.responder
     async def change_group(self, group: str, users: list[str], add: bool) -> dict:
-        return {"members": await self.files.change_group(self.caller, group, users, add)}
+        return {
+            "members": await self.handlers.namespace.change_group(self.caller, group, users, add)
+        }
 
     @commands.ListGroups.responder
     def list_groups(self) -> dict:
-        return {"groups": self.files.groups()}
+        return {"groups": self.handlers.namespace.groups()}
 
     @commands.AddUser.responder
     async def add_user(self, name: str) -> dict:
-        return {"path": await self.files.add_user(self.caller, name)}
+        return {"path": await self.handlers.namespace.add_user(self.caller, name)}
 
     @commands.SetQuota.responder
     async def set_quota(
         self, path: str, clear: bool, files: int | None = None, bytes: int | None = None
     ) -> dict:
-        return await self.files.set_quota(self.caller, path, files, bytes, clear)
+        return await self.handlers.namespace.set_quota(self.caller, path, files, bytes, clear)
 
     @commands.GetQuota.responder
     def get_quota(self, path: str) -> dict:
-        return self.files.quota(self.caller, path)
+        return self.handlers.namespace.quota(self.caller, path)
 
     @commands.DiskUsage.responder
     def disk_usage(self, path: str) -> dict:
-        return self.files.du(self.caller, path)
+        return self.handlers.namespace.du(self.caller, path)
 
     @commands.ClusterSpace.responder
     def cluster_space(self) -> dict:
-        return self.files.df()
+        return self.metaserver.space()
 
     @commands.ReportBadReplica.responder
     def report_bad_replica(self, chunk_id: int, version: int, address: str, reason: str) -> dict:
-        self.files.bad_replica(chunk_id, version, address, reason)
+        self.handlers.monitor.bad_replica(chunk_id, version, address, reason)
         return {}
 
     # -- replica reports from dataservers ---------------------------------------------
 
     @commands.ReportChunks.responder
     def report_chunks(self, name: str, chunks: list[dict[str, int]], last: bool) -> dict:
-        self.files.report_chunks(self.caller, name, chunks, last)
+        self.handlers.replicas.report_chunks(self.caller, name, chunks, last)
         return {}
 
     @commands.ChunkReceived.responder
     def chunk_received(self, name: str, chunk_id: int, version: int, length: int) -> dict:
-        self.files.chunk_received(self.caller, name, chunk_id, version)
+        self.handlers.replicas.chunk_received(self.caller, name, chunk_id, version)
         return {}
 
 
@@ -478,12 +538,10 @@ class MetaserverMetrics:
             yield GaugeMetricFamily(
                 metric, help_text, value=sum(getattr(r.space, attr) for r in alive)
             )
-        files = self._metaserver.files
-        if files is None:
-            return
-        healing = files.healing
+        healing = self._metaserver.handlers.monitor
+        safe_mode = self._metaserver.handlers.safe_mode
         for metric, help_text, value in (
-            ("dfs_safe_mode", "1 while this metaserver is in safe mode", healing.in_safe_mode),
+            ("dfs_safe_mode", "1 while this metaserver is in safe mode", safe_mode.on),
             ("dfs_chunks", "Committed chunks in the namespace", healing.total_chunks),
             (
                 "dfs_chunks_reported",
@@ -586,31 +644,31 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
     except (JournalCorrupt, OSError) as error:
         raise StartupError(f"cannot open the Raft journal: {error}") from None
     registry = DataserverRegistry(dead_after=config.dataserver_dead_after)
+    sessions: dict[str, MetaserverSession] = {}
+    handlers = wire(
+        reactor,
+        RaftLog(raft, namespace),
+        registry,
+        replication,
+        tokens,
+        config.lease_period,
+        sessions.get,
+    )
     metaserver = Metaserver(
         identity=identity,
         config=config,
         clock=reactor,
         registry=registry,
+        handlers=handlers,
         raft=raft,
         audit=audit,
-    )
-    metaserver.files = FileService(
-        reactor,
-        raft,
-        namespace,
-        registry,
-        replication,
-        lease_period=config.lease_period,
-        session_for=metaserver.session_for,
-        tokens=tokens,
+        sessions=sessions,
     )
     factory = Factory()
     factory.protocol = lambda: MetaserverSession(metaserver)
 
     top = MultiService()
     top.setName("dfs-meta")
-    files = metaserver.files
-    assert files is not None
     children: list[Any] = [
         raft,
         trust,
@@ -619,11 +677,11 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         ),
         TimerService(
             min(LEASE_CHECK, config.lease_period / 4),
-            lambda: Deferred.fromCoroutine(files.recover_expired_leases()),
+            lambda: Deferred.fromCoroutine(handlers.namespace.recover_expired_leases()),
         ),
         # Check often enough that a dead dataserver is noticed within ~10% of the timeout.
         TimerService(max(0.1, config.dataserver_dead_after / 10), metaserver.expire_dataservers),
-        TimerService(replication.replication_interval, files.healing.tick),
+        TimerService(replication.replication_interval, handlers.monitor.tick),
     ]
     if config.http_listen is not None:
         metrics = CollectorRegistry()

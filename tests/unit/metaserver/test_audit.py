@@ -20,6 +20,8 @@ from twisted.test.iosim import connectedServerAndClient
 from dfs.config import ConfigError, load_security_config
 from dfs.metaserver import audit
 from dfs.metaserver.audit import AuditLog, open_audit_log
+from dfs.metaserver.log import MemoryLog
+from dfs.metaserver.namespace import Caller, Chown, Mkdir
 from dfs.metaserver.registry import DataserverRegistry
 from dfs.metaserver.service import Metaserver, MetaserverMetrics, MetaserverSession
 from dfs.protocol import commands
@@ -366,12 +368,13 @@ def test_a_write_failure_is_logged_and_operations_go_on(audit_log, log_path):
     assert len(lines_of(log_path)) == 1
 
 
-def test_lost_records_are_counted_in_the_metrics(audit_log, clock):
+def test_lost_records_are_counted_in_the_metrics(audit_log, clock, make_handlers):
     metaserver = Metaserver(
         identity=META,
         config=FakeConfig(),  # type: ignore[arg-type]
         clock=clock,
         registry=DataserverRegistry(dead_after=5.0),
+        handlers=make_handlers(clock),
         audit=audit_log,
     )
     registry = CollectorRegistry()
@@ -403,23 +406,22 @@ class FakeConfig:
     dataserver_dead_after = 5.0
 
 
-class FakeFiles:
-    """Just enough of the FileService for Stat and Mkdir (whatever their arguments)."""
+def alices_home() -> MemoryLog:
+    """A namespace where alice has a home folder to make directories in."""
+    log = MemoryLog()
+    admin = {"caller": Caller(user="dfs", superuser=True), "now": 0.0}
+    log.namespace.apply(Mkdir("/home/alice", 0o755, True, **admin))
+    log.namespace.apply(Chown("/home/alice", "alice", None, **admin))
+    return log
 
-    async def mkdir(self, *arguments: Any) -> None:
-        return None
 
-    def stat(self, *arguments: Any) -> dict:
-        raise FileNotFound(f"{arguments[-1]}: no such file")
-
-
-def connect(caller: Identity, audit_log: AuditLog, clock: Clock):
+def connect(caller: Identity, audit_log: AuditLog, clock: Clock, make_handlers):
     metaserver = Metaserver(
         identity=META,
         config=FakeConfig(),  # type: ignore[arg-type]
         clock=clock,
         registry=DataserverRegistry(dead_after=5.0),
-        files=FakeFiles(),  # type: ignore[arg-type]
+        handlers=make_handlers(clock, alices_home()),
         audit=audit_log,
     )
     client, server, pump = connectedServerAndClient(
@@ -437,8 +439,10 @@ def call(client, pump, command, **arguments):
     return results[0]
 
 
-def test_the_session_records_operations_and_role_refusals(audit_log, log_path, clock):
-    client, pump = connect(ALICE, audit_log, clock)
+def test_the_session_records_operations_and_role_refusals(
+    audit_log, log_path, clock, make_handlers
+):
+    client, pump = connect(ALICE, audit_log, clock, make_handlers)
     assert call(client, pump, commands.Mkdir, **MKDIR) == {}
     call(client, pump, commands.Stat, path="/missing").trap(FileNotFound)
     call(client, pump, commands.Fsck, path="/", start=0, limit=10).trap(PermissionDenied)

@@ -22,13 +22,23 @@ class FakeConfig:
     dataserver_dead_after = 5.0
 
 
-def connect(caller: Identity):
+@pytest.fixture
+def connect(make_handlers):
+    def connect(caller: Identity):
+        return _connect(caller, make_handlers)
+
+    return connect
+
+
+def _connect(caller: Identity, make_handlers):
     clock = Clock()
+    registry = DataserverRegistry(dead_after=5.0)
     metaserver = Metaserver(
         identity=META,
         config=FakeConfig(),  # type: ignore[arg-type]
         clock=clock,
-        registry=DataserverRegistry(dead_after=5.0),
+        registry=registry,
+        handlers=make_handlers(clock, registry=registry),
     )
     client, server, pump = connectedServerAndClient(
         lambda: MetaserverSession(metaserver), lambda: PeerSession(caller)
@@ -61,7 +71,7 @@ def register(client, name="ds1", **overrides):
     return client.callRemote(RegisterDataserver, **arguments)
 
 
-def test_ping_tells_both_identities():
+def test_ping_tells_both_identities(connect):
     client, _, pump, _ = connect(Identity(Role.CLIENT, "alice"))
     answer = result_of(client.callRemote(Ping), pump)
     assert answer["role"] == "metaserver"
@@ -70,7 +80,7 @@ def test_ping_tells_both_identities():
 
 
 @pytest.mark.parametrize("role", [Role.CLIENT, Role.ADMIN, Role.METASERVER])
-def test_only_a_dataserver_may_register(role):
+def test_only_a_dataserver_may_register(role, connect):
     client, metaserver, pump, _ = connect(Identity(role, "ds1"))
     failure = result_of(register(client), pump)
     assert failure.check(PermissionDenied)
@@ -78,14 +88,14 @@ def test_only_a_dataserver_may_register(role):
     assert metaserver.registry.records() == []
 
 
-def test_dataserver_cannot_register_under_another_name():
+def test_dataserver_cannot_register_under_another_name(connect):
     client, metaserver, pump, _ = connect(Identity(Role.DATASERVER, "ds1"))
     failure = result_of(register(client, name="ds2"), pump)
     assert failure.check(PermissionDenied)
     assert metaserver.registry.records() == []
 
 
-def test_registration_then_listing_then_death():
+def test_registration_then_listing_then_death(connect):
     client, metaserver, pump, clock = connect(Identity(Role.DATASERVER, "ds1"))
     answer = result_of(register(client), pump)
     assert answer == {"metaserver": "meta1", "dead_after": 5.0}
@@ -97,7 +107,7 @@ def test_registration_then_listing_then_death():
     assert failure.check(UnknownDataserver)
 
 
-def test_listing_is_for_people_and_metaservers():
+def test_listing_is_for_people_and_metaservers(connect):
     ds, _, pump, _ = connect(Identity(Role.DATASERVER, "ds1"))
     result_of(register(ds), pump)
     failure = result_of(ds.callRemote(ListDataservers), pump)
@@ -108,14 +118,14 @@ def test_listing_is_for_people_and_metaservers():
     "overrides",
     [{"address": "no port here"}, {"free": -1}, {"capacity": -5}],
 )
-def test_bad_registration_values_get_invalid_argument(overrides):
+def test_bad_registration_values_get_invalid_argument(overrides, connect):
     client, metaserver, pump, _ = connect(Identity(Role.DATASERVER, "ds1"))
     failure = result_of(register(client, **overrides), pump)
     assert failure.check(InvalidArgument)
     assert metaserver.registry.records() == []
 
 
-def test_undecodable_arguments_get_invalid_argument_and_the_connection_stays():
+def test_undecodable_arguments_get_invalid_argument_and_the_connection_stays(connect):
     client, _, pump, _ = connect(Identity(Role.DATASERVER, "ds1"))
     box = amp.AmpBox(
         name=b"ds1", address=b"127.0.0.1:1", capacity=b"lots", free=b"1", used=b"0", chunks=b"0"
@@ -126,14 +136,14 @@ def test_undecodable_arguments_get_invalid_argument_and_the_connection_stays():
     assert result_of(client.callRemote(Ping), pump)["name"] == "meta1"
 
 
-def test_unknown_command_is_refused_and_the_connection_stays():
+def test_unknown_command_is_refused_and_the_connection_stays(connect):
     client, _, pump, _ = connect(Identity(Role.CLIENT, "alice"))
     failure = result_of(client.callRemote(_Unknown), pump)
     assert failure.check(amp.UnhandledCommand)
     assert result_of(client.callRemote(Ping), pump)["name"] == "meta1"
 
 
-def test_oversized_frame_closes_only_that_connection():
+def test_oversized_frame_closes_only_that_connection(connect):
     client, _, pump, _ = connect(Identity(Role.CLIENT, "alice"))
     client.transport.write(b"\xff\xff" + b"x" * 0xFFFF)
     pump.flush()
@@ -157,7 +167,7 @@ class _Raw(amp.Command):
         return objects["box"]
 
 
-def test_a_box_beyond_the_size_limit_closes_the_connection():
+def test_a_box_beyond_the_size_limit_closes_the_connection(connect):
     from dfs.protocol.session import MAX_BOX_BYTES
 
     client, metaserver, pump, _ = connect(Identity(Role.DATASERVER, "ds1"))
