@@ -183,7 +183,22 @@ class DFSClient(ClusterAdmin):
         chunk_size: int = 0,
         mode: int = 0o666,
     ) -> FileWriter:
-        answer = await self.metaserver.call(
+        answer = await self._create(
+            path, overwrite=overwrite, replication=replication, chunk_size=chunk_size, mode=mode
+        )
+        return self._writer(path, answer)
+
+    async def _create(
+        self,
+        path: str,
+        *,
+        overwrite: bool = False,
+        replication: int = 0,
+        chunk_size: int = 0,
+        mode: int = 0o666,
+        close: bool = False,
+    ) -> dict[str, Any]:
+        return await self.metaserver.call(
             Create,
             path=path,
             mode=mode & ~self.config.umask,
@@ -192,7 +207,10 @@ class DFSClient(ClusterAdmin):
             overwrite=overwrite,
             client_id=self.client_id,
             request_id=request_id(),
+            close=close or None,
         )
+
+    def _writer(self, path: str, answer: dict[str, Any]) -> FileWriter:
         return FileWriter(
             self._reactor,
             self.metaserver,
@@ -236,9 +254,25 @@ class DFSClient(ClusterAdmin):
     async def write_file(
         self, path: str, data: bytes, *, overwrite: bool = False, **options: Any
     ) -> None:
+        if not data:
+            await self._write_empty(path, overwrite=overwrite, **options)
+            return
         writer = await self._create_or_clean_up(path, overwrite=overwrite, **options)
         try:
             await writer.write(data)
+            await writer.close()
+        except BaseException:
+            await self.discard(writer)
+            raise
+
+    async def _write_empty(self, path: str, **options: Any) -> None:
+        """An empty file, created complete in one request (a metaserver before protocol
+        1.1 creates it open: it is then closed the usual way)."""
+        answer = await self._create(path, close=True, **options)
+        if answer.get("closed"):
+            return
+        writer = self._writer(path, answer)
+        try:
             await writer.close()
         except BaseException:
             await self.discard(writer)

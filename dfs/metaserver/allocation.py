@@ -1,10 +1,12 @@
-"""Chunks handed to writers and readers, with the tokens that let them at the data.
+"""Files written and read: leases, chunks, and the tokens that let clients at the data.
 
 :class:`ChunkTokens` is the one place chunk access tokens are minted: read tokens
 with a file's chunks, write tokens with a new chunk or version, copy tokens with a
-repair order. :class:`ChunkAllocator` answers the chunk commands: a new chunk and
-where its replicas go (placement), a chunk's new version after a pipeline lost a
-dataserver, a chunk committed, a file's chunks with their live replicas, and fresh
+repair order. :class:`ChunkAllocator` answers the commands of a file's life: created
+under a write lease (empty and closed at once, or with its first chunk in the same
+entry), new chunks and where their replicas go (placement), a chunk's new version
+after a pipeline lost a dataserver, chunks committed (the last one with the close),
+leases renewed or recovered, a file's chunks with their live replicas, and fresh
 tokens for a long transfer.
 """
 
@@ -19,8 +21,9 @@ from dfs.config import Address, ReplicationConfig
 from dfs.metaserver import namespace as ns
 from dfs.metaserver.log import ReplicatedLog, caller, commit, holder, lookup, stamp
 from dfs.metaserver.placement import Placement
-from dfs.metaserver.registry import DataserverRegistry, DataserverState
+from dfs.metaserver.registry import DataserverRecord, DataserverRegistry, DataserverState
 from dfs.metaserver.replicas import ReplicaTracker
+from dfs.metaserver.requests import check_replication
 from dfs.metaserver.safemode import SafeMode
 from dfs.protocol.errors import InvalidArgument, IsADirectory, NoSpace, PermissionDenied
 from dfs.security.identity import Identity
@@ -31,6 +34,8 @@ from dfs.security.tokens import COPY, READ, WRITE, TokenIssuer
 PAGE_BYTES = 40_000
 #: Chunks whose tokens one RenewChunkTokens renews: ~200 bytes each on the wire.
 MAX_RENEWALS = 100
+#: The one who recovers expired leases: the metaserver itself.
+METASERVER = ns.Caller(user="dfs", superuser=True)
 
 
 class ChunkTokens:
@@ -81,14 +86,15 @@ class ChunkAllocator:
         self._replicas = replicas
         self._tokens = tokens
         self._config = config
-        self._lease_period = lease_period
+        #: How long a writer's lease lasts without renewal (the client renews at a third).
+        self.lease_period = lease_period
         self._placement = placement or Placement()
         self._rng = rng or random.Random()
 
-    def _min_replicas(self, stat: ns.Stat) -> int:
+    def _min_replicas(self, replication: int) -> int:
         """Replicas a chunk needs before it is committed: min_replication, or the
         file's own factor if that is lower."""
-        return max(1, min(self._config.min_replication, stat.replication))
+        return max(1, min(self._config.min_replication, replication))
 
     def _stat(self, path: str, identity: Identity | None = None) -> ns.Stat:
         self._safe_mode.check_serving()
@@ -106,41 +112,40 @@ class ChunkAllocator:
         """A fresh space report from ``name`` already counts what it received."""
         self._placement.reported(name)
 
-    async def add_chunk(
-        self, identity: Identity, path: str, client_id: str, request_id: str
-    ) -> dict[str, Any]:
-        stat = self._stat(path)
-        if stat.kind != ns.FILE:
-            raise InvalidArgument(f"{path} is not a file")
+    def _place(self, path: str, replication: int, chunk_size: int) -> list[DataserverRecord]:
+        """Distinct live dataservers for a new chunk of ``path``: NoSpace unless at
+        least min_replication (or the file's factor, if lower) have room for it."""
         draining = self._log.read(lambda namespace: namespace.decommissioned)
         targets = self._placement.choose(
             [record for record in self._registry.records() if record.name not in draining],
-            stat.replication,
-            stat.chunk_size,
+            replication,
+            chunk_size,
         )
-        needed = self._min_replicas(stat)
+        needed = self._min_replicas(replication)
         if len(targets) < needed:
             raise NoSpace(
                 f"{path}: {len(targets)} live dataservers have room for a chunk, "
                 f"{needed} needed (min_replication)"
             )
-        now = self._clock.seconds()
-        chunk = await self._commit(
-            ns.AddChunk(
-                path,
-                holder(identity, client_id),
-                now + self._lease_period,
-                **stamp(identity, now, request_id),
-            )
-        )
-        if len(targets) < stat.replication:
+        return targets
+
+    def _granted(
+        self,
+        identity: Identity,
+        path: str,
+        chunk: ns.ChunkRef,
+        targets: list[DataserverRecord],
+        replication: int,
+    ) -> dict[str, Any]:
+        """A new chunk as the writer gets it: where to write it, with its token."""
+        if len(targets) < replication:
             self.log.warn(
                 "{path}: chunk {chunk_id} gets {count} of {wanted} replicas "
                 "(not enough live dataservers with room)",
                 path=path,
                 chunk_id=chunk.chunk_id,
                 count=len(targets),
-                wanted=stat.replication,
+                wanted=replication,
             )
         return {
             "chunk_id": chunk.chunk_id,
@@ -148,6 +153,76 @@ class ChunkAllocator:
             "targets": [record.address for record in targets],
             "token": self._tokens.write(identity, chunk.chunk_id, chunk.version),
         }
+
+    async def create(
+        self,
+        identity: Identity,
+        path: str,
+        mode: int,
+        replication: int,
+        chunk_size: int,
+        overwrite: bool,
+        client_id: str,
+        request_id: str,
+        close: bool = False,
+        first_chunk: bool = False,
+    ) -> dict[str, Any]:
+        """A new file under the caller's write lease; ``close``: empty and complete at
+        once (no lease); ``first_chunk``: with its first chunk, where placement allows
+        (the answer then carries the chunk, as AddChunk's would)."""
+        replication = replication or self._config.default_replication
+        chunk_size = chunk_size or self._config.chunk_size
+        check_replication(self._config, path, replication)
+        now = self._clock.seconds()
+        common = stamp(identity, now, request_id)
+        lease = {
+            "lease_holder": holder(identity, client_id),
+            "lease_expires": now + self.lease_period,
+        }
+        targets: list[DataserverRecord] = []
+        if first_chunk and not close:
+            try:
+                targets = self._place(path, replication, chunk_size)
+            except NoSpace:
+                pass  # not now: the writer's own AddChunk says so when it needs the chunk
+        operation: ns.Operation
+        if close:
+            operation = ns.CreateClosed(path, mode, replication, chunk_size, overwrite, **common)
+        elif targets:
+            operation = ns.CreateWithChunk(
+                path, mode, replication, chunk_size, overwrite, **lease, **common
+            )
+        else:
+            operation = ns.Create(path, mode, replication, chunk_size, overwrite, **lease, **common)
+        result = await self._commit(operation)
+        self._replicas.drop(result.freed)
+        answer: dict[str, Any] = {
+            "replication": result.stat.replication,
+            "chunk_size": result.stat.chunk_size,
+            "lease_period": self.lease_period,
+            "closed": close,
+        }
+        if result.chunk is not None:
+            answer.update(self._granted(identity, path, result.chunk, targets, replication))
+        return answer
+
+    async def add_chunk(
+        self, identity: Identity, path: str, client_id: str, request_id: str
+    ) -> dict[str, Any]:
+        stat = self._stat(path)
+        if stat.kind != ns.FILE:
+            raise InvalidArgument(f"{path} is not a file")
+        targets = self._place(path, stat.replication, stat.chunk_size)
+        now = self._clock.seconds()
+        chunk = await self._commit(
+            ns.AddChunk(
+                path,
+                holder(identity, client_id),
+                now + self.lease_period,
+                **stamp(identity, now, request_id),
+            )
+        )
+        return self._granted(identity, path, chunk, targets, stat.replication)
 
     async def bump_chunk_version(
         self, identity: Identity, path: str, client_id: str, chunk_id: int, request_id: str
@@ -164,6 +239,15 @@ class ChunkAllocator:
         # The new version needs a new write token: the old one names the old version.
         return {"version": version, "token": self._tokens.write(identity, chunk_id, version)}
 
+    def _check_replicas(self, path: str, chunk_id: int, locations: list[str]) -> None:
+        stat = self._stat(path)
+        needed = self._min_replicas(stat.replication)
+        if stat.kind == ns.FILE and len(set(locations)) < needed:
+            raise InvalidArgument(
+                f"{path}: chunk {chunk_id} is on {len(set(locations))} dataservers, "
+                f"fewer than min_replication ({needed})"
+            )
+
     async def commit_chunk(
         self,
         identity: Identity,
@@ -175,13 +259,7 @@ class ChunkAllocator:
         locations: list[str],
         request_id: str,
     ) -> None:
-        stat = self._stat(path)
-        needed = self._min_replicas(stat)
-        if stat.kind == ns.FILE and len(set(locations)) < needed:
-            raise InvalidArgument(
-                f"{path}: chunk {chunk_id} is on {len(set(locations))} dataservers, "
-                f"fewer than min_replication ({needed})"
-            )
+        self._check_replicas(path, chunk_id, locations)
         await self._commit(
             ns.CommitChunk(
                 path,
@@ -193,6 +271,58 @@ class ChunkAllocator:
             )
         )
         self._replicas.written(chunk_id, version, locations)
+
+    async def close(
+        self,
+        identity: Identity,
+        path: str,
+        client_id: str,
+        length: int,
+        request_id: str,
+        chunk_id: int | None = None,
+        version: int = 0,
+        chunk_length: int = 0,
+        locations: list[str] | None = None,
+    ) -> None:
+        """Complete the file at ``length``; with ``chunk_id``, commit its last chunk
+        first in the same entry (``chunk_length`` 0: drop it, it holds nothing)."""
+        common = stamp(identity, self._clock.seconds(), request_id)
+        lease_holder = holder(identity, client_id)
+        if chunk_id is None:
+            await self._commit(ns.Close(path, lease_holder, length, **common))
+            return
+        locations = locations or []
+        if chunk_length:
+            self._check_replicas(path, chunk_id, locations)
+        await self._commit(
+            ns.CommitClose(path, lease_holder, chunk_id, version, chunk_length, length, **common)
+        )
+        if chunk_length:
+            self._replicas.written(chunk_id, version, locations)
+
+    async def renew_lease(self, identity: Identity, path: str, client_id: str) -> None:
+        now = self._clock.seconds()
+        # Writers keep their leases through safe mode, so they can carry on after.
+        self._safe_mode.check_serving()
+        await commit(
+            self._log,
+            ns.RenewLease(
+                path, holder(identity, client_id), now + self.lease_period, **stamp(identity, now)
+            ),
+        )
+
+    async def recover_expired_leases(self) -> None:
+        """Close files whose writer stopped renewing, at their committed length."""
+        if not self._safe_mode.deciding:
+            return
+        now = self._clock.seconds()
+        for path in self._log.read(lambda namespace: namespace.expired_leases(now)):
+            result = await self._log.submit(ns.RecoverLease(path, caller=METASERVER, now=now))
+            self.log.info(
+                "lease on {path} expired: {outcome}",
+                path=path,
+                outcome="closed at its committed length" if result.ok else result.message,
+            )
 
     # -- readers -----------------------------------------------------------------------
 

@@ -208,10 +208,12 @@ Entry = Stat
 
 @attrs.frozen
 class CreateResult:
-    """The new file, and the chunks of the file it replaced (overwrite), to drop."""
+    """The new file, and the chunks of the file it replaced (overwrite), to drop;
+    for :class:`CreateWithChunk`, its first chunk (None if it could not be added)."""
 
     stat: Stat
     freed: tuple[ChunkRef, ...] = ()
+    chunk: ChunkRef | None = None
 
 
 @attrs.frozen
@@ -369,6 +371,39 @@ class Close(Operation):
 
     path: str
     lease_holder: str
+    length: int
+
+
+@attrs.frozen
+class CreateClosed(Operation):
+    """Create an empty, complete file (no lease): an empty file in one entry."""
+
+    path: str
+    mode: int = 0o644
+    replication: int = DEFAULT_REPLICATION
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    overwrite: bool = False
+
+
+@attrs.frozen
+class CreateWithChunk(Create):
+    """Create a file open for writing, as :class:`Create`, and add its first chunk, as
+    :class:`AddChunk`, in one entry. The chunk is left out (``CreateResult.chunk`` is
+    None) where AddChunk would be refused, a quota for instance: the file is created
+    all the same, and the writer's own AddChunk meets the refusal."""
+
+
+@attrs.frozen
+class CommitClose(Operation):
+    """Commit the file's last pending chunk, as :class:`CommitChunk`, and close the
+    file, as :class:`Close`, in one entry; ``chunk_length`` 0 drops that chunk instead
+    (nothing was written to it). Nothing changes unless both parts can be done."""
+
+    path: str
+    lease_holder: str
+    chunk_id: int
+    version: int
+    chunk_length: int
     length: int
 
 
@@ -763,8 +798,14 @@ class Namespace:
         match op:
             case Mkdir():
                 return self._mkdir(op)
+            case CreateWithChunk():
+                return self._create_with_chunk(op)
             case Create():
                 return self._create(op)
+            case CreateClosed():
+                return self._create_closed(op)
+            case CommitClose():
+                return self._commit_close(op)
             case AddChunk():
                 return self._add_chunk(op)
             case BumpChunkVersion():
@@ -1418,14 +1459,34 @@ class Namespace:
         return Ok(self._stat(path, directory))
 
     def _create(self, op: Create) -> Ok[CreateResult]:
+        now = float(op.now)
+        lease = Lease(_holder(op.lease_holder), _expiry(op.lease_expires, now))
+        return Ok(self._new_file(op, lease))
+
+    def _create_closed(self, op: CreateClosed) -> Ok[CreateResult]:
+        return Ok(self._new_file(op, None))
+
+    def _create_with_chunk(self, op: CreateWithChunk) -> Ok[CreateResult]:
+        created = self._create(op).value
+        path = _normalize(op.path)
+        first = AddChunk(path, op.lease_holder, op.lease_expires, caller=op.caller, now=op.now)
+        try:
+            chunk = self._add_chunk(first).value
+        except _Refused:
+            # AddChunk refuses before it changes anything: the file stands without
+            # its first chunk, as a Create alone would have left it.
+            return Ok(created)
+        return Ok(attrs.evolve(created, chunk=chunk))
+
+    def _new_file(self, op: Create | CreateClosed, lease: Lease | None) -> CreateResult:
+        """A new file at ``op.path``, open under ``lease`` or (None) complete."""
         path = _normalize(op.path)
         mode = _mode(op.mode)
         replication = _integer(op.replication, "replication", 1, MAX_REPLICATION)
         chunk_size = _integer(op.chunk_size, "chunk size", 1, MAX_CHUNK_SIZE)
         overwrite = _flag(op.overwrite, "overwrite")
-        holder = _holder(op.lease_holder)
+        holder = lease.holder if lease is not None else None
         now = float(op.now)
-        expires = _expiry(op.lease_expires, now)
         who = self._who(op.caller)
         parent, name, node = self._locate(path, who)
         if isinstance(node, DirectoryNode):
@@ -1436,12 +1497,12 @@ class Namespace:
             if not overwrite:
                 raise _Refused(errors.FileExists, f"{_p(path)}: already exists")
             self._require(who, node, WRITE, path)
-            lease = node.lease
-            if lease is not None and lease.holder != holder and now < lease.expires:
+            current = node.lease
+            if current is not None and current.holder != holder and now < current.expires:
                 raise _Refused(
                     errors.LeaseConflict,
-                    f"{_p(path)}: is being written by {_p(lease.holder)} "
-                    f"(lease until {lease.expires})",
+                    f"{_p(path)}: is being written by {_p(current.holder)} "
+                    f"(lease until {current.expires})",
                 )
         assert parent is not None  # "/" is a directory, refused above
         owner, group = op.caller.user, parent.group
@@ -1463,15 +1524,16 @@ class Namespace:
             mtime=now,
             replication=replication,
             chunk_size=chunk_size,
-            lease=Lease(holder, expires),
+            lease=lease,
         )
         self._next_inode += 1
         self._nodes[new.inode] = new
-        self._open_files.add(new.inode)
+        if lease is not None:
+            self._open_files.add(new.inode)
         parent.children[name] = new.inode
         parent.mtime = now
         self._charge(parent, 1, 0)
-        return Ok(CreateResult(stat=self._stat(path, new), freed=freed))
+        return CreateResult(stat=self._stat(path, new), freed=freed)
 
     def _add_chunk(self, op: AddChunk) -> Ok[ChunkRef]:
         path = _normalize(op.path)
@@ -1570,6 +1632,42 @@ class Namespace:
                 errors.InvalidArgument,
                 f"{_p(path)}: length {length} is not the committed length {node.length}",
             )
+        self._complete(node, float(op.now))
+        return Ok(self._stat(path, node))
+
+    def _commit_close(self, op: CommitClose) -> Ok[Stat]:
+        path = _normalize(op.path)
+        holder = _holder(op.lease_holder)
+        node = self._writable(path, holder)
+        length = _integer(op.length, "length", 0, _MAX_INT)
+        chunk_length = _integer(op.chunk_length, "chunk length", 0, node.chunk_size)
+        commit = CommitChunk(
+            path, holder, op.chunk_id, op.version, chunk_length, caller=op.caller, now=op.now
+        )
+        if chunk_length == 0:
+            index = self._pending_chunk(path, node, op.chunk_id)
+            if index != len(node.chunks) - 1:
+                raise _Refused(
+                    errors.InvalidArgument,
+                    f"{_p(path)}: chunk {op.chunk_id} is not the file's last chunk",
+                )
+            committed = node.length
+        elif self._committed_again(node, commit) is not None:
+            committed = node.length
+        else:
+            committed = node.length + chunk_length
+        if length != committed:
+            raise _Refused(
+                errors.InvalidArgument,
+                f"{_p(path)}: length {length} is not the committed length {committed}",
+            )
+        if chunk_length == 0:
+            # Never written: its reservation ends with the others' in _complete.
+            self._charge(self._parent_of(node), 0, -node.chunk_size * node.replication)
+            del self._chunk_files[node.chunks.pop().chunk_id]
+        else:
+            # Refuses (a stale version, an earlier chunk pending) before any change.
+            self._commit_chunk(commit)
         self._complete(node, float(op.now))
         return Ok(self._stat(path, node))
 

@@ -1,4 +1,4 @@
-"""Namespace requests: directories, files and their leases, owners, groups, quotas.
+"""Namespace requests: directories and files, owners, modes, groups, quotas, listings.
 
 Each mutation becomes an operation of :mod:`dfs.metaserver.namespace`, submitted to
 the replicated log and answered once committed; each query reads the local namespace,
@@ -14,17 +14,23 @@ from twisted.logger import Logger
 
 from dfs.config import ReplicationConfig
 from dfs.metaserver import namespace as ns
-from dfs.metaserver.log import ReplicatedLog, caller, commit, holder, lookup, stamp
+from dfs.metaserver.log import ReplicatedLog, caller, commit, lookup, stamp
 from dfs.metaserver.replicas import ReplicaTracker
 from dfs.metaserver.safemode import SafeMode
 from dfs.protocol.errors import InvalidArgument
 from dfs.security.identity import Identity
 
+
+def check_replication(config: ReplicationConfig, path: str, replication: int) -> None:
+    """InvalidArgument unless ``replication`` is within the cluster's bounds."""
+    low, high = config.min_replication, config.max_replication
+    if not low <= replication <= high:
+        raise InvalidArgument(f"{path}: replication {replication} is outside {low}..{high}")
+
+
 #: A page of a listing stops growing past this many bytes of entries, so that the
 #: answer fits one AMP value (65,535 bytes) whatever the names are like.
 PAGE_BYTES = 40_000
-#: The one who recovers expired leases: the metaserver itself.
-METASERVER = ns.Caller(user="dfs", superuser=True)
 
 
 def _stat_entry(stat: ns.Stat) -> dict[str, Any]:
@@ -74,21 +80,15 @@ class NamespaceRequests:
         safe_mode: SafeMode,
         replicas: ReplicaTracker,
         config: ReplicationConfig,
-        lease_period: float,
     ) -> None:
         self._clock = clock
         self._log = log
         self._safe_mode = safe_mode
         self._replicas = replicas
         self._config = config
-        #: How long a writer's lease lasts without renewal (the client renews at a third).
-        self.lease_period = lease_period
 
-    async def _commit(self, operation: ns.Operation, *, in_safe_mode: bool = False) -> Any:
-        if in_safe_mode:
-            self._safe_mode.check_serving()
-        else:
-            self._safe_mode.check_mutation()
+    async def _commit(self, operation: ns.Operation) -> Any:
+        self._safe_mode.check_mutation()
         return await commit(self._log, operation)
 
     def _query(self, query: Any) -> Any:
@@ -98,81 +98,12 @@ class NamespaceRequests:
     def _stamp(self, identity: Identity, request_id: str = "") -> dict[str, Any]:
         return stamp(identity, self._clock.seconds(), request_id)
 
-    def _check_replication(self, path: str, replication: int) -> None:
-        low, high = self._config.min_replication, self._config.max_replication
-        if not low <= replication <= high:
-            raise InvalidArgument(f"{path}: replication {replication} is outside {low}..{high}")
-
-    # -- files and their leases ----------------------------------------------------------
+    # -- directories and files ----------------------------------------------------------
 
     async def mkdir(
         self, identity: Identity, path: str, mode: int, parents: bool, request_id: str
     ) -> None:
         await self._commit(ns.Mkdir(path, mode, parents, **self._stamp(identity, request_id)))
-
-    async def create(
-        self,
-        identity: Identity,
-        path: str,
-        mode: int,
-        replication: int,
-        chunk_size: int,
-        overwrite: bool,
-        client_id: str,
-        request_id: str,
-    ) -> dict[str, Any]:
-        replication = replication or self._config.default_replication
-        chunk_size = chunk_size or self._config.chunk_size
-        self._check_replication(path, replication)
-        common = self._stamp(identity, request_id)
-        result = await self._commit(
-            ns.Create(
-                path,
-                mode,
-                replication,
-                chunk_size,
-                overwrite,
-                lease_holder=holder(identity, client_id),
-                lease_expires=common["now"] + self.lease_period,
-                **common,
-            )
-        )
-        self._replicas.drop(result.freed)
-        return {
-            "replication": result.stat.replication,
-            "chunk_size": result.stat.chunk_size,
-            "lease_period": self.lease_period,
-        }
-
-    async def renew_lease(self, identity: Identity, path: str, client_id: str) -> None:
-        common = self._stamp(identity)
-        # Writers keep their leases through safe mode, so they can carry on after.
-        await self._commit(
-            ns.RenewLease(
-                path, holder(identity, client_id), common["now"] + self.lease_period, **common
-            ),
-            in_safe_mode=True,
-        )
-
-    async def close(
-        self, identity: Identity, path: str, client_id: str, length: int, request_id: str
-    ) -> None:
-        await self._commit(
-            ns.Close(path, holder(identity, client_id), length, **self._stamp(identity, request_id))
-        )
-
-    async def recover_expired_leases(self) -> None:
-        """Close files whose writer stopped renewing, at their committed length."""
-        if not self._safe_mode.deciding:
-            return
-        now = self._clock.seconds()
-        for path in self._log.read(lambda namespace: namespace.expired_leases(now)):
-            result = await self._log.submit(ns.RecoverLease(path, caller=METASERVER, now=now))
-            self.log.info(
-                "lease on {path} expired: {outcome}",
-                path=path,
-                outcome="closed at its committed length" if result.ok else result.message,
-            )
 
     async def delete(self, identity: Identity, path: str, recursive: bool, request_id: str) -> None:
         result = await self._commit(ns.Delete(path, recursive, **self._stamp(identity, request_id)))
@@ -189,7 +120,7 @@ class NamespaceRequests:
     async def set_replication(
         self, identity: Identity, path: str, replication: int, request_id: str
     ) -> None:
-        self._check_replication(path, replication)
+        check_replication(self._config, path, replication)
         await self._commit(
             ns.SetReplication(path, replication, **self._stamp(identity, request_id))
         )

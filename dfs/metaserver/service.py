@@ -97,7 +97,7 @@ def wire(
         clock, log, safe_mode, registry, replicas, replication, session_for, tokens=tokens
     )
     return Handlers(
-        namespace=NamespaceRequests(clock, log, safe_mode, replicas, replication, lease_period),
+        namespace=NamespaceRequests(clock, log, safe_mode, replicas, replication),
         chunks=ChunkAllocator(
             clock, log, safe_mode, registry, replicas, tokens, replication, lease_period
         ),
@@ -378,8 +378,12 @@ class MetaserverSession(PeerSession):
         return {}
 
     @commands.Create.responder
-    async def create(self, **arguments: Any) -> dict:
-        return await self.handlers.namespace.create(self.caller, **arguments)
+    async def create(
+        self, close: bool | None = None, first_chunk: bool | None = None, **arguments: Any
+    ) -> dict:
+        return await self.handlers.chunks.create(
+            self.caller, **arguments, close=bool(close), first_chunk=bool(first_chunk)
+        )
 
     @commands.AddChunk.responder
     async def add_chunk(self, path: str, client_id: str, request_id: str) -> dict:
@@ -400,12 +404,32 @@ class MetaserverSession(PeerSession):
 
     @commands.RenewLease.responder
     async def renew_lease(self, path: str, client_id: str) -> dict:
-        await self.handlers.namespace.renew_lease(self.caller, path, client_id)
+        await self.handlers.chunks.renew_lease(self.caller, path, client_id)
         return {}
 
     @commands.CloseFile.responder
-    async def close_file(self, path: str, client_id: str, length: int, request_id: str) -> dict:
-        await self.handlers.namespace.close(self.caller, path, client_id, length, request_id)
+    async def close_file(
+        self,
+        path: str,
+        client_id: str,
+        length: int,
+        request_id: str,
+        chunk_id: int | None = None,
+        version: int | None = None,
+        chunk_length: int | None = None,
+        locations: list[str] | None = None,
+    ) -> dict:
+        await self.handlers.chunks.close(
+            self.caller,
+            path,
+            client_id,
+            length,
+            request_id,
+            chunk_id,
+            version or 0,
+            chunk_length or 0,
+            locations,
+        )
         return {}
 
     @commands.Stat.responder
@@ -677,7 +701,7 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         ),
         TimerService(
             min(LEASE_CHECK, config.lease_period / 4),
-            lambda: Deferred.fromCoroutine(handlers.namespace.recover_expired_leases()),
+            lambda: Deferred.fromCoroutine(handlers.chunks.recover_expired_leases()),
         ),
         # Check often enough that a dead dataserver is noticed within ~10% of the timeout.
         TimerService(max(0.1, config.dataserver_dead_after / 10), metaserver.expire_dataservers),

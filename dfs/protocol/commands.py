@@ -363,7 +363,14 @@ class Mkdir(NamespaceCommand):
 
 class Create(NamespaceCommand):
     """Create a file and hold its write lease (renew it with RenewLease).
-    replication and chunk_size 0 mean the cluster's defaults."""
+    replication and chunk_size 0 mean the cluster's defaults.
+
+    ``close`` (protocol 1.1): create it empty and complete, with no lease, in one log
+    entry; the answer's ``closed`` is then true. ``first_chunk`` (1.1): add the file's
+    first chunk in the same entry where placement allows, answered in the optional
+    ``chunk_id``, ``version``, ``targets`` and ``token`` as AddChunk would. A metaserver
+    before 1.1 ignores both and answers neither: the client then goes on with
+    CloseFile or AddChunk."""
 
     commandName = b"Create"
     arguments: ClassVar[list] = [
@@ -374,11 +381,18 @@ class Create(NamespaceCommand):
         (b"overwrite", amp.Boolean()),
         (b"client_id", amp.Unicode()),
         (b"request_id", amp.Unicode()),
+        (b"close", amp.Boolean(optional=True)),
+        (b"first_chunk", amp.Boolean(optional=True)),
     ]
     response: ClassVar[list] = [
         (b"replication", amp.Integer()),
         (b"chunk_size", amp.Integer()),
         (b"lease_period", amp.Float()),
+        (b"closed", amp.Boolean(optional=True)),
+        (b"chunk_id", amp.Integer(optional=True)),
+        (b"version", amp.Integer(optional=True)),
+        (b"targets", amp.ListOf(amp.Unicode(), optional=True)),
+        (b"token", amp.Unicode(optional=True)),
     ]
 
 
@@ -438,12 +452,23 @@ class RenewLease(NamespaceCommand):
 
 
 class CloseFile(NamespaceCommand):
+    """Complete the file at ``length``, the sum of its committed chunks.
+
+    With ``chunk_id`` (protocol 1.1, to a metaserver whose Create answered a first
+    chunk): commit that last chunk at ``chunk_length`` on ``locations`` first, in the
+    same log entry, as CommitChunk would; ``chunk_length`` 0 drops the chunk instead
+    (nothing was written to it)."""
+
     commandName = b"CloseFile"
     arguments: ClassVar[list] = [
         (b"path", amp.Unicode()),
         (b"client_id", amp.Unicode()),
         (b"length", amp.Integer()),
         (b"request_id", amp.Unicode()),
+        (b"chunk_id", amp.Integer(optional=True)),
+        (b"version", amp.Integer(optional=True)),
+        (b"chunk_length", amp.Integer(optional=True)),
+        (b"locations", amp.ListOf(amp.Unicode(), optional=True)),
     ]
     response: ClassVar[list] = []
 

@@ -6,6 +6,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from dfs.metaserver import namespace as ns
 from dfs.metaserver.allocation import ChunkTokens
 from dfs.metaserver.log import MemoryLog
 from dfs.metaserver.registry import DataserverRegistry, SpaceReport
@@ -16,6 +17,7 @@ from dfs.protocol.errors import (
     NoSpace,
     NotLeader,
     PermissionDenied,
+    SafeMode,
 )
 from dfs.security.identity import Identity, Role
 from dfs.security.tokens import COPY, READ, WRITE, TokenIssuer, TokenKeys
@@ -58,13 +60,13 @@ def log() -> MemoryLog:
 
 @pytest.fixture
 def handlers(clock, log, registry, make_handlers):
-    handlers = make_handlers(clock, log, registry, keys=KEYS)
+    handlers = make_handlers(clock, log, registry, keys=KEYS, lease_period=30.0)
     result_of(handlers.namespace.mkdir(ADMIN, "/home", 0o777, True, "m"))
     return handlers
 
 
 def create(handlers, identity=ALICE, path="/home/f", replication=3):
-    result_of(handlers.namespace.create(identity, path, 0o600, replication, 0, False, "c", ""))
+    result_of(handlers.chunks.create(identity, path, 0o600, replication, 0, False, "c", ""))
 
 
 def test_a_new_chunk_goes_to_distinct_dataservers_with_a_write_token(handlers, clock):
@@ -104,7 +106,7 @@ def test_a_committed_chunk_is_found_at_once_with_read_tokens(handlers):
     result_of(
         handlers.chunks.commit_chunk(ALICE, "/home/f", "c", chunk_id, version, 5, ADDRESSES, "r3")
     )
-    result_of(handlers.namespace.close(ALICE, "/home/f", "c", 5, "r4"))
+    result_of(handlers.chunks.close(ALICE, "/home/f", "c", 5, "r4"))
     page = handlers.chunks.get_chunks(ALICE, "/home/f", 0, 10, "127.0.0.1")
     assert page["length"] == 5 and not page["more"]
     [found] = page["chunks"]
@@ -153,3 +155,95 @@ def test_a_copy_token_names_the_target_and_lasts_as_long_as_the_order(clock):
     tokens = ChunkTokens(clock, TokenIssuer(KEYS, 300.0))
     token = tokens.copy("ds2", 7, 3, lifetime=3600.0)
     KEYS.verify(token, 7, 3, COPY, "ds2", clock.seconds() + 3000)
+
+
+# -- a file's life: create, the lease, the close ------------------------------------
+
+
+def test_a_created_file_is_stamped_with_the_callers_name_and_the_leaders_clock(
+    handlers, log, clock
+):
+    answer = result_of(handlers.chunks.create(ALICE, "/home/f", 0o640, 0, 0, False, "c", "r"))
+    assert answer == {
+        "replication": 3,
+        "chunk_size": 64 << 20,
+        "lease_period": 30.0,
+        "closed": False,
+    }
+    [operation] = [op for op in log.submitted if type(op) is ns.Create]
+    assert operation.caller == ns.Caller("alice") and operation.now == clock.seconds()
+    assert operation.lease_holder == "alice|c"
+    assert operation.lease_expires == clock.seconds() + 30.0
+    entry = handlers.namespace.stat(ALICE, "/home/f")
+    assert (entry["owner"], entry["mode"], entry["complete"]) == ("alice", 0o640, False)
+
+
+def test_an_empty_file_is_created_closed_in_one_entry(handlers, log):
+    before = len(log.submitted)
+    answer = result_of(
+        handlers.chunks.create(ALICE, "/home/e", 0o644, 0, 0, False, "c", "", close=True)
+    )
+    assert answer["closed"] and "chunk_id" not in answer
+    assert [type(op) for op in log.submitted[before:]] == [ns.CreateClosed]
+    assert handlers.namespace.stat(ALICE, "/home/e")["complete"]
+
+
+def test_a_file_and_its_first_chunk_in_one_entry_then_the_last_commit_with_the_close(
+    handlers, log, clock
+):
+    before = len(log.submitted)
+    answer = result_of(
+        handlers.chunks.create(ALICE, "/home/f", 0o644, 0, 0, False, "c", "", first_chunk=True)
+    )
+    assert sorted(answer["targets"]) == ADDRESSES
+    chunk_id, version = answer["chunk_id"], answer["version"]
+    KEYS.verify(answer["token"], chunk_id, version, WRITE, "alice", clock.seconds())
+    result_of(handlers.chunks.close(ALICE, "/home/f", "c", 7, "", chunk_id, version, 7, ADDRESSES))
+    assert [type(op) for op in log.submitted[before:]] == [ns.CreateWithChunk, ns.CommitClose]
+    page = handlers.chunks.get_chunks(ALICE, "/home/f", 0, 10)
+    assert page["length"] == 7
+    assert sorted(page["chunks"][0]["locations"]) == ADDRESSES
+
+
+def test_no_room_for_a_first_chunk_still_creates_the_file(clock, log, make_handlers):
+    handlers = make_handlers(clock, log, min_replication=2)
+    result_of(handlers.namespace.mkdir(ADMIN, "/home", 0o777, True, "m"))
+    answer = result_of(
+        handlers.chunks.create(ALICE, "/home/f", 0o644, 0, 0, False, "c", "", first_chunk=True)
+    )
+    assert "chunk_id" not in answer
+    assert [type(op) for op in log.submitted[-1:]] == [ns.Create]
+
+
+def test_a_close_with_the_last_chunk_on_too_few_dataservers_is_refused(
+    clock, log, registry, make_handlers
+):
+    handlers = make_handlers(clock, log, registry, min_replication=2)
+    result_of(handlers.namespace.mkdir(ADMIN, "/home", 0o777, True, "m"))
+    answer = result_of(
+        handlers.chunks.create(ALICE, "/home/f", 0o644, 0, 0, False, "c", "", first_chunk=True)
+    )
+    with pytest.raises(InvalidArgument, match="fewer than min_replication"):
+        result_of(
+            handlers.chunks.close(
+                ALICE, "/home/f", "c", 7, "", answer["chunk_id"], 1, 7, ADDRESSES[:1]
+            )
+        )
+    assert not handlers.namespace.stat(ALICE, "/home/f")["complete"]
+
+
+def test_an_expired_lease_is_recovered_by_the_leader_out_of_safe_mode(handlers, clock):
+    result_of(handlers.chunks.create(ALICE, "/home/f", 0o644, 1, 0, False, "c", ""))
+    result_of(handlers.chunks.recover_expired_leases())
+    assert not handlers.namespace.stat(ALICE, "/home/f")["complete"]
+    clock.advance(31)
+    result_of(handlers.chunks.recover_expired_leases())
+    assert handlers.namespace.stat(ALICE, "/home/f")["complete"]
+
+
+def test_leases_are_renewed_in_safe_mode_but_files_are_not_created(handlers):
+    result_of(handlers.chunks.create(ALICE, "/home/f", 0o644, 1, 0, False, "c", ""))
+    result_of(handlers.safe_mode.control(ADMIN, "enter"))
+    result_of(handlers.chunks.renew_lease(ALICE, "/home/f", "c"))
+    with pytest.raises(SafeMode):
+        result_of(handlers.chunks.create(ALICE, "/home/g", 0o644, 1, 0, False, "c", ""))

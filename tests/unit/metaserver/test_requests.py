@@ -6,10 +6,9 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from dfs.metaserver import namespace as ns
 from dfs.metaserver.log import MemoryLog
 from dfs.metaserver.registry import DataserverRegistry, SpaceReport
-from dfs.protocol.errors import FileExists, InvalidArgument, NotLeader, SafeMode
+from dfs.protocol.errors import FileExists, InvalidArgument, NotLeader
 from dfs.security.identity import Identity, Role
 
 ADMIN = Identity(Role.ADMIN, "root")
@@ -42,22 +41,9 @@ def log() -> MemoryLog:
 def handlers(clock, log, make_handlers):
     registry = DataserverRegistry(dead_after=5.0)
     registry.register("ds1", "127.0.0.1:7201", SpaceReport(1 << 40, 1 << 40, 0, 0), 0.0)
-    handlers = make_handlers(clock, log, registry, lease_period=30.0)
+    handlers = make_handlers(clock, log, registry)
     result_of(handlers.namespace.mkdir(ADMIN, "/home", 0o777, True, "m"))
     return handlers
-
-
-def test_a_created_file_is_stamped_with_the_callers_name_and_the_leaders_clock(
-    handlers, log, clock
-):
-    answer = result_of(handlers.namespace.create(ALICE, "/home/f", 0o640, 0, 0, False, "c", "r"))
-    assert answer == {"replication": 3, "chunk_size": 64 << 20, "lease_period": 30.0}
-    [operation] = [op for op in log.submitted if isinstance(op, ns.Create)]
-    assert operation.caller == ns.Caller("alice") and operation.now == clock.seconds()
-    assert operation.lease_holder == "alice|c"
-    assert operation.lease_expires == clock.seconds() + 30.0
-    entry = handlers.namespace.stat(ALICE, "/home/f")
-    assert (entry["owner"], entry["mode"], entry["complete"]) == ("alice", 0o640, False)
 
 
 def test_a_retried_request_is_applied_once(handlers):
@@ -69,35 +55,18 @@ def test_a_retried_request_is_applied_once(handlers):
 
 def test_replication_outside_the_configured_range_is_refused(handlers):
     with pytest.raises(InvalidArgument, match=r"replication 11 is outside 1\.\.10"):
-        result_of(handlers.namespace.create(ALICE, "/home/f", 0o644, 11, 0, False, "c", ""))
+        result_of(handlers.chunks.create(ALICE, "/home/f", 0o644, 11, 0, False, "c", ""))
     with pytest.raises(InvalidArgument, match="replication 0 is outside"):
         result_of(handlers.namespace.set_replication(ALICE, "/home", 0, ""))
 
 
 def test_deleting_a_file_orders_its_replicas_deleted(handlers):
-    result_of(handlers.namespace.create(ALICE, "/home/f", 0o644, 1, 0, False, "c", ""))
+    result_of(handlers.chunks.create(ALICE, "/home/f", 0o644, 1, 0, False, "c", ""))
     added = result_of(handlers.chunks.add_chunk(ALICE, "/home/f", "c", ""))
     chunk_id, version = added["chunk_id"], added["version"]
     handlers.replicas.chunk_received(DS1, "ds1", chunk_id, version)
     result_of(handlers.namespace.delete(ALICE, "/home/f", False, ""))
     assert handlers.replicas.deletions_for("ds1") == [{"chunk_id": chunk_id, "version": version}]
-
-
-def test_an_expired_lease_is_recovered_by_the_leader_out_of_safe_mode(handlers, clock):
-    result_of(handlers.namespace.create(ALICE, "/home/f", 0o644, 1, 0, False, "c", ""))
-    result_of(handlers.namespace.recover_expired_leases())
-    assert not handlers.namespace.stat(ALICE, "/home/f")["complete"]
-    clock.advance(31)
-    result_of(handlers.namespace.recover_expired_leases())
-    assert handlers.namespace.stat(ALICE, "/home/f")["complete"]
-
-
-def test_leases_are_renewed_in_safe_mode_but_files_are_not_created(handlers, log):
-    result_of(handlers.namespace.create(ALICE, "/home/f", 0o644, 1, 0, False, "c", ""))
-    result_of(handlers.safe_mode.control(ADMIN, "enter"))
-    result_of(handlers.namespace.renew_lease(ALICE, "/home/f", "c"))
-    with pytest.raises(SafeMode):
-        result_of(handlers.namespace.create(ALICE, "/home/g", 0o644, 1, 0, False, "c", ""))
 
 
 def test_a_listing_comes_in_pages_after_the_name_given(handlers):
