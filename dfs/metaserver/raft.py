@@ -62,7 +62,7 @@ class MemberAddress:
     listen: str
 
 
-class NamespaceLog(ReplicatedState):  # type: ignore[misc]
+class NamespaceLog(ReplicatedState):
     """Holds the replicated state; PySyncObj pickles what is set after __init__."""
 
     def __init__(self, state: StateMachine) -> None:
@@ -73,7 +73,7 @@ class NamespaceLog(ReplicatedState):  # type: ignore[misc]
         #: Raft address -> client address of every metaserver that has led.
         self.addresses: dict[str, str] = {}
 
-    @replicated  # type: ignore[misc]
+    @replicated
     def apply(self, operation: Any) -> Any:
         # state.apply never raises: a raising replicated method wedges the group.
         with self._lock:

@@ -243,7 +243,7 @@ def check_supported() -> None:
 # -- replicated state --------------------------------------------------------------------
 
 
-class ReplicatedState(_SyncObjConsumer):  # type: ignore[misc]
+class ReplicatedState(_SyncObjConsumer):
     """Base of a state machine inside a :class:`DurableSyncObj`: its methods marked
     :func:`replicated` are applied on every member in log order, and the fields it
     sets after ``ReplicatedState.__init__`` are what snapshots hold."""
@@ -311,7 +311,7 @@ class SnapshotUnreadable(Exception):
     """The snapshot on disk cannot be loaded: starting without it would diverge."""
 
 
-class DurableTransport(_TCPTransport):  # type: ignore[misc]
+class DurableTransport(_TCPTransport):
     """PySyncObj's TCP transport, holding outgoing messages while the journal has
     unsynced records; :meth:`release` syncs the journal, then sends them in order."""
 
@@ -346,7 +346,7 @@ def _journal_given(journal: DurableJournal) -> Iterator[None]:
         _syncobj.createJournal = original
 
 
-class DurableSyncObj(_SyncObj):  # type: ignore[misc]
+class DurableSyncObj(_SyncObj):
     """A SyncObj over a :class:`DurableJournal`; see the module docstring. Build it in
     the thread that will tick it (``autoTick=False`` in ``conf``)."""
 
@@ -386,7 +386,7 @@ class DurableSyncObj(_SyncObj):  # type: ignore[misc]
 
     @property
     def transport(self) -> DurableTransport:
-        return self._SyncObj__transport  # type: ignore[no-any-return]
+        return self._SyncObj__transport
 
     def release(self) -> None:
         """Sync the journal and send the messages held until it was synced."""
