@@ -72,7 +72,8 @@ setup(
         "attrs>=23.2.0",
         "prompt-toolkit>=3.0.43",
         # DurableSyncObj builds on private parts of 0.3.17 (journal with term and vote,
-        # __loadDumpFile, __onMessageReceived): check the Raft tests before raising the cap.
+        # __loadDumpFile, __onMessageReceived), listed and checked at start in
+        # dfs/metaserver/syncobj.py: check the Raft tests before raising the cap.
         "pysyncobj>=0.3.17,<0.4",
         "treq>=23.11.0",
         "prometheus-client>=0.20.0",

@@ -7,9 +7,9 @@ Tests swap in :class:`dfs.metaserver.powercut.PowerCutFileLayer`, which forgets
 every byte and every name that was not made durable when the "power" is cut.
 
 PySyncObj writes its snapshots itself (in a forked child) and renames them into
-place with ``pysyncobj.serializer.atomicReplace``; :func:`install` points that name
-at :func:`durable_replace`, which fsyncs the new file, renames it and fsyncs the
-folder through the layer registered for that folder.
+place without fsync; :func:`dfs.metaserver.syncobj.route_snapshot_renames` has it
+call :func:`durable_replace` instead, which fsyncs the new file, renames it and
+fsyncs the folder through the layer registered for that folder.
 """
 
 from __future__ import annotations
@@ -106,13 +106,6 @@ def layer_for(path: Path) -> FileLayer:
 
 
 def durable_replace(source: str, target: str) -> bool:
-    """``atomicReplace`` for PySyncObj's snapshots: fsync, rename, fsync the folder."""
+    """How PySyncObj's snapshots are put in place: fsync, rename, fsync the folder."""
     layer_for(Path(target)).replace(Path(source), Path(target))
     return True
-
-
-def install() -> None:
-    """Route PySyncObj's snapshot renames through :func:`durable_replace`."""
-    import pysyncobj.serializer
-
-    pysyncobj.serializer.atomicReplace = durable_replace  # type: ignore[attr-defined]

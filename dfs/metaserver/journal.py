@@ -7,7 +7,7 @@ compaction can lose acknowledged entries. :class:`DurableJournal` replaces it:
 
 - ``add`` only buffers; :meth:`DurableJournal.sync` writes every buffered record
   with one write and one fdatasync (group commit). The node sends no message while
-  the journal holds unsynced records (see :mod:`dfs.metaserver.raft`), so nothing
+  the journal holds unsynced records (see :mod:`dfs.metaserver.syncobj`), so nothing
   is counted toward a majority, acknowledged or answered before it is on disk.
 - Each record carries a CRC32C. At start a damaged record with no intact record
   after it is a torn write from a crash (it was never synced, so never

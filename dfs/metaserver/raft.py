@@ -7,35 +7,22 @@ operation is committed and applied. Nothing in the Raft thread touches Twisted
 objects: results hop over with ``reactor.callFromThread``. Reads from the reactor
 take the same lock as the Raft thread's apply, so they never see half an operation.
 
-Durability (see docs/architecture.md, "Metadata on disk"): :class:`DurableSyncObj`
-runs PySyncObj over :class:`dfs.metaserver.journal.DurableJournal` and holds every
-outgoing Raft message while the journal has records not yet fsynced; the tick loop
-syncs the journal (one fsync for everything added since the last) before each
-tick's commit decisions and before held messages leave. So a follower's
-acknowledgement, a vote and the leader's own count toward a majority all stand on
-records that are on disk. Snapshots are fsynced and renamed durably, and a restart
-that finds a snapshot newer than the journal's start trims the journal to it
-instead of throwing the journal away.
+Everything that touches PySyncObj itself (the node, its durable transport and
+journal, the private names they rely on and the start-up check of those names) is
+in :mod:`dfs.metaserver.syncobj`; durability is described there and in
+docs/architecture.md, "Metadata on disk".
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import attrs
-import pysyncobj.syncobj
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
-from pysyncobj.monotonic import monotonic
-from pysyncobj.syncobj import _RAFT_STATE
-from pysyncobj.transport import TCPTransport
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -43,6 +30,20 @@ from twisted.logger import Logger
 from dfs.metaserver import filelayer
 from dfs.metaserver.filelayer import FileLayer
 from dfs.metaserver.journal import DurableJournal, JournalCorrupt, JournalFailed
+from dfs.metaserver.syncobj import (
+    FAIL_REASON,
+    DurableSyncObj,
+    ReplicatedState,
+    SnapshotUnreadable,
+    SyncObjConf,
+    Unsupported,
+    check_supported,
+    monotonic,
+    replicated,
+    role_of,
+    route_snapshot_renames,
+)
+from dfs.node import StartupError
 from dfs.protocol.errors import InvalidArgument, NotLeader
 
 T = TypeVar("T")
@@ -61,18 +62,18 @@ class MemberAddress:
     listen: str
 
 
-class NamespaceLog(SyncObjConsumer):  # type: ignore[misc]
+class NamespaceLog(ReplicatedState):
     """Holds the replicated state; PySyncObj pickles what is set after __init__."""
 
     def __init__(self, state: StateMachine) -> None:
-        # Set before SyncObjConsumer.__init__ so that it is not part of snapshots.
+        # Set before ReplicatedState.__init__ so that it is not part of snapshots.
         self._lock = threading.Lock()
         super().__init__()
         self.state = state
         #: Raft address -> client address of every metaserver that has led.
         self.addresses: dict[str, str] = {}
 
-    @replicated  # type: ignore[misc]
+    @replicated
     def apply(self, operation: Any) -> Any:
         # state.apply never raises: a raising replicated method wedges the group.
         with self._lock:
@@ -89,215 +90,6 @@ class NamespaceLog(SyncObjConsumer):  # type: ignore[misc]
         """The client address of the member at ``raft``, "" if it never led."""
         with self._lock:
             return self.addresses.get(raft, "")
-
-
-class SnapshotUnreadable(Exception):
-    """The snapshot on disk cannot be loaded: starting without it would diverge."""
-
-
-class DurableTransport(TCPTransport):  # type: ignore[misc]
-    """PySyncObj's TCP transport, holding outgoing messages while the journal has
-    unsynced records; :meth:`release` syncs the journal, then sends them in order."""
-
-    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
-        super().__init__(syncObj, selfNode, otherNodes)
-        self.journal: DurableJournal | None = None
-        self._held: list[tuple[Any, Any]] = []
-
-    def send(self, node: Any, message: Any) -> bool:
-        if self._held or (self.journal is not None and self.journal.dirty):
-            self._held.append((node, message))
-            return True
-        return bool(super().send(node, message))
-
-    def release(self) -> None:
-        if self.journal is not None:
-            self.journal.sync()
-        held, self._held = self._held, []
-        for node, message in held:
-            super().send(node, message)
-
-
-@contextlib.contextmanager
-def _journal_given(journal: DurableJournal) -> Iterator[None]:
-    # SyncObj.__init__ builds its journal with the module's createJournal and offers
-    # no parameter for another one: hand ours over for the length of the call.
-    original = pysyncobj.syncobj.createJournal
-    pysyncobj.syncobj.createJournal = lambda _path: journal
-    try:
-        yield
-    finally:
-        pysyncobj.syncobj.createJournal = original
-
-
-class DurableSyncObj(SyncObj):  # type: ignore[misc]
-    """A SyncObj over a :class:`DurableJournal`; see the module docstring."""
-
-    def __init__(
-        self,
-        self_address: str,
-        partners: list[str],
-        conf: SyncObjConf,
-        consumers: list[Any],
-        journal: DurableJournal,
-    ) -> None:
-        # Attributes set before SyncObj.__init__ stay out of its snapshots.
-        self._journal = journal
-        with _journal_given(journal):
-            super().__init__(
-                self_address, partners, conf, consumers=consumers, transportClass=DurableTransport
-            )
-        self._transport.journal = journal
-        self.addOnTickCallback(self.release)
-
-    @property
-    def _transport(self) -> DurableTransport:
-        return self._SyncObj__transport  # type: ignore[no-any-return]
-
-    def release(self) -> None:
-        """Sync the journal and send the messages held until it was synced."""
-        self._transport.release()
-
-    # -- what the reactor asks -------------------------------------------------------
-
-    def leader_address(self) -> str | None:
-        leader = self._getLeader()
-        return None if leader is None else str(leader.address)
-
-    def leader_settled(self) -> bool:
-        """Leader, and its own term's first entry is applied: everything committed
-        by earlier leaders is in the state it serves."""
-        noop = self._SyncObj__noopIDx
-        return bool(self._isLeader()) and noop is not None and self.raftLastApplied >= noop
-
-    def responses(self) -> list[float]:
-        """When each partner last answered this leader (monotonic seconds)."""
-        try:
-            return list(self._SyncObj__lastResponseTime.values())
-        except RuntimeError:  # changed size while being read: ask again next time
-            return []
-
-    def members(self) -> list[tuple[str, int]]:
-        """The other members (raft addresses) and, on the leader, how far each has
-        replicated the log (-1 elsewhere)."""
-        for _ in range(3):  # the Raft thread may change them while we read
-            try:
-                nodes = [str(node.address) for node in list(self._SyncObj__otherNodes)]
-                matched = {
-                    str(node.address): index
-                    for node, index in list(self._SyncObj__raftMatchIndex.items())
-                }
-                break
-            except RuntimeError:
-                continue
-        else:
-            return []
-        leading = self._isLeader()
-        return sorted((node, matched.get(node, -1) if leading else -1) for node in nodes)
-
-    def halt(self) -> None:
-        """Stop at once, as a crash would: nothing is synced; a snapshot being
-        written by a child process is killed (tests cutting the power use this)."""
-        self.end_snapshot(wait=0.0)
-        self._transport.destroy()
-        self._journal._destroy()
-
-    def end_snapshot(self, wait: float) -> None:
-        """Let a snapshot being written by a child process finish for up to ``wait``
-        seconds, then kill it. The child holds copies of this process's listening
-        sockets; left running it would keep the Raft port from a restarted node."""
-        serializer = self._SyncObj__serializer
-        pid = serializer._Serializer__pid
-        if pid <= 0:
-            return
-        deadline = time.monotonic() + wait
-        with contextlib.suppress(ChildProcessError):
-            while time.monotonic() < deadline:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    break
-                time.sleep(0.01)
-            else:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-        # A snapshot not seen to its end is not used: the next one starts afresh.
-        serializer._Serializer__pid = 0
-
-    # -- receiving ------------------------------------------------------------------------
-
-    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
-        # SyncObj's own handler takes the leader's commit index from every
-        # append_entries and commits its log up to it, also from the messages that
-        # carry no entries to check the log against: a snapshot sent in pieces, or
-        # the "snapshot not ready yet" message. A follower whose log still holds
-        # entries of a deposed leader then applies them: the replicas diverge. Only
-        # messages that verified the log (or installed the whole snapshot) may
-        # move the commit index.
-        if message.get("type") == "append_entries" and "prevLogIdx" not in message:
-            serialized = message.get("serialized")
-            if serialized is None or not serialized[2]:
-                message = {**message, "commit_index": 0}
-            elif serialized[2]:
-                # The last piece of the leader's snapshot: it is about to replace ours.
-                # A snapshot of our own still being written is older; left to finish,
-                # it would be renamed over the leader's, behind the journal's new start.
-                self.end_snapshot(wait=0.0)
-        SyncObj._SyncObj__onMessageReceived(self, node, message)
-
-    # -- loading a snapshot ------------------------------------------------------------
-
-    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
-        # Replaces SyncObj's own: that one clears the whole journal when its first
-        # entries are not the snapshot's last two, which after a crash between
-        # writing a snapshot and trimming the journal throws committed entries away,
-        # and it carries on with an empty state when the snapshot cannot be read.
-        path = self._SyncObj__conf.fullDumpFile
-        try:
-            data = self._SyncObj__serializer.deserialize()
-        except Exception as error:
-            raise SnapshotUnreadable(f"{path}: {type(error).__name__}: {error}") from error
-        if data[0] is not None:
-            self_data, consumers_data = data[0][0], data[0][1:]
-            for key, value in self_data.items():
-                self.__dict__[key] = value
-            for consumer, consumer_data in zip(
-                self._SyncObj__consumers, consumers_data, strict=True
-            ):
-                consumer._deserialize(consumer_data)
-        journal = self._SyncObj__raftLog
-        before, last = tuple(data[2]), tuple(data[1])
-        if not clearJournal and len(journal) and journal[0][1] > before[1]:
-            # Entries between the snapshot and the journal's start are nowhere: going
-            # on would silently drop them from this node.
-            raise SnapshotUnreadable(
-                f"{path} ends at entry {last[1]} but the journal starts at entry "
-                f"{journal[0][1]}: entries in between are missing"
-            )
-        position = None if clearJournal else _position(journal, before, last)
-        if position is None:
-            journal.clear()
-            journal.add(*before)
-            journal.add(*last)
-        elif position > 0:
-            journal.deleteEntriesTo(position)
-        self._SyncObj__raftLastApplied = last[1]
-        commit_index: int = self._SyncObj__raftCommitIndex  # type: ignore[has-type]
-        if commit_index > journal[-1][1]:
-            self._SyncObj__raftCommitIndex = journal[-1][1]
-        if self._SyncObj__conf.dynamicMembershipChange:
-            me = self._SyncObj__selfNode
-            self._SyncObj__updateClusterConfiguration([node for node in data[3] if node != me])
-        self._SyncObj__onSetCodeVersion(0)
-
-
-def _position(journal: DurableJournal, before: tuple, last: tuple) -> int | None:
-    """Where the snapshot's last two entries sit in the journal, if they do."""
-    if len(journal) < 2:
-        return None
-    position = before[1] - journal[0][1]
-    if 0 <= position < len(journal) - 1:
-        if tuple(journal[position]) == before and tuple(journal[position + 1]) == last:
-            return position
-    return None
 
 
 @attrs.frozen
@@ -376,10 +168,15 @@ class RaftService(Service):
 
     def open_journal(self) -> DurableJournal:
         """Open (and check) the journal; done before the service starts so that a
-        damaged journal stops the metaserver with a clear message at once."""
+        damaged journal, or a PySyncObj lacking what DFS relies on (StartupError),
+        stops the metaserver with a clear message at once."""
         if self.journal is None:
             settings = self._settings
-            filelayer.install()
+            try:
+                check_supported()
+            except Unsupported as error:
+                raise StartupError(str(error)) from None
+            route_snapshot_renames(filelayer.durable_replace)
             filelayer.register(settings.data_dir, settings.layer)
             self.journal = DurableJournal(settings.data_dir, settings.layer, settings.fsync)
         return self.journal
@@ -415,13 +212,17 @@ class RaftService(Service):
             onStateChanged=self._state_changed,
             autoTick=False,
         )
-        self._sync = DurableSyncObj(
-            settings.self_address,
-            list(settings.partners),
-            conf,
-            [self.namespace],
-            self.open_journal(),
-        )
+        try:
+            self._sync = DurableSyncObj(
+                settings.self_address,
+                list(settings.partners),
+                conf,
+                [self.namespace],
+                self.open_journal(),
+            )
+        except Unsupported as error:
+            self._report_fatal(str(error))
+            return
         self._stopping.clear()
         self._halting = False
         self._thread = threading.Thread(
@@ -513,7 +314,7 @@ class RaftService(Service):
             self._lease_until = answers[needed - 1] + self._settings.lease
 
     def _state_changed(self, old: int, new: int) -> None:  # runs in the Raft thread
-        if new == _RAFT_STATE.LEADER and self._settings.listen:
+        if role_of(new) == "leader" and self._settings.listen:
             # Tell the group where clients reach the new leader.
             self.namespace.apply(MemberAddress(self._settings.self_address, self._settings.listen))
 
@@ -613,14 +414,8 @@ class RaftService(Service):
             return {"role": "stopped"}
         # Single reads of plain values: safe from the reactor thread, unlike
         # SyncObj.getStatus, which walks dictionaries the Raft thread changes.
-        roles = {
-            _RAFT_STATE.FOLLOWER: "follower",
-            _RAFT_STATE.CANDIDATE: "candidate",
-            _RAFT_STATE.LEADER: "leader",
-        }
-        state = sync._SyncObj__raftState
         return {
-            "role": roles.get(state, str(state)),
+            "role": sync.role(),
             "serving": self.serving,
             "leader": self.leader_hint(),
             "term": sync.raftCurrentTerm,

@@ -18,17 +18,12 @@ member added later receives the snapshot from the leader.
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
-import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pysyncobj.node import TCPNode
-from pysyncobj.syncobj import _COMMAND_TYPE
-
 from dfs.config import ConfigError, load_metaserver_config
+from dfs.metaserver import syncobj
 from dfs.metaserver.backup import BackupInvalid, describe, parse, recover_leases
 from dfs.metaserver.filelayer import FileLayer
 from dfs.metaserver.namespace import Namespace
@@ -36,11 +31,6 @@ from dfs.metaserver.namespace import Namespace
 PROGRAM = "dfs-meta-restore"
 #: The files a metaserver keeps in data_dir/raft (see dfs.metaserver.journal).
 RAFT_FILES = ("raft.journal", "raft.meta", "raft.dump")
-#: The two log entries a snapshot ends with: no-ops at the start of term 0, as a
-#: new group's first entry is. The restored group's first leader appends after them.
-_NOOP = bytes([_COMMAND_TYPE.NO_OP])
-_BEFORE_LAST = (_NOOP, 1, 0)
-_LAST = (_NOOP, 2, 0)
 
 
 class RestoreRefused(Exception):
@@ -48,16 +38,14 @@ class RestoreRefused(Exception):
 
 
 def raft_snapshot(namespace: Namespace, members: Sequence[str]) -> bytes:
-    """PySyncObj's full dump (gzip of a pickle) of a group whose whole state is
-    ``namespace``: what :class:`dfs.metaserver.raft.NamespaceLog` holds, the last
-    two log entries and the members' Raft addresses."""
+    """PySyncObj's snapshot file of a group whose whole state is ``namespace``: what
+    :class:`dfs.metaserver.raft.NamespaceLog` holds, the last two log entries and
+    the members' Raft addresses. Raises syncobj.Unsupported."""
     consumer = {"state": namespace, "addresses": {}}
-    data = ([{}, consumer], _LAST, _BEFORE_LAST, {TCPNode(member) for member in members})
-    buffer = io.BytesIO()
-    # mtime 0: every member restored from one backup writes the same bytes.
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed:
-        pickle.dump(data, compressed, protocol=pickle.HIGHEST_PROTOCOL)
-    return buffer.getvalue()
+    # The log ends with two no-ops at the start of term 0, as a new group's first
+    # entry is; the restored group's first leader appends after them.
+    before, last = syncobj.noop_entry(1, 0), syncobj.noop_entry(2, 0)
+    return syncobj.full_dump([consumer], before, last, members)
 
 
 def restore(
@@ -68,7 +56,8 @@ def restore(
 ) -> tuple[Namespace, list[str], str]:
     """Write the Raft state of a member of ``members`` into ``data_dir/raft`` from a
     backup file's bytes. Returns the namespace, the files closed and a description
-    of the backup. Raises BackupInvalid or RestoreRefused."""
+    of the backup. Raises BackupInvalid, RestoreRefused or syncobj.Unsupported."""
+    syncobj.check_supported()
     backup = parse(backup_data)
     raft_dir = data_dir / "raft"
     present = [name for name in RAFT_FILES if (raft_dir / name).exists()]
@@ -118,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{args.backup}: {error}", 65)
     except RestoreRefused as error:
         return _fail(str(error), 73)
+    except syncobj.Unsupported as error:
+        return _fail(str(error), 70)
     print(f"restored {args.backup}: {description}")
     print(
         f"{namespace.entry_count} files and directories into {data_dir / 'raft'} "

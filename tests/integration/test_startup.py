@@ -206,3 +206,21 @@ def test_a_secret_others_can_read_stops_the_server_naming_the_fix(created, progr
         "mode 0640 lets its group use it",
     )
     assert port_is_free(node.listen_port)
+
+
+def test_a_pysyncobj_lacking_a_name_dfs_relies_on_stops_the_metaserver_with_one_line(created):
+    node = created.metaservers[0]
+    argv = twistd_argv("--nodaemon", "--pidfile=", "dfs-meta", "--config", str(node.config_path))
+    # twistd as it would run under a PySyncObj release that renamed a method DFS replaces.
+    argv[2] = "import pysyncobj.syncobj as s; del s.SyncObj._SyncObj__loadDumpFile; " + argv[2]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert result.returncode == 70, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "dfs-meta: error: pysyncobj 0.3.17 is not supported: missing "
+        "SyncObj._SyncObj__loadDumpFile; DFS needs pysyncobj 0.3.17"
+    ), lines[0]
+    assert not (node.directory / "data" / "raft" / "raft.journal").exists()

@@ -7,7 +7,6 @@ import io
 import os
 
 import pytest
-from pysyncobj import SyncObjConf
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -25,7 +24,8 @@ from dfs.metaserver.namespace import (
     Namespace,
     Ok,
 )
-from dfs.metaserver.raft import DurableSyncObj, NamespaceLog
+from dfs.metaserver.raft import NamespaceLog
+from dfs.metaserver.syncobj import DurableSyncObj, SyncObjConf
 from dfs.protocol.commands import ReadBackup, StartBackup
 from dfs.protocol.errors import ChecksumMismatch
 
@@ -141,7 +141,7 @@ def load_restored(raft_dir, me, partners) -> tuple[NamespaceLog, DurableSyncObj,
         dynamicMembershipChange=True,
     )
     sync = DurableSyncObj(me, partners, conf, [log], journal)
-    sync._SyncObj__loadDumpFile(clearJournal=False)
+    sync.load_snapshot(clear_journal=False)
     return log, sync, journal
 
 
