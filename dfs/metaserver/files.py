@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.logger import Logger
 
 from dfs.config import Address, ReplicationConfig
@@ -24,6 +25,7 @@ from dfs.metaserver.locations import ChunkLocations
 from dfs.metaserver.placement import Placement
 from dfs.metaserver.raft import NamespaceLog, RaftService
 from dfs.metaserver.registry import DataserverRegistry, DataserverState
+from dfs.protocol import records
 from dfs.protocol.errors import (
     InvalidArgument,
     IsADirectory,
@@ -39,25 +41,17 @@ from dfs.security.tokens import READ, WRITE, TokenIssuer, TokenKeys
 #: A page of a listing stops growing past this many bytes of entries, so that the
 #: answer fits one AMP value (65,535 bytes) whatever the names are like.
 PAGE_BYTES = 40_000
+#: Entries of a directory one ListDirectory answers at most (fewer when they would
+#: not fit one packed page, records.PAGE_LIMIT bytes).
+LIST_LIMIT = 10_000
 #: Chunks whose tokens one RenewChunkTokens renews: ~200 bytes each on the wire.
 MAX_RENEWALS = 100
 
 
-def _stat_entry(stat: ns.Stat) -> dict[str, Any]:
-    return {
-        "path": stat.path,
-        "name": stat.name,
-        "kind": stat.kind,
-        "inode": stat.inode,
-        "owner": stat.owner,
-        "group": stat.group,
-        "mode": stat.mode,
-        "mtime": stat.mtime,
-        "length": stat.length,
-        "replication": stat.replication,
-        "chunk_size": stat.chunk_size,
-        "complete": stat.complete,
-    }
+def _stat_entry(stat: ns.Stat) -> records.Entry:
+    # A Stat is an Entry with the lease holder, which stays here.
+    fields = attrs.fields(records.Entry)
+    return records.Entry(*(getattr(stat, field.name) for field in fields))
 
 
 def _quota_entry(usage: ns.QuotaUsage) -> dict[str, Any]:
@@ -68,16 +62,6 @@ def _quota_entry(usage: ns.QuotaUsage) -> dict[str, Any]:
         "names": usage.names,
         "space": usage.space,
     }
-
-
-def _entry_size(entry: dict[str, Any]) -> int:
-    return (
-        200
-        + len(entry["path"].encode())
-        + len(entry["name"].encode())
-        + len(entry["owner"])
-        + len(entry["group"])
-    )
 
 
 class FileService:
@@ -448,27 +432,25 @@ class FileService:
 
     def stat(self, identity: Identity, path: str) -> dict[str, Any]:
         caller = self.caller(identity)
-        return _stat_entry(self._read(lambda namespace: namespace.stat(path, caller)))
+        return {"entry": _stat_entry(self._read(lambda namespace: namespace.stat(path, caller)))}
 
     def list_directory(
         self, identity: Identity, path: str, start_after: str, limit: int
     ) -> dict[str, Any]:
         caller = self.caller(identity)
-        entries = self._read(lambda namespace: namespace.list(path, caller))
-        page: list[dict[str, Any]] = []
-        size = 0
-        limit = max(1, min(limit, 1000))
-        more = False
-        for stat in entries:
-            if start_after and stat.name <= start_after:
-                continue
-            entry = _stat_entry(stat)
-            if len(page) >= limit or size + _entry_size(entry) > PAGE_BYTES:
-                more = True
+        limit = max(1, min(limit, LIST_LIMIT))
+        # One read: the page is one consistent view, however the directory changes.
+        found = self._read(lambda namespace: namespace.list_page(path, caller, start_after, limit))
+        # Its stats are entries as they are (the lease holder is not packed); the page
+        # stops short where the next entry would not fit one packed value.
+        page: list[records.Entry] = []
+        size = records.PAGE_HEADER_BYTES
+        for stat in found.entries:
+            size += records.entry_size(stat)
+            if size > records.PAGE_LIMIT:
                 break
-            page.append(entry)
-            size += _entry_size(entry)
-        return {"entries": page, "more": more}
+            page.append(stat)
+        return {"entries": page, "more": found.more or len(page) < len(found.entries)}
 
     def get_chunks(
         self,
@@ -492,7 +474,7 @@ class FileService:
             for record in self.registry.records()
             if record.state is DataserverState.ALIVE
         }
-        page: list[dict[str, Any]] = []
+        page: list[records.ChunkRecord] = []
         size = 0
         limit = max(1, min(limit, 1000))
         index = first
@@ -512,16 +494,11 @@ class FileService:
             self._rng.shuffle(addresses)
             addresses.sort(key=lambda address: Address.parse(address).host != client_host)
             token = self.chunk_token(identity, chunk.chunk_id, chunk.version, READ)
-            page.append(
-                {
-                    "chunk_id": chunk.chunk_id,
-                    "version": chunk.version,
-                    "length": chunk.length,
-                    "locations": addresses,
-                    "token": token,
-                }
+            record = records.ChunkRecord(
+                chunk.chunk_id, chunk.version, chunk.length, tuple(addresses), token
             )
-            size += 60 + len(token) + sum(len(address) + 2 for address in addresses)
+            page.append(record)
+            size += records.chunk_record_size(record)
             index += 1
         return {"length": stat.length, "chunks": page, "more": index < len(chunks)}
 

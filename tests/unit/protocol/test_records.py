@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.protocols import amp
 
+from dfs.protocol.commands import GetChunks, ListDirectory, Stat
 from dfs.protocol.errors import MalformedRecord
 from dfs.protocol.records import (
     PAGE_HEADER_BYTES,
@@ -113,6 +114,12 @@ def test_one_entry_and_a_page_of_chunks_cross_the_wire() -> None:
     assert one.is_dir and not entry(1).is_dir
     records = [ChunkRecord(1, 2, 3, ("h1:7001", "h2:7001"), "tok"), ChunkRecord(4, 5, 6, (), "")]
     assert through_the_wire(ChunkPage(), records) == records
+
+
+def test_the_commands_answer_with_the_records() -> None:
+    assert [name for name, _ in Stat.response] == [b"entry"]
+    assert isinstance(dict(ListDirectory.response)[b"entries"], EntryPage)
+    assert isinstance(dict(GetChunks.response)[b"chunks"], ChunkPage)
 
 
 GOOD = pack_entries([entry(1), entry(2)])
