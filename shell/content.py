@@ -17,8 +17,8 @@ from functools import partial
 from typing import Any
 
 from dfs.client.blocking import run_eventually
-from dfs.client.client import Entry
 from dfs.protocol import errors
+from dfs.protocol.records import Entry
 from dfs_shell.files import (
     Failures,
     Session,

@@ -32,10 +32,10 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionClosed
 
 from dfs.client.blocking import BlockingClient, connect, run_eventually
-from dfs.client.client import Entry
 from dfs.client.connection import NoMetaserverReachable
 from dfs.config import ConfigError
 from dfs.protocol import errors
+from dfs.protocol.records import Entry
 from dfs_shell.errors import CommandError
 from dfs_shell.sizes import human
 

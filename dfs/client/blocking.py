@@ -23,10 +23,11 @@ from typing import IO, Any, Generic, TypeVar, cast
 import crochet
 
 from dfs.client.admin import FsckReport
-from dfs.client.client import DFSClient, Entry, Progress
+from dfs.client.client import DFSClient, Progress
 from dfs.client.reader import FileReader
 from dfs.client.writer import FileWriter
 from dfs.config import ClientConfig, load_client_config
+from dfs.protocol.records import Entry
 
 T = TypeVar("T")
 

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -44,37 +43,16 @@ from dfs.protocol.commands import (
     SetReplication,
     Stat,
 )
+from dfs.protocol.records import Entry
 
 #: Bytes handed to put/get progress callbacks at most this often.
 IO_SIZE = 4 * 1024 * 1024
-LIST_PAGE = 500
+#: Entries asked for per ListDirectory: the metaserver sends fewer when they would
+#: not fit one page (dfs.protocol.records.PAGE_LIMIT).
+LIST_PAGE = 10_000
 CHUNK_PAGE = 400
 
 Progress = Callable[[int], None]
-
-
-@attrs.frozen
-class Entry:
-    path: str
-    name: str
-    kind: str
-    inode: int
-    owner: str
-    group: str
-    mode: int
-    mtime: float
-    length: int
-    replication: int
-    chunk_size: int
-    complete: bool
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == "directory"
-
-    @classmethod
-    def from_answer(cls, answer: dict[str, Any]) -> Entry:
-        return cls(**{field.name: answer[field.name] for field in attrs.fields(cls)})
 
 
 class DFSClient(ClusterAdmin):
@@ -129,7 +107,9 @@ class DFSClient(ClusterAdmin):
         )
 
     async def stat(self, path: str) -> Entry:
-        return Entry.from_answer(await self.metaserver.call(Stat, path=path))
+        answer = await self.metaserver.call(Stat, path=path)
+        entry: Entry = answer["entry"]
+        return entry
 
     async def listdir(self, path: str) -> list[Entry]:
         entries: list[Entry] = []
@@ -138,7 +118,7 @@ class DFSClient(ClusterAdmin):
             answer = await self.metaserver.call(
                 ListDirectory, path=path, start_after=start_after, limit=LIST_PAGE
             )
-            entries += [Entry.from_answer(entry) for entry in answer["entries"]]
+            entries += answer["entries"]
             if not answer["more"] or not answer["entries"]:
                 return entries
             start_after = entries[-1].name
@@ -230,15 +210,15 @@ class DFSClient(ClusterAdmin):
             for chunk in answer["chunks"]:
                 chunks.append(
                     ChunkInfo(
-                        chunk_id=chunk["chunk_id"],
-                        version=chunk["version"],
-                        length=chunk["length"],
+                        chunk_id=chunk.chunk_id,
+                        version=chunk.version,
+                        length=chunk.length,
                         offset=offset,
-                        locations=tuple(chunk["locations"]),
-                        token=chunk["token"],
+                        locations=chunk.locations,
+                        token=chunk.token,
                     )
                 )
-                offset += chunk["length"]
+                offset += chunk.length
             first += len(answer["chunks"])
             if not answer["more"] or not answer["chunks"]:
                 break
@@ -266,17 +246,8 @@ class DFSClient(ClusterAdmin):
             raise
 
     async def _write_empty(self, path: str, **options: Any) -> None:
-        """An empty file, created complete in one request (a metaserver before protocol
-        1.1 creates it open: it is then closed the usual way)."""
-        answer = await self._create(path, close=True, **options)
-        if answer.get("closed"):
-            return
-        writer = self._writer(path, answer)
-        try:
-            await writer.close()
-        except BaseException:
-            await self.discard(writer)
-            raise
+        """An empty file, created complete in one request and one log entry."""
+        await self._create(path, close=True, **options)
 
     async def read_file(self, path: str) -> bytes:
         reader = await self.open(path)

@@ -25,6 +25,7 @@ from dfs.metaserver.registry import DataserverRecord, DataserverRegistry, Datase
 from dfs.metaserver.replicas import ReplicaTracker
 from dfs.metaserver.requests import check_replication
 from dfs.metaserver.safemode import SafeMode
+from dfs.protocol import records
 from dfs.protocol.errors import InvalidArgument, IsADirectory, NoSpace, PermissionDenied
 from dfs.security.identity import Identity
 from dfs.security.tokens import COPY, READ, WRITE, TokenIssuer
@@ -348,7 +349,7 @@ class ChunkAllocator:
             for record in self._registry.records()
             if record.state is DataserverState.ALIVE
         }
-        page: list[dict[str, Any]] = []
+        page: list[records.ChunkRecord] = []
         size = 0
         limit = max(1, min(limit, 1000))
         index = first
@@ -368,16 +369,11 @@ class ChunkAllocator:
             self._rng.shuffle(addresses)
             addresses.sort(key=lambda address: Address.parse(address).host != client_host)
             token = self._tokens.read(identity, chunk.chunk_id, chunk.version)
-            page.append(
-                {
-                    "chunk_id": chunk.chunk_id,
-                    "version": chunk.version,
-                    "length": chunk.length,
-                    "locations": addresses,
-                    "token": token,
-                }
+            record = records.ChunkRecord(
+                chunk.chunk_id, chunk.version, chunk.length, tuple(addresses), token
             )
-            size += 60 + len(token) + sum(len(address) + 2 for address in addresses)
+            page.append(record)
+            size += records.chunk_record_size(record)
             index += 1
         return {"length": stat.length, "chunks": page, "more": index < len(chunks)}
 

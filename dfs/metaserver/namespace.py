@@ -29,6 +29,7 @@ state, so every replica judges a request the same way.
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import math
 import pickle
@@ -39,6 +40,7 @@ import attrs
 
 from dfs.metaserver import paths
 from dfs.protocol import errors
+from dfs.protocol.records import Entry as WireEntry
 from dfs.security.identity import validate_name
 
 T = TypeVar("T")
@@ -77,6 +79,8 @@ MAX_HOLDER_LENGTH: Final = 255
 #: the one name the reactor side can always turn into an exception.
 INTERNAL_ERROR: Final = errors.DFSError.__name__
 _MAX_INT: Final = 2**63 - 1
+#: Fields of a Namespace that are derived from the others, not part of its state.
+_NOT_STATE: Final = frozenset({"_sorted_names"})
 
 FILE: Final = "file"
 DIRECTORY: Final = "directory"
@@ -179,31 +183,29 @@ class Lease:
     expires: float
 
 
-@attrs.frozen
-class Stat:
-    """What ``stat`` and ``ls`` show about one entry.
+@attrs.frozen(slots=False)
+class Stat(WireEntry):
+    """What ``stat`` and ``ls`` show about one entry: the wire record
+    (:class:`dfs.protocol.records.Entry`), which a page of stats is sent as, and
+    ``under_construction``, the lease holder of a file being written (else None),
+    which stays on the metaserver.
 
     Directories have length, replication and chunk_size 0 and are always complete.
-    ``under_construction`` is the lease holder of a file being written, else None.
     """
 
-    path: str
-    name: str
-    kind: Kind
-    inode: int
-    owner: str
-    group: str
-    mode: int
-    mtime: float
-    length: int
-    replication: int
-    chunk_size: int
-    complete: bool
     under_construction: str | None
 
 
 #: A listing entry is the same record as a stat.
 Entry = Stat
+
+
+@attrs.frozen
+class DirectoryPage:
+    """One page of a listing: entries in name order, and whether more follow."""
+
+    entries: tuple[Stat, ...]
+    more: bool
 
 
 @attrs.frozen
@@ -735,6 +737,13 @@ class Namespace:
     _applied: dict[tuple[str, str], Ok[Any] | Err] = attrs.field(
         init=False, factory=dict, repr=False
     )
+    # directory inode -> its children's names, sorted, so that a page of a listing
+    # costs its own length rather than the directory's. Built when a directory is
+    # first listed by pages, then kept up to date by _link and _unlink. Not state:
+    # never snapshotted nor compared, and a restored namespace starts without it.
+    _sorted_names: dict[int, builtins.list[str]] = attrs.field(
+        init=False, factory=dict, repr=False, eq=False
+    )
 
     @root_mode.validator
     def _check_root_mode(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -856,6 +865,21 @@ class Namespace:
         as itself (like ``ls``)."""
         return self._query(self._list_query, path, caller)
 
+    def list_page(
+        self,
+        path: str,
+        caller: Caller | None = None,
+        start_after: str = "",
+        limit: int = 1000,
+    ) -> Ok[DirectoryPage] | Err:
+        """One page of :meth:`list`: the entries named after ``start_after`` (all
+        from the first when it is ""), at most ``limit`` of them, and whether more
+        follow. Only the entries of the page are looked at, so paging through a
+        directory of n entries costs O(n) in all, not O(n^2)."""
+        return self._query(
+            lambda path, who: self._list_page_query(path, who, start_after, limit), path, caller
+        )
+
     def du(self, path: str, caller: Caller | None = None) -> Ok[Usage] | Err:
         """Files, directories and bytes (plain and times replication) under ``path``;
         the caller needs read and search on every directory below it."""
@@ -950,7 +974,11 @@ class Namespace:
         return None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {field.name: getattr(self, field.name) for field in attrs.fields(type(self))}
+        return {
+            field.name: getattr(self, field.name)
+            for field in attrs.fields(type(self))
+            if field.name not in _NOT_STATE
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A snapshot written by an older version lacks the fields added since (groups,
@@ -1042,6 +1070,10 @@ class Namespace:
             problems.append("the chunk index holds chunks no file has")
         if open_files != self._open_files:
             problems.append("the set of files under construction is out of date")
+        for inode, names in self._sorted_names.items():
+            directory = self._nodes.get(inode)
+            if not isinstance(directory, DirectoryNode) or names != sorted(directory.children):
+                problems.append(f"the sorted names of inode {inode} are out of date")
         for inode, quota in self._quotas.items():
             directory = self._nodes.get(inode)
             if not isinstance(directory, DirectoryNode):
@@ -1322,8 +1354,38 @@ class Namespace:
         self._require(who, node, READ, path)
         return tuple(
             self._stat(paths.join(path, name), self._nodes[node.children[name]])
-            for name in sorted(node.children)
+            for name in self._sorted_names_of(node)
         )
+
+    def _list_page_query(
+        self, path: str, who: _Principal | None, start_after: object, limit: object
+    ) -> DirectoryPage:
+        if not isinstance(start_after, str):
+            raise _Refused(
+                errors.InvalidArgument, f"start_after must be a string, not {_shown(start_after)}"
+            )
+        count = _integer(limit, "limit", 1, _MAX_INT)
+        node = self._existing(path, who)
+        if isinstance(node, FileNode):
+            shown = not start_after or node.name > start_after
+            return DirectoryPage((self._stat(path, node),) if shown else (), False)
+        self._require(who, node, READ, path)
+        names = self._sorted_names_of(node)
+        first = bisect.bisect_right(names, start_after) if start_after else 0
+        last = min(first + count, len(names))
+        return DirectoryPage(
+            tuple(
+                self._stat(paths.join(path, name), self._nodes[node.children[name]])
+                for name in names[first:last]
+            ),
+            last < len(names),
+        )
+
+    def _sorted_names_of(self, directory: DirectoryNode) -> builtins.list[str]:
+        names = self._sorted_names.get(directory.inode)
+        if names is None:
+            names = self._sorted_names[directory.inode] = sorted(directory.children)
+        return names
 
     def _du_query(self, path: str, who: _Principal | None) -> Usage:
         files = directories = size = replicated = 0
@@ -1375,6 +1437,20 @@ class Namespace:
     # Below, everything before the first assignment to the state may refuse; nothing
     # after it may.
 
+    def _link(self, parent: DirectoryNode, name: str, node: Node) -> None:
+        """Enter ``node`` in ``parent`` under ``name`` (a name it does not hold)."""
+        parent.children[name] = node.inode
+        names = self._sorted_names.get(parent.inode)
+        if names is not None:
+            bisect.insort(names, name)
+
+    def _unlink(self, parent: DirectoryNode, name: str) -> None:
+        """Take ``name`` out of ``parent``."""
+        del parent.children[name]
+        names = self._sorted_names.get(parent.inode)
+        if names is not None:
+            del names[bisect.bisect_left(names, name)]
+
     def _add_directory(
         self, parent: DirectoryNode, name: str, mode: int, owner: str, now: float
     ) -> DirectoryNode:
@@ -1390,7 +1466,7 @@ class Namespace:
         )
         self._next_inode += 1
         self._nodes[node.inode] = node
-        parent.children[name] = node.inode
+        self._link(parent, name, node)
         parent.mtime = now
         self._charge(parent, 1, 0)
         return node
@@ -1401,11 +1477,12 @@ class Namespace:
         if self._quotas:
             names, space = self._usage_of(top)
             self._charge(parent, -names, -space)
-        del parent.children[name]
+        self._unlink(parent, name)
         freed: list[ChunkRef] = []
         for node in below:
             del self._nodes[node.inode]
             self._quotas.pop(node.inode, None)
+            self._sorted_names.pop(node.inode, None)
             if isinstance(node, FileNode):
                 freed.extend(node.chunks)
                 self._open_files.discard(node.inode)
@@ -1530,7 +1607,7 @@ class Namespace:
         self._nodes[new.inode] = new
         if lease is not None:
             self._open_files.add(new.inode)
-        parent.children[name] = new.inode
+        self._link(parent, name, new)
         parent.mtime = now
         self._charge(parent, 1, 0)
         return CreateResult(stat=self._stat(path, new), freed=freed)
@@ -1765,11 +1842,11 @@ class Namespace:
             self._check_quota(dst_parent, names, space, dst, skip=above_src)
         now = float(op.now)
         freed = self._remove(dst_parent, dst_name, replaced) if replaced is not None else ()
-        del src_parent.children[src_name]
+        self._unlink(src_parent, src_name)
         if above_src != above_dst:
             self._charge(src_parent, -moved[0], -moved[1], skip=above_dst)
             self._charge(dst_parent, moved[0], moved[1], skip=above_src)
-        dst_parent.children[dst_name] = node.inode
+        self._link(dst_parent, dst_name, node)
         node.parent = dst_parent.inode
         node.name = dst_name
         src_parent.mtime = now

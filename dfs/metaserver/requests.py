@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.logger import Logger
 
 from dfs.config import ReplicationConfig
@@ -17,6 +18,7 @@ from dfs.metaserver import namespace as ns
 from dfs.metaserver.log import ReplicatedLog, caller, commit, lookup, stamp
 from dfs.metaserver.replicas import ReplicaTracker
 from dfs.metaserver.safemode import SafeMode
+from dfs.protocol import records
 from dfs.protocol.errors import InvalidArgument
 from dfs.security.identity import Identity
 
@@ -28,26 +30,15 @@ def check_replication(config: ReplicationConfig, path: str, replication: int) ->
         raise InvalidArgument(f"{path}: replication {replication} is outside {low}..{high}")
 
 
-#: A page of a listing stops growing past this many bytes of entries, so that the
-#: answer fits one AMP value (65,535 bytes) whatever the names are like.
-PAGE_BYTES = 40_000
+#: Entries of a directory one ListDirectory answers at most (fewer when they would
+#: not fit one packed page, records.PAGE_LIMIT bytes).
+LIST_LIMIT = 10_000
 
 
-def _stat_entry(stat: ns.Stat) -> dict[str, Any]:
-    return {
-        "path": stat.path,
-        "name": stat.name,
-        "kind": stat.kind,
-        "inode": stat.inode,
-        "owner": stat.owner,
-        "group": stat.group,
-        "mode": stat.mode,
-        "mtime": stat.mtime,
-        "length": stat.length,
-        "replication": stat.replication,
-        "chunk_size": stat.chunk_size,
-        "complete": stat.complete,
-    }
+def _stat_entry(stat: ns.Stat) -> records.Entry:
+    # A Stat is an Entry with the lease holder, which stays here.
+    fields = attrs.fields(records.Entry)
+    return records.Entry(*(getattr(stat, field.name) for field in fields))
 
 
 def _quota_entry(usage: ns.QuotaUsage) -> dict[str, Any]:
@@ -58,16 +49,6 @@ def _quota_entry(usage: ns.QuotaUsage) -> dict[str, Any]:
         "names": usage.names,
         "space": usage.space,
     }
-
-
-def _entry_size(entry: dict[str, Any]) -> int:
-    return (
-        200
-        + len(entry["path"].encode())
-        + len(entry["name"].encode())
-        + len(entry["owner"])
-        + len(entry["group"])
-    )
 
 
 class NamespaceRequests:
@@ -186,27 +167,25 @@ class NamespaceRequests:
 
     def stat(self, identity: Identity, path: str) -> dict[str, Any]:
         who = caller(identity)
-        return _stat_entry(self._query(lambda namespace: namespace.stat(path, who)))
+        return {"entry": _stat_entry(self._query(lambda namespace: namespace.stat(path, who)))}
 
     def list_directory(
         self, identity: Identity, path: str, start_after: str, limit: int
     ) -> dict[str, Any]:
         who = caller(identity)
-        entries = self._query(lambda namespace: namespace.list(path, who))
-        page: list[dict[str, Any]] = []
-        size = 0
-        limit = max(1, min(limit, 1000))
-        more = False
-        for stat in entries:
-            if start_after and stat.name <= start_after:
-                continue
-            entry = _stat_entry(stat)
-            if len(page) >= limit or size + _entry_size(entry) > PAGE_BYTES:
-                more = True
+        limit = max(1, min(limit, LIST_LIMIT))
+        # One read: the page is one consistent view, however the directory changes.
+        found = self._query(lambda namespace: namespace.list_page(path, who, start_after, limit))
+        # Its stats are entries as they are (the lease holder is not packed); the page
+        # stops short where the next entry would not fit one packed value.
+        page: list[records.Entry] = []
+        size = records.PAGE_HEADER_BYTES
+        for stat in found.entries:
+            size += records.entry_size(stat)
+            if size > records.PAGE_LIMIT:
                 break
-            page.append(entry)
-            size += _entry_size(entry)
-        return {"entries": page, "more": more}
+            page.append(stat)
+        return {"entries": page, "more": found.more or len(page) < len(found.entries)}
 
     def du(self, identity: Identity, path: str) -> dict[str, int]:
         who = caller(identity)

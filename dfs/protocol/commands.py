@@ -13,6 +13,7 @@ from typing import ClassVar
 from twisted.protocols import amp
 
 from dfs.protocol.errors import ERROR_CODES
+from dfs.protocol.records import Bulk, ChunkPage, EntryArgument, EntryPage
 from dfs.security.identity import Role
 
 ANY_ROLE: frozenset[Role] = frozenset(Role)
@@ -26,28 +27,6 @@ class DFSCommand(amp.Command):
 
     errors: ClassVar[dict[type[Exception], bytes]] = dict(ERROR_CODES)
     allowed_roles: ClassVar[frozenset[Role]] = frozenset()
-
-
-class Bulk(amp.Argument):
-    """Bytes of any length: AMP values hold at most 65,535 bytes, so the data is cut
-    into pieces under the keys ``name``, ``name.1``, ``name.2``, ... and joined again."""
-
-    PIECE = 0xFFFF
-
-    def toBox(self, name: bytes, strings: dict, objects: dict, proto: object) -> None:  # type: ignore[override]
-        data = objects[amp._wireNameToPythonIdentifier(name)]
-        view = memoryview(data)
-        strings[name] = bytes(view[: self.PIECE])
-        for index, start in enumerate(range(self.PIECE, len(data), self.PIECE), start=1):
-            strings[name + b".%d" % index] = bytes(view[start : start + self.PIECE])
-
-    def fromBox(self, name: bytes, strings: dict, objects: dict, proto: object) -> None:  # type: ignore[override]
-        pieces = [strings[name]]
-        index = 1
-        while (key := name + b".%d" % index) in strings:
-            pieces.append(strings[key])
-            index += 1
-        objects[amp._wireNameToPythonIdentifier(name)] = b"".join(pieces)
 
 
 class Ping(DFSCommand):
@@ -322,28 +301,7 @@ class ReadBackup(DFSCommand):
 
 # -- the namespace: people ask a metaserver ------------------------------------
 
-ENTRY: list = [
-    (b"path", amp.Unicode()),
-    (b"name", amp.Unicode()),
-    (b"kind", amp.Unicode()),  # "file" or "directory"
-    (b"inode", amp.Integer()),
-    (b"owner", amp.Unicode()),
-    (b"group", amp.Unicode()),
-    (b"mode", amp.Integer()),
-    (b"mtime", amp.Float()),
-    (b"length", amp.Integer()),
-    (b"replication", amp.Integer()),
-    (b"chunk_size", amp.Integer()),
-    (b"complete", amp.Boolean()),
-]
-
-CHUNK: list = [
-    (b"chunk_id", amp.Integer()),
-    (b"version", amp.Integer()),
-    (b"length", amp.Integer()),
-    (b"locations", amp.ListOf(amp.Unicode())),
-    (b"token", amp.Unicode()),  # a read token for the caller (dfs.security.tokens)
-]
+# Entries and chunks travel as the records of dfs.protocol.records, packed.
 
 
 class NamespaceCommand(DFSCommand):
@@ -365,12 +323,10 @@ class Create(NamespaceCommand):
     """Create a file and hold its write lease (renew it with RenewLease).
     replication and chunk_size 0 mean the cluster's defaults.
 
-    ``close`` (protocol 1.1): create it empty and complete, with no lease, in one log
-    entry; the answer's ``closed`` is then true. ``first_chunk`` (1.1): add the file's
-    first chunk in the same entry where placement allows, answered in the optional
-    ``chunk_id``, ``version``, ``targets`` and ``token`` as AddChunk would. A metaserver
-    before 1.1 ignores both and answers neither: the client then goes on with
-    CloseFile or AddChunk."""
+    ``close``: create it empty and complete, with no lease, in one log entry (the
+    answer's ``closed`` is then true). ``first_chunk``: add the file's first chunk in
+    the same entry where placement allows, answered in the optional ``chunk_id``,
+    ``version``, ``targets`` and ``token`` as AddChunk would."""
 
     commandName = b"Create"
     arguments: ClassVar[list] = [
@@ -388,7 +344,7 @@ class Create(NamespaceCommand):
         (b"replication", amp.Integer()),
         (b"chunk_size", amp.Integer()),
         (b"lease_period", amp.Float()),
-        (b"closed", amp.Boolean(optional=True)),
+        (b"closed", amp.Boolean()),
         (b"chunk_id", amp.Integer(optional=True)),
         (b"version", amp.Integer(optional=True)),
         (b"targets", amp.ListOf(amp.Unicode(), optional=True)),
@@ -454,8 +410,7 @@ class RenewLease(NamespaceCommand):
 class CloseFile(NamespaceCommand):
     """Complete the file at ``length``, the sum of its committed chunks.
 
-    With ``chunk_id`` (protocol 1.1, to a metaserver whose Create answered a first
-    chunk): commit that last chunk at ``chunk_length`` on ``locations`` first, in the
+    With ``chunk_id``: commit that last chunk at ``chunk_length`` on ``locations`` first, in the
     same log entry, as CommitChunk would; ``chunk_length`` 0 drops the chunk instead
     (nothing was written to it)."""
 
@@ -476,11 +431,12 @@ class CloseFile(NamespaceCommand):
 class Stat(NamespaceCommand):
     commandName = b"Stat"
     arguments: ClassVar[list] = [(b"path", amp.Unicode())]
-    response: ClassVar[list] = ENTRY
+    response: ClassVar[list] = [(b"entry", EntryArgument())]
 
 
 class ListDirectory(NamespaceCommand):
-    """One page of a directory's entries, by name, after ``start_after``."""
+    """One page of a directory's entries, by name, after ``start_after``: at most
+    ``limit``, and fewer when more would not fit one packed value."""
 
     commandName = b"ListDirectory"
     arguments: ClassVar[list] = [
@@ -488,7 +444,7 @@ class ListDirectory(NamespaceCommand):
         (b"start_after", amp.Unicode()),
         (b"limit", amp.Integer()),
     ]
-    response: ClassVar[list] = [(b"entries", amp.AmpList(ENTRY)), (b"more", amp.Boolean())]
+    response: ClassVar[list] = [(b"entries", EntryPage()), (b"more", amp.Boolean())]
 
 
 class GetChunks(NamespaceCommand):
@@ -502,7 +458,7 @@ class GetChunks(NamespaceCommand):
     ]
     response: ClassVar[list] = [
         (b"length", amp.Integer()),
-        (b"chunks", amp.AmpList(CHUNK)),
+        (b"chunks", ChunkPage()),
         (b"more", amp.Boolean()),
     ]
 

@@ -149,6 +149,15 @@ class ChunkNotFound(DFSError):
     user_text = "No such chunk replica"
 
 
+class MalformedRecord(DFSError):
+    """A packed record or page of records (:mod:`dfs.protocol.records`) that is not
+    what its encoder writes. Raised where the value is decoded, never sent as an
+    answer: a peer that sends one is broken or not speaking DFS."""
+
+    code = b"MALFORMED_RECORD"
+    user_text = "Malformed answer from the server"
+
+
 ALL_ERRORS: tuple[type[DFSError], ...] = (
     NotLeader,
     FileNotFound,

@@ -30,6 +30,7 @@ from dfs.protocol.commands import (
     RenewChunkTokens,
 )
 from dfs.protocol.errors import InvalidToken
+from dfs.protocol.records import ChunkRecord
 from dfs.protocol.session import PeerSession
 from dfs.security.tokens import READ, WRITE, TokenKeys
 
@@ -50,7 +51,7 @@ def write_key(path: Path) -> bytes:
     return key
 
 
-async def a_chunk(cluster: LocalCluster, path: str) -> tuple[DFSClient, dict[str, Any]]:
+async def a_chunk(cluster: LocalCluster, path: str) -> tuple[DFSClient, ChunkRecord]:
     """A client, and the first chunk of a new file at ``path`` as GetChunks gives it
     (with a read token minted for the client's user)."""
     client = await DFSClient.connect(reactor, load_client_config(cluster.client_config))
@@ -76,13 +77,13 @@ async def test_a_dataserver_refuses_every_bad_token_and_says_why(
     client, chunk = await a_chunk(cluster, "/guarded")
     keys = cluster_keys(cluster)
     user = credentials.identity.name
-    chunk_id, version = chunk["chunk_id"], chunk["version"]
+    chunk_id, version = chunk.chunk_id, chunk.version
     later = time.time() + 300
-    session = await dataserver(chunk["locations"][0], credentials)
+    session = await dataserver(chunk.locations[0], credentials)
 
     # The token that came with the locations works.
     answer = await session.callRemote(
-        ReadChunk, chunk_id=chunk_id, version=version, offset=0, length=BLOCK, token=chunk["token"]
+        ReadChunk, chunk_id=chunk_id, version=version, offset=0, length=BLOCK, token=chunk.token
     )
     assert len(answer["data"]) == BLOCK
 
@@ -101,7 +102,7 @@ async def test_a_dataserver_refuses_every_bad_token_and_says_why(
         "wrong user": read(keys.mint(chunk_id, version, READ, "bob", later)),
         "expired token": read(keys.mint(chunk_id, version, READ, user, time.time() - 1)),
         # The chunk's own token, presented for another chunk.
-        "wrong chunk: token is for": read(chunk["token"], of=chunk_id + 1),
+        "wrong chunk: token is for": read(chunk.token, of=chunk_id + 1),
     }
     for reason, call in cases.items():
         assert (await refusal(call)).startswith(reason), reason
@@ -124,7 +125,7 @@ async def test_a_dataserver_refuses_every_bad_token_and_says_why(
         "wrong user": open_write(keys.mint(new_id, 1, WRITE, "bob", later)),
         "expired token": open_write(keys.mint(new_id, 1, WRITE, user, time.time() - 1)),
         # The read token of a real chunk does not open it for writing.
-        "wrong operation: token allows read": open_write(chunk["token"], of=chunk_id),
+        "wrong operation: token allows read": open_write(chunk.token, of=chunk_id),
     }
     for reason, call in write_cases.items():
         assert (await refusal(call)).startswith(reason), reason
@@ -133,7 +134,7 @@ async def test_a_dataserver_refuses_every_bad_token_and_says_why(
     await session.callRemote(AbortChunkWrite, chunk_id=new_id, version=1, token=token)
 
     # Each refusal is logged with who was refused.
-    [node] = [node for node in cluster.dataservers if node.address == chunk["locations"][0]]
+    [node] = [node for node in cluster.dataservers if node.address == chunk.locations[0]]
     await poll(
         lambda: log_contains(
             node.logfile, "refused ReadChunk of chunk", f"to {credentials.identity}", "forged token"
@@ -157,10 +158,10 @@ async def test_during_a_key_rotation_tokens_of_the_previous_key_are_accepted(
     cluster = make_cluster(security_options={"token_previous_key_file": str(previous)})
     credentials = credentials_of(cluster)
     client, chunk = await a_chunk(cluster, "/rotated")
-    chunk_id, version = chunk["chunk_id"], chunk["version"]
+    chunk_id, version = chunk.chunk_id, chunk.version
     user = credentials.identity.name
     later = time.time() + 300
-    session = await dataserver(chunk["locations"][0], credentials)
+    session = await dataserver(chunk.locations[0], credentials)
 
     def read(token: str) -> Any:
         return session.callRemote(
@@ -171,10 +172,10 @@ async def test_during_a_key_rotation_tokens_of_the_previous_key_are_accepted(
     old_token = TokenKeys(old_key).mint(chunk_id, version, READ, user, later)
     assert len((await read(old_token))["data"]) == BLOCK
     # The metaserver mints with the new key only.
-    cluster_keys(cluster).verify(chunk["token"], chunk_id, version, READ, user, time.time())
+    cluster_keys(cluster).verify(chunk.token, chunk_id, version, READ, user, time.time())
     with pytest.raises(InvalidToken, match="forged"):
-        TokenKeys(old_key).verify(chunk["token"], chunk_id, version, READ, user, time.time())
-    assert len((await read(chunk["token"]))["data"]) == BLOCK
+        TokenKeys(old_key).verify(chunk.token, chunk_id, version, READ, user, time.time())
+    assert len((await read(chunk.token))["data"]) == BLOCK
     # A key of neither is refused.
     stranger = TokenKeys(os.urandom(32)).mint(chunk_id, version, READ, user, later)
     assert (await refusal(read(stranger))).startswith("forged token")
@@ -257,9 +258,9 @@ async def test_sighup_rotates_the_token_key_without_a_restart(make_cluster, cred
     pids = {node.name: node.pid() for node in (meta1, ds1)}
     credentials = credentials_of(cluster)
     client, chunk = await a_chunk(cluster, "/hup")
-    chunk_id, version = chunk["chunk_id"], chunk["version"]
+    chunk_id, version = chunk.chunk_id, chunk.version
     user = credentials.identity.name
-    session = await dataserver(chunk["locations"][0], credentials)
+    session = await dataserver(chunk.locations[0], credentials)
     shared = cluster.directory / "shared"
     old_key = cluster_keys(cluster).current
     new_key = write_key(shared / "token.key.new")
@@ -297,7 +298,7 @@ async def test_sighup_rotates_the_token_key_without_a_restart(make_cluster, cred
     configure("token.key.new", "token.key")
     await reload(meta1, 1)
     answer = await client.metaserver.call(GetChunks, path="/hup", first=0, limit=1)
-    token = answer["chunks"][0]["token"]
+    token = answer["chunks"][0].token
     TokenKeys(new_key).verify(token, chunk_id, version, READ, user, time.time())
     assert len((await read(token))["data"]) == BLOCK
     # 3. The old key is dropped everywhere: its tokens are refused, the new ones not.

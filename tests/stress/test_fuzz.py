@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -42,6 +43,7 @@ from dfs.dataserver.service import DataserverSession
 from dfs.localcluster import LocalCluster, Node
 from dfs.metaserver.service import MetaserverSession
 from dfs.protocol import commands
+from dfs.protocol.records import ChunkPage
 from dfs.protocol.stream import HEADER
 from dfs.protocol.version import PROTOCOL_VERSION
 from dfs.security.ca import CertificateAuthority
@@ -527,12 +529,14 @@ def chunk_values(meta: Node, ca: Path, certificate: Certificate) -> dict[bytes, 
         connection.send(box(request))
         for answer in connection.boxes(time.monotonic() + 20):
             if answer.get(b"_answer") == b"1":
-                chunks = amp.AmpList(commands.CHUNK).fromStringProto(answer[b"chunks"], None)
+                objects: dict[str, Any] = {}
+                ChunkPage().fromBox(b"chunks", answer, objects, None)
+                chunks = objects["chunks"]
                 print(f"\n/fuzz/blob: {len(chunks)} chunk(s), read tokens used in ReadChunk")
                 return {
-                    b"chunk_id": [str(chunk["chunk_id"]).encode() for chunk in chunks],
-                    b"version": [str(chunk["version"]).encode() for chunk in chunks],
-                    b"token": [chunk["token"].encode() for chunk in chunks] or [b""],
+                    b"chunk_id": [str(chunk.chunk_id).encode() for chunk in chunks],
+                    b"version": [str(chunk.version).encode() for chunk in chunks],
+                    b"token": [chunk.token.encode() for chunk in chunks] or [b""],
                 }
         raise AssertionError(f"GetChunks of /fuzz/blob failed: {connection.buffer!r}")
     finally:

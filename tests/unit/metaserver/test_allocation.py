@@ -110,8 +110,8 @@ def test_a_committed_chunk_is_found_at_once_with_read_tokens(handlers):
     page = handlers.chunks.get_chunks(ALICE, "/home/f", 0, 10, "127.0.0.1")
     assert page["length"] == 5 and not page["more"]
     [found] = page["chunks"]
-    assert sorted(found["locations"]) == ADDRESSES
-    KEYS.verify(found["token"], chunk_id, version, READ, "alice", 1000)
+    assert sorted(found.locations) == ADDRESSES
+    KEYS.verify(found.token, chunk_id, version, READ, "alice", 1000)
     with pytest.raises(PermissionDenied):
         handlers.chunks.get_chunks(BOB, "/home/f", 0, 10)
 
@@ -174,8 +174,8 @@ def test_a_created_file_is_stamped_with_the_callers_name_and_the_leaders_clock(
     assert operation.caller == ns.Caller("alice") and operation.now == clock.seconds()
     assert operation.lease_holder == "alice|c"
     assert operation.lease_expires == clock.seconds() + 30.0
-    entry = handlers.namespace.stat(ALICE, "/home/f")
-    assert (entry["owner"], entry["mode"], entry["complete"]) == ("alice", 0o640, False)
+    entry = handlers.namespace.stat(ALICE, "/home/f")["entry"]
+    assert (entry.owner, entry.mode, entry.complete) == ("alice", 0o640, False)
 
 
 def test_an_empty_file_is_created_closed_in_one_entry(handlers, log):
@@ -185,7 +185,7 @@ def test_an_empty_file_is_created_closed_in_one_entry(handlers, log):
     )
     assert answer["closed"] and "chunk_id" not in answer
     assert [type(op) for op in log.submitted[before:]] == [ns.CreateClosed]
-    assert handlers.namespace.stat(ALICE, "/home/e")["complete"]
+    assert handlers.namespace.stat(ALICE, "/home/e")["entry"].complete
 
 
 def test_a_file_and_its_first_chunk_in_one_entry_then_the_last_commit_with_the_close(
@@ -202,7 +202,7 @@ def test_a_file_and_its_first_chunk_in_one_entry_then_the_last_commit_with_the_c
     assert [type(op) for op in log.submitted[before:]] == [ns.CreateWithChunk, ns.CommitClose]
     page = handlers.chunks.get_chunks(ALICE, "/home/f", 0, 10)
     assert page["length"] == 7
-    assert sorted(page["chunks"][0]["locations"]) == ADDRESSES
+    assert sorted(page["chunks"][0].locations) == ADDRESSES
 
 
 def test_no_room_for_a_first_chunk_still_creates_the_file(clock, log, make_handlers):
@@ -229,16 +229,16 @@ def test_a_close_with_the_last_chunk_on_too_few_dataservers_is_refused(
                 ALICE, "/home/f", "c", 7, "", answer["chunk_id"], 1, 7, ADDRESSES[:1]
             )
         )
-    assert not handlers.namespace.stat(ALICE, "/home/f")["complete"]
+    assert not handlers.namespace.stat(ALICE, "/home/f")["entry"].complete
 
 
 def test_an_expired_lease_is_recovered_by_the_leader_out_of_safe_mode(handlers, clock):
     result_of(handlers.chunks.create(ALICE, "/home/f", 0o644, 1, 0, False, "c", ""))
     result_of(handlers.chunks.recover_expired_leases())
-    assert not handlers.namespace.stat(ALICE, "/home/f")["complete"]
+    assert not handlers.namespace.stat(ALICE, "/home/f")["entry"].complete
     clock.advance(31)
     result_of(handlers.chunks.recover_expired_leases())
-    assert handlers.namespace.stat(ALICE, "/home/f")["complete"]
+    assert handlers.namespace.stat(ALICE, "/home/f")["entry"].complete
 
 
 def test_leases_are_renewed_in_safe_mode_but_files_are_not_created(handlers):

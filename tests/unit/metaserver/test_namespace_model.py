@@ -555,6 +555,32 @@ class NamespaceMachine(RuleBasedStateMachine):
 
     @rule(
         data=st.data(),
+        how=spellings,
+        start_after=st.sampled_from(["", "a", "b", "m", "z"]),
+        limit=st.integers(1, 3),
+    )
+    def list_page(self, data: st.DataObject, how: int, start_after: str, limit: int) -> None:
+        path = self.pick(data, list(self.model))
+        error = self.walk_error(path) or (None if path in self.model else "FileNotFound")
+        result = self.ns.list_page(spell(path, how), start_after=start_after, limit=limit)
+        if error is not None:
+            assert isinstance(result, Err) and result.error == error, result
+            return
+        assert isinstance(result, Ok), result
+        if isinstance(self.model[path], ModelFile):
+            listed = [path]
+        else:
+            listed = sorted(
+                p for p in self.model if p != "/" and paths.split(p)[0] == path and p != path
+            )
+        after = [p for p in listed if not start_after or paths.split(p)[1] > start_after]
+        assert [entry.path for entry in result.value.entries] == after[:limit]
+        assert result.value.more == (len(after) > limit)
+        for entry in result.value.entries:
+            self.check_entry(entry.path, entry)
+
+    @rule(
+        data=st.data(),
         owner=st.sampled_from([None, "carol"]),
         group=st.sampled_from([None, "staff", "web"]),
         mode=modes,

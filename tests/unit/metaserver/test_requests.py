@@ -73,9 +73,9 @@ def test_a_listing_comes_in_pages_after_the_name_given(handlers):
     for name in ("c", "a", "b"):
         result_of(handlers.namespace.mkdir(ALICE, f"/home/{name}", 0o755, False, ""))
     first = handlers.namespace.list_directory(ALICE, "/home", "", 2)
-    assert [entry["name"] for entry in first["entries"]] == ["a", "b"] and first["more"]
+    assert [entry.name for entry in first["entries"]] == ["a", "b"] and first["more"]
     rest = handlers.namespace.list_directory(ALICE, "/home", "b", 2)
-    assert [entry["name"] for entry in rest["entries"]] == ["c"] and not rest["more"]
+    assert [entry.name for entry in rest["entries"]] == ["c"] and not rest["more"]
 
 
 def test_a_follower_answers_no_query(handlers, log):

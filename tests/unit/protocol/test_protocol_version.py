@@ -70,7 +70,7 @@ def test_versions_parse_and_talk_when_the_major_is_the_same():
 
 
 def test_the_same_major_is_accepted_and_the_first_request_goes_with_the_hello(tls_connect, events):
-    server = session(dialled=False, version=ProtocolVersion(1, 3))
+    server = session(dialled=False, version=ProtocolVersion(PROTOCOL_VERSION.major, 3))
     client = session(dialled=True)
     pump = tls_connect(server, client)
     # Asked at once, before the handshake: it travels right behind the Hello.
@@ -84,7 +84,7 @@ def test_the_same_major_is_accepted_and_the_first_request_goes_with_the_hello(tl
 
 @pytest.mark.parametrize("who", ["client", "server"])
 def test_another_major_is_refused_naming_both_versions_on_both_sides(tls_connect, events, who):
-    newer = ProtocolVersion(2, 0)
+    newer = ProtocolVersion(PROTOCOL_VERSION.major + 1, 0)
     server = session(dialled=False, version=newer if who == "server" else PROTOCOL_VERSION)
     client = session(dialled=True, version=newer if who == "client" else PROTOCOL_VERSION)
     pump = tls_connect(server, client)

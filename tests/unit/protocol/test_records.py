@@ -1,0 +1,158 @@
+"""The records of dfs.protocol.records on the wire: packed pages round-trip, and a
+malformed page is one clear MalformedRecord."""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.protocols import amp
+
+from dfs.protocol.commands import GetChunks, ListDirectory, Stat
+from dfs.protocol.errors import MalformedRecord
+from dfs.protocol.records import (
+    PAGE_HEADER_BYTES,
+    PAGE_LIMIT,
+    ChunkPage,
+    ChunkRecord,
+    Entry,
+    EntryArgument,
+    EntryPage,
+    chunk_record_size,
+    entry_size,
+    pack_chunks,
+    pack_entries,
+    unpack_chunks,
+    unpack_entries,
+)
+
+
+def through_the_wire(argument: amp.Argument, value: Any) -> Any:
+    strings: dict[bytes, bytes] = {}
+    argument.toBox(b"data", strings, {"data": value}, None)
+    wire = amp.AmpBox(strings).serialize()  # raises TooLong past 65,535 bytes a value
+    parsed = amp.parse(io.BytesIO(wire))[0]
+    objects: dict[str, Any] = {}
+    argument.fromBox(b"data", parsed, objects, None)
+    return objects["data"]
+
+
+def entry(index: int = 0, **changes: Any) -> Entry:
+    fields: dict[str, Any] = {
+        "path": f"/data/f{index:06}",
+        "name": f"f{index:06}",
+        "kind": "file",
+        "inode": 10 + index,
+        "owner": "alice",
+        "group": "staff",
+        "mode": 0o644,
+        "mtime": 1712345678.25 + index,
+        "length": 3 * index,
+        "replication": 3,
+        "chunk_size": 64 * 1024 * 1024,
+        "complete": index % 2 == 0,
+    }
+    fields.update(changes)
+    return Entry(**fields)
+
+
+texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+int64 = st.integers(-(2**63), 2**63 - 1)
+entries = st.builds(
+    Entry,
+    path=texts,
+    name=texts,
+    kind=st.sampled_from(["file", "directory"]),
+    inode=int64,
+    owner=texts,
+    group=texts,
+    mode=int64,
+    mtime=st.floats(allow_nan=False),
+    length=int64,
+    replication=int64,
+    chunk_size=int64,
+    complete=st.booleans(),
+)
+chunks = st.builds(
+    ChunkRecord,
+    chunk_id=int64,
+    version=int64,
+    length=int64,
+    locations=st.lists(st.from_regex(r"[a-z0-9.\-]{1,20}:[0-9]{1,5}", fullmatch=True)).map(tuple),
+    token=texts,
+)
+
+
+@given(st.lists(entries, max_size=20))
+def test_a_page_of_entries_round_trips_and_its_size_is_known(page: list[Entry]) -> None:
+    packed = pack_entries(page)
+    assert unpack_entries(packed) == page
+    assert len(packed) == PAGE_HEADER_BYTES + sum(entry_size(one) for one in page)
+
+
+@given(st.lists(chunks, max_size=20))
+def test_a_page_of_chunks_round_trips_and_its_size_is_known(page: list[ChunkRecord]) -> None:
+    packed = pack_chunks(page)
+    assert unpack_chunks(packed) == page
+    assert len(packed) == PAGE_HEADER_BYTES + sum(chunk_record_size(one) for one in page)
+
+
+def test_a_page_larger_than_an_amp_value_crosses_the_wire_in_pieces() -> None:
+    page = [entry(index) for index in range(10_000)]
+    assert len(pack_entries(page)) > 0xFFFF
+    assert len(pack_entries(page)) < PAGE_LIMIT
+    assert through_the_wire(EntryPage(), page) == page
+
+
+def test_one_entry_and_a_page_of_chunks_cross_the_wire() -> None:
+    one = entry(7, kind="directory", complete=True)
+    assert through_the_wire(EntryArgument(), one) == one
+    assert one.is_dir and not entry(1).is_dir
+    records = [ChunkRecord(1, 2, 3, ("h1:7001", "h2:7001"), "tok"), ChunkRecord(4, 5, 6, (), "")]
+    assert through_the_wire(ChunkPage(), records) == records
+
+
+def test_the_commands_answer_with_the_records() -> None:
+    assert [name for name, _ in Stat.response] == [b"entry"]
+    assert isinstance(dict(ListDirectory.response)[b"entries"], EntryPage)
+    assert isinstance(dict(GetChunks.response)[b"chunks"], ChunkPage)
+
+
+GOOD = pack_entries([entry(1), entry(2)])
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "shorter than its header"),
+        (b"\x02" + GOOD[1:], "format 2, expected 1"),
+        (GOOD[:20], "do not fit"),
+        (GOOD[:5] + b"\x04" + GOOD[6:], "unknown flag bits"),
+        (GOOD[:-1], "does not end with NUL"),
+        (GOOD[:-2] + b"\xff\x00", "not UTF-8"),
+        (GOOD + b"x\x00", "9 text values, expected 8"),
+        (struct.pack("<BI", 1, 0) + b"x", "text after the last record"),
+        (struct.pack("<BI", 1, 2**32 - 1), "do not fit"),
+    ],
+)
+def test_a_malformed_page_is_one_clear_error(data: bytes, reason: str) -> None:
+    with pytest.raises(MalformedRecord) as raised:
+        unpack_entries(data)
+    assert reason in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_page_where_one_entry_is_expected_is_malformed() -> None:
+    with pytest.raises(MalformedRecord, match="a page of 2, expected 1"):
+        EntryArgument().fromString(GOOD)
+
+
+def test_text_with_nul_cannot_be_packed() -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        pack_entries([entry(1, name="a\x00b")])
+    with pytest.raises(ValueError, match="space"):
+        pack_chunks([ChunkRecord(1, 1, 1, ("a b",), "")])
