@@ -15,6 +15,12 @@ cut, not what goes on the wire:
   takes them all) and what comes out goes to the socket as one piece;
 - everything one read from the socket decrypts to goes up the stack at once.
 
+The records go to the socket at once when nothing waits before them (Twisted's TCP
+transport would buffer them, ask the reactor to watch the socket for room, and send
+at its next turn: two more system calls and a turn of the loop per message, both
+ends, every request); anything the kernel does not take goes through the
+transport's own buffer as before.
+
 Both replace a private method of the TLS layer (``_write`` and ``_flushReceiveBIO``)
 on that one connection, keeping its handling of every other case as it is: a write
 OpenSSL cannot take yet is buffered, a TLS error or shutdown ends the connection
@@ -74,6 +80,16 @@ try:
     from OpenSSL._util import lib as _lib
 except ImportError:  # pragma: no cover - a pyOpenSSL without its bindings module
     _ffi = _lib = None
+#: What the write straight to the socket reads on a TCP transport.
+_TCP_NEEDED = (
+    "dataBuffer",
+    "offset",
+    "_tempDataLen",
+    "_writeDisconnected",
+    "connected",
+    "disconnecting",
+    "writeSomeData",
+)
 _LIB_NEEDED = ("SSL_read", "SSL_write", "SSL_get_error", "BIO_read", "SSL_ERROR_WANT_READ")
 _CONNECTION_NEEDED = ("_ssl", "_from_ssl", "_raise_ssl_error")
 
@@ -177,6 +193,8 @@ class _BulkLayer:
 
     def __init__(self, tls: Any) -> None:
         self.tls = tls
+        #: whether the transport is one _send can write through (known at first use)
+        self.through: bool | None = None
         connection: Connection = tls._tlsConnection
         self.connection = connection
         self.direct = (
@@ -193,6 +211,29 @@ class _BulkLayer:
             # that carries small messages only keeps a small buffer.
             self._out = _no_zero("char[]", _OUT_FIRST)
             self._out_size = _OUT_FIRST
+
+    def _send(self, records: bytes) -> None:
+        """Hand ``records`` to the socket now if nothing is waiting to go before them,
+        the rest (or all, on any doubt) to the transport's buffer."""
+        transport = self.tls.transport
+        if self.through is None:
+            self.through = all(hasattr(transport, name) for name in _TCP_NEEDED)
+        if (
+            self.through
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and not transport._tempDataLen
+            and len(transport.dataBuffer) == transport.offset
+        ):
+            sent = transport.writeSomeData(records)
+            # A lost connection comes back as an exception: the transport's own
+            # write meets it again and reports it as it always does.
+            if isinstance(sent, int) and sent > 0:
+                if sent == len(records):
+                    return
+                records = records[sent:]
+        transport.write(records)
 
     def write(self, data: bytes | memoryview) -> None:
         """Encrypt ``data`` in one call and send every record it made as one piece."""
@@ -231,7 +272,7 @@ class _BulkLayer:
         it takes (one, when ``plaintext`` bytes were encrypted since the last drain
         and they make no more than _DRAIN bytes)."""
         size = min(_DRAIN, plaintext + _RECORD_OVERHEAD * (plaintext // _RECORD + 2))
-        write = self.tls.transport.write
+        write = self._send
         while True:
             if self.direct:
                 if size > self._out_size:

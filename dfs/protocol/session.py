@@ -51,6 +51,9 @@ MAX_BOX_BYTES = 4 * 1024 * 1024
 #: value of MAX_BOX_BYTES is 64 pieces; a box of countless tiny keys would cost far
 #: more memory than its bytes on the wire.
 MAX_BOX_KEYS = 1024
+#: A box's bytes are weighed against the connection's memory limit at its first value
+#: and again every this many bytes (the limit is at least 1 MiB), not at every value.
+BUFFER_CHECK_BYTES = 32 * 1024
 
 
 def _describe(reason: Failure) -> str:
@@ -161,6 +164,8 @@ class PeerSession(amp.AMP):
         #: bytes (keys, values and their length prefixes) and keys of the box arriving
         self._box_bytes = 0
         self._box_keys = 0
+        #: _box_bytes at which the memory limit is next looked at
+        self._next_check = 0
         self._box_size = 0
         #: the limits of the server that accepted this connection (none when dialled)
         self.guard: ConnectionGuard | None = None
@@ -380,7 +385,7 @@ class PeerSession(amp.AMP):
         if not string:
             # The box is complete; its size goes with it to ampBoxReceived.
             self._box_size = self._box_bytes + 2
-            self._box_bytes = self._box_keys = 0
+            self._box_bytes = self._box_keys = self._next_check = 0
         else:
             self._box_bytes += 2 + len(string)
             self._box_keys += 1
@@ -394,11 +399,11 @@ class PeerSession(amp.AMP):
         self._box_bytes += 2 + len(string)
         if self._box_bytes > MAX_BOX_BYTES:
             return self._refuse_box("a box of more than {limit} bytes", MAX_BOX_BYTES)
-        if self.guard is not None and not self.guard.check_buffered(
-            self._box_bytes + self._held_bytes
-        ):
-            self._currentBox = None
-            return "key"
+        if self.guard is not None and self._box_bytes >= self._next_check:
+            self._next_check = self._box_bytes + BUFFER_CHECK_BYTES
+            if not self.guard.check_buffered(self._box_bytes + self._held_bytes):
+                self._currentBox = None
+                return "key"
         return str(super().proto_value(string))
 
     def _refuse_box(self, reason_format: str, limit: int) -> str:

@@ -230,3 +230,66 @@ def test_a_connection_keeps_an_outgoing_buffer_as_large_as_its_largest_message_n
     wire.settle()
     assert layer._out_size == bulktls._DRAIN  # and no larger: it goes out in pieces
     assert server.received.endswith(packet + large)
+
+
+class FakeTCP:
+    """The parts of Twisted's TCP transport the write straight to the socket reads."""
+
+    def __init__(self, takes: int | Exception = 1 << 30, buffered: bytes = b"") -> None:
+        self.takes = takes
+        self.dataBuffer = buffered
+        self.offset = 0
+        self._tempDataLen = 0
+        self._writeDisconnected = False
+        self.connected = True
+        self.disconnecting = False
+        self.socket: list[bytes] = []  # what the kernel took
+        self.buffered: list[bytes] = []  # what went through the transport's write
+
+    def writeSomeData(self, data: bytes) -> int | Exception:
+        if isinstance(self.takes, Exception):
+            return self.takes
+        taken = data[: self.takes]
+        self.socket.append(taken)
+        return len(taken)
+
+    def write(self, data: bytes) -> None:
+        self.buffered.append(data)
+
+
+def layer_over(transport: FakeTCP) -> bulktls._BulkLayer:
+    layer = bulktls._BulkLayer.__new__(bulktls._BulkLayer)
+    layer.tls = type("TLS", (), {"transport": transport})()
+    layer.through = None
+    return layer
+
+
+def test_records_go_to_the_socket_at_once_when_nothing_waits_before_them():
+    transport = FakeTCP()
+    layer_over(transport)._send(b"records")
+    assert (transport.socket, transport.buffered) == ([b"records"], [])
+
+
+def test_what_the_kernel_does_not_take_goes_to_the_transports_buffer():
+    transport = FakeTCP(takes=3)
+    layer_over(transport)._send(b"records")
+    assert (transport.socket, transport.buffered) == ([b"rec"], [b"ords"])
+
+
+def test_records_wait_behind_what_the_transport_already_holds():
+    transport = FakeTCP(buffered=b"earlier")
+    layer_over(transport)._send(b"records")
+    assert (transport.socket, transport.buffered) == ([], [b"records"])
+
+
+def test_a_lost_connection_is_left_to_the_transports_own_write():
+    transport = FakeTCP(takes=ConnectionDone())
+    layer_over(transport)._send(b"records")
+    assert transport.buffered == [b"records"]
+
+
+def test_a_transport_without_the_parts_read_gets_every_write():
+    transport = StringTransport()
+    layer = layer_over(transport)  # type: ignore[arg-type]
+    layer._send(b"records")
+    assert transport.value() == b"records" and layer.through is False
