@@ -54,7 +54,12 @@ class ProtocolVersion:
 
 
 #: The protocol this code speaks.
-PROTOCOL_VERSION = ProtocolVersion(1, 0)
+PROTOCOL_VERSION = ProtocolVersion(1, 1)
+
+#: From this version on a dataserver takes a FinishChunkWrite that arrives ahead of
+#: the chunk's last packets (it waits for them), so a writer sends it right behind
+#: them; to an older dataserver, only once every replica acknowledged the packets.
+FINISH_AHEAD_OF_DATA = ProtocolVersion(1, 1)
 
 
 class IncompatibleProtocol(DFSError):
