@@ -3,7 +3,10 @@
 For each chunk the writer asks the metaserver for a chunk id and a pipeline
 (AddChunk), opens the pipeline on its first dataserver, sends packets of at most
 64 KiB on the chunk stream to it with a window of bytes in flight, and on a full
-chunk finishes it (every replica fsynced) and commits its length. A full chunk is
+chunk finishes it (every replica fsynced) and commits its length. FinishChunkWrite
+follows the last packet at once, without waiting for its acknowledgement: the
+dataservers complete
+their replicas together, each as soon as the last packet reached it. A full chunk is
 finished and committed in the background while the next one fills (one at a time:
 the namespace lets a file have two chunks pending), so the pipelines never drain at
 a chunk boundary; close waits for both. When a dataserver
@@ -259,8 +262,12 @@ class ChunkPipeline:
         ).addErrback(lambda _: None)
 
     async def finish(self) -> list[str]:
+        """Complete every replica; their addresses. Sent right behind the last packet,
+        once a pipeline that broke is recovered. On a failure its answer is still
+        awaited (it comes once every replica that could be completed is, and was
+        reported to the metaservers), then the pipeline is recovered."""
         while True:
-            await self._settle(lambda: self.acked >= self.length)
+            await self._settle(lambda: True)
             assert self._session is not None
             try:
                 answer = await self._ask(

@@ -13,6 +13,15 @@ new chunk version and goes on.
 Write state is kept per chunk, not per connection: a survivor must still hold its
 partial replica when the connection from a failed upstream dataserver drops.
 
+Both ends of a write go down the pipeline at once rather than hop by hop. A
+dataserver forwards OpenChunkWrite to the next before its own replica is open (the
+open runs in a thread meanwhile), so every replica opens at the same time. A writer
+sends FinishChunkWrite right behind the last packet, without waiting for its
+acknowledgement; each dataserver forwards it at once and completes its own replica
+(fsync of data, checksums and folder) as soon as the last packet is stored here, so
+the replicas' fsyncs overlap. The answer still comes only once every replica is
+complete.
+
 Every command of a write carries the writer's token (checked by the session before
 it gets here) and passes it on to the next dataserver, which checks it too. The
 chunk stream carries none: its data goes only to a write opened (or recovered) by
@@ -25,9 +34,10 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dfs.config import Address
 from dfs.dataserver.chunkstore import ChunkStore, ChunkWriter, StoredChunk
@@ -48,8 +58,12 @@ ACK_EVERY = 256 * 1024
 ACK_DELAY = 0.002
 #: How long a write may sit idle before its partial replica is thrown away.
 ABANDONED_AFTER = 600.0
-#: How long a dataserver waits for the next one in the pipeline to answer.
+#: How long a dataserver waits for the next one in the pipeline to answer, and for
+#: the packets a FinishChunkWrite that came ahead of them names.
 HOP_TIMEOUT = 30.0
+
+#: Runs a blocking call of the chunk store in a thread: ``(function, *args)``.
+RunInThread = Callable[..., "Deferred[Any]"]
 
 
 class PeerConnections:
@@ -107,6 +121,27 @@ class ReplicaWrite:
     told: ChunkStream | None = None
     #: a pending acknowledgement of fewer than ACK_EVERY bytes, sent soon
     ack_timer: Any = None
+    #: True while the replica is being opened (in a thread)
+    opening: bool = False
+    #: the completion of the replica (fsyncs, in a thread) while it runs
+    storing: Deferred[Any] | None = None
+    #: why completing the replica failed
+    store_failure: Failure | None = None
+    #: commands waiting for the write to change: bytes stored, acknowledged from
+    #: below, the write broken, recovered, completed or given up
+    waiters: list[Deferred[None]] = attrs.Factory(list)
+
+    def changed(self) -> Deferred[None]:
+        """Fires at the write's next change."""
+        waiter: Deferred[None] = Deferred()
+        self.waiters.append(waiter)
+        return waiter
+
+    def wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
 
     def active(self) -> ChunkWriter:
         if self.writer is None:
@@ -128,6 +163,7 @@ class ReplicaWrite:
         self.detach()
         if self.writer is not None:
             self.writer.abort()
+        self.wake()
 
 
 @attrs.define(eq=False)
@@ -160,8 +196,10 @@ class ChunkService:
         peers: PeerConnections,
         address: str,
         on_received: Callable[[StoredChunk], None],
+        run_in_thread: RunInThread = deferToThread,
     ) -> None:
         self._reactor = reactor
+        self._run = run_in_thread
         self.store = store
         self._peers = peers
         self.address = address
@@ -192,6 +230,44 @@ class ChunkService:
         if self._writes.get(write.chunk_id) is write:
             del self._writes[write.chunk_id]
         write.detach()
+        write.wake()
+
+    def _current(self, write: ReplicaWrite, version: int) -> bool:
+        """Whether ``write`` is still this chunk's write, at ``version``."""
+        return self._writes.get(write.chunk_id) is write and write.version == version
+
+    async def _until(
+        self, write: ReplicaWrite, version: int, condition: Callable[[], bool], what: str
+    ) -> None:
+        """Wait until ``condition()`` holds for the write: PipelineBroken naming the
+        dataserver that failed if the write breaks first, InvalidArgument if it is
+        recovered, replaced or given up, or if ``what`` does not happen within
+        HOP_TIMEOUT."""
+        deadline = self._reactor.seconds() + HOP_TIMEOUT
+        while True:
+            if not self._current(write, version):
+                raise InvalidArgument(
+                    f"chunk {write.chunk_id} version {version}: recovered, replaced or "
+                    f"given up while waiting for {what}"
+                )
+            if condition():
+                return
+            if write.broken is not None:
+                raise PipelineBroken(write.broken)
+            left = deadline - self._reactor.seconds()
+            waiter = write.changed()
+            waiter.addTimeout(max(0.0, left), self._reactor)
+            try:
+                await waiter
+            except TimeoutError:
+                raise InvalidArgument(
+                    f"chunk {write.chunk_id} version {version}: no {what} within {HOP_TIMEOUT:g} s"
+                ) from None
+
+    async def _settled(self, write: ReplicaWrite) -> None:
+        """Wait until no thread works on the replica (being opened or completed)."""
+        while write.opening or write.storing is not None:
+            await write.changed()
 
     async def _hop(
         self, chain: list[str], command: Any, *, fresh: bool = False, **arguments: Any
@@ -229,13 +305,7 @@ class ChunkService:
         except Exception as error:
             self._hop_failed(address, error)
             raise PipelineBroken(address) from None
-        if self._writes.get(write.chunk_id) is not write or write.version != version:
-            # The writer opened or recovered the chunk again meanwhile (after a loss
-            # further up): that write owns the pipeline now, not this one.
-            raise InvalidArgument(
-                f"chunk {write.chunk_id} version {version}: replaced by a newer write "
-                "while its pipeline was set up"
-            )
+        self._check_current(write, version)
         write.outbound = stream
         write.listener = _Below(self, write, version)
         stream.watch(write.chunk_id, version, write.listener)
@@ -253,20 +323,26 @@ class ChunkService:
         """Start this replica and the pipeline below it. ``expected_length`` (the
         file's chunk size) is set aside in the store at once, so that open writes
         count against the reserved space and the free space reported. ``token`` (the
-        writer's, checked by the caller) goes down the pipeline with every command."""
+        writer's, checked by the caller) goes down the pipeline with every command.
+
+        The open goes on to the next dataserver before this replica is open (that
+        runs in a thread meanwhile), so the replicas of a pipeline open together; the
+        answer waits for both."""
         existing = self._writes.pop(chunk_id, None)
-        if existing is not None:
-            # A writer starting over (after a failure before any recovery) replaces
-            # whatever partial replica an earlier attempt left.
-            existing.discard()
-        writer = self.store.open_writer(chunk_id, version, expected_length or None)
         write = ReplicaWrite(
-            chunk_id, version, writer, list(downstream), owner, self._reactor.seconds()
+            chunk_id, version, None, list(downstream), owner, self._reactor.seconds()
         )
         self._writes[chunk_id] = write
-        if downstream:
-            try:
-                await self._hop(
+        if existing is not None:
+            # A writer starting over (after a failure before any recovery) replaces
+            # whatever partial replica an earlier attempt left, once no thread works
+            # on it any more.
+            await self._settled(existing)
+            existing.discard()
+            self._check_current(write, version)
+        remote: Deferred[Any] = (
+            Deferred.fromCoroutine(
+                self._hop(
                     downstream,
                     OpenChunkWrite,
                     chunk_id=chunk_id,
@@ -275,11 +351,60 @@ class ChunkService:
                     expected_length=expected_length,
                     token=token,
                 )
+            )
+            if downstream
+            else succeed(None)
+        )
+        local = self._open_here(write, expected_length or None)
+        [(local_ok, opened), (remote_ok, answer)] = await DeferredList(
+            [local, remote], consumeErrors=True
+        )
+        if not local_ok:
+            self._forget(write)
+            opened.raiseException()
+        if not remote_ok:
+            self._forget(write)
+            write.discard()
+            answer.raiseException()
+        if downstream:
+            try:
                 await self._connect_below(write)
             except DFSError:
                 self._forget(write)
                 write.discard()
                 raise
+
+    def _check_current(self, write: ReplicaWrite, version: int) -> None:
+        if not self._current(write, version):
+            # The writer opened or recovered the chunk again meanwhile (after a loss
+            # further up): that write owns the pipeline now, not this one.
+            raise InvalidArgument(
+                f"chunk {write.chunk_id} version {version}: replaced by a newer write "
+                "while its pipeline was set up"
+            )
+
+    def _open_here(self, write: ReplicaWrite, expected_length: int | None) -> Deferred[None]:
+        """Open this replica in a thread; InvalidArgument if the write was replaced or
+        given up meanwhile (the replica is then thrown away at once)."""
+        version = write.version
+        write.opening = True
+
+        def opened(result: ChunkWriter | Failure) -> None:
+            write.opening = False
+            write.wake()
+            if isinstance(result, Failure):
+                result.raiseException()
+            assert isinstance(result, ChunkWriter)
+            if not self._current(write, version):
+                result.abort()
+            else:
+                write.writer = result
+            self._check_current(write, version)
+
+        running: Deferred[Any] = self._run(
+            self.store.open_writer, write.chunk_id, version, expected_length
+        )
+        return running.addBoth(opened)
 
     # The chunk stream: packets in, acknowledgements and failures out.
 
@@ -307,6 +432,16 @@ class ChunkService:
                 stream.send_failure(chunk_id, version, write.broken)
             return
         writer = write.writer
+        complete = write.complete
+        if writer is None and complete is not None and offset + len(data) <= complete.length:
+            # Resent after a recovery that found this replica complete already (its
+            # FinishChunkWrite went ahead of the acknowledgements): the same bytes,
+            # held here; the replicas below may still need them.
+            write.upstream = stream
+            if write.outbound is not None:
+                write.outbound.send_data(chunk_id, version, offset, data, frame)
+            self._to_ack.add(write)
+            return
         if writer is None or offset != writer.length:
             expected = "none, it is finished" if writer is None else writer.length
             self.log.warn(
@@ -334,6 +469,8 @@ class ChunkService:
             self._break(write, self.address)
             return
         self._to_ack.add(write)
+        if write.waiters:
+            write.wake()  # a FinishChunkWrite that came ahead of this packet
 
     def frames_done(self, stream: ChunkStream) -> None:
         # One acknowledgement per write for all the packets of one read; held back
@@ -343,17 +480,29 @@ class ChunkService:
             self._acknowledge(write, now=not stream.streaming)
 
     def stream_lost(self, stream: ChunkStream) -> None:
-        for write in self._writes.values():
+        for write in list(self._writes.values()):
             if write.upstream is stream:
                 write.upstream = None
             if write.told is stream:
                 write.told = None
+                continue
+            if (
+                write.waiters
+                and write.writer is not None
+                and write.upstream is None
+                and write.owner == stream.peer
+            ):
+                # A FinishChunkWrite waits for packets that can no longer come (only
+                # a recovery sends more): it fails now, not after HOP_TIMEOUT.
+                self._break(write, self.address)
 
     def acked_below(self, write: ReplicaWrite, version: int, length: int) -> None:
         if write.version == version and self._writes.get(write.chunk_id) is write:
             write.below = max(write.below, length)
             upstream = write.upstream
             self._acknowledge(write, now=upstream is None or not upstream.streaming)
+            if write.waiters:
+                write.wake()
 
     def failed_below(self, write: ReplicaWrite, version: int, address: str) -> None:
         if write.version != version or self._writes.get(write.chunk_id) is not write:
@@ -404,6 +553,7 @@ class ChunkService:
         if write.upstream is not None:
             write.told = write.upstream
             write.upstream.send_failure(write.chunk_id, write.version, address)
+        write.wake()
 
     def _refuse(self, stream: ChunkStream, chunk_id: int, version: int, reason: str) -> None:
         if stream.refused == (chunk_id, version):
@@ -423,50 +573,96 @@ class ChunkService:
     async def finish(
         self, chunk_id: int, version: int, length: int, *, token: str | None = None
     ) -> list[str]:
+        """Complete the replica here and on every dataserver below at ``length`` bytes;
+        the addresses of the replicas, once every one is on disk. It may arrive ahead
+        of its last packets: it goes on down at once, and this replica is completed as
+        soon as they are stored here."""
         write = self._write(chunk_id, version)
-        done = write.complete.length if write.complete else write.active().length
-        if length != done:
+        done = write.stored()
+        if length < done or (write.writer is None and length != done):
             raise InvalidArgument(
                 f"chunk {chunk_id}: finished at {length} bytes but {done} were written"
             )
-        local: Deferred[StoredChunk] = (
-            succeed(write.complete) if write.complete else deferToThread(write.active().finish)
-        )
+        local: Deferred[Any] = Deferred.fromCoroutine(self._finish_here(write, version, length))
         remote: Deferred[Any] = (
-            Deferred.fromCoroutine(
-                self._hop(
-                    write.downstream,
-                    FinishChunkWrite,
-                    chunk_id=chunk_id,
-                    version=version,
-                    length=length,
-                    token=token,
-                )
-            )
+            Deferred.fromCoroutine(self._finish_below(write, version, length, token))
             if write.downstream
-            else succeed({"locations": []})
+            else succeed([])
         )
         # Wait for both: a failure below must not leave this replica half-way through
         # its finish when the writer's recovery arrives.
-        [(stored_ok, stored), (remote_ok, answer)] = await DeferredList(
+        [(stored_ok, stored), (remote_ok, below)] = await DeferredList(
             [local, remote], consumeErrors=True
         )
         if not stored_ok:
-            self._forget(write)
             stored.raiseException()
-        if write.complete is None:
-            write.writer, write.complete = None, stored
+        if not remote_ok:
+            below.raiseException()
+        self._forget(write)
+        return [self.address, *below]
+
+    async def _finish_here(self, write: ReplicaWrite, version: int, length: int) -> None:
+        """Complete this replica once its first ``length`` bytes are stored here."""
+        if write.writer is not None and write.storing is None:
+            await self._until(write, version, lambda: write.stored() >= length, "last packet")
+            if write.stored() != length:
+                raise InvalidArgument(
+                    f"chunk {write.chunk_id}: finished at {length} bytes but "
+                    f"{write.stored()} were written"
+                )
+            if write.writer is not None and write.storing is None:
+                self._store(write)
+        while write.complete is None:
+            if write.store_failure is not None:
+                write.store_failure.raiseException()
+            if not self._current(write, version):
+                raise InvalidArgument(
+                    f"chunk {write.chunk_id} version {version}: given up while completed"
+                )
+            await write.changed()
+
+    def _store(self, write: ReplicaWrite) -> None:
+        """Complete the replica (fsyncs and renames) in a thread."""
+        writer = write.active()
+
+        def stored(chunk: StoredChunk) -> None:
+            write.storing = None
+            write.writer, write.complete = None, chunk
             self.log.info(
                 "chunk {chunk_id} version {version} stored ({length} bytes)",
-                chunk_id=chunk_id,
-                version=version,
-                length=length,
+                chunk_id=chunk.chunk_id,
+                version=chunk.version,
+                length=chunk.length,
             )
-            self._on_received(stored)
-        if not remote_ok:
-            answer.raiseException()
-        self._forget(write)
-        return [self.address, *answer["locations"]]
+            self._on_received(chunk)
+            write.wake()
+
+        def failed(failure: Failure) -> None:
+            write.storing = None
+            write.store_failure = failure
+            self._forget(write)
+
+        write.storing = self._run(writer.finish)
+        write.storing.addCallbacks(stored, failed)
+
+    async def _finish_below(
+        self, write: ReplicaWrite, version: int, length: int, token: str | None
+    ) -> list[str]:
+        """FinishChunkWrite to the next dataserver at once, ahead of the data it may
+        still be waiting for. Its answer is awaited even when the write breaks
+        meanwhile: it comes soon (a dataserver waiting for packets gives up when its
+        stream from here is lost or the write breaks there), and the writer must not
+        recover before every replica that could be completed reported it, or the
+        metaservers would take it for stale."""
+        answer = await self._hop(
+            write.downstream,
+            FinishChunkWrite,
+            chunk_id=write.chunk_id,
+            version=version,
+            length=length,
+            token=token,
+        )
+        return list(answer["locations"])
 
     async def recover(
         self,
@@ -480,14 +676,25 @@ class ChunkService:
         token: str | None = None,
     ) -> None:
         write = self._writes.get(chunk_id)
+        while write is not None and (write.opening or write.storing is not None):
+            # Never under a thread still opening or completing the replica.
+            await self._settled(write)
+            write = self._writes.get(chunk_id)
         if write is None or write.writer is None:
             # Finished here before the failure showed: the complete replica takes the
-            # new version, and a second FinishChunkWrite finds it done.
-            stored = await deferToThread(
-                self.store.rebase_complete, chunk_id, version, new_version, length
+            # new version, and a second FinishChunkWrite finds it done. It keeps every
+            # byte even when the writer keeps fewer (its FinishChunkWrite went ahead
+            # of their acknowledgement): the writer resends the same bytes.
+            held = self.store.get(chunk_id)
+            keep = length
+            if held is not None and held.version <= version and held.length > length:
+                keep = held.length
+            stored = await self._run(
+                self.store.rebase_complete, chunk_id, version, new_version, keep
             )
             if write is not None:
                 write.detach()
+                write.wake()
             write = ReplicaWrite(
                 chunk_id, new_version, None, [], owner, self._reactor.seconds(), stored
             )
@@ -506,6 +713,7 @@ class ChunkService:
             writer.truncate(length)
             writer.rebase(new_version)
             write.detach()
+            write.store_failure = None
         write.last_activity = self._reactor.seconds()
         write.version = new_version
         write.downstream = list(downstream)
@@ -513,6 +721,7 @@ class ChunkService:
         write.upstream = write.told = None
         write.broken = None
         write.below = write.acked = length
+        write.wake()  # a FinishChunkWrite of the old version waits no more
         self.log.info(
             "chunk {chunk_id} recovered at {length} bytes as version {version}",
             chunk_id=chunk_id,

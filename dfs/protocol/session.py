@@ -184,6 +184,9 @@ class PeerSession(amp.AMP):
         self._introduction_waiters: list[Deferred[None]] = []
         #: dialling side: why the peer cannot be talked with, failing every request
         self._incompatible: IncompatibleProtocol | None = None
+        #: dialling side: the protocol version the peer's Hello stated, once answered
+        #: (what it may be sent depends on it)
+        self.peer_protocol: ProtocolVersion | None = None
 
     def apply_limits(self, limits: ServerLimits) -> None:
         """Put ``limits`` on this connection (a server's, before it is connected)."""
@@ -559,6 +562,7 @@ class PeerSession(amp.AMP):
         except ValueError:
             theirs, compatible = repr(answer["protocol"][:40]), False
         if compatible:
+            self.peer_protocol = cast(ProtocolVersion, theirs)
             self._introduce(None)
             return
         self._cannot_talk(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
@@ -49,6 +49,31 @@ class Listener:
         self.failed.append(address)
 
 
+class Threads:
+    """Runs the chunk store's blocking calls at once, or, while ``held``, when told:
+    what runs in a thread on a dataserver."""
+
+    def __init__(self) -> None:
+        self.held = False
+        #: calls waiting while held: (function name, run it)
+        self.waiting: list[tuple[str, Any]] = []
+
+    def __call__(self, function: Any, *args: Any) -> Deferred[Any]:
+        if not self.held:
+            return maybeDeferred(function, *args)
+        result: Deferred[Any] = Deferred()
+        self.waiting.append(
+            (function.__name__, lambda: maybeDeferred(function, *args).chainDeferred(result))
+        )
+        return result
+
+    def release(self) -> None:
+        self.held = False
+        waiting, self.waiting = self.waiting, []
+        for _, run in waiting:
+            run()
+
+
 class Grid:
     """Dataservers DS1, DS2, DS3 and the wires between them and a client."""
 
@@ -56,20 +81,30 @@ class Grid:
         self.clock = Clock()
         self.pumps: list[Any] = []
         self.services: dict[str, tuple[ChunkService, Identity]] = {}
+        self.threads: dict[str, Threads] = {}
         for number, address in enumerate((DS1, DS2, DS3), start=1):
             identity = Identity(Role.DATASERVER, f"ds{number}")
             store = ChunkStore(root / identity.name, reserved_space=0, fsync=False)
             peers = PeerConnections(self.clock, lambda to, me=identity: self.connect(me, str(to)))
-            service = ChunkService(self.clock, store, peers, address, lambda stored: None)
+            threads = self.threads[address] = Threads()
+            service = ChunkService(
+                self.clock, store, peers, address, lambda stored: None, run_in_thread=threads
+            )
             self.services[address] = (service, identity)
 
     def connect(self, caller: Identity, address: str) -> Deferred[PeerSession]:
         if address not in self.services:
             return fail(ConnectionRefusedError(address))
         service, identity = self.services[address]
+
+        def dialling() -> PeerSession:
+            session = PeerSession(caller)
+            session.dialled = True  # it states its protocol version first (Hello)
+            return session
+
         client, server, pump = connectedServerAndClient(
             lambda: DataserverSession(service, identity, ChunkAccess(KEYS, self.clock)),
-            lambda: PeerSession(caller),
+            dialling,
         )
         server.authenticated(caller)
         client.authenticated(identity)
@@ -320,3 +355,152 @@ def test_a_dataserver_below_refuses_a_token_the_first_did_not_check(grid):
     )
     with pytest.raises(InvalidToken, match="no token"):
         grid.outcome(control.callRemote(OpenChunkWrite, chunk_id=6, version=1, downstream=[]))
+
+
+# -- both ends of a write go down the pipeline at once ------------------------
+
+
+def finish_call(grid: Grid, chunk_id: int, version: int, length: int) -> Deferred[Any]:
+    control = grid.session(DS1)
+    return control.callRemote(
+        commands.FinishChunkWrite,
+        chunk_id=chunk_id,
+        version=version,
+        length=length,
+        token=write_token(chunk_id, version),
+    )
+
+
+def test_an_open_goes_down_the_pipeline_before_this_replica_is_open(grid):
+    for threads in grid.threads.values():
+        threads.held = True
+    control = grid.session(DS1)
+    answer = control.callRemote(
+        OpenChunkWrite, chunk_id=5, version=1, downstream=[DS2, DS3], token=write_token(5, 1)
+    )
+    answers: list[Any] = []
+    answer.addBoth(answers.append)
+    grid.settle()
+    # Every replica is being opened at once, and none is open yet: no answer.
+    for address in (DS1, DS2, DS3):
+        assert [name for name, _ in grid.threads[address].waiting] == ["open_writer"]
+    assert answers == []
+    for threads in grid.threads.values():
+        threads.release()
+    grid.settle()
+    assert answers == [{}]
+    for address in (DS1, DS2, DS3):
+        assert grid.replica(address, 5) == (1, 0)
+
+
+def test_a_dataserver_lost_below_while_this_replica_opens_is_named_and_the_replica_dropped(grid):
+    del grid.services[DS3]
+    grid.threads[DS1].held = True
+    control = grid.session(DS1)
+    answer = control.callRemote(
+        OpenChunkWrite, chunk_id=5, version=1, downstream=[DS2, DS3], token=write_token(5, 1)
+    )
+    answers: list[Any] = []
+    answer.addBoth(answers.append)
+    grid.settle()
+    assert answers == []  # the answer waits for this replica's open too
+    grid.threads[DS1].release()
+    grid.settle()
+    [failure] = answers
+    assert failure.check(PipelineBroken) and failure.value.address == DS3
+    service = grid.services[DS1][0]
+    assert service._writes == {} and service.store.writer(5) is None
+
+
+def test_a_finish_sent_ahead_of_the_packets_completes_every_replica_once_they_arrive(grid):
+    stream, _listener = open_pipeline(grid)
+    data = b"f" * (2 * PACKET + 100)
+    finished = finish_call(grid, 5, 1, len(data))
+    grid.settle()
+    send(stream, 5, 1, data)
+    assert grid.outcome(finished) == {"locations": [DS1, DS2, DS3]}
+    for address in (DS1, DS2, DS3):
+        stored = grid.services[address][0].store.get(5)
+        assert stored is not None and (stored.version, stored.length) == (1, len(data))
+        assert grid.services[address][0]._writes == {}
+
+
+def test_the_replicas_are_completed_together_not_one_after_another(grid):
+    stream, _listener = open_pipeline(grid)
+    for threads in grid.threads.values():
+        threads.held = True
+    send(stream, 5, 1, b"t" * PACKET)
+    finished = finish_call(grid, 5, 1, PACKET)
+    answers: list[Any] = []
+    finished.addBoth(answers.append)
+    grid.settle()
+    # Every dataserver's fsyncs run at the same time.
+    for address in (DS1, DS2, DS3):
+        assert [name for name, _ in grid.threads[address].waiting] == ["finish"]
+    assert answers == []
+    for threads in grid.threads.values():
+        threads.release()
+    grid.settle()
+    assert answers == [{"locations": [DS1, DS2, DS3]}]
+
+
+def test_a_finish_ahead_of_the_packets_fails_naming_the_dataserver_lost_below(grid):
+    stream, listener = open_pipeline(grid)
+    finished = finish_call(grid, 5, 1, PACKET)
+    grid.settle()
+    grid.services[DS2][0]._writes[5].outbound.abort()  # type: ignore[union-attr]
+    send(stream, 5, 1, b"x" * PACKET)
+    with pytest.raises(PipelineBroken) as caught:
+        grid.outcome(finished)
+    assert caught.value.address == DS3
+    assert listener.failed == [DS3]
+
+
+def test_a_replica_completed_ahead_of_its_acknowledgements_survives_a_recovery(grid):
+    """A recovery asks the survivors to keep the acknowledged bytes; one that was
+    complete already keeps all of them, and takes the resent packets as held."""
+    control = grid.session(DS3)
+    grid.outcome(
+        control.callRemote(
+            OpenChunkWrite, chunk_id=5, version=1, downstream=[], token=write_token(5, 1)
+        )
+    )
+    stream = grid.stream(DS3)
+    send(stream, 5, 1, b"r" * 2 * PACKET)
+    grid.outcome(
+        control.callRemote(
+            commands.FinishChunkWrite,
+            chunk_id=5,
+            version=1,
+            length=2 * PACKET,
+            token=write_token(5, 1),
+        )
+    )
+    grid.outcome(
+        control.callRemote(
+            RecoverChunkWrite,
+            chunk_id=5,
+            version=1,
+            new_version=2,
+            length=PACKET,
+            downstream=[],
+            token=write_token(5, 2),
+        )
+    )
+    recovered = Listener()
+    stream.watch(5, 2, recovered)
+    send(stream, 5, 2, b"r" * PACKET, start=PACKET)
+    grid.settle()
+    assert recovered.acked == 2 * PACKET and recovered.failed == []
+    answer = grid.outcome(
+        control.callRemote(
+            commands.FinishChunkWrite,
+            chunk_id=5,
+            version=2,
+            length=2 * PACKET,
+            token=write_token(5, 2),
+        )
+    )
+    assert answer == {"locations": [DS3]}
+    stored = grid.services[DS3][0].store.get(5)
+    assert stored is not None and (stored.version, stored.length) == (2, 2 * PACKET)

@@ -80,6 +80,8 @@ def test_the_same_major_is_accepted_and_the_first_request_goes_with_the_hello(tl
     assert answer["name"] == "meta1" and answer["peer_name"] == "alice"
     assert client.is_open and server.is_open
     assert warnings(events) == []
+    # The dialling side keeps the version its peer stated.
+    assert client.peer_protocol == ProtocolVersion(PROTOCOL_VERSION.major, 3)
 
 
 @pytest.mark.parametrize("who", ["client", "server"])
