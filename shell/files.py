@@ -67,6 +67,12 @@ LOST = (ConnectionClosed, ConnectError, defer.TimeoutError, NoMetaserverReachabl
 CANCEL_GRACE = 5.0
 
 
+def data_dir() -> Path:
+    """Where dfs keeps a user's data: ``$XDG_DATA_HOME/dfs`` or ``~/.local/share/dfs``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "dfs"
+
+
 def default_config() -> Path | None:
     for candidate in (
         os.environ.get("DFS_CONFIG"),
