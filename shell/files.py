@@ -16,6 +16,7 @@ next. DFS paths that do not start with ``/`` are taken from that working directo
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import posixpath
 import stat as stat_module
@@ -25,13 +26,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import crochet
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionClosed
 
-from dfs.client.blocking import BlockingClient, connect, run_eventually
+from dfs.client import transfer as tree
+from dfs.client.blocking import BlockingClient, Eventual, connect, run, run_eventually
 from dfs.client.connection import NoMetaserverReachable
 from dfs.config import ConfigError
 from dfs.protocol import errors
@@ -63,8 +65,16 @@ FAILURES = (
 #: Failures after which the connection is not worth keeping: the session reconnects.
 LOST = (ConnectionClosed, ConnectError, defer.TimeoutError, NoMetaserverReachable)
 
+T = TypeVar("T")
+
 #: Seconds an interrupted put or get may take to remove its partial file.
 CANCEL_GRACE = 5.0
+
+
+def data_dir() -> Path:
+    """Where dfs keeps a user's data: ``$XDG_DATA_HOME/dfs`` or ``~/.local/share/dfs``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "dfs"
 
 
 def default_config() -> Path | None:
@@ -231,7 +241,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "copy local files into DFS",
         run_put,
         "examples:\n  dfs put app.log /data/logs/app.log\n  dfs put a.txt b.txt /data/\n"
-        "  dfs put -r photos /backup\n  dfs put -f --replication 2 app.log /data/app.log",
+        "  dfs put -r photos /backup\n  dfs put -r -j 16 photos /backup\n"
+        "  dfs put -f --replication 2 app.log /data/app.log",
     )
     put.add_argument("-f", "--force", action="store_true", help="overwrite existing files")
     put.add_argument(
@@ -240,6 +251,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     put.add_argument(
         "--replication", type=int, default=0, metavar="N", help="replicas (default: cluster's)"
     )
+    _jobs_option(put)
     put.add_argument("sources", nargs="+", metavar="LOCAL")
     put.add_argument("destination", metavar="REMOTE")
 
@@ -254,6 +266,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     get.add_argument(
         "-r", "--recursive", action="store_true", help="copy directories and their contents"
     )
+    _jobs_option(get)
     get.add_argument("sources", nargs="+", metavar="REMOTE")
     get.add_argument("destination", metavar="LOCAL")
 
@@ -327,6 +340,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         group.register(subparsers)
 
 
+def _jobs(value: str) -> int:
+    jobs = int(value)
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {jobs}")
+    return jobs
+
+
+def _jobs_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=_jobs,
+        default=tree.DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"with -r, files copied at once (default {tree.DEFAULT_CONCURRENCY})",
+    )
+
+
 def _runner(name: str, run: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
     """``run(session, args)`` in the interactive shell's session (``args.shell_session``,
     kept open) or in a session of its own (closed after)."""
@@ -378,17 +409,23 @@ class Failures:
         except (CommandError, BrokenPipeError):
             raise
         except FAILURES as error:
-            if isinstance(error, LOST) and self.session is not None:
-                self.session.reset()
-            if self.missing_ok and isinstance(error, errors.FileNotFound):
-                return
-            self.count += 1
-            if local is not None and isinstance(error, OSError):
-                path = local
-            text = reason(error, remote or path)
-            if remote and remote != path and text.startswith(f"{path}: "):
-                text = text[len(path) + 2 :]
-            print(f"dfs: {self.command}: {path}: {text}", file=sys.stderr)
+            self.report(error, path, local=local, remote=remote)
+
+    def report(
+        self, error: BaseException, path: str, local: str | None = None, remote: str | None = None
+    ) -> None:
+        """Print one failure as :meth:`about` does, and count it."""
+        if isinstance(error, LOST) and self.session is not None:
+            self.session.reset()
+        if self.missing_ok and isinstance(error, errors.FileNotFound):
+            return
+        self.count += 1
+        if local is not None and isinstance(error, OSError):
+            path = local
+        text = reason(error, remote or path)
+        if remote and remote != path and text.startswith(f"{path}: "):
+            text = text[len(path) + 2 :]
+        print(f"dfs: {self.command}: {path}: {text}", file=sys.stderr)
 
     @property
     def status(self) -> int:
@@ -465,7 +502,7 @@ def _progress(label: str, total: int) -> Any:
     return TransferProgress(label, total)
 
 
-def transfer(start: Callable[..., Any], label: str, total: int) -> int:
+def transfer(start: Callable[..., Eventual[T]], label: str, total: int) -> T:
     """Run a put/get/cp in the reactor thread, showing progress here; Ctrl-C cancels it
     (which removes its partial file) and is raised again."""
     done = [0]
@@ -479,7 +516,7 @@ def transfer(start: Callable[..., Any], label: str, total: int) -> int:
         result = start(progress=progress)
         try:
             if bar is None:
-                return int(result.wait(None))
+                return result.wait(None)
             while True:
                 try:
                     value = result.wait(0.1)
@@ -487,7 +524,7 @@ def transfer(start: Callable[..., Any], label: str, total: int) -> int:
                     bar.update(done[0])
                     continue
                 bar.update(done[0])
-                return int(value)
+                return value
         except KeyboardInterrupt:
             # A cancelled transfer removes its partial file; give it the moment that
             # takes, or the process would end first. A second Ctrl-C stops waiting.
@@ -528,14 +565,11 @@ def _put(
     """Copy ``local`` to ``target``; a directory with its contents (``-r``), merged into
     a directory that exists already."""
     client = session.client
-    before = failures.count
-    children: list[Path] | None = None
     with failures.about(target, local=str(local)):
         if local.is_dir():
             if not args.recursive:
                 raise IsADirectoryError(21, "Is a directory (use -r)")
-            client.mkdir(target, parents=True)
-            children = sorted(local.iterdir())
+            _put_tree(session, failures, args, local, target)
         else:
             total = local.stat().st_size
             options = {"replication": args.replication} if args.replication else {}
@@ -551,9 +585,34 @@ def _put(
                 target,
                 total,
             )
-    if children is not None and failures.count == before:
-        for child in children:
-            _put(session, failures, args, child, posixpath.join(target, child.name))
+
+
+def _put_tree(
+    session: Session, failures: Failures, args: argparse.Namespace, local: Path, target: str
+) -> None:
+    """Every directory first, then the files, ``--jobs`` at a time."""
+    client = session.client.async_client
+    plan = run(tree.plan_put, client, local, target)
+    options = {"replication": args.replication} if args.replication else {}
+    copied = transfer(
+        partial(
+            run_eventually,
+            tree.put_files,
+            client,
+            plan.files,
+            overwrite=args.force,
+            concurrency=args.jobs,
+            **options,
+        ),
+        _tree_label(target, plan),
+        plan.total,
+    )
+    for failure in sorted([*plan.failures, *copied], key=lambda failure: failure.destination):
+        failures.report(failure.error, failure.destination, local=failure.source)
+
+
+def _tree_label(top: str, plan: tree.TreePlan) -> str:
+    return f"{top} ({len(plan.files)} files)"
 
 
 def run_get(session: Session, args: argparse.Namespace) -> int:
@@ -583,14 +642,12 @@ def _get(
     """Copy ``remote`` to ``target``; a directory with its contents (``-r``), merged
     into a local folder that exists already."""
     client = session.client
-    children: list[Entry] | None = None
     with failures.about(shown, local=str(target), remote=remote):
         entry = client.stat(remote)
         if entry.is_dir:
             if not args.recursive:
                 raise errors.IsADirectory(f"{remote}: use -r")
-            target.mkdir(exist_ok=True)
-            children = client.listdir(remote)
+            _get_tree(session, failures, args, shown, remote, target)
         else:
             if target.exists() and not args.force:
                 raise FileExistsError(17, "File exists (use -f to overwrite)")
@@ -599,15 +656,38 @@ def _get(
                 shown,
                 entry.length,
             )
-    for child in children or ():
-        _get(
-            session,
-            failures,
-            args,
-            posixpath.join(shown, child.name),
-            child.path,
-            target / child.name,
-        )
+
+
+def _get_tree(
+    session: Session,
+    failures: Failures,
+    args: argparse.Namespace,
+    shown: str,
+    remote: str,
+    target: Path,
+) -> None:
+    """Every folder first, then the files, ``--jobs`` at a time."""
+    client = session.client.async_client
+    plan = run(tree.plan_get, client, remote, target)
+    copied = transfer(
+        partial(
+            run_eventually,
+            tree.get_files,
+            client,
+            plan.files,
+            overwrite=args.force,
+            concurrency=args.jobs,
+        ),
+        _tree_label(shown, plan),
+        plan.total,
+    )
+    for failure in sorted([*plan.failures, *copied], key=lambda failure: failure.source):
+        # Named as the user named the top: SHOWN/relative/path.
+        path = shown.rstrip("/") + failure.source[len(remote.rstrip("/")) :]
+        error = failure.error
+        if isinstance(error, FileExistsError):
+            error = FileExistsError(errno.EEXIST, "File exists (use -f to overwrite)")
+        failures.report(error, path, local=failure.destination, remote=failure.source)
 
 
 def run_cat(session: Session, args: argparse.Namespace) -> int:

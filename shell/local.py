@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dfs.localcluster import DESCRIPTION, LocalCluster, LocalClusterError
-from dfs.security.ca import CAError
 from dfs.security.identity import Role
-from dfs_shell import repl
-from dfs_shell.ca import report_revocation
 from dfs_shell.errors import CommandError
+from dfs_shell.files import data_dir
+
+# dfs.localcluster and the CA are imported by the commands that use them: every other
+# dfs command builds this parser and should not pay for them.
+
+if TYPE_CHECKING:
+    from dfs.localcluster import LocalCluster
 
 #: What ``dfs local`` creates when no cluster exists yet (as ``up`` without options).
 DEFAULT_METASERVERS = 1
@@ -28,7 +32,7 @@ DEFAULT_TIMEOUT = 60.0
 
 
 def default_dir() -> Path:
-    return repl.data_dir() / "local"
+    return data_dir() / "local"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -113,6 +117,8 @@ def _dir_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace, command: str) -> LocalCluster:
+    from dfs.localcluster import LocalCluster, LocalClusterError
+
     try:
         return LocalCluster.open(args.dir or default_dir())
     except LocalClusterError as error:
@@ -147,7 +153,9 @@ def run_local_shell(args: argparse.Namespace) -> int:
             quiet=True,
         )
     )
-    return repl.run_shell(args)
+    from dfs_shell.main import run_shell
+
+    return run_shell(args)
 
 
 def _up(
@@ -160,6 +168,8 @@ def _up(
     quiet: bool = False,
 ) -> Path:
     """Create (first time) and start the cluster in ``directory``: its client config."""
+    from dfs.localcluster import DESCRIPTION, LocalCluster, LocalClusterError
+
     try:
         if (directory / DESCRIPTION).exists():
             cluster = LocalCluster.open(directory)
@@ -213,6 +223,9 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
+    from dfs.security.ca import CAError
+    from dfs_shell.ca import report_revocation
+
     cluster = _open(args, "local revoke")
     try:
         revocation, pointed = cluster.revoke(args.name, args.role)
@@ -230,6 +243,8 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 
 def run_adduser(args: argparse.Namespace) -> int:
+    from dfs.security.ca import CAError
+
     cluster = _open(args, "local adduser")
     try:
         config = cluster.add_user(args.name, admin=args.admin)

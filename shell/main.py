@@ -3,6 +3,10 @@
 ``dfs`` with no command opens the interactive shell (:mod:`dfs_shell.repl`), which
 parses and runs each of its lines with this same parser.
 
+A one-shot command runs in a fresh process whose start is most of its cost, so the
+shell (prompt-toolkit) and other heavy modules are imported by the commands that use
+them, not here.
+
 Each command group lives in its own module with a ``register(subparsers)``
 function; a parsed command carries ``run(args) -> int`` as its handler. Errors
 a user can cause are raised as :class:`CommandError` and printed as one line
@@ -17,10 +21,10 @@ import sys
 from collections.abc import Sequence
 
 from dfs import __version__
-from dfs_shell import admin, ca, files, local, repl
+from dfs_shell import admin, ca, files, local
 from dfs_shell.errors import CommandError
 
-COMMAND_GROUPS = (files, admin, ca, local, repl)
+COMMAND_GROUPS = (files, admin, ca, local)
 
 #: The status of a command whose standard output was closed by its reader: that of a
 #: process killed by SIGPIPE, as a shell reports it (128 + 13).
@@ -43,7 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.register(subparsers)
+    shell = subparsers.add_parser(
+        "shell",
+        help="open the interactive shell (also: dfs with no command)",
+        description="An interactive prompt for every dfs command, with completion and history.",
+    )
+    shell.set_defaults(run=run_shell, command_name="shell")
     return parser
+
+
+def run_shell(args: argparse.Namespace) -> int:
+    """Open the interactive shell; prompt-toolkit is imported only then."""
+    from dfs_shell import repl
+
+    return repl.run_shell(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = getattr(args, "run", None)
     if run is None:
-        run = repl.run_shell
+        run = run_shell
     try:
         status = int(run(args) or 0)
         sys.stdout.flush()

@@ -69,23 +69,8 @@ SPECIAL = frozenset(" \t\n\\'\"$`!*?[]{}()<>|&;#")
 Listing = Callable[[str], Sequence[tuple[str, bool]]]
 
 
-def data_dir() -> Path:
-    """Where dfs keeps a user's data: ``$XDG_DATA_HOME/dfs`` or ``~/.local/share/dfs``."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "dfs"
-
-
 def history_path() -> Path:
-    return data_dir() / "history"
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    shell = subparsers.add_parser(
-        "shell",
-        help="open the interactive shell (also: dfs with no command)",
-        description="An interactive prompt for every dfs command, with completion and history.",
-    )
-    shell.set_defaults(run=run_shell, command_name="shell")
+    return files.data_dir() / "history"
 
 
 def run_shell(args: argparse.Namespace) -> int:

@@ -559,3 +559,75 @@ def test_ctrl_c_during_get_exits_130_and_leaves_no_local_file(dfs, env, tmp_path
     assert status == 130, screen
     assert screen.rstrip().endswith("dfs: interrupted"), screen
     assert sorted(path.name for path in tmp_path.iterdir()) == ["f"], screen
+
+
+# -- trees, several files at once ---------------------------------------------------------
+
+
+def test_put_r_and_get_r_copy_a_tree_of_many_files_several_at_once(dfs, tmp_path):
+    source = tmp_path / "tree"
+    files = {}
+    for index in range(60):
+        path = source / f"d{index % 3}" / ("deep" if index % 2 else "") / f"f{index:02d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files[path.relative_to(source)] = os.urandom(1000 + index)
+        path.write_bytes(files[path.relative_to(source)])
+    (source / "empty-dir").mkdir()
+
+    ok(dfs("put", "-r", "-j", "6", source, "/tree"))
+    ok(dfs("get", "-r", "-j", "6", "/tree", tmp_path / "back"))
+
+    back = tmp_path / "back"
+    assert {p.relative_to(back): p.read_bytes() for p in back.rglob("*") if p.is_file()} == files
+    assert (back / "empty-dir").is_dir()
+    assert ok(dfs("ls", "/tree")).lines == ["d0", "d1", "d2", "empty-dir"]
+
+
+def test_put_r_and_get_r_report_each_failed_file_and_copy_the_others(dfs, tmp_path):
+    source = tmp_path / "tree"
+    source.mkdir()
+    for name in ("a", "b", "c", "d"):
+        (source / name).write_text(f"new {name}\n")
+    ok(dfs("mkdir", "/partly"))
+    ok(dfs("put", source / "b", "/partly/b"))
+    (tmp_path / "back").mkdir()
+    (tmp_path / "back" / "c").write_text("mine\n")
+
+    failed(dfs("put", "-r", source, "/partly"), "dfs: put: /partly/b: File exists\n")
+    assert ok(dfs("ls", "/partly")).lines == ["a", "b", "c", "d"]
+    assert ok(dfs("cat", "/partly/d")).text == "new d\n"
+
+    failed(
+        dfs("get", "-r", "/partly", tmp_path / "back"),
+        f"dfs: get: {tmp_path / 'back' / 'c'}: File exists (use -f to overwrite)\n",
+    )
+    assert (tmp_path / "back" / "c").read_text() == "mine\n"
+    assert (tmp_path / "back" / "a").read_text() == "new a\n"
+    ok(dfs("get", "-r", "-f", "/partly", tmp_path / "back"))
+    assert (tmp_path / "back" / "c").read_text() == "new c\n"
+
+
+def test_a_jobs_below_one_is_refused(dfs, tmp_path):
+    run = dfs("put", "-r", "-j", "0", tmp_path, "/nowhere")
+    assert run.status == 2 and "must be at least 1, got 0" in run.err, run
+
+
+def test_ctrl_c_during_put_r_exits_130_and_leaves_no_partial_file(dfs, env, tmp_path):
+    source = tmp_path / "big"
+    source.mkdir()
+    for index in range(6):
+        with open(source / f"f{index}", "wb") as big:
+            big.truncate(16 * MiB)
+
+    with on_terminal(env, f"put -r -j 3 {source} /interrupted-tree") as put:
+        put.expect(r"\d+\.\d% \[")
+        put.sendintr()
+        status, screen = finish(put)
+    assert status == 130, screen
+    assert screen.rstrip().endswith("dfs: interrupted"), screen
+    # Each file is there whole or not at all.
+    sizes = {
+        line.split()[-1]: int(line.split()[4])
+        for line in ok(dfs("ls", "-l", "/interrupted-tree")).lines
+    }
+    assert set(sizes.values()) <= {16 * MiB}, sizes
