@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
 from dfs.client.admin import ClusterAdmin
@@ -295,23 +295,31 @@ class DFSClient(ClusterAdmin):
 
     async def _create_or_clean_up(self, path: str, **options: Any) -> FileWriter:
         """``create``; if the caller gives up while the metaserver is creating the
-        file, the file is still created and then removed, in the background."""
+        file, the file is still created, then removed before this ends."""
         creating = Deferred.fromCoroutine(self.create(path, **options))
         # The caller's wait can be cancelled; the create itself cannot, so that its
         # outcome is known and a created file can be discarded.
         waiting: Deferred[FileWriter] = Deferred()
 
-        def settle(result: Any) -> None:
-            if waiting.called:  # cancelled meanwhile
-                if isinstance(result, FileWriter):
-                    Deferred.fromCoroutine(self.discard(result))
-            elif isinstance(result, Failure):
+        def settle(result: Any) -> Any:
+            if waiting.called:
+                return result  # cancelled meanwhile: taken below
+            if isinstance(result, Failure):
                 waiting.errback(result)
             else:
                 waiting.callback(result)
+            return None
 
         creating.addBoth(settle)
-        return await waiting
+        try:
+            return await waiting
+        except CancelledError:
+            try:
+                writer = await creating
+            except Exception:
+                raise CancelledError() from None  # nothing was created
+            await self.discard(writer)
+            raise
 
     async def discard(self, writer: FileWriter) -> None:
         """Give up a file being written: stop, and remove it (best effort; if the
