@@ -19,6 +19,7 @@ import argparse
 import errno
 import os
 import posixpath
+import signal
 import stat as stat_module
 import sys
 import time
@@ -502,6 +503,23 @@ def _progress(label: str, total: int) -> Any:
     return TransferProgress(label, total)
 
 
+@contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C back for the length of the block and take it after: an operation
+    started in the block is then known, and can be cancelled, whenever it comes."""
+    caught: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, caught[0])
+            else:
+                raise KeyboardInterrupt
+
+
 def transfer(start: Callable[..., Eventual[T]], label: str, total: int) -> T:
     """Run a put/get/cp in the reactor thread, showing progress here; Ctrl-C cancels it
     (which removes its partial file) and is raised again."""
@@ -513,8 +531,10 @@ def transfer(start: Callable[..., Eventual[T]], label: str, total: int) -> T:
     bar = _progress(label, total)
     # The bar is up before the first byte moves, so that it shows the whole transfer.
     with bar if bar is not None else nullcontext():
-        result = start(progress=progress)
+        result: Eventual[T] | None = None
         try:
+            with _interrupt_after():
+                result = start(progress=progress)
             if bar is None:
                 return result.wait(None)
             while True:
@@ -528,7 +548,8 @@ def transfer(start: Callable[..., Eventual[T]], label: str, total: int) -> T:
         except KeyboardInterrupt:
             # A cancelled transfer removes its partial file; give it the moment that
             # takes, or the process would end first. A second Ctrl-C stops waiting.
-            result.abandon(CANCEL_GRACE)
+            if result is not None:
+                result.abandon(CANCEL_GRACE)
             raise
 
 

@@ -1,23 +1,23 @@
 """Writing a file: chunk by chunk through a pipeline of dataservers.
 
 For each chunk the writer asks the metaserver for a chunk id and a pipeline
-(AddChunk), opens the pipeline on its first dataserver, sends packets of at most
-64 KiB on the chunk stream to it with a window of bytes in flight, and on a full
-chunk finishes it (every replica fsynced) and commits its length. FinishChunkWrite
+(AddChunk; the first chunk comes with Create), opens the pipeline on its first
+dataserver, sends packets of at most 64 KiB on the chunk stream to it with a window
+of bytes in flight, and on a full chunk finishes it (every replica fsynced) and
+commits its length (the last chunk's commit goes with CloseFile). FinishChunkWrite
 follows the last packet at once, without waiting for its acknowledgement: the
-dataservers complete
-their replicas together, each as soon as the last packet reached it. A full chunk is
-finished and committed in the background while the next one fills (one at a time:
-the namespace lets a file have two chunks pending), so the pipelines never drain at
-a chunk boundary; close waits for both. When a dataserver
+dataservers complete their replicas together, each as soon as the last packet
+reached it. A full chunk is finished and committed in the background while the next
+one fills (one at a time: the namespace lets a file have two chunks pending), so the
+pipelines never drain at a chunk boundary; close waits for both. When a dataserver
 of the pipeline fails, the writer gets a new chunk version from the metaserver, asks
 the survivors to keep the acknowledged bytes under that version, and resends what
 was not acknowledged: the user sees no error as long as one replica survives.
 
-Every command to a dataserver carries the chunk's write token (from AddChunk, then
-from each BumpChunkVersion). A chunk that takes longer than the token lasts has it
-renewed (RenewChunkTokens) before a command, and once more on a refusal: an
-expired token never fails a write.
+Every command to a dataserver carries the chunk's write token (from AddChunk or
+Create, then from each BumpChunkVersion). A chunk that takes longer than the token
+lasts has it renewed (RenewChunkTokens) before a command, and once more on a
+refusal: an expired token never fails a write.
 """
 
 from __future__ import annotations
@@ -302,9 +302,13 @@ class FileWriter:
         client_id: str,
         chunk_size: int,
         lease_period: float,
+        first_chunk: dict[str, Any] | None = None,
     ) -> None:
         self._reactor = reactor
         self._metaserver = metaserver
+        #: the first chunk, handed out with Create (AddChunk's answer): used for the
+        #: first packet, or dropped by the close if nothing is written
+        self._first_chunk = first_chunk
         self._pool = pool
         self.path = path
         self._client_id = client_id
@@ -408,9 +412,11 @@ class FileWriter:
             await self._hand_off()
 
     async def _start_chunk(self) -> None:
-        answer = await self._ask_meta(
-            AddChunk, path=self.path, client_id=self._client_id, request_id=request_id()
-        )
+        answer, self._first_chunk = self._first_chunk, None
+        if answer is None:
+            answer = await self._ask_meta(
+                AddChunk, path=self.path, client_id=self._client_id, request_id=request_id()
+            )
         self._chunk = ChunkPipeline(
             self, answer["chunk_id"], answer["version"], list(answer["targets"]), answer["token"]
         )
@@ -446,22 +452,40 @@ class FileWriter:
         self._finishing_length = 0
 
     async def close(self) -> None:
+        """Finish the last chunk and complete the file: the last chunk's commit goes
+        with the close, in one request."""
         if self.closed:
             return
         if self._buffer:
             packet = bytes(self._buffer)
             self._buffer.clear()
             await self._send(packet)
-        if self._chunk is not None:
-            await self._hand_off()
         await self._settle()
+        last: dict[str, Any] = {}
+        chunk = self._chunk
+        if chunk is not None:
+            # Still the writer's chunk meanwhile: a writer given up aborts it.
+            locations = await chunk.finish()
+            last = {
+                "chunk_id": chunk.chunk_id,
+                "version": chunk.version,
+                "chunk_length": chunk.length,
+                "locations": locations,
+            }
+        elif self._first_chunk is not None:
+            # Handed out with Create and never written to: it goes with the close.
+            unused, self._first_chunk = self._first_chunk, None
+            last = {"chunk_id": unused["chunk_id"], "version": unused["version"], "chunk_length": 0}
         await self._ask_meta(
             CloseFile,
             path=self.path,
             client_id=self._client_id,
-            length=self._committed,
+            length=self._committed + last.get("chunk_length", 0),
             request_id=request_id(),
+            **last,
         )
+        self._committed += last.get("chunk_length", 0)
+        self._chunk = None
         self.closed = True
         self._stop()
 

@@ -47,12 +47,28 @@ async def dial(
     )
     session = PeerSession(identity)
     session.dialled = True
+    # Cancelling a connection attempt fails it with whatever stage it was at (a name
+    # lookup cancelled is a DNSLookupError): note that it was the caller who gave up.
+    cancelled: list[bool] = []
+    attempt = connectProtocol(endpoint, session)
+
+    def give_up(_: object) -> None:
+        cancelled.append(True)
+        attempt.cancel()
+
+    connecting: defer.Deferred[Any] = defer.Deferred(give_up)
+    attempt.chainDeferred(connecting)
     try:
-        await connectProtocol(endpoint, session)
+        await connecting
         # TLS completes after the TCP connection; a Ping proves the handshake passed
         # both ways and tells us who answered.
         await session.callRemote(Ping).addTimeout(timeout, reactor)
     except Exception as failure:
+        if cancelled or isinstance(failure, defer.CancelledError):
+            # The caller gave up: one kind of error for it, whenever it came, and no
+            # connection left behind.
+            session.abort()
+            raise defer.CancelledError() from None
         if session.refusal is not None:
             raise PeerRefused(address, session.refusal) from None
         if isinstance(failure, (TimeoutError, defer.TimeoutError, error.TimeoutError)):

@@ -532,8 +532,10 @@ def test_put_and_get_on_a_terminal_draw_a_progress_bar(dfs, env, tmp_path):
 
 
 def test_ctrl_c_during_put_exits_130_and_leaves_no_file(dfs, env, tmp_path):
+    # Big enough that the copy is still going when the interrupt arrives (a put of
+    # 24 MiB could end before the bar it waits for was drawn).
     with open(tmp_path / "f", "wb") as big:
-        big.truncate(24 * MiB)
+        big.truncate(256 * MiB)
 
     with on_terminal(env, f"put {tmp_path / 'f'} /interrupted.bin") as put:
         put.expect(r"\d+\.\d% \[")
@@ -588,23 +590,24 @@ def test_put_r_and_get_r_report_each_failed_file_and_copy_the_others(dfs, tmp_pa
     source.mkdir()
     for name in ("a", "b", "c", "d"):
         (source / name).write_text(f"new {name}\n")
-    ok(dfs("mkdir", "/partly"))
-    ok(dfs("put", source / "b", "/partly/b"))
-    (tmp_path / "back").mkdir()
-    (tmp_path / "back" / "c").write_text("mine\n")
+    # Into an existing folder, as cp -r: the tree goes in under its own name.
+    ok(dfs("mkdir", "-p", "/partly/tree"))
+    ok(dfs("put", source / "b", "/partly/tree/b"))
+    (tmp_path / "back" / "tree").mkdir(parents=True)
+    (tmp_path / "back" / "tree" / "c").write_text("mine\n")
 
-    failed(dfs("put", "-r", source, "/partly"), "dfs: put: /partly/b: File exists\n")
-    assert ok(dfs("ls", "/partly")).lines == ["a", "b", "c", "d"]
-    assert ok(dfs("cat", "/partly/d")).text == "new d\n"
+    failed(dfs("put", "-r", source, "/partly"), "dfs: put: /partly/tree/b: File exists\n")
+    assert ok(dfs("ls", "/partly/tree")).lines == ["a", "b", "c", "d"]
+    assert ok(dfs("cat", "/partly/tree/d")).text == "new d\n"
 
     failed(
-        dfs("get", "-r", "/partly", tmp_path / "back"),
-        f"dfs: get: {tmp_path / 'back' / 'c'}: File exists (use -f to overwrite)\n",
+        dfs("get", "-r", "/partly/tree", tmp_path / "back"),
+        f"dfs: get: {tmp_path / 'back' / 'tree' / 'c'}: File exists (use -f to overwrite)\n",
     )
-    assert (tmp_path / "back" / "c").read_text() == "mine\n"
-    assert (tmp_path / "back" / "a").read_text() == "new a\n"
-    ok(dfs("get", "-r", "-f", "/partly", tmp_path / "back"))
-    assert (tmp_path / "back" / "c").read_text() == "new c\n"
+    assert (tmp_path / "back" / "tree" / "c").read_text() == "mine\n"
+    assert (tmp_path / "back" / "tree" / "a").read_text() == "new a\n"
+    ok(dfs("get", "-r", "-f", "/partly/tree", tmp_path / "back"))
+    assert (tmp_path / "back" / "tree" / "c").read_text() == "new c\n"
 
 
 def test_a_jobs_below_one_is_refused(dfs, tmp_path):

@@ -115,6 +115,37 @@ async def test_empty_files_and_a_chunk_exactly_full(cluster):
     client.close()
 
 
+def log_entries(cluster: LocalCluster) -> int:
+    status = cluster.status(cluster.metaservers[0])
+    assert status is not None
+    return int(status["raft"]["last_applied"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_of_one_chunk_takes_two_log_entries_and_an_empty_one_a_single_entry(
+    cluster,
+):
+    client = await connect(cluster)
+    before = log_entries(cluster)
+    await client.write_file("/one-entry", b"")
+    assert log_entries(cluster) - before == 1
+    before = log_entries(cluster)
+    data = os.urandom(MiB + 5)
+    writer = await client.create("/two-entries")
+    await writer.write(data)
+    await writer.close()
+    # Create with its first chunk, then the last commit with the close.
+    assert log_entries(cluster) - before == 2
+    assert await client.read_file("/two-entries") == data
+    assert (await client.stat("/one-entry")).complete
+    before = log_entries(cluster)
+    writer = await client.create("/nothing-written")
+    await writer.close()
+    assert log_entries(cluster) - before == 2
+    assert await chunks_of(client, "/nothing-written") == []
+    client.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_namespace_operations(cluster):
     client = await connect(cluster)
