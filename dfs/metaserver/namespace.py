@@ -33,6 +33,7 @@ import bisect
 import builtins
 import math
 import pickle
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Final, Generic, Literal, NoReturn, TypeVar
 
@@ -498,14 +499,42 @@ class SetSafeMode(Operation):
 # --------------------------------------------------------------------------- state
 
 
+#: Distinct ints kept by _shared_int; past this, new values are stored as they come.
+_SHARED_INTS_MAX: Final = 4096
+_shared_ints: dict[int, int] = {}
+
+
+def _shared_int(value: int) -> int:
+    """One int object for each mode or chunk size many nodes hold: an int beyond 256
+    is an object of its own (32 bytes) in every node that was given it from a
+    decoded operation or a loaded snapshot."""
+    shared = _shared_ints.get(value)
+    if shared is not None:
+        return shared
+    if len(_shared_ints) < _SHARED_INTS_MAX and type(value) is int:
+        _shared_ints[value] = value
+    return value
+
+
+def _interned(value: str) -> str:
+    # Owners and groups are few: one string each rather than one per node.
+    return sys.intern(value) if type(value) is str else value
+
+
+# Nodes are slotted (attrs.define) and keep what most of them share (owner, group,
+# mode, chunk size) as shared objects: with millions of files, every object per node
+# counts. A file's chunks are a tuple, () for an empty file; chunks are added a few
+# at a time, so rebuilding the tuple costs little.
+
+
 @attrs.define
 class DirectoryNode:
     inode: int
     parent: int
     name: str
-    owner: str
-    group: str
-    mode: int
+    owner: str = attrs.field(converter=_interned)
+    group: str = attrs.field(converter=_interned)
+    mode: int = attrs.field(converter=_shared_int)
     mtime: float
     children: dict[str, int] = attrs.Factory(dict)
 
@@ -515,13 +544,13 @@ class FileNode:
     inode: int
     parent: int
     name: str
-    owner: str
-    group: str
-    mode: int
+    owner: str = attrs.field(converter=_interned)
+    group: str = attrs.field(converter=_interned)
+    mode: int = attrs.field(converter=_shared_int)
     mtime: float
     replication: int
-    chunk_size: int
-    chunks: list[ChunkRef] = attrs.Factory(list)
+    chunk_size: int = attrs.field(converter=_shared_int)
+    chunks: tuple[ChunkRef, ...] = ()
     #: Sum of the chunk lengths, kept so that stat and du need not add them up.
     length: int = 0
     #: Set while the file is under construction; a complete file has none.
@@ -653,6 +682,10 @@ def _pending(node: FileNode) -> builtins.list[int]:
     while index > 0 and node.chunks[index - 1].length == 0:
         index -= 1
     return builtins.list(range(index, len(node.chunks)))
+
+
+def _replaced(chunks: tuple[ChunkRef, ...], index: int, chunk: ChunkRef) -> tuple[ChunkRef, ...]:
+    return (*chunks[:index], chunk, *chunks[index + 1 :])
 
 
 def _internal_error(doing: str, error: Exception) -> Err:
@@ -991,6 +1024,35 @@ class Namespace:
             else:
                 value = field.default
             object.__setattr__(self, field.name, value)
+        self._share_loaded()
+
+    def _share_loaded(self) -> None:
+        """Give a loaded namespace the shapes and the sharing a live one has.
+
+        Pickle keeps one copy of an object referred to several times, but not of an
+        int: a loaded inode number is a new object in the node, in the table, in its
+        directory and in each child's parent pointer. Strings the live namespace held
+        as distinct objects (an owner given by each operation) load as distinct too.
+        Older snapshots keep a file's chunks in a list.
+        """
+        # The table's keys become the one object for each inode number; a damaged
+        # snapshot (a dangling number) loads as it is, for verify() to report.
+        numbers = {number: number for number in self._nodes}
+        for number, node in self._nodes.items():
+            if node.inode == number:
+                object.__setattr__(node, "inode", number)
+            object.__setattr__(node, "parent", numbers.get(node.parent, node.parent))
+            object.__setattr__(node, "owner", _interned(node.owner))
+            object.__setattr__(node, "group", _interned(node.group))
+            object.__setattr__(node, "mode", _shared_int(node.mode))
+            if isinstance(node, DirectoryNode):
+                children = node.children
+                for name, child in children.items():
+                    children[name] = numbers.get(child, child)
+            else:
+                object.__setattr__(node, "chunk_size", _shared_int(node.chunk_size))
+                if type(node.chunks) is not tuple:
+                    object.__setattr__(node, "chunks", tuple(node.chunks))
 
     def snapshot(self) -> bytes:
         """The whole state as bytes; :meth:`restore` gives back an equal namespace."""
@@ -1413,7 +1475,7 @@ class Namespace:
                         replication=node.replication,
                         complete=node.lease is None,
                         length=node.length,
-                        chunks=tuple(node.chunks),
+                        chunks=node.chunks,
                     )
                 )
         return Tree(directories=directories, files=tuple(files))
@@ -1431,7 +1493,7 @@ class Namespace:
     def _chunks_query(self, path: str, who: _Principal | None) -> tuple[ChunkRef, ...]:
         node = self._file(path, who)
         self._require(who, node, READ, path)
-        return tuple(node.chunks)
+        return node.chunks
 
     # ----------------------------------------------------------------- changes
     # Below, everything before the first assignment to the state may refuse; nothing
@@ -1631,7 +1693,7 @@ class Namespace:
         self._charge(self._parent_of(node), 0, reserved)
         chunk = ChunkRef(chunk_id=self._next_chunk_id, version=1, length=0)
         self._next_chunk_id += 1
-        node.chunks.append(chunk)
+        node.chunks = (*node.chunks, chunk)
         self._chunk_files[chunk.chunk_id] = node.inode
         node.lease = Lease(holder, expires)
         return Ok(chunk)
@@ -1662,7 +1724,7 @@ class Namespace:
         node = self._writable(path, _holder(op.lease_holder))
         index = self._pending_chunk(path, node, op.chunk_id)
         bumped = attrs.evolve(node.chunks[index], version=node.chunks[index].version + 1)
-        node.chunks[index] = bumped
+        node.chunks = _replaced(node.chunks, index, bumped)
         return Ok(bumped)
 
     def _commit_chunk(self, op: CommitChunk) -> Ok[ChunkRef]:
@@ -1687,7 +1749,7 @@ class Namespace:
             )
         length = _integer(op.length, "chunk length", 1, node.chunk_size)
         committed = attrs.evolve(chunk, length=length)
-        node.chunks[index] = committed
+        node.chunks = _replaced(node.chunks, index, committed)
         node.length += length
         self._charge(self._parent_of(node), 0, (length - node.chunk_size) * node.replication)
         return Ok(committed)
@@ -1741,7 +1803,8 @@ class Namespace:
         if chunk_length == 0:
             # Never written: its reservation ends with the others' in _complete.
             self._charge(self._parent_of(node), 0, -node.chunk_size * node.replication)
-            del self._chunk_files[node.chunks.pop().chunk_id]
+            del self._chunk_files[node.chunks[-1].chunk_id]
+            node.chunks = node.chunks[:-1]
         else:
             # Refuses (a stale version, an earlier chunk pending) before any change.
             self._commit_chunk(commit)
@@ -1773,7 +1836,8 @@ class Namespace:
             reserved = len(_pending(node)) * node.chunk_size * node.replication
             self._charge(self._parent_of(node), 0, -reserved)
             while node.chunks and node.chunks[-1].length == 0:
-                del self._chunk_files[node.chunks.pop().chunk_id]
+                del self._chunk_files[node.chunks[-1].chunk_id]
+                node.chunks = node.chunks[:-1]
             self._complete(node, now)
         # An already complete file is not an error: the writer may have closed it
         # between the leader's decision and this entry.
