@@ -540,7 +540,13 @@ class _PickledAsList:
     __slots__ = ()
 
     def __getstate__(self) -> builtins.list[Any]:
-        return [getattr(self, name) for name in _FIELDS[type(self)]]
+        state = [getattr(self, name) for name in _FIELDS[type(self)]]
+        if isinstance(self, DirectoryNode):
+            # Names only: the numbers are the children's own, which the namespace
+            # puts back after loading (Namespace._share_loaded) rather than load
+            # each number twice.
+            state[_CHILDREN] = tuple(self.children)
+        return state
 
     def __setstate__(self, state: builtins.list[Any] | dict[str, Any]) -> None:
         if isinstance(state, dict):
@@ -550,6 +556,8 @@ class _PickledAsList:
         for name, value in zip(_FIELDS[type(self)], state, strict=False):
             if name in _SHARED:
                 value = _SHARED[name](value)
+            elif name == "children" and isinstance(value, tuple):
+                value = dict.fromkeys(value)
             object.__setattr__(self, name, value)
         state.clear()
 
@@ -588,6 +596,7 @@ Node = DirectoryNode | FileNode
 _FIELDS: Final[dict[type, tuple[str, ...]]] = {
     cls: tuple(field.name for field in attrs.fields(cls)) for cls in (DirectoryNode, FileNode)
 }
+_CHILDREN: Final = _FIELDS[DirectoryNode].index("children")
 #: Fields whose values many nodes share, and how a loaded value finds its shared one.
 _SHARED: Final[dict[str, Callable[[Any], Any]]] = {
     "owner": _interned,
@@ -1085,13 +1094,24 @@ class Namespace:
             if node.inode == number:
                 object.__setattr__(node, "inode", number)
             object.__setattr__(node, "parent", numbers.get(node.parent, node.parent))
+            parent = self._nodes.get(node.parent)
+            # A directory loads its children's names (see _PickledAsList); the
+            # numbers come from the children.
+            if (
+                isinstance(parent, DirectoryNode)
+                and parent is not node
+                and node.name in parent.children
+                and parent.children[node.name] is None
+            ):
+                parent.children[node.name] = node.inode
             object.__setattr__(node, "owner", _interned(node.owner))
             object.__setattr__(node, "group", _interned(node.group))
             object.__setattr__(node, "mode", _shared_int(node.mode))
             if isinstance(node, DirectoryNode):
                 children = node.children
                 for name, child in children.items():
-                    children[name] = numbers.get(child, child)
+                    if child is not None:
+                        children[name] = numbers.get(child, child)
             else:
                 object.__setattr__(node, "chunk_size", _shared_int(node.chunk_size))
                 if type(node.chunks) is not tuple:
