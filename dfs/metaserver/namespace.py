@@ -33,6 +33,7 @@ import bisect
 import builtins
 import math
 import pickle
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Final, Generic, Literal, NoReturn, TypeVar
 
@@ -498,30 +499,93 @@ class SetSafeMode(Operation):
 # --------------------------------------------------------------------------- state
 
 
-@attrs.define
-class DirectoryNode:
+#: Distinct ints kept by _shared_int; past this, new values are stored as they come.
+_SHARED_INTS_MAX: Final = 4096
+_shared_ints: dict[int, int] = {}
+
+
+def _shared_int(value: int) -> int:
+    """One int object for each mode or chunk size many nodes hold: an int beyond 256
+    is an object of its own (32 bytes) in every node that was given it from a
+    decoded operation or a loaded snapshot."""
+    shared = _shared_ints.get(value)
+    if shared is not None:
+        return shared
+    if len(_shared_ints) < _SHARED_INTS_MAX and type(value) is int:
+        _shared_ints[value] = value
+    return value
+
+
+def _interned(value: str) -> str:
+    # Owners and groups are few: one string each rather than one per node.
+    return sys.intern(value) if type(value) is str else value
+
+
+# Nodes are slotted (attrs.define) and keep what most of them share (owner, group,
+# mode, chunk size) as shared objects: with millions of files, every object per node
+# counts. A file's chunks are a tuple, () for an empty file; chunks are added a few
+# at a time, so rebuilding the tuple costs little.
+
+
+class _PickledAsList:
+    """Pickles a node's fields as a list rather than attrs' dict of name to value.
+
+    Unpickling keeps every object it made until the end of the load, and the
+    process keeps the memory it took at the peak. With a dict per node (some 700
+    bytes) a snapshot of n files took n times as much while loading; the list is
+    emptied as soon as the node has its fields, and the strings and ints it brought
+    that other nodes share already are let go at once. Snapshots written with a dict
+    per node still load."""
+
+    __slots__ = ()
+
+    def __getstate__(self) -> builtins.list[Any]:
+        state = [getattr(self, name) for name in _FIELDS[type(self)]]
+        if isinstance(self, DirectoryNode):
+            # Names only: the numbers are the children's own, which the namespace
+            # puts back after loading (Namespace._share_loaded) rather than load
+            # each number twice.
+            state[_CHILDREN] = tuple(self.children)
+        return state
+
+    def __setstate__(self, state: builtins.list[Any] | dict[str, Any]) -> None:
+        if isinstance(state, dict):
+            for name, value in state.items():
+                object.__setattr__(self, name, value)
+            return
+        for name, value in zip(_FIELDS[type(self)], state, strict=False):
+            if name in _SHARED:
+                value = _SHARED[name](value)
+            elif name == "children" and isinstance(value, tuple):
+                value = dict.fromkeys(value)
+            object.__setattr__(self, name, value)
+        state.clear()
+
+
+@attrs.define(getstate_setstate=False)
+class DirectoryNode(_PickledAsList):
     inode: int
     parent: int
     name: str
-    owner: str
-    group: str
-    mode: int
+    owner: str = attrs.field(converter=_interned)
+    group: str = attrs.field(converter=_interned)
+    mode: int = attrs.field(converter=_shared_int)
     mtime: float
     children: dict[str, int] = attrs.Factory(dict)
 
 
-@attrs.define
-class FileNode:
+@attrs.define(getstate_setstate=False)
+class FileNode(_PickledAsList):
     inode: int
     parent: int
     name: str
-    owner: str
-    group: str
-    mode: int
+    owner: str = attrs.field(converter=_interned)
+    group: str = attrs.field(converter=_interned)
+    mode: int = attrs.field(converter=_shared_int)
     mtime: float
     replication: int
-    chunk_size: int
-    chunks: list[ChunkRef] = attrs.Factory(list)
+    chunk_size: int = attrs.field(converter=_shared_int)
+    chunks: tuple[ChunkRef, ...] = ()
     #: Sum of the chunk lengths, kept so that stat and du need not add them up.
     length: int = 0
     #: Set while the file is under construction; a complete file has none.
@@ -529,6 +593,17 @@ class FileNode:
 
 
 Node = DirectoryNode | FileNode
+_FIELDS: Final[dict[type, tuple[str, ...]]] = {
+    cls: tuple(field.name for field in attrs.fields(cls)) for cls in (DirectoryNode, FileNode)
+}
+_CHILDREN: Final = _FIELDS[DirectoryNode].index("children")
+#: Fields whose values many nodes share, and how a loaded value finds its shared one.
+_SHARED: Final[dict[str, Callable[[Any], Any]]] = {
+    "owner": _interned,
+    "group": _interned,
+    "mode": _shared_int,
+    "chunk_size": _shared_int,
+}
 
 
 class _Refused(Exception):
@@ -653,6 +728,10 @@ def _pending(node: FileNode) -> builtins.list[int]:
     while index > 0 and node.chunks[index - 1].length == 0:
         index -= 1
     return builtins.list(range(index, len(node.chunks)))
+
+
+def _replaced(chunks: tuple[ChunkRef, ...], index: int, chunk: ChunkRef) -> tuple[ChunkRef, ...]:
+    return (*chunks[:index], chunk, *chunks[index + 1 :])
 
 
 def _internal_error(doing: str, error: Exception) -> Err:
@@ -974,11 +1053,15 @@ class Namespace:
         return None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
+        state = {
             field.name: getattr(self, field.name)
             for field in attrs.fields(type(self))
             if field.name not in _NOT_STATE
         }
+        # The nodes without the table's keys, their own inode numbers: pickle keeps
+        # no single copy of an int, so each key would load as one more object.
+        state["_nodes"] = builtins.list(self._nodes.values())
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A snapshot written by an older version lacks the fields added since (groups,
@@ -991,6 +1074,48 @@ class Namespace:
             else:
                 value = field.default
             object.__setattr__(self, field.name, value)
+        if isinstance(self._nodes, builtins.list):
+            object.__setattr__(self, "_nodes", {node.inode: node for node in self._nodes})
+        self._share_loaded()
+
+    def _share_loaded(self) -> None:
+        """Give a loaded namespace the shapes and the sharing a live one has.
+
+        Pickle keeps one copy of an object referred to several times, but not of an
+        int: a loaded inode number is a new object in the node, in its directory and
+        in each child's parent pointer (and, in older snapshots, in the table).
+        Older snapshots also keep owners, modes and chunk sizes once per node, and a
+        file's chunks in a list.
+        """
+        # The table's keys become the one object for each inode number; a damaged
+        # snapshot (a dangling number) loads as it is, for verify() to report.
+        numbers = {number: number for number in self._nodes}
+        for number, node in self._nodes.items():
+            if node.inode == number:
+                object.__setattr__(node, "inode", number)
+            object.__setattr__(node, "parent", numbers.get(node.parent, node.parent))
+            parent = self._nodes.get(node.parent)
+            # A directory loads its children's names (see _PickledAsList); the
+            # numbers come from the children.
+            if (
+                isinstance(parent, DirectoryNode)
+                and parent is not node
+                and node.name in parent.children
+                and parent.children[node.name] is None
+            ):
+                parent.children[node.name] = node.inode
+            object.__setattr__(node, "owner", _interned(node.owner))
+            object.__setattr__(node, "group", _interned(node.group))
+            object.__setattr__(node, "mode", _shared_int(node.mode))
+            if isinstance(node, DirectoryNode):
+                children = node.children
+                for name, child in children.items():
+                    if child is not None:
+                        children[name] = numbers.get(child, child)
+            else:
+                object.__setattr__(node, "chunk_size", _shared_int(node.chunk_size))
+                if type(node.chunks) is not tuple:
+                    object.__setattr__(node, "chunks", tuple(node.chunks))
 
     def snapshot(self) -> bytes:
         """The whole state as bytes; :meth:`restore` gives back an equal namespace."""
@@ -1413,7 +1538,7 @@ class Namespace:
                         replication=node.replication,
                         complete=node.lease is None,
                         length=node.length,
-                        chunks=tuple(node.chunks),
+                        chunks=node.chunks,
                     )
                 )
         return Tree(directories=directories, files=tuple(files))
@@ -1431,7 +1556,7 @@ class Namespace:
     def _chunks_query(self, path: str, who: _Principal | None) -> tuple[ChunkRef, ...]:
         node = self._file(path, who)
         self._require(who, node, READ, path)
-        return tuple(node.chunks)
+        return node.chunks
 
     # ----------------------------------------------------------------- changes
     # Below, everything before the first assignment to the state may refuse; nothing
@@ -1631,7 +1756,7 @@ class Namespace:
         self._charge(self._parent_of(node), 0, reserved)
         chunk = ChunkRef(chunk_id=self._next_chunk_id, version=1, length=0)
         self._next_chunk_id += 1
-        node.chunks.append(chunk)
+        node.chunks = (*node.chunks, chunk)
         self._chunk_files[chunk.chunk_id] = node.inode
         node.lease = Lease(holder, expires)
         return Ok(chunk)
@@ -1662,7 +1787,7 @@ class Namespace:
         node = self._writable(path, _holder(op.lease_holder))
         index = self._pending_chunk(path, node, op.chunk_id)
         bumped = attrs.evolve(node.chunks[index], version=node.chunks[index].version + 1)
-        node.chunks[index] = bumped
+        node.chunks = _replaced(node.chunks, index, bumped)
         return Ok(bumped)
 
     def _commit_chunk(self, op: CommitChunk) -> Ok[ChunkRef]:
@@ -1687,7 +1812,7 @@ class Namespace:
             )
         length = _integer(op.length, "chunk length", 1, node.chunk_size)
         committed = attrs.evolve(chunk, length=length)
-        node.chunks[index] = committed
+        node.chunks = _replaced(node.chunks, index, committed)
         node.length += length
         self._charge(self._parent_of(node), 0, (length - node.chunk_size) * node.replication)
         return Ok(committed)
@@ -1741,7 +1866,8 @@ class Namespace:
         if chunk_length == 0:
             # Never written: its reservation ends with the others' in _complete.
             self._charge(self._parent_of(node), 0, -node.chunk_size * node.replication)
-            del self._chunk_files[node.chunks.pop().chunk_id]
+            del self._chunk_files[node.chunks[-1].chunk_id]
+            node.chunks = node.chunks[:-1]
         else:
             # Refuses (a stale version, an earlier chunk pending) before any change.
             self._commit_chunk(commit)
@@ -1773,7 +1899,8 @@ class Namespace:
             reserved = len(_pending(node)) * node.chunk_size * node.replication
             self._charge(self._parent_of(node), 0, -reserved)
             while node.chunks and node.chunks[-1].length == 0:
-                del self._chunk_files[node.chunks.pop().chunk_id]
+                del self._chunk_files[node.chunks[-1].chunk_id]
+                node.chunks = node.chunks[:-1]
             self._complete(node, now)
         # An already complete file is not an error: the writer may have closed it
         # between the leader's decision and this entry.

@@ -29,6 +29,7 @@ Nothing else in DFS imports ``pysyncobj``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gzip
 import importlib
 import inspect
@@ -531,9 +532,23 @@ class DurableSyncObj(_SyncObj):
             me = self._SyncObj__selfNode
             self._SyncObj__updateClusterConfiguration([node for node in data[3] if node != me])
         self._SyncObj__onSetCodeVersion(0)
+        release_free_memory()
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
         self.load_snapshot(clearJournal)
+
+
+def release_free_memory() -> None:
+    """Give the C library's free memory back to the system, where it can (glibc).
+
+    Loading a snapshot takes memory for a while (the unpickler keeps what it made
+    until the end) and glibc keeps what was freed in the middle of its heap: a
+    restarted metaserver would hold some 50 bytes per file more than it uses."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own C library
+    except (OSError, AttributeError, TypeError):
+        return
+    trim(0)
 
 
 def _position(journal: DurableJournal, before: tuple, last: tuple) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -21,9 +22,12 @@ from dfs.metaserver.namespace import (
     Chmod,
     Chown,
     ChunkRef,
+    ChunkTarget,
     Close,
     CommitChunk,
+    CommitClose,
     Create,
+    CreateClosed,
     CreateResult,
     Delete,
     DeleteResult,
@@ -899,6 +903,51 @@ def test_a_very_deep_tree_pickles_and_compares() -> None:
     assert stat(copy, deep).path == deep
     assert ok(copy, Delete("/d", recursive=True, caller=ALICE, now=2)).freed == ()
     assert copy.entry_count == 1
+
+
+#: Written by the namespace as it was when a file's chunks were a list: /home/alice
+#: holds "empty" (no chunk, created with request id "r1"), "done" (chunks of 100 and
+#: 50 bytes, closed) and "open" (under lease "c2": one chunk committed at 10 bytes,
+#: one pending).
+CHUNK_LISTS_SNAPSHOT = Path(__file__).parent / "data" / "namespace-chunk-lists.snapshot"
+
+
+def test_a_snapshot_with_chunk_lists_loads_and_goes_on() -> None:
+    old = Namespace.restore(CHUNK_LISTS_SNAPSHOT.read_bytes())
+    assert old.verify() == []
+    done = old.chunks("/home/alice/done").unwrap()
+    assert [chunk.length for chunk in done] == [100, 50]
+    assert isinstance(done, tuple)
+    assert stat(old, "/home/alice/done").length == 150
+    assert old.chunks("/home/alice/empty").unwrap() == ()
+    # The pending chunk can still be committed and the file closed.
+    pending = old.chunks("/home/alice/open").unwrap()[-1]
+    ok(old, CommitClose("/home/alice/open", "c2", pending.chunk_id, 1, 5, 15, caller=ALICE, now=9))
+    assert stat(old, "/home/alice/open").length == 15
+    assert old.chunk_target(pending.chunk_id) == ChunkTarget(pending.chunk_id, 1, 5, 3)
+    # The remembered result of a request still answers its retry.
+    retry = CreateClosed("/home/alice/empty", caller=ALICE, now=10, request_id="r1")
+    assert old.apply(retry).ok
+    assert old.verify() == []
+    assert Namespace.restore(old.snapshot()) == old
+
+
+def test_a_restored_namespace_shares_what_a_live_one_shares(ns: Namespace) -> None:
+    ok(ns, mkdir("/a"))
+    for name in ["f", "g"]:
+        ok(ns, CreateClosed(f"/a/{name}", mode=0o640, caller=Caller("ali" + "ce"), now=2))
+    copy = Namespace.restore(ns.snapshot())
+    assert copy == ns
+    directory = copy._nodes[2]
+    assert isinstance(directory, ns_module.DirectoryNode)
+    f, g = (copy._nodes[directory.children[name]] for name in ["f", "g"])
+    assert isinstance(f, ns_module.FileNode) and isinstance(g, ns_module.FileNode)
+    assert f.owner is g.owner is directory.owner
+    assert f.mode is g.mode and f.chunk_size is g.chunk_size
+    assert f.parent is directory.inode
+    assert directory.children["f"] is f.inode
+    assert next(number for number in copy._nodes if number == f.inode) is f.inode
+    assert f.chunks == ()
 
 
 def test_operations_and_results_pickle() -> None:
