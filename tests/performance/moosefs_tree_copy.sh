@@ -3,7 +3,7 @@
 #
 #   sudo bash tests/performance/moosefs_tree_copy.sh SOURCE_FOLDER [REPEAT]
 #
-# Starts MooseFS 3.0 on this machine as /work/shared/peers/moosefs_bench.sh does (Debian's
+# Starts MooseFS 3.0 on this machine as the peer benchmark moosefs_bench.sh does (Debian's
 # moosefs-* packages; 1 master and 3 chunkservers in a private network namespace, since
 # MooseFS refuses loopback addresses; mfsmount with mfscachemode=DIRECT; goal 3), then
 # REPEAT times (default 3): `cp -r SOURCE mnt/runN` (timed to the end of a sync), drop
