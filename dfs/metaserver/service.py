@@ -171,9 +171,6 @@ class Metaserver:
                 age=self.clock.seconds() - record.last_heartbeat,
             )
 
-    def session_for(self, name: str) -> MetaserverSession | None:
-        return self.sessions.get(name)
-
     def space(self) -> dict[str, int]:
         records = self.registry.records()
         alive = [record for record in records if record.state is DataserverState.ALIVE]
