@@ -185,6 +185,32 @@ def sender(transport: Any) -> Callable[[bytes | memoryview], None] | None:
     return send
 
 
+def flusher(transport: Any) -> Callable[[], None] | None:
+    """For a connection in bulk mode, a function that sends at once what small writes
+    have gathered in the TLS layer (Twisted holds them until the reactor's next turn,
+    to send the writes of one turn together); None for any other connection.
+
+    A session calls it when a turn's writes are done (after handling what one read
+    brought, or after a write outside of that): the answers to one read still go out
+    together, but no longer wait for a turn of the reactor, on both ends of every
+    request."""
+    layer = _layer(transport)
+    aggregator = getattr(layer.tls, "_aggregator", None) if layer is not None else None
+    if aggregator is None or not all(
+        hasattr(aggregator, name) for name in ("_scheduled", "_buffer", "flush")
+    ):
+        return None
+
+    def flush() -> None:
+        scheduled = aggregator._scheduled
+        if scheduled is not None:
+            aggregator._scheduled = None
+            scheduled.cancel()
+            aggregator.flush()
+
+    return flush
+
+
 _no_zero: Any = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi is not None else None
 
 

@@ -174,6 +174,10 @@ class PeerSession(amp.AMP):
         self._held: deque[tuple[amp.AmpBox, int]] = deque()
         self._held_bytes = 0
         self._releasing = False
+        #: while handling what one read brought: answers gather, and go at its end
+        self._receiving = False
+        #: sends what small writes gathered in the TLS layer (bulk mode only)
+        self._flush: Callable[[], None] | None = None
         #: the TCP transport below TLS, whose output buffer tells a peer not reading
         self._socket: Any = None
         #: accepting side: no command but Hello until the peer stated its version
@@ -210,6 +214,7 @@ class PeerSession(amp.AMP):
         # Chunk packets and large answers: one TLS write each, and one delivery up
         # the stack for all the records of one read (dfs.protocol.bulktls).
         bulktls.enable(self.transport)
+        self._flush = bulktls.flusher(self.transport)
         if self.guard is not None:
             self.guard.connected()
         if self.dialled:
@@ -380,7 +385,14 @@ class PeerSession(amp.AMP):
     def dataReceived(self, data: bytes) -> None:
         if self.guard is not None:
             self.guard.received()
-        super().dataReceived(data)
+        self._receiving = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._receiving = False
+            # The answers this read called for go out together, now.
+            if self._flush is not None:
+                self._flush()
 
     def proto_key(self, string: bytes) -> str:
         if self._refused:
@@ -497,6 +509,9 @@ class PeerSession(amp.AMP):
         super().sendBox(box)
         if self.guard is not None:
             self.guard.check_buffered(self._box_bytes + self._held_bytes)
+        if not self._receiving and self._flush is not None:
+            # A request, or an answer that came later than the read that asked.
+            self._flush()
 
     @Hello.responder
     def hello(self, protocol: str, software: str) -> dict[str, str]:

@@ -8,6 +8,10 @@ options as a dataserver, prints ``listening on PORT`` once it does, and then ans
 WriteChunkData by throwing the packet away and ReadChunk with one 64 KiB block kept in
 memory (and its CRC32C). What is left to measure is TLS, AMP framing and dispatch,
 the Bulk argument and the responder call, on both ends. Stops on SIGTERM or SIGINT.
+
+With ``--plain`` it is a plain Twisted AMP protocol instead (``twisted.protocols.amp.AMP``,
+no DFS session) answering :class:`PlainPing` over the same TLS: request_cost.py's floor
+for one request.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ import argparse
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import google_crc32c
 from amp_packet import WriteChunkData
 from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.protocol import Factory
+from twisted.protocols import amp
 
-from dfs.config import load_dataserver_config
+from dfs.config import load_dataserver_config, load_metaserver_config
 from dfs.node import load_credentials
 from dfs.protocol.commands import ReadChunk
 from dfs.protocol.session import PeerSession
@@ -33,6 +38,20 @@ from dfs.security.identity import Identity, Role
 BLOCK = 65536
 _DATA = random.Random(0).randbytes(BLOCK)
 _CRC = google_crc32c.value(_DATA)
+
+
+class PlainPing(amp.Command):
+    """A request with no argument and a short answer, as DFS's Ping."""
+
+    commandName = b"PlainPing"
+    arguments: ClassVar[list] = []
+    response: ClassVar[list] = [(b"name", amp.Unicode())]
+
+
+class PlainServer(amp.AMP):
+    @PlainPing.responder
+    def ping(self) -> dict[str, str]:
+        return {"name": "sink"}
 
 
 class SinkSession(PeerSession):
@@ -61,12 +80,19 @@ class SinkSession(PeerSession):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="a dataserver_config.json")
+    parser.add_argument(
+        "--config", type=Path, required=True, help="a dataserver_config.json (or a metaserver's)"
+    )
+    parser.add_argument("--plain", action="store_true", help="plain Twisted AMP: PlainPing only")
     args = parser.parse_args(argv)
-    config = load_dataserver_config(args.config)
-    credentials, identity = load_credentials(config.tls, str(args.config), Role.DATASERVER)
+    if args.plain:
+        config: Any = load_metaserver_config(args.config)
+        credentials, identity = load_credentials(config.tls, str(args.config), Role.METASERVER)
+    else:
+        config = load_dataserver_config(args.config)
+        credentials, identity = load_credentials(config.tls, str(args.config), Role.DATASERVER)
     factory = Factory()
-    factory.protocol = lambda: SinkSession(identity)
+    factory.protocol = PlainServer if args.plain else (lambda: SinkSession(identity))
     endpoint = SSL4ServerEndpoint(
         reactor, 0, credentials.server_options(), interface=config.listen.host
     )

@@ -167,10 +167,11 @@ class Sink:
     port: int
 
     @classmethod
-    def start(cls, config: Path, log: Path, timeout: float = 30.0) -> Sink:
+    def start(cls, config: Path, log: Path, timeout: float = 30.0, plain: bool = False) -> Sink:
         with open(log, "wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, str(HERE / "amp_sink.py"), "--config", str(config)],
+                [sys.executable, str(HERE / "amp_sink.py"), "--config", str(config)]
+                + (["--plain"] if plain else []),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
