@@ -128,12 +128,13 @@ class SecurityReload(Service):
                 # Keep the values in force: the next SIGHUP tries them all again.
                 kept.update(plan.changed)
         self.security = plan.settled(kept)
-        applied = [key for key in plan.to_apply if key.split(".", 1)[0] not in kept]
+        kept_tops = {key.split(".", 1)[0] for key in kept} & self._used
+        applied = [key for key in plan.to_apply if key.split(".", 1)[0] not in kept_tops]
         self.log.info(
             "{file} reloaded: {applied}{kept}",
             file=self._file,
             applied="applied " + ", ".join(applied) if applied else "no change applied",
-            kept="; kept " + ", ".join(sorted(kept & set(self._used))) if kept else "",
+            kept="; kept " + ", ".join(sorted(kept_tops)) if kept_tops else "",
         )
         return plan
 
