@@ -429,7 +429,7 @@ class LocalCluster:
 
         Returns what was revoked and whether security_config.json had to be pointed
         at the CRL (a cluster created before it always named one): running servers
-        only read that key when they start.
+        read that key again on SIGHUP.
         """
         ca = CertificateAuthority.load(self.directory / "ca")
         revocation = ca.revoke(name, role)

@@ -11,20 +11,19 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar
 
 from cryptography import x509
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.protocol import Factory
 from twisted.python import usage
 from twisted.web.server import Site
 
 from dfs.config import Address, ConfigError, TLSFiles, override
-from dfs.config.model import ConnectionLimits
 from dfs.protocol.limits import LimitedFactory, ServerLimits
 from dfs.security.identity import Identity, InvalidIdentity, Role, identity_from_certificate
 from dfs.security.secrets import check_private
@@ -135,15 +134,15 @@ def tls_listener(
     address: Address,
     credentials: NodeCredentials,
     factory: Factory,
-    limits: ConnectionLimits | None = None,
+    limits: ServerLimits | None = None,
 ) -> IService:
     """The AMP listener; with ``limits``, every connection it accepts is held to them
-    (:mod:`dfs.protocol.limits`)."""
+    (:mod:`dfs.protocol.limits`; the daemon keeps ``limits`` to change them on SIGHUP)."""
     endpoint = SSL4ServerEndpoint(
         reactor, address.port, credentials.server_options(), interface=address.host
     )
     if limits is not None:
-        factory = LimitedFactory(factory, ServerLimits(limits, cast(IReactorTime, reactor)))
+        factory = LimitedFactory(factory, limits)
     return _Listener(endpoint, factory, program, address)
 
 

@@ -6,7 +6,8 @@
   ``crl_check_interval`` seconds and at once on SIGHUP; when it changes, sessions
   whose peer it now revokes are closed, and new handshakes with those peers are
   refused (through the :class:`~dfs.protocol.session.SessionRegistry` every TLS
-  connection of the server carries);
+  connection of the server carries). SIGHUP may also name another CRL file (or
+  none), or another interval (:meth:`TrustService.apply_security`);
 * the server's own certificate and key and the CA certificate named in the
   ``tls`` section of its config: read again on SIGHUP and used for every
   connection made afterwards, accepted or dialled, while the open ones go on;
@@ -15,25 +16,22 @@
   and handed to whoever mints or checks tokens, so that a key rotation needs no
   restart. Keys that cannot be used are logged and the ones in use stay.
 
-twistd leaves SIGHUP alone (the reactor handles SIGINT, SIGTERM and SIGCHLD,
-twistd SIGUSR1 to reopen its log file), and Python's default for SIGHUP ends the
-process; this service installs its own handler while it runs. The handler only
-hands the work to the reactor (``callFromThread``): nothing is done inside the
-signal handler itself.
+SIGHUP itself is handled by :class:`dfs.reload.SecurityReload`, which calls
+:meth:`TrustService.reload_credentials`, then reads security_config.json and hands it
+to :meth:`TrustService.apply_security` (and to the other owners of its settings).
 
 A CRL that is missing, malformed or not signed by the cluster CA stops the server
 at start (a ConfigError naming ``crl``). Later on, such a file is logged as an
 error and the list in force stays: revocations are never lifted because a file
-went bad, and the server does not stop.
+went bad, and the server does not stop. Only security_config.json naming no CRL
+any more lifts them.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 from cryptography import x509
@@ -41,7 +39,7 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from dfs.config import ConfigError, SecurityConfig, TLSFiles, load_security_config
+from dfs.config import ConfigError, SecurityConfig, TLSFiles
 from dfs.protocol.session import SessionRegistry
 from dfs.security.identity import Identity, InvalidIdentity, identity_from_certificate
 from dfs.security.revocation import (
@@ -67,6 +65,10 @@ class TokenKeyUser(Protocol):
     def use(self, keys: TokenKeys) -> None: ...
 
 
+#: The keys of security_config.json the token keys are read from.
+TOKEN_KEYS = ("token_key_file", "token_previous_key_file")
+
+
 def read_crl(path: Path, authority: x509.Certificate) -> tuple[RevocationList, FileState]:
     """The CRL at ``path`` checked against ``authority``; CRLError (one line) if unusable."""
     try:
@@ -85,7 +87,8 @@ def read_crl(path: Path, authority: x509.Certificate) -> tuple[RevocationList, F
 
 
 class TrustService(Service):
-    """A server's credentials and revocation list, reloaded on change and on SIGHUP."""
+    """A server's credentials, revocation list and token keys, reloaded on change and
+    on SIGHUP."""
 
     log = Logger()
 
@@ -98,7 +101,6 @@ class TrustService(Service):
         config_source: str,
         security: SecurityConfig,
         *,
-        handle_sighup: bool = True,
         tokens: TokenKeyUser | None = None,
     ) -> None:
         self._reactor = reactor
@@ -109,7 +111,6 @@ class TrustService(Service):
         self.crl_path = security.crl
         self._security_source = str(security.source)
         self._interval = security.crl_check_interval
-        self._handle_sighup = handle_sighup
         #: who mints or checks tokens with the keys in use (None: this server has none)
         self._tokens = tokens
         self.revocations: RevocationList | None = None
@@ -118,7 +119,6 @@ class TrustService(Service):
         # Every TLS connection made from these credentials leads its session to the registry.
         credentials.attachment = self.registry
         self._loop: LoopingCall | None = None
-        self._previous_handler: Any = None
         if self.crl_path is not None:
             try:
                 self.revocations, self._state = read_crl(self.crl_path, credentials.ca_certificate)
@@ -151,20 +151,24 @@ class TrustService(Service):
                 interval=self._interval,
             )
             self._warn_if_outdated()
+        self._schedule_checks()
+
+    def stopService(self) -> Any:
+        self._stop_checks()
+        return super().stopService()
+
+    def _schedule_checks(self) -> None:
+        """Check the CRL every interval while the service runs and names one."""
+        self._stop_checks()
+        if self.running and self.crl_path is not None:
             self._loop = LoopingCall(self._check_crl_safely)
             self._loop.clock = self._reactor
             self._loop.start(self._interval, now=False)
-        if self._handle_sighup:
-            self._previous_handler = signal.signal(signal.SIGHUP, self._sighup)
 
-    def stopService(self) -> Any:
+    def _stop_checks(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        if self._handle_sighup and self._previous_handler is not None:
-            signal.signal(signal.SIGHUP, self._previous_handler)
-            self._previous_handler = None
-        return super().stopService()
 
     def _check_crl_safely(self) -> None:
         # An unforeseen error must neither stop the checks nor the server.
@@ -173,34 +177,26 @@ class TrustService(Service):
         except Exception:
             self.log.failure("checking the CRL {path} failed", path=str(self.crl_path))
 
-    def _sighup(self, signum: int, frame: FrameType | None) -> None:
-        # A signal handler may interrupt the reactor anywhere: do the work in its loop.
-        self._reactor.callFromThread(self.reload, "SIGHUP")
-
     # -- reloading -----------------------------------------------------------
 
-    def reload(self, why: str = "SIGHUP") -> None:
-        """Read the node's certificate, key and CA again, then the CRL (against that
-        CA), then the token keys."""
-        self.log.info("{why}: reloading the certificate, key, CA, CRL and token keys", why=why)
-        try:
-            self.reload_credentials()
-            if self.crl_path is not None:
-                self.check_crl(force=True)
-        except Exception:
-            self.log.failure("reloading on {why} failed", why=why)
-        try:
-            self.reload_token_keys()
-        except Exception:
-            self.log.failure("reloading the token keys on {why} failed", why=why)
+    def apply_security(self, running: SecurityConfig, fresh: SecurityConfig) -> tuple[str, ...]:
+        """Use what ``fresh`` (security_config.json read again) says of the token keys
+        and the CRL; the keys kept at their ``running`` value because their new value
+        cannot be used (and was logged)."""
+        kept: list[str] = []
+        if self._tokens is not None and not self.reload_token_keys(fresh):
+            kept.extend(TOKEN_KEYS)
+        if not self.use_crl(fresh.crl, fresh.crl_check_interval):
+            kept.append("crl")
+        return tuple(kept)
 
-    def reload_token_keys(self) -> bool:
-        """Use the token keys security_config.json names now; keep the ones in use
-        (and log why) if the file or a key cannot be used. False when kept."""
+    def reload_token_keys(self, security: SecurityConfig) -> bool:
+        """Use the token keys ``security`` names; keep the ones in use (and log why)
+        if a key cannot be used. False when kept, or when this server has none."""
         if self._tokens is None:
             return False
         try:
-            keys = load_token_keys(load_security_config(self._security_source))
+            keys = load_token_keys(security)
         except ConfigError as error:
             self.log.error(
                 "not using new token keys: {reason}; keeping the ones in use", reason=str(error)
@@ -216,6 +212,58 @@ class TrustService(Service):
             current="unchanged" if keys.current == before.current else "new",
             previous="none" if keys.previous is None else "set",
         )
+        return True
+
+    def use_crl(self, path: Path | None, interval: float) -> bool:
+        """Check peers against the CRL at ``path`` (None: against none) every
+        ``interval`` seconds from now on; read it at once. False, with one error
+        logged, if a new file cannot be used: the list in force stays, and so does
+        the file it is read from."""
+        if interval != self._interval:
+            self.log.info(
+                "checking the CRL every {interval:g} s (was {before:g} s)",
+                interval=interval,
+                before=self._interval,
+            )
+            self._interval = interval
+            self._schedule_checks()
+        if path == self.crl_path:
+            self.check_crl(force=True)
+            return True
+        before = self.crl_path
+        if path is None:
+            count = len(self.revocations) if self.revocations is not None else 0
+            self.crl_path, self.revocations, self._state = None, None, None
+            self._stop_checks()
+            self.log.warn(
+                "{file} names no CRL any more: peers are no longer checked for revocation "
+                "(the {count} certificates revoked by {before} are let in again)",
+                file=self._security_source,
+                count=count,
+                before=str(before),
+            )
+            return True
+        try:
+            revocations, state = read_crl(path, self.credentials.ca_certificate)
+        except CRLError as error:
+            keeping = "no CRL in use" if before is None else "still checking against " + str(before)
+            self.log.error(
+                "not using the CRL {path}: {reason}; {keeping}",
+                path=str(path),
+                reason=str(error),
+                keeping=keeping,
+            )
+            return False
+        self.crl_path, self.revocations, self._state = path, revocations, state
+        self.log.info(
+            "checking peers against the CRL {path} from now on ({count} revoked; was {before})",
+            path=str(path),
+            count=len(revocations),
+            before="no CRL" if before is None else str(before),
+        )
+        self._warn_if_outdated()
+        self._schedule_checks()
+        self._close_revoked()
         return True
 
     def reload_credentials(self) -> bool:
@@ -293,6 +341,9 @@ class TrustService(Service):
             before=before,
         )
         self._warn_if_outdated()
+        self._close_revoked()
+
+    def _close_revoked(self) -> None:
         closed = self.registry.sweep()
         if closed:
             self.log.warn(

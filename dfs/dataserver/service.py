@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from functools import partial
 from typing import Any, cast
 
 import attrs
@@ -53,8 +54,10 @@ from dfs.protocol.commands import (
 )
 from dfs.protocol.dial import dial
 from dfs.protocol.errors import InvalidArgument, UnknownDataserver
+from dfs.protocol.limits import ServerLimits
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream
+from dfs.reload import SecurityReload, apply_limits
 from dfs.security.identity import Identity, Role
 from dfs.security.tls import NodeCredentials
 from dfs.security.tokenkeys import load_token_keys
@@ -514,6 +517,13 @@ class DataserverMetrics:
             )
 
 
+#: The keys of security_config.json a dataserver reads (all applied again on SIGHUP):
+#: it checks chunk tokens and peers, and limits its connections.
+SECURITY_KEYS = frozenset(
+    {"token_key_file", "token_previous_key_file", "crl", "crl_check_interval", "limits"}
+)
+
+
 def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
     """Build the dataserver's services from a loaded and overridden config."""
     if reactor is None:
@@ -533,6 +543,14 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
         source,
         security,
         tokens=access,
+    )
+    limits = ServerLimits(security.limits, reactor)
+    reload = SecurityReload(
+        reactor,
+        trust,
+        security,
+        [trust.apply_security, partial(apply_limits, limits)],
+        used=SECURITY_KEYS,
     )
     try:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -591,9 +609,8 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
     top.setName("dfs-data")
     children: list[Any] = [
         trust,
-        tls_listener(
-            "dfs-data", reactor, config.listen, credentials, factory, limits=security.limits
-        ),
+        reload,
+        tls_listener("dfs-data", reactor, config.listen, credentials, factory, limits=limits),
         TimerService(60, chunks.expire_abandoned),
         dataserver.replicator,
         dataserver.scrubber,

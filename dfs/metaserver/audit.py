@@ -11,7 +11,8 @@ keys. Which commands are recorded is decided from the command class alone
 
 The record is built by pure functions (:func:`audit_record`, :func:`format_line`);
 :class:`AuditLog` writes the lines to a file rotated by size (Twisted's ``LogFile``),
-created mode 0600 since it names users and paths.
+created mode 0600 since it names users and paths. SIGHUP (:mod:`dfs.reload`) can turn
+it on or off, move it, or change its rotation without a restart.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -222,18 +224,79 @@ class AuditFile(LogFile):
         self._openFile()
 
 
+@attrs.frozen
+class AuditSettings:
+    """Where the audit log goes and how it is rotated (security_config.json's
+    ``audit_log``, ``audit_log_max_bytes`` and ``audit_log_backups``)."""
+
+    path: Path
+    max_bytes: int
+    backups: int
+
+    @classmethod
+    def of(cls, security: SecurityConfig) -> AuditSettings | None:
+        """The settings ``security`` names; None when it names no audit log."""
+        if security.audit_log is None:
+            return None
+        return cls(security.audit_log, security.audit_log_max_bytes, security.audit_log_backups)
+
+
+#: The keys of security_config.json the audit log is made from.
+AUDIT_KEYS = ("audit_log", "audit_log_max_bytes", "audit_log_backups")
+
+
+def open_audit_file(settings: AuditSettings, source: str) -> AuditFile:
+    """Open (or create) the file ``settings`` names; ConfigError naming ``source``
+    (the security config) and ``audit_log`` when it cannot be written."""
+    path = settings.path
+    if not path.parent.is_dir():
+        raise ConfigError(
+            source,
+            "audit_log",
+            "a file in an existing folder",
+            f"{str(path)!r} (no folder {str(path.parent)!r})",
+        )
+    try:
+        return AuditFile(
+            path.name,
+            str(path.parent),
+            rotateLength=settings.max_bytes,
+            defaultMode=0o600,
+            maxRotatedFiles=settings.backups,
+        )
+    except OSError as error:
+        raise ConfigError(
+            source,
+            "audit_log",
+            "a file the metaserver can write",
+            f"{str(path)!r} ({error.strerror or error})",
+        ) from None
+
+
 class AuditLog(Service):
     """Writes audit records to a rotated file, without buffering: a line is in the file
     (the page cache) once its operation is answered, so a clean stop or a crash of
     the process loses none. A failure to write is logged as an error and operations
-    go on (the count of lost records is logged when writing works again)."""
+    go on (the count of lost records is logged when writing works again).
+
+    With no file (security_config.json names none) it records nothing. A reload
+    (:meth:`apply_security`) can turn it on or off, move it or change its rotation:
+    the new file is opened before the old one is closed, so a record is never lost in
+    between, and a new file that cannot be opened leaves the one in use as it is."""
 
     log = Logger()
 
-    def __init__(self, file: AuditFile, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        file: AuditFile | None,
+        clock: IReactorTime,
+        settings: AuditSettings | None = None,
+    ) -> None:
         self._file = file
         self._clock = clock
-        self.path = file.path
+        #: the settings ``file`` was opened with (None: unknown, or no file)
+        self.settings = settings
+        self.path = file.path if file is not None else None
         self.written = 0
         self.lost = 0
         self._failing = False
@@ -245,29 +308,13 @@ class AuditLog(Service):
     ) -> AuditLog:
         """Open (or create) the audit log at ``path``; ConfigError naming ``source``
         (the security config) and the key when it cannot be written."""
-        if not path.parent.is_dir():
-            raise ConfigError(
-                source,
-                "audit_log",
-                "a file in an existing folder",
-                f"{str(path)!r} (no folder {str(path.parent)!r})",
-            )
-        try:
-            file = AuditFile(
-                path.name,
-                str(path.parent),
-                rotateLength=max_bytes,
-                defaultMode=0o600,
-                maxRotatedFiles=backups,
-            )
-        except OSError as error:
-            raise ConfigError(
-                source,
-                "audit_log",
-                "a file the metaserver can write",
-                f"{str(path)!r} ({error.strerror or error})",
-            ) from None
-        return cls(file, clock)
+        settings = AuditSettings(path, max_bytes, backups)
+        return cls(open_audit_file(settings, source), clock, settings)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether operations are recorded (a file is configured)."""
+        return self._file is not None
 
     def wrap(
         self,
@@ -298,6 +345,8 @@ class AuditLog(Service):
     ) -> None:
         """Record ``command`` from ``caller`` answered with ``outcome`` (a result or a
         Failure), if it is one to record."""
+        if self._file is None:
+            return
         try:
             result = outcome_name(outcome)
             if result is None or not (audited(command) or result == PermissionDenied.__name__):
@@ -316,6 +365,8 @@ class AuditLog(Service):
             self.log.failure("cannot build an audit record for {command}", command=command)
 
     def write(self, line: bytes) -> None:
+        if self._file is None:
+            return
         try:
             if self._reopen or self._file.closed:
                 self._file.open_again()
@@ -341,21 +392,65 @@ class AuditLog(Service):
                 lost=self.lost,
             )
 
+    # -- reload ----------------------------------------------------------------
+
+    def apply_security(self, running: SecurityConfig, fresh: SecurityConfig) -> tuple[str, ...]:
+        """Use the audit settings of ``fresh`` (security_config.json read again); the
+        keys kept at their ``running`` value: all of them if the new file cannot be
+        opened, none otherwise."""
+        wanted = AuditSettings.of(fresh)
+        if wanted == AuditSettings.of(running) and wanted == self.settings:
+            return ()
+        if self.use(wanted, str(fresh.source)):
+            return ()
+        return AUDIT_KEYS
+
+    def use(self, settings: AuditSettings | None, source: str) -> bool:
+        """Record to the file ``settings`` names from now on (None: record nothing).
+        False, with one error logged, if it cannot be opened: the file in use stays."""
+        before = self.path
+        if settings is None:
+            self._close()
+            self._file, self.settings, self.path = None, None, None
+            if before is not None:
+                self.log.info("audit log off (it was {path})", path=before)
+            return True
+        try:
+            fresh = open_audit_file(settings, source)
+        except ConfigError as error:
+            self.log.error(
+                "not changing the audit log: {reason}; {keeping}",
+                reason=str(error),
+                keeping="still writing " + before if before is not None else "it stays off",
+            )
+            return False
+        self._close()
+        self._file, self.settings, self.path = fresh, settings, fresh.path
+        self._failing = self._reopen = False
+        self.log.info(
+            "audit log {path} (rotated at {max_bytes} bytes, {backups} kept){was}",
+            path=self.path,
+            max_bytes=settings.max_bytes,
+            backups=settings.backups,
+            was="" if before is None else "; it was " + before,
+        )
+        return True
+
+    def _close(self) -> None:
+        if self._file is not None and not self._file.closed:
+            with contextlib.suppress(OSError):
+                self._file.close()
+
     def stopService(self) -> None:
         # Nothing is buffered (each line is written as it comes): closing is all.
         super().stopService()
-        if not self._file.closed:
-            self._file.close()
+        self._close()
 
 
-def open_audit_log(security: SecurityConfig, clock: IReactorTime) -> AuditLog | None:
-    """The audit log ``security`` names, or None when it names none."""
-    if security.audit_log is None:
-        return None
-    return AuditLog.open(
-        security.audit_log,
-        security.audit_log_max_bytes,
-        security.audit_log_backups,
-        clock,
-        str(security.source),
-    )
+def open_audit_log(security: SecurityConfig, clock: IReactorTime) -> AuditLog:
+    """The audit log ``security`` names (one that records nothing when it names none);
+    ConfigError naming the key when the file cannot be written."""
+    settings = AuditSettings.of(security)
+    if settings is None:
+        return AuditLog(None, clock)
+    return AuditLog(open_audit_file(settings, str(security.source)), clock, settings)

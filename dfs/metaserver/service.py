@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -35,6 +36,7 @@ from dfs.config import (
     load_replication_config,
     load_security_config,
 )
+from dfs.config.reload import ALL_KEYS
 from dfs.httpstatus import status_site
 from dfs.metaserver.allocation import ChunkAllocator, ChunkTokens
 from dfs.metaserver.audit import AuditLog, open_audit_log
@@ -60,7 +62,9 @@ from dfs.node import (
 from dfs.protocol import commands
 from dfs.protocol.commands import Heartbeat, ListDataservers, RegisterDataserver
 from dfs.protocol.errors import InvalidArgument, PermissionDenied, UnknownDataserver
+from dfs.protocol.limits import ServerLimits
 from dfs.protocol.session import PeerSession
+from dfs.reload import SecurityReload, apply_limits, apply_token_lifetime
 from dfs.security.identity import Identity, Role
 from dfs.security.secrets import read_secret
 from dfs.security.tokenkeys import load_token_issuer
@@ -119,7 +123,7 @@ class Metaserver:
     registry: DataserverRegistry
     handlers: Handlers
     raft: RaftService | None = None
-    #: records every namespace and admin operation, when security_config names a file
+    #: records every namespace and admin operation, while security_config names a file
     audit: AuditLog | None = None
     started_at: float = attrs.field(factory=time.time)
     #: dataserver name -> the connection it registered on (orders go back on it)
@@ -243,7 +247,7 @@ class MetaserverSession(PeerSession):
         # from the command class what to record once the answer is known.
         responder = super().locateResponder(name)
         audit = self.metaserver.audit
-        if responder is None or audit is None:
+        if responder is None or audit is None or not audit.enabled:
             return responder
         command = self._commandDispatch[name][0]  # type: ignore[attr-defined]
         return audit.wrap(command, self.peer, self.peer_address, responder)
@@ -637,6 +641,21 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         security.raft_password_file, str(security.source), "raft_password_file", "the Raft password"
     ).decode("utf-8", "replace")
     audit = open_audit_log(security, reactor)
+    limits = ServerLimits(security.limits, reactor)
+    # SIGHUP: every key of security_config.json but raft_password_file and
+    # superusergroup applies without a restart.
+    reload = SecurityReload(
+        reactor,
+        trust,
+        security,
+        [
+            trust.apply_security,
+            partial(apply_token_lifetime, tokens),
+            partial(apply_limits, limits),
+            audit.apply_security,
+        ],
+        used=ALL_KEYS,
+    )
     raft_dir = config.data_dir / "raft"
     raft_dir.mkdir(mode=0o700, exist_ok=True)
     if not config.raft_fsync:
@@ -693,9 +712,8 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
     children: list[Any] = [
         raft,
         trust,
-        tls_listener(
-            "dfs-meta", reactor, config.listen, credentials, factory, limits=security.limits
-        ),
+        reload,
+        tls_listener("dfs-meta", reactor, config.listen, credentials, factory, limits=limits),
         TimerService(
             min(LEASE_CHECK, config.lease_period / 4),
             lambda: Deferred.fromCoroutine(handlers.chunks.recover_expired_leases()),
@@ -712,9 +730,8 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
                 "dfs-meta", reactor, config.http_listen, status_site(metaserver.status, metrics)
             )
         )
-    if audit is not None:
-        # Stopped last (children stop in reverse order): operations answered while
-        # the others stop are still recorded.
-        children.insert(0, audit)
+    # Stopped last (children stop in reverse order): operations answered while the
+    # others stop are still recorded.
+    children.insert(0, audit)
     add_all(top, children)
     return top

@@ -28,6 +28,14 @@ A server puts five limits on every connection it accepts (security_config.json,
 connections per identity; :class:`ConnectionGuard` applies the limits to one
 connection. Neither does I/O: the session reports what happens and is told what to
 do through :class:`GuardedConnection`.
+
+The limits can change while the server runs (SIGHUP, :meth:`ServerLimits.use`). A
+connection is held to the limits in force when it was accepted, for as long as it
+lasts: changing a timeout or a buffer size under a connection could cut off a peer
+that kept to the rules it was given. Connections accepted afterwards get the new
+ones, and the count per identity carries over: a new connection is admitted only if
+the identity's open connections, old and new, are fewer than the new
+``connections_per_identity``. Lowering it closes nothing that is open.
 """
 
 from __future__ import annotations
@@ -71,6 +79,11 @@ class ServerLimits:
         self.clock = clock
         self._open: Counter[Identity] = Counter()
 
+    def use(self, limits: ConnectionLimits) -> None:
+        """Hold the connections accepted from now on to ``limits``; open ones keep
+        theirs, and still count towards their identity's connections."""
+        self.limits = limits
+
     def admit(self, identity: Identity) -> bool:
         """Count one more connection of ``identity``; False (and not counted) if it
         already has as many as allowed."""
@@ -99,6 +112,7 @@ class ConnectionGuard:
 
     def __init__(self, server: ServerLimits, connection: GuardedConnection) -> None:
         self._server = server
+        # The limits in force when accepted, for the connection's whole life.
         self._limits = server.limits
         self._clock = server.clock
         self._connection = connection

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from dfs.protocol.session import PeerSession, SessionRegistry
 from dfs.security.ca import CertificateAuthority
 from dfs.security.identity import Identity, Role
 from dfs.security.tls import NodeCredentials, peer_certificate
-from dfs.security.tokenkeys import load_token_keys
-from dfs.security.tokens import TokenKeys
 from dfs.trust import TrustService
 
 HOST = "127.0.0.1"
@@ -67,7 +64,6 @@ class Node:
             self.tls,
             "dataserver_config.json",
             security,
-            handle_sighup=False,
         )
 
 
@@ -205,28 +201,6 @@ def test_reload_keeps_the_certificate_when_the_key_does_not_match_or_is_exposed(
     assert any("chmod 600" in t for t in texts(events, LogLevel.error))
 
 
-def test_sighup_is_handled_in_the_reactor_and_the_handler_restored(tmp_path):
-    node = Node(tmp_path)
-    security = load_security_config(node.root / "security_config.json")
-    calls: list = []
-
-    class Reactor(Clock):
-        def callFromThread(self, f, *args):
-            calls.append((f, args))
-
-    before = signal.getsignal(signal.SIGHUP)
-    trust = TrustService(
-        Reactor(), node.credentials, node.identity, node.tls, "config.json", security
-    )
-    trust.startService()
-    try:
-        signal.raise_signal(signal.SIGHUP)
-        assert calls == [(trust.reload, ("SIGHUP",))]
-    finally:
-        trust.stopService()
-    assert signal.getsignal(signal.SIGHUP) == before
-
-
 # -- real TLS: accepted and dialled sessions alike -----------------------------------------
 
 
@@ -290,78 +264,3 @@ async def test_sessions_a_server_dialled_are_checked_and_closed_too(tmp_path):
         after.abort()
     finally:
         await port.stopListening()
-
-
-# -- token keys ------------------------------------------------------------------------
-
-
-class KeyHolder:
-    """What mints or checks tokens, as TrustService sees it."""
-
-    def __init__(self, keys: TokenKeys) -> None:
-        self.keys = keys
-        self.used: list[TokenKeys] = []
-
-    def use(self, keys: TokenKeys) -> None:
-        self.keys = keys
-        self.used.append(keys)
-
-
-def secret(path: Path, value: bytes, mode: int = 0o600) -> Path:
-    path.write_bytes(value + b"\n")
-    path.chmod(mode)
-    return path
-
-
-def test_sighup_hands_the_token_keys_security_config_names_now_to_their_user(tmp_path, events):
-    old = secret(tmp_path / "token.key", b"a" * 64)
-    node = Node(tmp_path, crl=None, token_key_file=str(old))
-    holder = KeyHolder(load_token_keys(load_security_config(tmp_path / "security_config.json")))
-    used = holder.used
-    trust = TrustService(
-        Clock(),
-        node.credentials,
-        node.identity,
-        node.tls,
-        "dataserver_config.json",
-        load_security_config(tmp_path / "security_config.json"),
-        handle_sighup=False,
-        tokens=holder,
-    )
-
-    trust.reload()
-    assert used == [] and "token keys unchanged" in texts(events)
-
-    # A rotation: the new key accepted as the previous one, then used to mint.
-    new = secret(tmp_path / "token.key.new", b"b" * 64)
-    document = {"token_key_file": str(old), "token_previous_key_file": str(new)}
-    (tmp_path / "security_config.json").write_text(json.dumps(document))
-    trust.reload()
-    assert used[-1] == TokenKeys(b"a" * 64, b"b" * 64)
-    document = {"token_key_file": str(new), "token_previous_key_file": str(old)}
-    (tmp_path / "security_config.json").write_text(json.dumps(document))
-    trust.reload()
-    assert used[-1] == TokenKeys(b"b" * 64, b"a" * 64) == holder.keys
-    assert "token keys reloaded: current key new, previous key set" in texts(events)
-
-    # Keys that cannot be used are logged, and the ones in use stay.
-    before = len(used)
-    new.chmod(0o644)
-    trust.reload()
-    (tmp_path / "security_config.json").write_text("{not json")
-    trust.reload()
-    missing = {"token_key_file": str(tmp_path / "gone.key")}
-    (tmp_path / "security_config.json").write_text(json.dumps(missing))
-    trust.reload()
-    assert len(used) == before and holder.keys == TokenKeys(b"b" * 64, b"a" * 64)
-    errors = [t for t in texts(events, LogLevel.error) if t.startswith("not using new token keys")]
-    assert len(errors) == 3, errors
-    assert "chmod 600" in errors[0] and "gone.key" in errors[2]
-    assert all("\n" not in line for line in errors)
-
-
-def test_a_server_without_token_keys_reloads_none(tmp_path, events):
-    trust = Node(tmp_path, crl=None).service()
-    assert trust.reload_token_keys() is False
-    trust.reload()
-    assert not [t for t in texts(events) if "token keys" in t and "reloading" not in t]

@@ -12,12 +12,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
-from dfs.config import ConfigError, load_security_config
+from dfs.config import ConfigError, SecurityConfig, load_security_config
 from dfs.metaserver import audit
 from dfs.metaserver.audit import AuditLog, open_audit_log
 from dfs.metaserver.log import MemoryLog
@@ -393,10 +393,92 @@ def test_a_missing_folder_is_a_config_error(tmp_path, clock):
     assert str(tmp_path / "nowhere") in message
 
 
-def test_no_audit_log_configured(tmp_path, clock):
+def test_no_audit_log_configured_records_nothing(tmp_path, clock):
     config = tmp_path / "security_config.json"
     config.write_text("{}")
-    assert open_audit_log(load_security_config(config), clock) is None
+    log = open_audit_log(load_security_config(config), clock)
+    assert not log.enabled and log.path is None
+    assert answer(log, commands.Mkdir, ALICE, succeed({}), **MKDIR) == {}
+    assert log.written == 0
+    assert list(tmp_path.iterdir()) == [config]
+
+
+# -- a reload --------------------------------------------------------------------------
+
+
+def security(tmp_path: Path, **settings: Any) -> SecurityConfig:
+    """security_config.json with ``settings``, as the server reads it."""
+    config = tmp_path / "security_config.json"
+    config.write_text(json.dumps(settings))
+    return load_security_config(config)
+
+
+def test_a_reload_turns_the_audit_log_on_moves_it_changes_its_rotation_and_turns_it_off(
+    tmp_path, clock
+):
+    off = security(tmp_path)
+    log = open_audit_log(off, clock)
+    events: list[dict] = []
+    log.log = Logger(observer=events.append)
+
+    on = security(tmp_path, audit_log="first.log")
+    assert log.apply_security(off, on) == ()
+    answer(log, commands.Mkdir, ALICE, succeed({}), **MKDIR)
+    assert [r["operation"] for r in lines_of(tmp_path / "first.log")] == ["Mkdir"]
+
+    (tmp_path / "logs").mkdir()
+    moved = security(tmp_path, audit_log="logs/second.log", audit_log_backups=0)
+    assert log.apply_security(on, moved) == ()
+    assert log.settings is not None and log.settings.backups == 0
+    answer(log, commands.Stat, ALICE, succeed({}), path="/x")
+    assert [r["operation"] for r in lines_of(tmp_path / "first.log")] == ["Mkdir"]
+    assert [r["operation"] for r in lines_of(tmp_path / "logs" / "second.log")] == ["Stat"]
+    assert mode_of(tmp_path / "logs" / "second.log") == 0o600
+    assert log._file is not None and log._file.maxRotatedFiles == 0
+
+    unchanged = security(tmp_path, audit_log="logs/second.log", audit_log_backups=0)
+    before = len(events)
+    assert log.apply_security(moved, unchanged) == ()
+    assert len(events) == before  # nothing to do, nothing said
+
+    assert log.apply_security(unchanged, off) == ()
+    assert not log.enabled
+    answer(log, commands.Stat, ALICE, succeed({}), path="/y")
+    assert len(lines_of(tmp_path / "logs" / "second.log")) == 1
+    said = [formatEvent(event) for event in events]
+    assert any(line.startswith("audit log ") and "first.log" in line for line in said)
+    assert any("audit log off (it was " in line and "second.log" in line for line in said)
+
+
+def test_a_reload_to_a_file_that_cannot_be_opened_keeps_the_one_in_use(tmp_path, clock):
+    on = security(tmp_path, audit_log="audit.log")
+    log = open_audit_log(on, clock)
+    events: list[dict] = []
+    log.log = Logger(observer=events.append)
+    bad = security(tmp_path, audit_log="gone/audit.log", audit_log_max_bytes=8192)
+    assert log.apply_security(on, bad) == ("audit_log", "audit_log_max_bytes", "audit_log_backups")
+    errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0].startswith("not changing the audit log: ")
+    assert "audit_log" in errors[0] and str(tmp_path / "gone") in errors[0]
+    assert errors[0].endswith("still writing " + str(tmp_path / "audit.log"))
+    answer(log, commands.Mkdir, ALICE, succeed({}), **MKDIR)
+    assert len(lines_of(tmp_path / "audit.log")) == 1
+    assert log.settings is not None and log.settings.max_bytes == on.audit_log_max_bytes
+    log.stopService()
+
+
+def test_a_session_records_nothing_while_the_audit_log_is_off_and_again_once_on(
+    tmp_path, clock, make_handlers
+):
+    off = security(tmp_path)
+    log = open_audit_log(off, clock)
+    client, pump = connect(ALICE, log, clock, make_handlers)
+    assert call(client, pump, commands.Mkdir, **MKDIR) == {}
+    log.apply_security(off, security(tmp_path, audit_log="audit.log"))
+    call(client, pump, commands.Stat, path="/missing").trap(FileNotFound)
+    assert [r["operation"] for r in lines_of(tmp_path / "audit.log")] == ["Stat"]
+    log.stopService()
 
 
 # -- the hook on a metaserver connection ------------------------------------------------

@@ -199,6 +199,41 @@ def test_a_closed_connection_makes_room_for_another():
     assert again.peer == ALICE
 
 
+def test_new_limits_hold_new_connections_and_open_ones_keep_theirs():
+    shared, clock = limits(connections_per_identity=3, idle_timeout=30)
+    transports = [StringTransport() for _ in range(3)]
+    sessions = [server(shared, transport) for transport in transports]
+    for session in sessions:
+        session.authenticated(ALICE)
+
+    # SIGHUP: fewer connections per identity, a shorter idle timeout.
+    shared.use(ConnectionLimits(connections_per_identity=2, idle_timeout=5))
+    assert shared.connections(ALICE) == 3  # nothing open is closed
+    refused_transport = StringTransport()
+    refused = server(shared, refused_transport)
+    with capturedLogs() as events:
+        refused.authenticated(ALICE)
+    assert refused_transport.disconnected
+    assert logged(events, "client:alice already has 3 connections open (limit 2)")
+
+    # The open connections keep the idle timeout they were accepted with...
+    newer_transport = StringTransport()
+    newer = server(shared, newer_transport)
+    newer.authenticated(BOB)
+    clock.advance(5)
+    assert newer_transport.disconnecting  # ...a new one has the new one
+    assert not any(transport.disconnecting for transport in transports)
+    clock.advance(25)
+    assert all(transport.disconnecting for transport in transports)
+
+    # Once the identity is under the new limit, it is admitted again.
+    for session in sessions:
+        session.connectionLost(amp.Failure(ConnectionError("closed")))  # type: ignore[attr-defined]
+    again = server(shared)
+    again.authenticated(ALICE)
+    assert again.peer == ALICE and shared.connections(ALICE) == 1
+
+
 # -- commands in flight ----------------------------------------------------------
 
 
