@@ -29,12 +29,12 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from amp_sink import PlainPing
 from throughput import Sink
 from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.protocols import amp
 
-from amp_sink import PlainPing
 from dfs.client.blocking import BlockingClient, connect, run
 from dfs.client.client import DFSClient
 from dfs.config import load_client_config
@@ -72,7 +72,8 @@ def measure(row: Row, calls: int, server_pid: int, action: Callable[[], object])
     started = time.perf_counter()
     action()
     wall = time.perf_counter() - started
-    row.add(wall / calls, (time.process_time() - client) / calls, (cpu_of(server_pid) - server) / calls)
+    client_cpu = time.process_time() - client
+    row.add(wall / calls, client_cpu / calls, (cpu_of(server_pid) - server) / calls)
 
 
 def in_one_hop(loop: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -84,6 +85,64 @@ async def plain_session(port: int, client: DFSClient) -> amp.AMP:
     endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port, options)
     protocol: amp.AMP = await connectProtocol(endpoint, amp.AMP())
     return protocol
+
+
+def one_round(
+    rows: dict[str, Row],
+    calls: int,
+    round_number: int,
+    blocking: BlockingClient,
+    plain: amp.AMP,
+    sink_pid: int,
+    meta_pid: int,
+) -> None:
+    client = blocking.async_client
+    first = [f"/bench/a{round_number}.{i}" for i in range(calls)]
+    second = [f"/bench/b{round_number}.{i}" for i in range(calls)]
+
+    async def plain_pings() -> None:
+        for _ in range(calls):
+            await plain.callRemote(PlainPing)
+
+    async def pings() -> None:
+        for _ in range(calls):
+            await client.metaserver.call(Ping)
+
+    async def stats() -> None:
+        for _ in range(calls):
+            await client.stat("/bench/file")
+
+    async def creates() -> None:
+        for path in first:
+            await client.write_file(path, b"")
+
+    async def deletes() -> None:
+        for path in first:
+            await client.delete(path)
+
+    measure(rows["plain AMP Ping (floor)"], calls, sink_pid, in_one_hop(plain_pings))
+    measure(rows["Ping, async"], calls, meta_pid, in_one_hop(pings))
+    measure(rows["Stat, async"], calls, meta_pid, in_one_hop(stats))
+    measure(
+        rows["Stat, blocking"],
+        calls,
+        meta_pid,
+        lambda: [blocking.stat("/bench/file") for _ in range(calls)],
+    )
+    measure(rows["empty file, async"], calls, meta_pid, in_one_hop(creates))
+    measure(
+        rows["empty file, blocking"],
+        calls,
+        meta_pid,
+        lambda: [blocking.write_file(path, b"") for path in second],
+    )
+    measure(rows["Delete, async"], calls, meta_pid, in_one_hop(deletes))
+    measure(
+        rows["Delete, blocking"],
+        calls,
+        meta_pid,
+        lambda: [blocking.delete(path) for path in second],
+    )
 
 
 def main(arguments: argparse.Namespace) -> None:
@@ -100,10 +159,9 @@ def main(arguments: argparse.Namespace) -> None:
             assert meta_pid is not None
             sink = Sink.start(meta.config_path, folder / "sink.log", plain=True)
             blocking: BlockingClient = connect(load_client_config(cluster.client_config), 600)
-            client = blocking.async_client
             blocking.mkdir("/bench")
             blocking.write_file("/bench/file", b"")
-            plain = run(plain_session, sink.port, client, timeout=60)
+            plain = run(plain_session, sink.port, blocking.async_client, timeout=60)
             rows = {
                 name: Row(name)
                 for name in (
@@ -118,54 +176,7 @@ def main(arguments: argparse.Namespace) -> None:
                 )
             }
             for round_number in range(arguments.rounds):
-
-                async def plain_pings() -> None:
-                    for _ in range(calls):
-                        await plain.callRemote(PlainPing)
-
-                async def pings() -> None:
-                    for _ in range(calls):
-                        await client.metaserver.call(Ping)
-
-                async def stats() -> None:
-                    for _ in range(calls):
-                        await client.stat("/bench/file")
-
-                def names(kind: str) -> list[str]:
-                    return [f"/bench/{kind}{round_number}.{i}" for i in range(calls)]
-
-                async def creates(paths: list[str]) -> None:
-                    for path in paths:
-                        await client.write_file(path, b"")
-
-                async def deletes(paths: list[str]) -> None:
-                    for path in paths:
-                        await client.delete(path)
-
-                measure(rows["plain AMP Ping (floor)"], calls, sink.process.pid, in_one_hop(plain_pings))
-                measure(rows["Ping, async"], calls, meta_pid, in_one_hop(pings))
-                measure(rows["Stat, async"], calls, meta_pid, in_one_hop(stats))
-                measure(
-                    rows["Stat, blocking"],
-                    calls,
-                    meta_pid,
-                    lambda: [blocking.stat("/bench/file") for _ in range(calls)],
-                )
-                first, second = names("a"), names("b")
-                measure(rows["empty file, async"], calls, meta_pid, lambda: run(creates, first))
-                measure(
-                    rows["empty file, blocking"],
-                    calls,
-                    meta_pid,
-                    lambda: [blocking.write_file(path, b"") for path in second],
-                )
-                measure(rows["Delete, async"], calls, meta_pid, lambda: run(deletes, first))
-                measure(
-                    rows["Delete, blocking"],
-                    calls,
-                    meta_pid,
-                    lambda: [blocking.delete(path) for path in second],
-                )
+                one_round(rows, calls, round_number, blocking, plain, sink.process.pid, meta_pid)
                 print(f"round {round_number + 1} of {arguments.rounds} done", flush=True)
             print(f"\n{calls} calls one after another, best of {arguments.rounds} rounds")
             print(f"{'per call':<34} {'wall':>10} {'client CPU':>12} {'server CPU':>12}")
