@@ -8,8 +8,9 @@ runs (see :mod:`dfs.protocol.session`); a refused call answers PermissionDenied.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from twisted.internet.defer import fail
 from twisted.protocols import amp
 
 from dfs.protocol.errors import ERROR_CODES
@@ -21,12 +22,111 @@ SERVERS: frozenset[Role] = frozenset({Role.METASERVER, Role.DATASERVER})
 PEOPLE: frozenset[Role] = frozenset({Role.CLIENT, Role.ADMIN})
 
 
+#: One field of a command's schema: its key on the wire, its name in Python, its
+#: argument type, and whether that type converts one value the plain way (Twisted's
+#: Argument.fromBox/toBox), so that the conversion can call it directly.
+_Field = tuple[bytes, str, amp.Argument, bool]
+
+_PLAIN = (amp.Argument.fromBox, amp.Argument.toBox, amp.Argument.retrieve)
+
+
+def _schema(fields: list[tuple[bytes, amp.Argument]]) -> tuple[_Field, ...]:
+    return tuple(
+        (
+            wire,
+            amp._wireNameToPythonIdentifier(wire),
+            argument,
+            (type(argument).fromBox, type(argument).toBox, type(argument).retrieve) == _PLAIN,
+        )
+        for wire, argument in fields
+    )
+
+
+def _to_objects(schema: tuple[_Field, ...], box: dict[bytes, bytes], proto: Any) -> dict[str, Any]:
+    """What Twisted's ``_stringsToObjects`` makes of ``box``, with the names worked
+    out once per command instead of once per field and call."""
+    objects: dict[str, Any] = {}
+    rest: dict[bytes, bytes] | None = None
+    for wire, python, argument, plain in schema:
+        if plain:
+            value = box.get(wire)
+            if value is not None:
+                objects[python] = argument.fromStringProto(value, proto)
+            elif argument.optional:
+                objects[python] = None
+            else:
+                raise KeyError(wire)
+        else:
+            if rest is None:
+                rest = dict(box)
+            argument.fromBox(wire, rest, objects, proto)
+    return objects
+
+
+def _to_strings(
+    schema: tuple[_Field, ...], objects: dict[str, Any], strings: Any, proto: Any
+) -> Any:
+    """What Twisted's ``_objectsToStrings`` puts in ``strings``, likewise."""
+    rest: dict[str, Any] | None = None
+    for wire, python, argument, plain in schema:
+        if plain:
+            if argument.optional:
+                value = objects.get(python)
+                if value is None:
+                    continue
+            else:
+                value = objects[python]
+            strings[wire] = argument.toStringProto(value, proto)
+        else:
+            if rest is None:
+                rest = dict(objects)
+            argument.toBox(wire, strings, rest, proto)
+    return strings
+
+
 class DFSCommand(amp.Command):
     """Base command: the roles allowed to send it. Any command may answer with any
-    error of :mod:`dfs.protocol.errors`, so a caller always gets the named class."""
+    error of :mod:`dfs.protocol.errors`, so a caller always gets the named class.
+
+    It converts arguments and answers as Twisted's Command does, from a schema worked
+    out once per command: Twisted derives each field's Python name on every call, a
+    tenth of a client's time on a request with many optional fields."""
 
     errors: ClassVar[dict[type[Exception], bytes]] = dict(ERROR_CODES)
     allowed_roles: ClassVar[frozenset[Role]] = frozenset()
+
+    @classmethod
+    def _schemas(cls) -> tuple[tuple[_Field, ...], tuple[_Field, ...], frozenset[str]]:
+        schemas = cls.__dict__.get("_dfs_schemas")
+        if schemas is None:
+            arguments = _schema(cls.arguments)
+            schemas = (arguments, _schema(cls.response), frozenset(f[1] for f in arguments))
+            cls._dfs_schemas = schemas  # type: ignore[attr-defined]
+        return schemas  # type: ignore[no-any-return]
+
+    @classmethod
+    def parseArguments(cls, box: Any, protocol: Any) -> dict[str, Any]:
+        return _to_objects(cls._schemas()[0], box, protocol)
+
+    @classmethod
+    def parseResponse(cls, box: Any, protocol: Any) -> dict[str, Any]:
+        return _to_objects(cls._schemas()[1], box, protocol)
+
+    @classmethod
+    def makeArguments(cls, objects: dict[str, Any], proto: Any) -> Any:
+        arguments, _, allowed = cls._schemas()
+        for name in objects:
+            if name not in allowed:
+                raise amp.InvalidSignature(f"{name} is not a valid argument")
+        return _to_strings(arguments, objects, cls.commandType(), proto)
+
+    @classmethod
+    def makeResponse(cls, objects: dict[str, Any], proto: Any) -> Any:
+        try:
+            strings = cls.responseType()
+        except BaseException:
+            return fail()
+        return _to_strings(cls._schemas()[1], objects, strings, proto)
 
 
 class Ping(DFSCommand):
@@ -756,12 +856,15 @@ class OpenChunkWrite(DFSCommand):
     allowed_roles = DATA_PEERS
 
 
-class OpenChunkStream(DFSCommand, amp.ProtocolSwitchCommand):
+class OpenChunkStream(amp.ProtocolSwitchCommand, DFSCommand):
     """Turn this connection into a chunk stream (:mod:`dfs.protocol.stream`): once
     answered, both ends send raw frames of chunk data, acknowledgements and failures
     instead of AMP boxes. Send it on a connection used for nothing else. It takes no
     token: a dataserver takes a write's data only from the peer that opened (or last
-    recovered) that write with a valid write token."""
+    recovered) that write with a valid write token.
+
+    ProtocolSwitchCommand comes first: its makeResponse (the answer that switches the
+    protocol) must win over DFSCommand's."""
 
     commandName = b"OpenChunkStream"
     arguments: ClassVar[list] = []
