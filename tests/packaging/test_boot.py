@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ done
     systemctl reload dfs-meta dfs-data && echo "reload: $?"
     sleep 1
     echo "after reload: $(systemctl is-active dfs-meta) $(systemctl is-active dfs-data)"
+    grep -q '"path": "/boot-test"' /var/log/dfs/audit.log && echo "audited: yes"
     echo "failed units: $(systemctl --failed --no-legend | wc -l)"
     echo "restarts: $(systemctl show -p NRestarts --value dfs-meta dfs-data | tr '\n' ' ')"
 } > "$out" 2>&1
@@ -189,6 +191,22 @@ def test_the_units_find_every_command_they_run_in_a_minimal_root(root: Path) -> 
     assert os.access(root / "bin/kill", os.X_OK), "ExecReload's /bin/kill"
 
 
+def test_the_audit_log_folder_is_made_for_the_shipped_config(root: Path) -> None:
+    security = json.loads((root / "etc/dfs/security_config.json").read_text())
+    assert security["audit_log"] == "/var/log/dfs/audit.log"
+    folder = (root / "var/log/dfs").stat()
+    user = next(
+        line.split(":")
+        for line in (root / "etc/passwd").read_text().splitlines()
+        if line.startswith("dfs:")
+    )
+    assert (stat.S_IMODE(folder.st_mode), folder.st_uid, folder.st_gid) == (
+        0o750,
+        int(user[2]),
+        int(user[3]),
+    )
+
+
 def test_the_package_installs_boots_serves_and_purges(root: Path) -> None:
     # Installed: the command, the units enabled, nothing started in a root without systemd.
     # (os.path.lexists: the command is a symbolic link into the package's virtualenv)
@@ -225,6 +243,7 @@ def test_the_package_installs_boots_serves_and_purges(root: Path) -> None:
         "same: yes",
         "reload: 0",
         "after reload: active active",
+        "audited: yes",
     )
     for line in (*expected, "failed units: 0"):
         assert line in result, f"{result}\n--- journal ---\n{journal}"
@@ -236,6 +255,8 @@ def test_the_package_installs_boots_serves_and_purges(root: Path) -> None:
     # stay, and purge says so.
     purged = ok(nspawn(root, "apt-get", "purge", "-y", "dfs"))
     assert "deleting /var/lib/dfs" in purged and "kept /etc/dfs/tls" in purged, purged
+    assert "deleting /var/log/dfs" in purged, purged
+    assert not (root / "var/log/dfs").exists()
     assert not os.path.lexists(root / "usr/bin/dfs")
     assert not (root / "opt/venvs/dfs").exists()
     assert not os.path.lexists(wants / "dfs-meta.service")

@@ -393,9 +393,29 @@ def test_a_missing_folder_is_a_config_error(tmp_path, clock):
     assert str(tmp_path / "nowhere") in message
 
 
-def test_no_audit_log_configured(tmp_path, clock):
+def test_a_folder_in_place_of_the_file_is_a_config_error(tmp_path, clock):
+    # A file that cannot be opened for writing, whoever runs the test (root included).
+    (tmp_path / "audit.log").mkdir()
+    config = tmp_path / "security_config.json"
+    config.write_text(json.dumps({"audit_log": "audit.log"}))
+    with pytest.raises(ConfigError) as raised:
+        open_audit_log(load_security_config(config), clock)
+    message = str(raised.value)
+    assert "\n" not in message
+    expected = "expected a file the metaserver can write"
+    assert message.startswith(f"{config}: key 'audit_log': {expected}")
+    assert str(tmp_path / "audit.log") in message and "Is a directory" in message
+
+
+def test_the_audit_log_is_on_by_default_in_var_log_dfs(tmp_path):
     config = tmp_path / "security_config.json"
     config.write_text("{}")
+    assert load_security_config(config).audit_log == Path("/var/log/dfs/audit.log")
+
+
+def test_no_audit_log_when_it_is_null(tmp_path, clock):
+    config = tmp_path / "security_config.json"
+    config.write_text(json.dumps({"audit_log": None}))
     assert open_audit_log(load_security_config(config), clock) is None
 
 
