@@ -47,6 +47,9 @@ setup(
     description="A distributed file system on Twisted: replicated chunks, Raft, mutual TLS",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
+    # SPDX expression (PEP 639); LICENSE is the unmodified Apache License 2.0 text.
+    license_expression="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.11",
     packages=[
         "dfs",

@@ -11,10 +11,16 @@ Layout of the folder::
     cluster.json              what was created: nodes, ports, client config
     ca/                       the cluster CA (ca.crt, ca.key), its CRL (crl.pem) and
                               the index of what it issued (issued/)
-    shared/                   replication and security configs, token key, Raft password
+    shared/                   replication config, the dataservers' security config,
+                              token key, Raft password
     meta1/ ds1/ ds2/ ...      one folder per node: its certificate and key, config,
-                              data/, twistd.pid, twistd.log, stderr.log
+                              data/, twistd.pid, twistd.log, stderr.log; a metaserver
+                              also its own security_config.json and audit/audit.log
     client/                   the admin certificate and key, client_config.json
+
+Each metaserver has a security config of its own, the shared one with its own audit
+log, so that no two write one file: :meth:`LocalCluster.update_security` changes them
+all at once.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 
 import attrs
 
+from dfs.config import ConfigError, load_security_config, override, write_config
 from dfs.security.ca import CertificateAuthority, Revocation
 from dfs.security.identity import Role
 
@@ -71,6 +78,17 @@ class Node:
     @property
     def stderr_path(self) -> Path:
         return self.directory / "stderr.log"
+
+    @property
+    def security_config_path(self) -> Path:
+        """A metaserver's own security_config.json (dataservers share one)."""
+        return self.directory / "security_config.json"
+
+    @property
+    def audit_log(self) -> Path:
+        """Where a metaserver writes its audit log, unless the shared security config
+        names a file for all of them."""
+        return self.directory / "audit" / "audit.log"
 
     @property
     def address(self) -> str:
@@ -135,6 +153,20 @@ def twistd_argv(*arguments: str) -> list[str]:
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _write_metaserver_security(shared: Path, node: Node) -> None:
+    """Write ``node``'s own security config: the settings of ``shared`` (its relative
+    paths made absolute) with the node's own audit log, in a folder of its own, unless
+    ``shared`` names an audit log itself."""
+    try:
+        settings = load_security_config(shared)
+    except ConfigError as error:
+        raise LocalClusterError(str(error)) from None
+    if "audit_log" not in json.loads(shared.read_text()):
+        node.audit_log.parent.mkdir(mode=0o700, exist_ok=True)
+        settings = override(settings, "audit_log", str(node.audit_log), "dfs local")
+    write_config(settings, node.security_config_path)
 
 
 def _write_secret(path: Path) -> None:
@@ -228,8 +260,10 @@ class LocalCluster:
                 "security_config": str(shared / "security_config.json"),
             }
             if node.kind == "meta":
+                _write_metaserver_security(shared / "security_config.json", node)
                 document = {
                     **common,
+                    "security_config": str(node.security_config_path),
                     "raft_listen": f"{HOST}:{raft_ports[node.name]}",
                     "raft_partners": [
                         f"{HOST}:{port}" for name, port in raft_ports.items() if name != node.name
@@ -415,6 +449,9 @@ class LocalCluster:
             },
             **settings(extra),
         }
+        if kind == "meta":
+            _write_metaserver_security(self.security_config, node)
+            document["security_config"] = str(node.security_config_path)
         _write_json(node.config_path, document)
         return node
 
@@ -422,7 +459,29 @@ class LocalCluster:
 
     @property
     def security_config(self) -> Path:
+        """The shared security_config.json: the dataservers read it, and each
+        metaserver a copy of it with its own audit log."""
         return self.directory / "shared" / "security_config.json"
+
+    def update_security(self, **settings: Any) -> None:
+        """Set ``settings`` (security_config.json keys; relative paths are taken
+        relative to shared/) in the shared security config and every metaserver's."""
+        document = json.loads(self.security_config.read_text())
+        document.update(settings)
+        _write_json(self.security_config, document)
+        for node in self.metaservers:
+            _write_metaserver_security(self.security_config, node)
+
+    def _give_metaservers_their_own_security(self) -> None:
+        """A cluster made before metaservers had security configs of their own: give
+        them one now, or they would share one audit log (or all look for the default
+        one, in /var/log/dfs)."""
+        for node in self.metaservers:
+            document = json.loads(node.config_path.read_text())
+            if document.get("security_config") == str(self.security_config):
+                _write_metaserver_security(self.security_config, node)
+                document["security_config"] = str(node.security_config_path)
+                _write_json(node.config_path, document)
 
     def revoke(self, name: str, role: Role | str | None = None) -> tuple[Revocation, bool]:
         """Revoke the certificates the cluster's CA issued for ``name`` (CAError if none).
@@ -436,8 +495,7 @@ class LocalCluster:
         document = json.loads(self.security_config.read_text())
         pointed = document.get("crl") != str(revocation.crl_path)
         if pointed:
-            document["crl"] = str(revocation.crl_path)
-            _write_json(self.security_config, document)
+            self.update_security(crl=str(revocation.crl_path))
         return revocation, pointed
 
     # -- users ---------------------------------------------------------------
@@ -478,6 +536,7 @@ class LocalCluster:
 
     def start(self) -> list[Node]:
         """Start every node not running yet (metaservers first); return those started."""
+        self._give_metaservers_their_own_security()
         started = []
         for node in self.metaservers + self.dataservers:
             if node.pid() is None:

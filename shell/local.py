@@ -223,13 +223,14 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
+    from dfs.localcluster import LocalClusterError
     from dfs.security.ca import CAError
     from dfs_shell.ca import report_revocation
 
     cluster = _open(args, "local revoke")
     try:
         revocation, pointed = cluster.revoke(args.name, args.role)
-    except CAError as error:
+    except (CAError, LocalClusterError) as error:
         raise CommandError("local revoke", str(error)) from None
     report_revocation(revocation)
     if pointed and cluster.running():

@@ -237,7 +237,7 @@ class SecurityConfig(ConfigFile):
     superusergroup: str = setting(NAME, default="supergroup")
     crl: Path | None = setting(Nullable(PATH), default=None)
     crl_check_interval: float = setting(Number(gt=0, le=10), default=2.0)
-    audit_log: Path | None = setting(Nullable(PATH), default=None)
+    audit_log: Path | None = setting(Nullable(PATH), default="/var/log/dfs/audit.log")
     audit_log_max_bytes: int = setting(Number(integer=True, ge=4096), default=104857600)
     audit_log_backups: int = setting(Number(integer=True, ge=0, le=1000), default=10)
     limits: ConnectionLimits = setting(Section(ConnectionLimits), default={})

@@ -252,6 +252,9 @@ def make_cluster() -> int:
             "token_key_file": "tls/token.key",
             "raft_password_file": "tls/raft.password",
             "crl": "tls/crl.pem",
+            # The root file system is read-only: the audit log goes to the
+            # metaserver's state volume, and lives as long as the namespace.
+            "audit_log": "/var/lib/dfs/meta/audit.log",
         },
     )
     _write_json(

@@ -5,7 +5,6 @@ token lasts succeeds all the same."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -271,9 +270,7 @@ async def test_sighup_rotates_the_token_key_without_a_restart(make_cluster, cred
         )
 
     def configure(current: str, previous: str | None) -> None:
-        document = json.loads(cluster.security_config.read_text())
-        document.update(token_key_file=current, token_previous_key_file=previous)
-        cluster.security_config.write_text(json.dumps(document))
+        cluster.update_security(token_key_file=current, token_previous_key_file=previous)
 
     def reloads(node: Any) -> int:
         return node.logfile.read_text().count("token keys reloaded")

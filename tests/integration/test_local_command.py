@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import pytest
 
-from dfs.config import load_client_config
+from dfs.config import load_client_config, load_metaserver_config, load_security_config
 from dfs.localcluster import LocalCluster
 
 
@@ -108,3 +112,54 @@ def test_up_with_a_group_of_three_metaservers(folder, tmp_path, dfs):
     wrong = dfs("local", "up", "--dir", str(tmp_path / "other"), "--metaservers", "2")
     assert wrong.returncode == 2
     assert "invalid choice: 2" in wrong.stderr
+
+
+def _audited_paths(path: Path) -> list[str]:
+    """The paths of the Mkdir records in an audit log (none if there is no file yet)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [record["path"] for record in map(json.loads, lines) if record["operation"] == "Mkdir"]
+
+
+def _leader(cluster: LocalCluster, deadline: float) -> str:
+    while time.monotonic() < deadline:
+        for meta in cluster.metaservers:
+            status = cluster.status(meta)
+            if status is not None and (status.get("raft") or {}).get("serving"):
+                return meta.name
+        time.sleep(0.2)
+    raise AssertionError("no metaserver leads")
+
+
+def test_each_metaserver_of_a_group_writes_its_own_audit_log(folder, dfs):
+    up = dfs("local", "up", "--dir", str(folder), "--metaservers", "3", "--dataservers", "1")
+    assert up.returncode == 0, up.stderr
+    client_config = up.stdout.strip()
+    cluster = LocalCluster.open(folder)
+
+    # Each metaserver names an audit log of its own, in its own folder; the
+    # dataservers' shared security config is left at the default.
+    logs = {}
+    for meta in cluster.metaservers:
+        config = load_metaserver_config(meta.config_path)
+        audit_log = load_security_config(config.security_config).audit_log
+        assert audit_log == meta.directory / "audit" / "audit.log"
+        logs[meta.name] = audit_log
+    assert len(set(logs.values())) == 3
+
+    # The leader records what it does; the followers, which only forward, do not.
+    first = _leader(cluster, time.monotonic() + 30)
+    assert dfs("-c", client_config, "mkdir", "/first").returncode == 0
+    assert _audited_paths(logs[first]) == ["/first"]
+    assert all(_audited_paths(logs[name]) == [] for name in logs if name != first)
+
+    # Once the leader is gone, the next one records in its own file.
+    cluster.stop_node(cluster.node(first))
+    deadline = time.monotonic() + 60
+    second = _leader(cluster, deadline)
+    # -p: an attempt may have been done, though not answered, during the election.
+    while dfs("-c", client_config, "mkdir", "-p", "/second").returncode != 0:
+        assert time.monotonic() < deadline, "no metaserver took /second"
+        time.sleep(0.5)
+    assert second != first
+    assert set(_audited_paths(logs[second])) == {"/second"}
+    assert _audited_paths(logs[first]) == ["/first"]

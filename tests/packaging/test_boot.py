@@ -1,8 +1,13 @@
 """The Debian package installed and booted: a Debian 12 minbase root made with
 debootstrap, the package installed there with apt, a CA, certificates, secrets and
 configs made inside it with ``dfs`` itself, the root booted with systemd-nspawn, and
-inside it dfs-meta and dfs-data active and a file stored and read back with ``dfs
-put``/``dfs get``; then the package purged and what is left checked.
+inside it dfs-meta and dfs-data active, a file stored and read back with ``dfs
+put``/``dfs get`` and both daemons reloaded; then the package purged and what is left
+checked.
+
+Before it boots, ``systemd-analyze verify`` checks the installed units in that root,
+which holds nothing but minbase, what booting needs and what the package pulls in: a
+command a unit runs that the package neither ships nor depends on is found missing.
 
 Needs root, debootstrap, systemd-nspawn and the Debian archive (CI has all four).
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +44,11 @@ done
     dfs put --replication 1 /root/blob /boot-test/blob && echo "put: $?"
     dfs get /boot-test/blob /root/copy && echo "get: $?"
     cmp /root/blob /root/copy && echo "same: yes"
+    # systemctl reload runs the units' ExecReload (kill -HUP) and waits for it.
+    systemctl reload dfs-meta dfs-data && echo "reload: $?"
+    sleep 1
+    echo "after reload: $(systemctl is-active dfs-meta) $(systemctl is-active dfs-data)"
+    grep -q '"path": "/boot-test"' /var/log/dfs/audit.log && echo "audited: yes"
     echo "failed units: $(systemctl --failed --no-legend | wc -l)"
     echo "restarts: $(systemctl show -p NRestarts --value dfs-meta dfs-data | tr '\n' ' ')"
 } > "$out" 2>&1
@@ -162,6 +173,40 @@ def _configure(root: Path) -> None:
         )
 
 
+#: The installed units, a template through an instance.
+INSTALLED_UNITS = ("dfs-meta.service", "dfs-data.service", "dfs-data@ds2.service")
+
+
+def test_the_units_find_every_command_they_run_in_a_minimal_root(root: Path) -> None:
+    # Runs before the boot test below, which purges the package from the shared root.
+    _require("systemd-analyze")
+    done = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", *INSTALLED_UNITS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert (done.stdout + done.stderr).strip() == ""
+    assert os.access(root / "bin/kill", os.X_OK), "ExecReload's /bin/kill"
+
+
+def test_the_audit_log_folder_is_made_for_the_shipped_config(root: Path) -> None:
+    security = json.loads((root / "etc/dfs/security_config.json").read_text())
+    assert security["audit_log"] == "/var/log/dfs/audit.log"
+    folder = (root / "var/log/dfs").stat()
+    user = next(
+        line.split(":")
+        for line in (root / "etc/passwd").read_text().splitlines()
+        if line.startswith("dfs:")
+    )
+    assert (stat.S_IMODE(folder.st_mode), folder.st_uid, folder.st_gid) == (
+        0o750,
+        int(user[2]),
+        int(user[3]),
+    )
+
+
 def test_the_package_installs_boots_serves_and_purges(root: Path) -> None:
     # Installed: the command, the units enabled, nothing started in a root without systemd.
     # (os.path.lexists: the command is a symbolic link into the package's virtualenv)
@@ -190,7 +235,16 @@ def test_the_package_installs_boots_serves_and_purges(root: Path) -> None:
     result = result_file.read_text()
     print(f"REPORT boot test: {' / '.join(result.strip().splitlines())}")
     journal = (root / "dfs-boot-journal").read_text(errors="replace")
-    expected = ("meta: active", "data: active", "put: 0", "get: 0", "same: yes")
+    expected = (
+        "meta: active",
+        "data: active",
+        "put: 0",
+        "get: 0",
+        "same: yes",
+        "reload: 0",
+        "after reload: active active",
+        "audited: yes",
+    )
     for line in (*expected, "failed units: 0"):
         assert line in result, f"{result}\n--- journal ---\n{journal}"
     restarts = result.partition("restarts:")[2].splitlines()[0].split()
@@ -201,6 +255,8 @@ def test_the_package_installs_boots_serves_and_purges(root: Path) -> None:
     # stay, and purge says so.
     purged = ok(nspawn(root, "apt-get", "purge", "-y", "dfs"))
     assert "deleting /var/lib/dfs" in purged and "kept /etc/dfs/tls" in purged, purged
+    assert "deleting /var/log/dfs" in purged, purged
+    assert not (root / "var/log/dfs").exists()
     assert not os.path.lexists(root / "usr/bin/dfs")
     assert not (root / "opt/venvs/dfs").exists()
     assert not os.path.lexists(wants / "dfs-meta.service")

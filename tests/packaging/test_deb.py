@@ -7,13 +7,14 @@ throwaway Debian root.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import BUILD, require
+from .conftest import BUILD, ROOT, require
 
 VENV = "opt/venvs/dfs"
 SITE = f"{VENV}/lib/python3.11/site-packages"
@@ -79,11 +80,37 @@ def test_conffiles_and_scripts(unpacked: Path) -> None:
     postinst = (unpacked / "DEBIAN" / "postinst").read_text()
     assert "adduser --system --group" in postinst
     assert "install -d -o dfs -g dfs -m 0750 /var/lib/dfs" in postinst
+    assert "install -d -o dfs -g dfs -m 0750 /var/log/dfs" in postinst
     # Enabled and started on install (the Condition keeps a node without certificate quiet).
     assert "deb-systemd-helper" in postinst and "dfs-meta.service" in postinst
     postrm = (unpacked / "DEBIAN" / "postrm").read_text()
     purge = postrm[postrm.index("purge)") :]
     assert "rm -rf /var/lib/dfs" in purge.split(";;")[0]
+    assert "rm -rf /var/log/dfs" in purge.split(";;")[0]
+
+
+def test_the_shipped_security_config_turns_the_audit_log_on(unpacked: Path) -> None:
+    security = json.loads((unpacked / "etc" / "dfs" / "security_config.json").read_text())
+    assert security["audit_log"] == "/var/log/dfs/audit.log"
+    # The hardened unit may write there (ProtectSystem=strict makes the rest read-only).
+    unit = (unpacked / "lib" / "systemd" / "system" / "dfs-meta.service").read_text()
+    assert "LogsDirectory=dfs\n" in unit and "LogsDirectoryMode=0750\n" in unit
+
+
+def test_copyright_says_apache_2_in_dep5(unpacked: Path) -> None:
+    copyright_file = unpacked / "usr" / "share" / "doc" / "dfs" / "copyright"
+    paragraphs = copyright_file.read_text().split("\n\n")
+    assert paragraphs[0].startswith(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+    )
+    files = next(p for p in paragraphs if p.startswith("Files: *\n"))
+    assert "\nLicense: Apache-2.0" in files
+    licence = next(p for p in paragraphs if p.startswith("License: Apache-2.0\n"))
+    assert '"/usr/share/common-licenses/Apache-2.0"' in licence
+    # LICENSE is the standard text, the one Debian keeps in common-licenses.
+    assert (ROOT / "LICENSE").read_bytes() == Path(
+        "/usr/share/common-licenses/Apache-2.0"
+    ).read_bytes()
 
 
 def test_default_configs_name_the_units_certificates(unpacked: Path) -> None:

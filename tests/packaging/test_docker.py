@@ -63,6 +63,8 @@ def test_ca_job_makes_a_cluster_every_node_can_render(
     assert meta.tls.certificate.read_text().startswith("-----BEGIN CERTIFICATE")
     security = load_config(SecurityConfig, meta_etc / "security_config.json")
     assert security.raft_password_file.stat().st_mode & 0o777 == 0o600
+    # The root file system is read-only: the audit log goes to the state volume.
+    assert security.audit_log == meta.data_dir / "audit.log"
     data_etc = tmp_path / "ds1"
     module.render(out, [out], "ds1", "ds1", data_etc)
     data = load_config(DataserverConfig, data_etc / "dataserver_config.json")

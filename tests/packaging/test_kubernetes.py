@@ -154,6 +154,8 @@ def test_configmap_renders_into_configs_the_daemons_accept(tmp_path: Path) -> No
     load_config(ClientConfig, etc / "client_config.json")
     security = load_config(SecurityConfig, etc / "security_config.json")
     assert security.token_key_file == etc / "tls" / "token.key"
+    # The root file system is read-only: the audit log goes to the state volume.
+    assert security.audit_log == meta.data_dir / "audit.log"
     # Only this pod's key, copied with the mode the daemons insist on.
     copied = {path.name: path.stat().st_mode & 0o777 for path in (etc / "tls").iterdir()}
     assert copied == {

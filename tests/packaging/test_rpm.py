@@ -12,6 +12,7 @@ Needs root and rpm and rpmlint (.ci/run installs both); a missing tool fails the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -146,17 +147,24 @@ def test_rpmlint_is_clean(rpm_file: Path, tmp_path: Path) -> None:
     # rpmlint parses the spec with rpm: give it the version build.sh would define.
     spec = tmp_path / "dfs.spec"
     spec.write_text(f"%global dfs_version {version()}\n" + (RPM_DIR / "dfs.spec").read_text())
-    done = run("rpmlint", "-r", RPM_DIR / "dfs.rpmlintrc", rpm_file, spec, check=False)
+    done = run(
+        "rpmlint",
+        *("-c", RPM_DIR / "rpmlint.toml", "-r", RPM_DIR / "dfs.rpmlintrc"),
+        *(rpm_file, spec),
+        check=False,
+    )
     assert "0 errors, 0 warnings" in done.stdout, done.stdout[-5000:] + done.stderr
     assert done.returncode == 0
 
 
 def test_header_names_version_dependencies_and_scripts(rpm_file: Path) -> None:
-    query = run("rpm", "-qp", "--qf", "%{NAME} %{VERSION}\n", rpm_file).stdout
-    assert query == f"dfs {version()}\n"
+    query = run("rpm", "-qp", "--qf", "%{NAME} %{VERSION} %{LICENSE}\n", rpm_file).stdout
+    assert query == f"dfs {version()} Apache-2.0\n"
     requires = run("rpm", "-qp", "--requires", rpm_file).stdout.split("\n")
     assert any(line.startswith("/usr/bin/python3.") for line in requires), requires
     assert "shadow-utils" in requires
+    # What the units' ExecReload runs (/bin is /usr/bin on Fedora and RHEL).
+    assert "/usr/bin/kill" in requires
     # Nothing inside the virtualenv is offered to other packages.
     provides = run("rpm", "-qp", "--provides", rpm_file).stdout.splitlines()
     assert sorted(line.split()[0] for line in provides) == ["dfs", "dfs(x86-64)"], provides
@@ -188,6 +196,10 @@ def test_install_verify_upgrade_erase(rpm_file: Path, tmp_path: Path) -> None:
         return stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid
 
     assert mode("var/lib/dfs") == (0o750, uid, gid)
+    assert mode("var/log/dfs") == (0o750, uid, gid)
+    security = json.loads((root / "etc/dfs/security_config.json").read_text())
+    assert security["audit_log"] == "/var/log/dfs/audit.log"
+    assert (root / "usr/share/licenses/dfs/LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()
     assert mode("etc/dfs/tls") == (0o750, 0, gid)
     for config in (ROOT / "etc").glob("*.json"):
         assert (root / "etc/dfs" / config.name).read_bytes() == config.read_bytes()

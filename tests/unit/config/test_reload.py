@@ -42,7 +42,7 @@ def test_keys_read_only_at_start_keep_their_value_and_are_named_the_rest_applies
         superusergroup="admins",
         raft_password_file=Path("/etc/dfs/raft2.password"),
         crl_check_interval=5.0,
-        audit_log=Path("/var/log/dfs/audit.log"),
+        audit_log=Path("/srv/audit/dfs-audit.log"),
     )
     plan = plan_reload(RUNNING, new, ALL_KEYS)
     assert plan.restart == ("raft_password_file", "superusergroup")
@@ -52,7 +52,7 @@ def test_keys_read_only_at_start_keep_their_value_and_are_named_the_rest_applies
     assert settled.superusergroup == RUNNING.superusergroup
     assert settled.raft_password_file == RUNNING.raft_password_file
     assert settled.crl_check_interval == 5.0
-    assert settled.audit_log == Path("/var/log/dfs/audit.log")
+    assert settled.audit_log == Path("/srv/audit/dfs-audit.log")
     # The next reload of the same file names them again, and nothing else.
     again = plan_reload(settled, new, ALL_KEYS)
     assert again.restart == plan.restart and again.to_apply == ()
@@ -60,7 +60,7 @@ def test_keys_read_only_at_start_keep_their_value_and_are_named_the_rest_applies
 
 def test_keys_a_server_does_not_read_are_left_out():
     new = fresh(
-        audit_log=Path("/var/log/dfs/audit.log"), superusergroup="admins", token_lifetime=60.0
+        audit_log=Path("/srv/audit/dfs-audit.log"), superusergroup="admins", token_lifetime=60.0
     )
     plan = plan_reload(RUNNING, new, DATASERVER)
     assert plan.changed == () and plan.restart == ()

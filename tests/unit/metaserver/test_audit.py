@@ -393,9 +393,29 @@ def test_a_missing_folder_is_a_config_error(tmp_path, clock):
     assert str(tmp_path / "nowhere") in message
 
 
-def test_no_audit_log_configured_records_nothing(tmp_path, clock):
+def test_a_folder_in_place_of_the_file_is_a_config_error(tmp_path, clock):
+    # A file that cannot be opened for writing, whoever runs the test (root included).
+    (tmp_path / "audit.log").mkdir()
+    config = tmp_path / "security_config.json"
+    config.write_text(json.dumps({"audit_log": "audit.log"}))
+    with pytest.raises(ConfigError) as raised:
+        open_audit_log(load_security_config(config), clock)
+    message = str(raised.value)
+    assert "\n" not in message
+    expected = "expected a file the metaserver can write"
+    assert message.startswith(f"{config}: key 'audit_log': {expected}")
+    assert str(tmp_path / "audit.log") in message and "Is a directory" in message
+
+
+def test_the_audit_log_is_on_by_default_in_var_log_dfs(tmp_path):
     config = tmp_path / "security_config.json"
     config.write_text("{}")
+    assert load_security_config(config).audit_log == Path("/var/log/dfs/audit.log")
+
+
+def test_no_audit_log_when_it_is_null_records_nothing(tmp_path, clock):
+    config = tmp_path / "security_config.json"
+    config.write_text(json.dumps({"audit_log": None}))
     log = open_audit_log(load_security_config(config), clock)
     assert not log.enabled and log.path is None
     assert answer(log, commands.Mkdir, ALICE, succeed({}), **MKDIR) == {}
@@ -416,7 +436,7 @@ def security(tmp_path: Path, **settings: Any) -> SecurityConfig:
 def test_a_reload_turns_the_audit_log_on_moves_it_changes_its_rotation_and_turns_it_off(
     tmp_path, clock
 ):
-    off = security(tmp_path)
+    off = security(tmp_path, audit_log=None)
     log = open_audit_log(off, clock)
     events: list[dict] = []
     log.log = Logger(observer=events.append)
@@ -471,7 +491,7 @@ def test_a_reload_to_a_file_that_cannot_be_opened_keeps_the_one_in_use(tmp_path,
 def test_a_session_records_nothing_while_the_audit_log_is_off_and_again_once_on(
     tmp_path, clock, make_handlers
 ):
-    off = security(tmp_path)
+    off = security(tmp_path, audit_log=None)
     log = open_audit_log(off, clock)
     client, pump = connect(ALICE, log, clock, make_handlers)
     assert call(client, pump, commands.Mkdir, **MKDIR) == {}
