@@ -18,6 +18,7 @@ it on or off, move it, or change its rotation without a restart.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -130,20 +131,33 @@ def recorded_arguments(command: type[amp.Command], box: Mapping[bytes, bytes]) -
     """The arguments of ``box`` worth an audit record, decoded, in the command's order.
     An argument missing or undecodable (the answer is then InvalidArgument) is left out."""
     found: dict[str, Any] = {}
-    for wire_name, argument in command.arguments:
-        name = wire_name.decode("ascii", "replace")
-        if name not in RECORDED_ARGUMENTS or any(word in name for word in SECRET_WORDS):
-            continue
-        if not _plain(argument) or wire_name not in box:
+    for wire_name, name, key, argument in _recorded_fields(command):
+        raw = box.get(wire_name)
+        if raw is None:
             continue
         try:
-            value = argument.fromString(box[wire_name])
+            value = argument.fromString(raw)
         except Exception:
             continue
         if name == "mode" and isinstance(value, int):
             value = f"{value:04o}"
-        found["path" if name == "source" else name] = value
+        found[key] = value
     return found
+
+
+@functools.cache
+def _recorded_fields(command: type[amp.Command]) -> tuple[tuple[bytes, str, str, Any], ...]:
+    """Of ``command``'s arguments, those an audit record holds: wire name, name, the
+    record's key and the argument type; worked out once per command, as every
+    request a person sends is recorded."""
+    fields = []
+    for wire_name, argument in command.arguments:
+        name = wire_name.decode("ascii", "replace")
+        if name not in RECORDED_ARGUMENTS or any(word in name for word in SECRET_WORDS):
+            continue
+        if _plain(argument):
+            fields.append((wire_name, name, "path" if name == "source" else name, argument))
+    return tuple(fields)
 
 
 def _plain(argument: amp.Argument) -> bool:
