@@ -39,8 +39,7 @@ from typing import Any, Final, Generic, Literal, NoReturn, TypeVar
 
 import attrs
 
-from dfs.metaserver import paths
-from dfs.protocol import errors
+from dfs.protocol import errors, paths
 from dfs.protocol.records import Entry as WireEntry
 from dfs.security.identity import validate_name
 

@@ -20,7 +20,7 @@ The packed page format (version 1) is columnar, all integers little-endian::
     n float64 mtime (entries only)
     UTF-8     the text fields, column after column, every value ended by NUL
 
-Paths and identity names never hold NUL (see :mod:`dfs.metaserver.paths` and
+Paths and identity names never hold NUL (see :mod:`dfs.protocol.paths` and
 :func:`dfs.security.identity.validate_name`), and a chunk's locations are
 ``host:port`` addresses, so NUL can end each value. Column after column keeps the
 encoder and decoder to a handful of calls into C per page, whatever its length.

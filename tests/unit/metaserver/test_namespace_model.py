@@ -17,7 +17,6 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from dfs.metaserver import paths
 from dfs.metaserver.namespace import (
     MAX_PENDING_CHUNKS,
     AddChunk,
@@ -40,6 +39,7 @@ from dfs.metaserver.namespace import (
     RenewLease,
 )
 from dfs.metaserver.raft import NamespaceLog
+from dfs.protocol import paths
 
 CHUNK_SIZE = 100
 NAMES = ["a", "b"]
