@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from dfs.config import Address, ReplicationConfig
 from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.log import ReplicatedLog, caller, commit, holder, lookup, stamp
 from dfs.metaserver.placement import Placement
 from dfs.metaserver.registry import DataserverRecord, DataserverRegistry, DataserverState
@@ -36,7 +37,7 @@ PAGE_BYTES = 40_000
 #: Chunks whose tokens one RenewChunkTokens renews: ~200 bytes each on the wire.
 MAX_RENEWALS = 100
 #: The one who recovers expired leases: the metaserver itself.
-METASERVER = ns.Caller(user="dfs", superuser=True)
+METASERVER = ops.Caller(user="dfs", superuser=True)
 
 
 class ChunkTokens:
@@ -103,7 +104,7 @@ class ChunkAllocator:
         stat: ns.Stat = lookup(self._log, lambda namespace: namespace.stat(path, who))
         return stat
 
-    async def _commit(self, operation: ns.Operation) -> Any:
+    async def _commit(self, operation: ops.Operation) -> Any:
         self._safe_mode.check_mutation()
         return await commit(self._log, operation)
 
@@ -186,15 +187,17 @@ class ChunkAllocator:
                 targets = self._place(path, replication, chunk_size)
             except NoSpace:
                 pass  # not now: the writer's own AddChunk says so when it needs the chunk
-        operation: ns.Operation
+        operation: ops.Operation
         if close:
-            operation = ns.CreateClosed(path, mode, replication, chunk_size, overwrite, **common)
+            operation = ops.CreateClosed(path, mode, replication, chunk_size, overwrite, **common)
         elif targets:
-            operation = ns.CreateWithChunk(
+            operation = ops.CreateWithChunk(
                 path, mode, replication, chunk_size, overwrite, **lease, **common
             )
         else:
-            operation = ns.Create(path, mode, replication, chunk_size, overwrite, **lease, **common)
+            operation = ops.Create(
+                path, mode, replication, chunk_size, overwrite, **lease, **common
+            )
         result = await self._commit(operation)
         self._replicas.drop(result.freed)
         answer: dict[str, Any] = {
@@ -216,7 +219,7 @@ class ChunkAllocator:
         targets = self._place(path, stat.replication, stat.chunk_size)
         now = self._clock.seconds()
         chunk = await self._commit(
-            ns.AddChunk(
+            ops.AddChunk(
                 path,
                 holder(identity, client_id),
                 now + self.lease_period,
@@ -229,7 +232,7 @@ class ChunkAllocator:
         self, identity: Identity, path: str, client_id: str, chunk_id: int, request_id: str
     ) -> dict[str, Any]:
         chunk = await self._commit(
-            ns.BumpChunkVersion(
+            ops.BumpChunkVersion(
                 path,
                 holder(identity, client_id),
                 chunk_id,
@@ -262,7 +265,7 @@ class ChunkAllocator:
     ) -> None:
         self._check_replicas(path, chunk_id, locations)
         await self._commit(
-            ns.CommitChunk(
+            ops.CommitChunk(
                 path,
                 holder(identity, client_id),
                 chunk_id,
@@ -290,13 +293,13 @@ class ChunkAllocator:
         common = stamp(identity, self._clock.seconds(), request_id)
         lease_holder = holder(identity, client_id)
         if chunk_id is None:
-            await self._commit(ns.Close(path, lease_holder, length, **common))
+            await self._commit(ops.Close(path, lease_holder, length, **common))
             return
         locations = locations or []
         if chunk_length:
             self._check_replicas(path, chunk_id, locations)
         await self._commit(
-            ns.CommitClose(path, lease_holder, chunk_id, version, chunk_length, length, **common)
+            ops.CommitClose(path, lease_holder, chunk_id, version, chunk_length, length, **common)
         )
         if chunk_length:
             self._replicas.written(chunk_id, version, locations)
@@ -307,7 +310,7 @@ class ChunkAllocator:
         self._safe_mode.check_serving()
         await commit(
             self._log,
-            ns.RenewLease(
+            ops.RenewLease(
                 path, holder(identity, client_id), now + self.lease_period, **stamp(identity, now)
             ),
         )
@@ -318,7 +321,7 @@ class ChunkAllocator:
             return
         now = self._clock.seconds()
         for path in self._log.read(lambda namespace: namespace.expired_leases(now)):
-            result = await self._log.submit(ns.RecoverLease(path, caller=METASERVER, now=now))
+            result = await self._log.submit(ops.RecoverLease(path, caller=METASERVER, now=now))
             self.log.info(
                 "lease on {path} expired: {outcome}",
                 path=path,

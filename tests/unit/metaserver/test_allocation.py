@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.allocation import ChunkTokens
 from dfs.metaserver.log import MemoryLog
 from dfs.metaserver.registry import DataserverRegistry, SpaceReport
@@ -170,8 +170,8 @@ def test_a_created_file_is_stamped_with_the_callers_name_and_the_leaders_clock(
         "lease_period": 30.0,
         "closed": False,
     }
-    [operation] = [op for op in log.submitted if type(op) is ns.Create]
-    assert operation.caller == ns.Caller("alice") and operation.now == clock.seconds()
+    [operation] = [op for op in log.submitted if type(op) is ops.Create]
+    assert operation.caller == ops.Caller("alice") and operation.now == clock.seconds()
     assert operation.lease_holder == "alice|c"
     assert operation.lease_expires == clock.seconds() + 30.0
     entry = handlers.namespace.stat(ALICE, "/home/f")["entry"]
@@ -184,7 +184,7 @@ def test_an_empty_file_is_created_closed_in_one_entry(handlers, log):
         handlers.chunks.create(ALICE, "/home/e", 0o644, 0, 0, False, "c", "", close=True)
     )
     assert answer["closed"] and "chunk_id" not in answer
-    assert [type(op) for op in log.submitted[before:]] == [ns.CreateClosed]
+    assert [type(op) for op in log.submitted[before:]] == [ops.CreateClosed]
     assert handlers.namespace.stat(ALICE, "/home/e")["entry"].complete
 
 
@@ -199,7 +199,7 @@ def test_a_file_and_its_first_chunk_in_one_entry_then_the_last_commit_with_the_c
     chunk_id, version = answer["chunk_id"], answer["version"]
     KEYS.verify(answer["token"], chunk_id, version, WRITE, "alice", clock.seconds())
     result_of(handlers.chunks.close(ALICE, "/home/f", "c", 7, "", chunk_id, version, 7, ADDRESSES))
-    assert [type(op) for op in log.submitted[before:]] == [ns.CreateWithChunk, ns.CommitClose]
+    assert [type(op) for op in log.submitted[before:]] == [ops.CreateWithChunk, ops.CommitClose]
     page = handlers.chunks.get_chunks(ALICE, "/home/f", 0, 10)
     assert page["length"] == 7
     assert sorted(page["chunks"][0].locations) == ADDRESSES
@@ -212,7 +212,7 @@ def test_no_room_for_a_first_chunk_still_creates_the_file(clock, log, make_handl
         handlers.chunks.create(ALICE, "/home/f", 0o644, 0, 0, False, "c", "", first_chunk=True)
     )
     assert "chunk_id" not in answer
-    assert [type(op) for op in log.submitted[-1:]] == [ns.Create]
+    assert [type(op) for op in log.submitted[-1:]] == [ops.Create]
 
 
 def test_a_close_with_the_last_chunk_on_too_few_dataservers_is_refused(

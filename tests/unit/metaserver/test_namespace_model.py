@@ -19,19 +19,21 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from dfs.metaserver.namespace import (
     MAX_PENDING_CHUNKS,
+    ChunkRef,
+    Namespace,
+)
+from dfs.metaserver.operations import (
     AddChunk,
     BumpChunkVersion,
     Caller,
     Chmod,
     Chown,
-    ChunkRef,
     Close,
     CommitChunk,
     Create,
     Delete,
     Err,
     Mkdir,
-    Namespace,
     Ok,
     Operation,
     RecoverLease,
