@@ -13,11 +13,12 @@ tokens for a long transfer.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.logger import Logger
 
-from dfs.config import Address, ReplicationConfig
+from dfs.config import ReplicationConfig
 from dfs.metaserver import namespace as ns
 from dfs.metaserver import operations as ops
 from dfs.metaserver.log import ReplicatedLog, caller, commit, holder, lookup, stamp
@@ -28,6 +29,7 @@ from dfs.metaserver.requests import check_replication
 from dfs.metaserver.safemode import SafeMode
 from dfs.protocol import records
 from dfs.protocol.errors import InvalidArgument, IsADirectory, NoSpace, PermissionDenied
+from dfs.protocol.records import Location
 from dfs.security.identity import Identity
 from dfs.security.tokens import COPY, READ, WRITE, TokenIssuer
 
@@ -243,7 +245,7 @@ class ChunkAllocator:
         # The new version needs a new write token: the old one names the old version.
         return {"version": version, "token": self._tokens.write(identity, chunk_id, version)}
 
-    def _check_replicas(self, path: str, chunk_id: int, locations: list[str]) -> None:
+    def _check_replicas(self, path: str, chunk_id: int, locations: Sequence[Location]) -> None:
         stat = self._stat(path)
         needed = self._min_replicas(stat.replication)
         if stat.kind == ns.FILE and len(set(locations)) < needed:
@@ -260,7 +262,7 @@ class ChunkAllocator:
         chunk_id: int,
         version: int,
         length: int,
-        locations: list[str],
+        locations: Sequence[Location],
         request_id: str,
     ) -> None:
         self._check_replicas(path, chunk_id, locations)
@@ -286,7 +288,7 @@ class ChunkAllocator:
         chunk_id: int | None = None,
         version: int = 0,
         chunk_length: int = 0,
-        locations: list[str] | None = None,
+        locations: Sequence[Location] | None = None,
     ) -> None:
         """Complete the file at ``length``; with ``chunk_id``, commit its last chunk
         first in the same entry (``chunk_length`` 0: drop it, it holds nothing)."""
@@ -295,7 +297,7 @@ class ChunkAllocator:
         if chunk_id is None:
             await self._commit(ops.Close(path, lease_holder, length, **common))
             return
-        locations = locations or []
+        locations = locations or ()
         if chunk_length:
             self._check_replicas(path, chunk_id, locations)
         await self._commit(
@@ -370,7 +372,7 @@ class ChunkAllocator:
                 if name in alive
             ]
             self._rng.shuffle(addresses)
-            addresses.sort(key=lambda address: Address.parse(address).host != client_host)
+            addresses.sort(key=lambda address: address.host != client_host)
             token = self._tokens.read(identity, chunk.chunk_id, chunk.version)
             record = records.ChunkRecord(
                 chunk.chunk_id, chunk.version, chunk.length, tuple(addresses), token
