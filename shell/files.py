@@ -37,7 +37,7 @@ from dfs.client import transfer as tree
 from dfs.client.blocking import BlockingClient, Eventual, connect, run, run_eventually
 from dfs.client.connection import NoMetaserverReachable
 from dfs.config import ConfigError
-from dfs.protocol import errors
+from dfs.protocol import errors, paths
 from dfs.protocol.records import Entry
 from dfs_shell.errors import CommandError
 from dfs_shell.sizes import human
@@ -110,29 +110,6 @@ def reason(error: BaseException, path: str = "") -> str:
     return str(error) or type(error).__name__
 
 
-def resolve_path(cwd: str, path: str) -> str:
-    """``path`` as an absolute, normalised DFS path, relative ones taken from ``cwd``.
-
-    A relative ``..`` stops at ``/``, as ``cd ..`` does in any shell. An absolute path
-    that climbs above ``/`` is returned as it is, for the metaserver to refuse it
-    (INVALID_PATH): the wire contract's rule for absolute paths is kept.
-    """
-    if path.startswith("/"):
-        depth = 0
-        for part in path.split("/"):
-            if part == "..":
-                depth -= 1
-                if depth < 0:
-                    return path
-            elif part not in ("", "."):
-                depth += 1
-        joined = path
-    else:
-        joined = posixpath.join(cwd, path)
-    # normpath keeps two leading slashes (POSIX allows them a meaning; DFS gives none).
-    return "/" + posixpath.normpath(joined).lstrip("/")
-
-
 class Session:
     """The connection commands use (opened on first need) and the remote working
     directory. One-shot, a command has its own; the interactive shell keeps one."""
@@ -147,7 +124,7 @@ class Session:
 
     def resolve(self, path: str) -> str:
         """``path`` as an absolute DFS path: relative paths are taken from ``cwd``."""
-        return resolve_path(self.cwd, path)
+        return paths.resolve(self.cwd, path)
 
     @property
     def client(self) -> BlockingClient:

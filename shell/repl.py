@@ -34,6 +34,7 @@ from twisted.internet.error import ConnectError, ConnectionClosed
 from dfs.client.blocking import run_eventually
 from dfs.client.connection import NoMetaserverReachable
 from dfs.config import ConfigError, load_client_config
+from dfs.protocol import paths
 from dfs_shell import files
 from dfs_shell.errors import CommandError
 
@@ -356,7 +357,7 @@ class ShellCompleter(Completer):
         self._cache.clear()
 
     def _list_remote(self, directory: str) -> Sequence[tuple[str, bool]]:
-        path = files.resolve_path(self._cwd(), directory or ".")
+        path = paths.resolve(self._cwd(), directory or ".")
         now = self._clock()
         cached = self._cache.get(path)
         if cached is not None and now - cached[0] < self._ttl:

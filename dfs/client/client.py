@@ -213,12 +213,12 @@ class DFSClient(ClusterAdmin):
             for chunk in answer["chunks"]:
                 chunks.append(
                     ChunkInfo(
-                        chunk_id=chunk.chunk_id,
-                        version=chunk.version,
-                        length=chunk.length,
+                        chunk.chunk_id,
+                        chunk.version,
+                        chunk.length,
+                        chunk.locations,
+                        chunk.token,
                         offset=offset,
-                        locations=chunk.locations,
-                        token=chunk.token,
                     )
                 )
                 offset += chunk.length

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from dfs.config import Address, ClientConfig, ConfigError
 from dfs.protocol.dial import dial
+from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession, SessionRegistry
 from dfs.protocol.stream import StreamPool
 from dfs.protocol.version import IncompatibleProtocol
@@ -98,18 +99,18 @@ class DataserverPool:
         self._reactor = reactor
         self._credentials = credentials
         self._timeout = timeout
-        self._sessions: dict[str, PeerSession] = {}
-        #: address -> callers waiting for the dial in progress
-        self._waiting: dict[str, list[Deferred[PeerSession]]] = {}
+        self._sessions: dict[Location, PeerSession] = {}
+        #: dataserver -> callers waiting for the dial in progress
+        self._waiting: dict[Location, list[Deferred[PeerSession]]] = {}
         self.streams = StreamPool(reactor, self.dial, DATASERVER_TIMEOUT)
 
-    async def dial(self, address: str) -> PeerSession:
+    async def dial(self, address: Location) -> PeerSession:
         """A session of its own with ``address``, shared with nobody."""
         return await connect_server(
-            self._reactor, Address.parse(address), self._credentials, timeout=self._timeout
+            self._reactor, address, self._credentials, timeout=self._timeout
         )
 
-    async def get(self, address: str, *, fresh: bool = False) -> PeerSession:
+    async def get(self, address: Location, *, fresh: bool = False) -> PeerSession:
         """The session with ``address``; with ``fresh``, a new one (after a failure)."""
         session = self._sessions.get(address)
         if session is not None and (fresh or not session.is_open):
@@ -125,7 +126,7 @@ class DataserverPool:
         self._waiting[address] = waiting
         try:
             session = await connect_server(
-                self._reactor, Address.parse(address), self._credentials, timeout=self._timeout
+                self._reactor, address, self._credentials, timeout=self._timeout
             )
         except Exception as error:
             self._done(address, waiting)
@@ -138,11 +139,11 @@ class DataserverPool:
             waiter.callback(session)
         return session
 
-    def _done(self, address: str, waiting: list[Deferred[PeerSession]]) -> None:
+    def _done(self, address: Location, waiting: list[Deferred[PeerSession]]) -> None:
         if self._waiting.get(address) is waiting:
             del self._waiting[address]
 
-    def drop(self, address: str) -> None:
+    def drop(self, address: Location) -> None:
         session = self._sessions.pop(address, None)
         if session is not None and session.transport is not None:
             session.transport.loseConnection()

@@ -28,6 +28,7 @@ from dfs.client.grants import ChunkGrant
 from dfs.client.leader import MetaserverChannel
 from dfs.protocol.commands import ReadChunk, RenewChunkTokens, ReportBadReplica
 from dfs.protocol.errors import ChecksumMismatch, ChunkNotFound, DFSError, InvalidToken, StaleChunk
+from dfs.protocol.records import ChunkRecord, Location
 from dfs.protocol.session import PeerSession
 from dfs.security.tokens import READ
 
@@ -49,13 +50,11 @@ class ChunkUnavailable(DFSError):
 
 
 @attrs.frozen
-class ChunkInfo:
-    chunk_id: int
-    version: int
-    length: int
-    offset: int  # where the chunk starts in the file
-    locations: tuple[str, ...]
-    token: str = ""  # the read token that came with the locations
+class ChunkInfo(ChunkRecord):
+    """A chunk as GetChunks gave it (its replicas best first, with a read token),
+    and where it starts in the file."""
+
+    offset: int
 
 
 class FileReader:
@@ -192,7 +191,7 @@ class FileReader:
                 error=f"{type(error).__name__}: {error}",
             )
 
-    def _report(self, chunk: ChunkInfo, address: str, reason: str) -> None:
+    def _report(self, chunk: ChunkInfo, address: Location, reason: str) -> None:
         """Tell the metaserver a replica is bad, in the background: reporting is a
         courtesy to it, and the read goes on meanwhile, even while no metaserver
         answers."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -46,7 +46,8 @@ from dfs.protocol.commands import (
     RenewChunkTokens,
     RenewLease,
 )
-from dfs.protocol.errors import DFSError, InvalidToken, PipelineBroken
+from dfs.protocol.errors import DFSError, InvalidToken, MalformedRecord, PipelineBroken
+from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream
 from dfs.security.tokens import WRITE
@@ -82,7 +83,12 @@ class ChunkPipeline:
     log = Logger()
 
     def __init__(
-        self, file: FileWriter, chunk_id: int, version: int, targets: list[str], token: str = ""
+        self,
+        file: FileWriter,
+        chunk_id: int,
+        version: int,
+        targets: Sequence[Location],
+        token: str = "",
     ) -> None:
         self._file = file
         self.chunk_id = chunk_id
@@ -97,7 +103,7 @@ class ChunkPipeline:
         #: packets sent and not yet acknowledged: (offset, data)
         self._unacked: deque[tuple[int, bytes]] = deque()
         #: the dataserver the stream reported failed, until the pipeline recovers
-        self._failed: str | None = None
+        self._failed: Location | None = None
         self._wake: Deferred[None] | None = None
 
     async def open(self) -> None:
@@ -158,10 +164,17 @@ class ChunkPipeline:
             self._stream.unwatch(self.chunk_id, self.version, self)
             self._stream = None
 
-    def _failed_address(self, error: BaseException | None) -> str:
-        if isinstance(error, PipelineBroken) and error.address in self.targets:
-            return error.address
-        return self.targets[0]
+    def _failed_address(self, error: BaseException | None) -> Location:
+        named = self._target_at(error.address) if isinstance(error, PipelineBroken) else None
+        return named or self.targets[0]
+
+    def _target_at(self, address: str) -> Location | None:
+        """The dataserver of the pipeline a failure names by its ``host:port``."""
+        try:
+            location = Location.decode(address)
+        except MalformedRecord:
+            return None
+        return location if location in self.targets else None
 
     # -- what the stream says ---------------------------------------------
 
@@ -174,7 +187,7 @@ class ChunkPipeline:
 
     def chunk_failed(self, address: str) -> None:
         if self._failed is None:
-            self._failed = address if address in self.targets else self.targets[0]
+            self._failed = self._target_at(address) or self.targets[0]
         self._wake_up()
 
     def _wake_up(self) -> None:
@@ -207,7 +220,7 @@ class ChunkPipeline:
         self._unacked.append((offset, data))
         self._stream.send_data(self.chunk_id, self.version, offset, data)
 
-    async def _recover(self, failed: str) -> None:
+    async def _recover(self, failed: Location) -> None:
         """Drop ``failed`` from the pipeline, keep the acknowledged bytes on the
         survivors under a new version, and resend everything not acknowledged."""
         self._detach()
@@ -242,7 +255,7 @@ class ChunkPipeline:
         for offset, data in resend:
             self._send(offset, data)
 
-    async def _lose(self, failed: str) -> None:
+    async def _lose(self, failed: Location) -> None:
         self.log.warn(
             "dataserver {address} left the pipeline of chunk {chunk_id}",
             address=failed,
@@ -261,7 +274,7 @@ class ChunkPipeline:
             AbortChunkWrite, chunk_id=self.chunk_id, version=self.version, token=self.grant.token
         ).addErrback(lambda _: None)
 
-    async def finish(self) -> list[str]:
+    async def finish(self) -> list[Location]:
         """Complete every replica; their addresses. Sent right behind the last packet,
         once a pipeline that broke is recovered. On a failure its answer is still
         awaited (it comes once every replica that could be completed is, and was
@@ -332,12 +345,12 @@ class FileWriter:
         current = self._chunk.length if self._chunk else 0
         return self._committed + self._finishing_length + current + len(self._buffer)
 
-    async def dial(self, address: str) -> PeerSession:
+    async def dial(self, address: Location) -> PeerSession:
         # Sessions are the client's, shared with its other files; a dropped one is
         # dialled again.
         return await self._pool.get(address)
 
-    async def stream(self, address: str) -> ChunkStream:
+    async def stream(self, address: Location) -> ChunkStream:
         # So are chunk streams.
         return await self._pool.streams.get(address)
 

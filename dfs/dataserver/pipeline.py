@@ -30,7 +30,7 @@ the same peer, so only after a token was found good.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -39,7 +39,6 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dfs.config import Address
 from dfs.dataserver.chunkstore import ChunkStore, ChunkWriter, StoredChunk
 from dfs.protocol.commands import (
     AbortChunkWrite,
@@ -48,6 +47,7 @@ from dfs.protocol.commands import (
     RecoverChunkWrite,
 )
 from dfs.protocol.errors import DFSError, InvalidArgument, PipelineBroken
+from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream, StreamPool
 from dfs.security.identity import Identity
@@ -67,14 +67,14 @@ RunInThread = Callable[..., "Deferred[Any]"]
 
 
 class PeerConnections:
-    """Sessions with other dataservers, one per address, dialled on demand."""
+    """Sessions with other dataservers, one per location, dialled on demand."""
 
-    def __init__(self, reactor: Any, connect: Callable[[Address], Deferred[PeerSession]]) -> None:
+    def __init__(self, reactor: Any, connect: Callable[[Location], Deferred[PeerSession]]) -> None:
         self._reactor = reactor
         self._connect = connect
-        self._sessions: dict[str, PeerSession] = {}
+        self._sessions: dict[Location, PeerSession] = {}
 
-    async def get(self, address: str, *, fresh: bool = False) -> PeerSession:
+    async def get(self, address: Location, *, fresh: bool = False) -> PeerSession:
         session = self._sessions.get(address)
         if session is not None and not fresh and session.is_open:
             return session
@@ -82,9 +82,9 @@ class PeerConnections:
         self._sessions[address] = session
         return session
 
-    async def dial(self, address: str) -> PeerSession:
+    async def dial(self, address: Location) -> PeerSession:
         """A new session of its own (for a chunk stream)."""
-        return await self._connect(Address.parse(address))
+        return await self._connect(address)
 
     def close_all(self) -> None:
         for session in self._sessions.values():
@@ -101,7 +101,7 @@ class ReplicaWrite:
     #: came after this replica was finished gave it a new version, and the writer
     #: will finish the chunk again.
     writer: ChunkWriter | None
-    downstream: list[str]
+    downstream: list[Location]
     #: who opened (or last recovered) the write: only it may send its data
     owner: Identity | None
     last_activity: float
@@ -194,7 +194,7 @@ class ChunkService:
         reactor: Any,
         store: ChunkStore,
         peers: PeerConnections,
-        address: str,
+        location: Location,
         on_received: Callable[[StoredChunk], None],
         run_in_thread: RunInThread = deferToThread,
     ) -> None:
@@ -202,7 +202,10 @@ class ChunkService:
         self._run = run_in_thread
         self.store = store
         self._peers = peers
-        self.address = address
+        #: where this dataserver is, as the FinishChunkWrite answers name it
+        self.location = location
+        #: the same as text, as failures going upstream name it
+        self.address = str(location)
         self._on_received = on_received
         self._writes: dict[int, ReplicaWrite] = {}
         self._streams = StreamPool(reactor, peers.dial, HOP_TIMEOUT)
@@ -270,7 +273,7 @@ class ChunkService:
             await write.changed()
 
     async def _hop(
-        self, chain: list[str], command: Any, *, fresh: bool = False, **arguments: Any
+        self, chain: Sequence[Location], command: Any, *, fresh: bool = False, **arguments: Any
     ) -> Any:
         """Call the next dataserver, ``chain[0]``; any failure there is PipelineBroken
         naming it (or naming the one further down that it reports)."""
@@ -284,9 +287,9 @@ class ChunkService:
             raise
         except Exception as error:
             self._hop_failed(address, error)
-            raise PipelineBroken(address) from None
+            raise PipelineBroken(str(address)) from None
 
-    def _hop_failed(self, address: str, error: object) -> None:
+    def _hop_failed(self, address: Location, error: object) -> None:
         self.log.warn(
             "pipeline hop to {address} failed: {error}",
             address=address,
@@ -304,7 +307,7 @@ class ChunkService:
             stream = await self._streams.get(address)
         except Exception as error:
             self._hop_failed(address, error)
-            raise PipelineBroken(address) from None
+            raise PipelineBroken(str(address)) from None
         self._check_current(write, version)
         write.outbound = stream
         write.listener = _Below(self, write, version)
@@ -314,7 +317,7 @@ class ChunkService:
         self,
         chunk_id: int,
         version: int,
-        downstream: list[str],
+        downstream: Sequence[Location],
         owner: Identity | None = None,
         *,
         expected_length: int | None = None,
@@ -572,7 +575,7 @@ class ChunkService:
 
     async def finish(
         self, chunk_id: int, version: int, length: int, *, token: str | None = None
-    ) -> list[str]:
+    ) -> list[Location]:
         """Complete the replica here and on every dataserver below at ``length`` bytes;
         the addresses of the replicas, once every one is on disk. It may arrive ahead
         of its last packets: it goes on down at once, and this replica is completed as
@@ -599,7 +602,7 @@ class ChunkService:
         if not remote_ok:
             below.raiseException()
         self._forget(write)
-        return [self.address, *below]
+        return [self.location, *below]
 
     async def _finish_here(self, write: ReplicaWrite, version: int, length: int) -> None:
         """Complete this replica once its first ``length`` bytes are stored here."""
@@ -647,7 +650,7 @@ class ChunkService:
 
     async def _finish_below(
         self, write: ReplicaWrite, version: int, length: int, token: str | None
-    ) -> list[str]:
+    ) -> list[Location]:
         """FinishChunkWrite to the next dataserver at once, ahead of the data it may
         still be waiting for. Its answer is awaited even when the write breaks
         meanwhile: it comes soon (a dataserver waiting for packets gives up when its
@@ -670,7 +673,7 @@ class ChunkService:
         version: int,
         new_version: int,
         length: int,
-        downstream: list[str],
+        downstream: Sequence[Location],
         owner: Identity | None = None,
         *,
         token: str | None = None,

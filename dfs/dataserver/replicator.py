@@ -22,7 +22,7 @@ tests on a :class:`~twisted.internet.task.Clock` with fake sources.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -43,6 +43,7 @@ from dfs.protocol.errors import (
     InvalidArgument,
     StaleChunk,
 )
+from dfs.protocol.records import Location
 
 #: Bytes asked for in one ReadChunk, and how many such reads are in flight to a
 #: source. Measured on a 2-CPU machine, a 64 MiB chunk over TLS between two local
@@ -138,14 +139,14 @@ class _Copy:
     version: int
     #: the copy token the leader minted for this dataserver, shown to the sources
     token: str = ""
-    waiters: list[Deferred[str]] = attrs.field(factory=list)
+    waiters: list[Deferred[Location]] = attrs.field(factory=list)
     task: Deferred[None] | None = None
     #: The replica is being made durable in a thread: it is no longer cancelled
     #: (the thread would go on under an aborted writer).
     finishing: bool = False
 
-    def wait(self) -> Deferred[str]:
-        waiter: Deferred[str] = Deferred()
+    def wait(self) -> Deferred[Location]:
+        waiter: Deferred[Location] = Deferred()
         self.waiters.append(waiter)
         return waiter
 
@@ -159,7 +160,7 @@ class _Copy:
         if self.task is not None and not self.finishing:
             self.task.cancel()
 
-    def settle(self, outcome: str | Failure) -> None:
+    def settle(self, outcome: Location | Failure) -> None:
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if isinstance(outcome, Failure):
@@ -184,8 +185,8 @@ class ChunkReplicator(Service):
         reactor: Any,
         store: ChunkStore,
         *,
-        address: str,
-        connect: Callable[[str], Awaitable[SourceSession]],
+        location: Location,
+        connect: Callable[[Location], Awaitable[SourceSession]],
         on_received: Callable[[StoredChunk], None],
         on_corrupt: Callable[[int, int, str], None],
         in_thread: InThread = deferToThread,
@@ -197,7 +198,7 @@ class ChunkReplicator(Service):
             raise ValueError(f"bad read plan: {window} reads of {request} bytes")
         self._reactor = reactor
         self.store = store
-        self.address = address
+        self.location = location
         self._connect = connect
         self._on_received = on_received
         self._on_corrupt = on_corrupt
@@ -228,11 +229,11 @@ class ChunkReplicator(Service):
         chunk_id: int,
         version: int,
         length: int,
-        sources: list[str],
+        sources: Sequence[Location],
         rate: int,
         *,
         token: str = "",
-    ) -> str:
+    ) -> Location:
         """Copy the replica here; answers the address it was copied from (this
         dataserver's own when the replica was here already)."""
         if length < 0 or rate < 0:
@@ -264,9 +265,9 @@ class ChunkReplicator(Service):
         copy.task = Deferred.fromCoroutine(self._run(copy, length, list(sources), rate))
         return await waiter
 
-    async def _run(self, copy: _Copy, length: int, sources: list[str], rate: int) -> None:
+    async def _run(self, copy: _Copy, length: int, sources: list[Location], rate: int) -> None:
         chunk_id = copy.chunk_id
-        outcome: str | Failure
+        outcome: Location | Failure
         self.counters.in_progress += 1
         try:
             outcome = await self._copy(copy, length, sources, rate)
@@ -279,7 +280,7 @@ class ChunkReplicator(Service):
                 del self._copies[chunk_id]
         copy.settle(outcome)
 
-    async def _copy(self, copy: _Copy, length: int, sources: list[str], rate: int) -> str:
+    async def _copy(self, copy: _Copy, length: int, sources: list[Location], rate: int) -> Location:
         chunk_id, version = copy.chunk_id, copy.version
         stored = self.store.get(chunk_id)
         if stored is not None and stored.version == version:
@@ -288,7 +289,7 @@ class ChunkReplicator(Service):
                     f"chunk {chunk_id} version {version} is here with {stored.length} "
                     f"bytes, not the {length} ordered"
                 )
-            return self.address  # done before: the leader resent a lost answer
+            return self.location  # done before: the leader resent a lost answer
         if stored is not None and stored.version > version:
             raise StaleChunk(
                 f"chunk {chunk_id}: version {version} ordered, newer version {stored.version} here"
@@ -347,7 +348,9 @@ class ChunkReplicator(Service):
         kind = type(last) if isinstance(last, DFSError) else ChunkNotFound
         raise kind(message)
 
-    async def _copy_from(self, copy: _Copy, address: str, length: int, rate: int) -> StoredChunk:
+    async def _copy_from(
+        self, copy: _Copy, address: Location, length: int, rate: int
+    ) -> StoredChunk:
         """One attempt from one source; on any failure nothing of it stays on disk."""
         chunk_id, version = copy.chunk_id, copy.version
         writer = self.store.open_writer(chunk_id, version, expected_length=length)
@@ -393,7 +396,7 @@ class ChunkReplicator(Service):
     async def _pull(
         self,
         session: SourceSession,
-        address: str,
+        address: Location,
         writer: ChunkWriter,
         length: int,
         rate: int,
@@ -481,7 +484,7 @@ async def _awaited(value: Awaitable[SourceSession]) -> SourceSession:
 
 
 def _checked(
-    address: str,
+    address: Location,
     chunk_id: int,
     version: int,
     offset: int,

@@ -55,6 +55,7 @@ from dfs.protocol.commands import (
 from dfs.protocol.dial import dial
 from dfs.protocol.errors import InvalidArgument, UnknownDataserver
 from dfs.protocol.limits import ServerLimits
+from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream
 from dfs.reload import SecurityReload, apply_limits
@@ -81,6 +82,12 @@ class Dataserver:
     @property
     def address(self) -> str:
         return str(self.config.advertise or self.config.listen)
+
+    @property
+    def location(self) -> Location:
+        """Where clients and other dataservers reach this one (as it registers)."""
+        address = self.config.advertise or self.config.listen
+        return Location(address.host, address.port)
 
     def space(self) -> SpaceMeasure:
         used = self.store.used_bytes()
@@ -152,7 +159,7 @@ class DataserverSession(PeerSession):
         self,
         chunk_id: int,
         version: int,
-        downstream: list[str],
+        downstream: list[Location],
         expected_length: int | None = None,
         token: str | None = None,
     ) -> dict:
@@ -187,7 +194,7 @@ class DataserverSession(PeerSession):
         version: int,
         new_version: int,
         length: int,
-        downstream: list[str],
+        downstream: list[Location],
         token: str | None = None,
     ) -> dict:
         # The token names the version the write becomes (BumpChunkVersion gave it).
@@ -235,7 +242,7 @@ class MetaserverLinkSession(PeerSession):
         chunk_id: int,
         version: int,
         length: int,
-        sources: list[str],
+        sources: list[Location],
         rate: int,
         token: str | None = None,
     ) -> dict:
@@ -585,12 +592,12 @@ def makeService(config: DataserverConfig, reactor: Any = None) -> MultiService:
         reactor,
         lambda address: Deferred.fromCoroutine(dial(reactor, address, credentials, identity)),
     )
-    chunks = ChunkService(reactor, store, peers, dataserver.address, dataserver.chunk_received)
+    chunks = ChunkService(reactor, store, peers, dataserver.location, dataserver.chunk_received)
     dataserver.chunks = chunks
     dataserver.replicator = ChunkReplicator(
         reactor,
         store,
-        address=dataserver.address,
+        location=dataserver.location,
         connect=peers.dial,
         on_received=dataserver.chunk_received,
         on_corrupt=dataserver.replica_corrupt,

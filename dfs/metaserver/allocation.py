@@ -13,12 +13,14 @@ tokens for a long transfer.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.logger import Logger
 
-from dfs.config import Address, ReplicationConfig
+from dfs.config import ReplicationConfig
 from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.log import ReplicatedLog, caller, commit, holder, lookup, stamp
 from dfs.metaserver.placement import Placement
 from dfs.metaserver.registry import DataserverRecord, DataserverRegistry, DataserverState
@@ -27,6 +29,7 @@ from dfs.metaserver.requests import check_replication
 from dfs.metaserver.safemode import SafeMode
 from dfs.protocol import records
 from dfs.protocol.errors import InvalidArgument, IsADirectory, NoSpace, PermissionDenied
+from dfs.protocol.records import Location
 from dfs.security.identity import Identity
 from dfs.security.tokens import COPY, READ, WRITE, TokenIssuer
 
@@ -36,7 +39,7 @@ PAGE_BYTES = 40_000
 #: Chunks whose tokens one RenewChunkTokens renews: ~200 bytes each on the wire.
 MAX_RENEWALS = 100
 #: The one who recovers expired leases: the metaserver itself.
-METASERVER = ns.Caller(user="dfs", superuser=True)
+METASERVER = ops.Caller(user="dfs", superuser=True)
 
 
 class ChunkTokens:
@@ -103,7 +106,7 @@ class ChunkAllocator:
         stat: ns.Stat = lookup(self._log, lambda namespace: namespace.stat(path, who))
         return stat
 
-    async def _commit(self, operation: ns.Operation) -> Any:
+    async def _commit(self, operation: ops.Operation) -> Any:
         self._safe_mode.check_mutation()
         return await commit(self._log, operation)
 
@@ -186,15 +189,17 @@ class ChunkAllocator:
                 targets = self._place(path, replication, chunk_size)
             except NoSpace:
                 pass  # not now: the writer's own AddChunk says so when it needs the chunk
-        operation: ns.Operation
+        operation: ops.Operation
         if close:
-            operation = ns.CreateClosed(path, mode, replication, chunk_size, overwrite, **common)
+            operation = ops.CreateClosed(path, mode, replication, chunk_size, overwrite, **common)
         elif targets:
-            operation = ns.CreateWithChunk(
+            operation = ops.CreateWithChunk(
                 path, mode, replication, chunk_size, overwrite, **lease, **common
             )
         else:
-            operation = ns.Create(path, mode, replication, chunk_size, overwrite, **lease, **common)
+            operation = ops.Create(
+                path, mode, replication, chunk_size, overwrite, **lease, **common
+            )
         result = await self._commit(operation)
         self._replicas.drop(result.freed)
         answer: dict[str, Any] = {
@@ -216,7 +221,7 @@ class ChunkAllocator:
         targets = self._place(path, stat.replication, stat.chunk_size)
         now = self._clock.seconds()
         chunk = await self._commit(
-            ns.AddChunk(
+            ops.AddChunk(
                 path,
                 holder(identity, client_id),
                 now + self.lease_period,
@@ -229,7 +234,7 @@ class ChunkAllocator:
         self, identity: Identity, path: str, client_id: str, chunk_id: int, request_id: str
     ) -> dict[str, Any]:
         chunk = await self._commit(
-            ns.BumpChunkVersion(
+            ops.BumpChunkVersion(
                 path,
                 holder(identity, client_id),
                 chunk_id,
@@ -240,7 +245,7 @@ class ChunkAllocator:
         # The new version needs a new write token: the old one names the old version.
         return {"version": version, "token": self._tokens.write(identity, chunk_id, version)}
 
-    def _check_replicas(self, path: str, chunk_id: int, locations: list[str]) -> None:
+    def _check_replicas(self, path: str, chunk_id: int, locations: Sequence[Location]) -> None:
         stat = self._stat(path)
         needed = self._min_replicas(stat.replication)
         if stat.kind == ns.FILE and len(set(locations)) < needed:
@@ -257,12 +262,12 @@ class ChunkAllocator:
         chunk_id: int,
         version: int,
         length: int,
-        locations: list[str],
+        locations: Sequence[Location],
         request_id: str,
     ) -> None:
         self._check_replicas(path, chunk_id, locations)
         await self._commit(
-            ns.CommitChunk(
+            ops.CommitChunk(
                 path,
                 holder(identity, client_id),
                 chunk_id,
@@ -283,20 +288,20 @@ class ChunkAllocator:
         chunk_id: int | None = None,
         version: int = 0,
         chunk_length: int = 0,
-        locations: list[str] | None = None,
+        locations: Sequence[Location] | None = None,
     ) -> None:
         """Complete the file at ``length``; with ``chunk_id``, commit its last chunk
         first in the same entry (``chunk_length`` 0: drop it, it holds nothing)."""
         common = stamp(identity, self._clock.seconds(), request_id)
         lease_holder = holder(identity, client_id)
         if chunk_id is None:
-            await self._commit(ns.Close(path, lease_holder, length, **common))
+            await self._commit(ops.Close(path, lease_holder, length, **common))
             return
-        locations = locations or []
+        locations = locations or ()
         if chunk_length:
             self._check_replicas(path, chunk_id, locations)
         await self._commit(
-            ns.CommitClose(path, lease_holder, chunk_id, version, chunk_length, length, **common)
+            ops.CommitClose(path, lease_holder, chunk_id, version, chunk_length, length, **common)
         )
         if chunk_length:
             self._replicas.written(chunk_id, version, locations)
@@ -307,7 +312,7 @@ class ChunkAllocator:
         self._safe_mode.check_serving()
         await commit(
             self._log,
-            ns.RenewLease(
+            ops.RenewLease(
                 path, holder(identity, client_id), now + self.lease_period, **stamp(identity, now)
             ),
         )
@@ -318,7 +323,7 @@ class ChunkAllocator:
             return
         now = self._clock.seconds()
         for path in self._log.read(lambda namespace: namespace.expired_leases(now)):
-            result = await self._log.submit(ns.RecoverLease(path, caller=METASERVER, now=now))
+            result = await self._log.submit(ops.RecoverLease(path, caller=METASERVER, now=now))
             self.log.info(
                 "lease on {path} expired: {outcome}",
                 path=path,
@@ -367,7 +372,7 @@ class ChunkAllocator:
                 if name in alive
             ]
             self._rng.shuffle(addresses)
-            addresses.sort(key=lambda address: Address.parse(address).host != client_host)
+            addresses.sort(key=lambda address: address.host != client_host)
             token = self._tokens.read(identity, chunk.chunk_id, chunk.version)
             record = records.ChunkRecord(
                 chunk.chunk_id, chunk.version, chunk.length, tuple(addresses), token

@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 
 from dfs import __version__
-from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.namespace import Namespace
 
 MAGIC = b"DFS-NAMESPACE-BACKUP\n"
@@ -159,11 +159,11 @@ def recover_leases(namespace: Namespace, now: float) -> list[str]:
     its committed chunks give (its writer is gone: the group it wrote to no longer
     exists). Returns their paths. ``now`` must be the same on every member (the
     backup's time), or the restored members would disagree on the files' mtimes."""
-    admin = ns.Caller(user="dfs", superuser=True)
+    admin = ops.Caller(user="dfs", superuser=True)
     closed = []
     for path in namespace.expired_leases(float("inf")):
-        result = namespace.apply(ns.RecoverLease(path, caller=admin, now=now))
-        if isinstance(result, ns.Ok):
+        result = namespace.apply(ops.RecoverLease(path, caller=admin, now=now))
+        if isinstance(result, ops.Ok):
             closed.append(path)
     return closed
 

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from dfs.config import ReplicationConfig
 from dfs.metaserver import backup
-from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.healing import ReplicationMonitor
 from dfs.metaserver.log import ReplicatedLog, commit, lookup, stamp
 from dfs.metaserver.registry import DataserverRegistry
@@ -73,7 +73,7 @@ class ClusterControl:
         # cluster is fully up.
         self._safe_mode.check_serving()
         await commit(
-            self._log, ns.SetDecommission(name, on, **stamp(identity, self._clock.seconds()))
+            self._log, ops.SetDecommission(name, on, **stamp(identity, self._clock.seconds()))
         )
         self.log.info(
             "{admin} {action} dataserver {name}",

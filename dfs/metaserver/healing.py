@@ -50,6 +50,7 @@ from dfs.metaserver.replication import (
 from dfs.metaserver.safemode import SafeMode
 from dfs.protocol.commands import ReplicateChunk, VerifyChunk
 from dfs.protocol.errors import ChunkNotFound, PermissionDenied, StaleChunk
+from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity
 
@@ -421,7 +422,7 @@ class ReplicationMonitor:
             raise PermissionDenied(f"{identity} cannot report for dataserver {name!r}")
         self.replica_corrupt(name, chunk_id, version, reason)
 
-    def bad_replica(self, chunk_id: int, version: int, address: str, reason: str) -> None:
+    def bad_replica(self, chunk_id: int, version: int, address: Location, reason: str) -> None:
         """A reader found the replica at ``address`` bad."""
         for record in self._registry.records():
             if record.address == address:

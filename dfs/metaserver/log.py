@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from twisted.internet.defer import Deferred, fail, succeed
 
 from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.raft import NamespaceLog, RaftService
 from dfs.protocol.errors import NotLeader
 from dfs.security.identity import Identity, Role
@@ -39,8 +40,8 @@ class ReplicatedLog(Protocol):
     def check_serving(self) -> None:
         """NotLeader (naming the leader) unless :attr:`serving`."""
 
-    def submit(self, operation: ns.Operation) -> Deferred[Any]:
-        """Fires with the operation's result (``ns.Ok`` or ``ns.Err``) once committed
+    def submit(self, operation: ops.Operation) -> Deferred[Any]:
+        """Fires with the operation's result (``ops.Ok`` or ``ops.Err``) once committed
         and applied; NotLeader if it was not committed here."""
 
     def read(self, query: Callable[[ns.Namespace], T]) -> T:
@@ -68,7 +69,7 @@ class RaftLog:
     def check_serving(self) -> None:
         self._raft.check_serving()
 
-    def submit(self, operation: ns.Operation) -> Deferred[Any]:
+    def submit(self, operation: ops.Operation) -> Deferred[Any]:
         return self._raft.submit(operation)
 
     def read(self, query: Callable[[ns.Namespace], T]) -> T:
@@ -79,25 +80,25 @@ class RaftLog:
         return int(status.get("last_applied", 0)), int(status.get("term", 0))
 
 
-async def commit(log: ReplicatedLog, operation: ns.Operation) -> Any:
+async def commit(log: ReplicatedLog, operation: ops.Operation) -> Any:
     """Submit ``operation``; its value once committed, or its error raised."""
     result = await log.submit(operation)
-    if isinstance(result, ns.Err):
+    if isinstance(result, ops.Err):
         raise result.exception()
     return result.value
 
 
-def lookup(log: ReplicatedLog, query: Callable[[ns.Namespace], ns.Ok[T] | ns.Err]) -> T:
+def lookup(log: ReplicatedLog, query: Callable[[ns.Namespace], ops.Ok[T] | ops.Err]) -> T:
     """The value of a namespace query, or its error raised."""
     result = log.read(query)
-    if isinstance(result, ns.Err):
+    if isinstance(result, ops.Err):
         raise result.exception()
     return result.value
 
 
-def caller(identity: Identity) -> ns.Caller:
+def caller(identity: Identity) -> ops.Caller:
     """The namespace's view of who asks: an admin certificate is a superuser."""
-    return ns.Caller(user=identity.name, superuser=identity.role is Role.ADMIN)
+    return ops.Caller(user=identity.name, superuser=identity.role is Role.ADMIN)
 
 
 def holder(identity: Identity, client_id: str) -> str:
@@ -122,13 +123,13 @@ class MemoryLog:
         self.ready = True
         self.serving = True
         self.leader = ""
-        self.submitted: list[ns.Operation] = []
+        self.submitted: list[ops.Operation] = []
 
     def check_serving(self) -> None:
         if not self.serving:
             raise NotLeader(self.leader)
 
-    def submit(self, operation: ns.Operation) -> Deferred[Any]:
+    def submit(self, operation: ops.Operation) -> Deferred[Any]:
         if not self.serving:
             return fail(NotLeader(self.leader))
         self.submitted.append(operation)

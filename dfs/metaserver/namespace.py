@@ -2,7 +2,8 @@
 
 Directories, files, owners, modes, chunk lists and write leases live here, and
 change only through :meth:`Namespace.apply`, which takes one operation record
-(:class:`Mkdir`, :class:`Create`, ...) and returns a :class:`Result`. A PySyncObj
+(:class:`~dfs.metaserver.operations.Mkdir`, ...) and returns a result
+(:class:`~dfs.metaserver.operations.Ok` or :class:`~dfs.metaserver.operations.Err`). A PySyncObj
 ``SyncObj`` wraps it: its single ``@replicated`` method calls ``apply``, every
 metaserver applies the same operations in the same order, and the whole object is
 pickled into Raft snapshots. Hence the rules this module keeps:
@@ -25,42 +26,78 @@ comparing a namespace with deep paths never recurses as deep as the tree.
 Every operation and query that names a caller is checked with POSIX rules (see
 :class:`Namespace` "Permissions"). Group membership is part of the replicated
 state, so every replica judges a request the same way.
+
+Beside this module: the operation records and the checks of their fields in
+:mod:`dfs.metaserver.operations`, the permission checks in
+:mod:`dfs.metaserver.permissions`, quotas in :mod:`dfs.metaserver.quotas`, and path
+rules in :mod:`dfs.protocol.paths`. This module keeps the state, ``apply`` and the
+snapshot.
 """
 
 from __future__ import annotations
 
 import bisect
 import builtins
-import math
 import pickle
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, Final, Generic, Literal, NoReturn, TypeVar
+from functools import partial
+from typing import Any, Final, Literal, TypeVar
 
 import attrs
 
-from dfs.metaserver import paths
-from dfs.protocol import errors
+from dfs.metaserver import permissions
+from dfs.metaserver.operations import (
+    MAX_CHUNK_SIZE,
+    MAX_MODE,
+    MAX_REPLICATION,
+    AddChunk,
+    AddUser,
+    BumpChunkVersion,
+    Caller,
+    ChangeGroup,
+    Chmod,
+    Chown,
+    Close,
+    CommitChunk,
+    CommitClose,
+    Create,
+    CreateClosed,
+    CreateWithChunk,
+    Delete,
+    Err,
+    Mkdir,
+    Ok,
+    Operation,
+    RecoverLease,
+    Refused,
+    Rename,
+    RenewLease,
+    SetDecommission,
+    SetQuota,
+    SetReplication,
+    SetSafeMode,
+    check_caller,
+    check_common,
+    internal_error,
+    printable,
+    shown,
+    valid_expiry,
+    valid_flag,
+    valid_holder,
+    valid_integer,
+    valid_mode,
+    valid_name,
+    valid_path,
+)
+from dfs.metaserver.permissions import EXECUTE, READ, WRITE, Principal
+from dfs.metaserver.quotas import Quota, QuotaUsage
+from dfs.protocol import errors, paths
 from dfs.protocol.records import Entry as WireEntry
 from dfs.security.identity import validate_name
 
 T = TypeVar("T")
 
-MiB: Final = 1024 * 1024
-DEFAULT_CHUNK_SIZE: Final = 64 * MiB
-#: A chunk is one file on a dataserver disk; beyond this, re-replication of one chunk
-#: takes too long and a bad chunk costs too much to re-read.
-MAX_CHUNK_SIZE: Final = 1024 * MiB
-DEFAULT_REPLICATION: Final = 3
-MAX_REPLICATION: Final = 32
-MAX_MODE: Final = 0o7777
-#: Permission bits, as in a mode's owner, group or other triple.
-READ: Final = 4
-WRITE: Final = 2
-EXECUTE: Final = 1
-#: The sticky bit: in such a directory only an entry's owner, the directory's owner
-#: or a superuser may delete or rename the entry.
-STICKY: Final = 0o1000
 #: Bounds that keep one administrator's typo from bloating every snapshot.
 MAX_GROUPS: Final = 10_000
 MAX_GROUP_MEMBERS: Final = 10_000
@@ -73,12 +110,6 @@ FIRST_CHUNK_ID: Final = 1
 MAX_PENDING_CHUNKS: Final = 2
 #: How many request ids are remembered for de-duplicating retried mutations.
 REQUEST_MEMORY: Final = 10_000
-#: Lease holders are client session names; a bound keeps one bad value from bloating
-#: every snapshot.
-MAX_HOLDER_LENGTH: Final = 255
-#: errors.py has no dedicated class for a bug in the state machine; its base class is
-#: the one name the reactor side can always turn into an exception.
-INTERNAL_ERROR: Final = errors.DFSError.__name__
 _MAX_INT: Final = 2**63 - 1
 #: Fields of a Namespace that are derived from the others, not part of its state.
 _NOT_STATE: Final = frozenset({"_sorted_names"})
@@ -88,46 +119,43 @@ DIRECTORY: Final = "directory"
 Kind = Literal["file", "directory"]
 
 
-# --------------------------------------------------------------------------- results
-
-
-@attrs.frozen
-class Ok(Generic[T]):
-    """A successful operation or query and what it produced."""
-
-    value: T
-
-    @property
-    def ok(self) -> bool:
-        return True
-
-    def unwrap(self) -> T:
-        return self.value
-
-
-@attrs.frozen
-class Err:
-    """A refused operation: ``error`` names a class of :mod:`dfs.protocol.errors`."""
-
-    error: str
-    message: str
-
-    @property
-    def ok(self) -> bool:
-        return False
-
-    def exception(self) -> errors.DFSError:
-        """The exception the reactor side raises for this refusal."""
-        error_class = getattr(errors, self.error, None)
-        if not (isinstance(error_class, type) and issubclass(error_class, errors.DFSError)):
-            error_class = errors.DFSError
-        return error_class(self.message)
-
-    def unwrap(self) -> NoReturn:
-        raise self.exception()
-
-
-Result = Ok[T] | Err
+#: Snapshots and log entries are pickles, and a pickle names a class by its module.
+#: These classes were defined in this module before operations, permissions and
+#: quotas had modules of their own, and they keep pickling under its name: snapshots
+#: and journals written before the move load (the names resolve here), and a
+#: metaserver of an earlier release reads what this one writes, as a rolling upgrade
+#: needs. Keep the list as it is; a class new to the log may pickle where it lives.
+PICKLED_HERE: Final[tuple[type, ...]] = (
+    Ok,
+    Err,
+    Caller,
+    Operation,
+    Mkdir,
+    Create,
+    AddChunk,
+    BumpChunkVersion,
+    CommitChunk,
+    RenewLease,
+    Close,
+    CreateClosed,
+    CreateWithChunk,
+    CommitClose,
+    RecoverLease,
+    Delete,
+    Rename,
+    SetReplication,
+    Chmod,
+    Chown,
+    ChangeGroup,
+    AddUser,
+    SetQuota,
+    SetDecommission,
+    SetSafeMode,
+    Quota,
+    QuotaUsage,
+)
+for _moved in PICKLED_HERE:
+    _moved.__module__ = __name__
 
 
 # --------------------------------------------------------------------------- values
@@ -244,258 +272,6 @@ class Usage:
     replicated_bytes: int
 
 
-@attrs.define
-class Quota:
-    """A directory's limits, as in HDFS, and what its subtree uses of them.
-
-    ``files`` bounds the names below it, the directory itself included (files and
-    directories); ``bytes`` bounds the space: each file's bytes times its
-    replication, a chunk being written counting as a whole chunk until committed.
-    None is no limit.
-    """
-
-    files: int | None
-    bytes: int | None
-    names: int = 0
-    space: int = 0
-
-
-@attrs.frozen
-class QuotaUsage:
-    """What ``count -q`` shows of a directory: its limits (None: none) and use."""
-
-    path: str
-    files: int | None
-    bytes: int | None
-    names: int
-    space: int
-
-
-# --------------------------------------------------------------------------- operations
-
-
-@attrs.frozen
-class Caller:
-    """Who asks for an operation, as the reactor side established it: the user is
-    the name in the certificate, ``superuser`` is true for an admin certificate.
-    Groups are not the caller's to say: the namespace knows who is in which."""
-
-    user: str
-    superuser: bool = False
-
-
-@attrs.frozen
-class _Principal:
-    """A caller as the permission checks see it: with its groups, and superuser if
-    its certificate is an admin's or it belongs to the superuser group."""
-
-    user: str
-    groups: frozenset[str]
-    superuser: bool
-
-
-@attrs.frozen
-class Operation:
-    """Fields every operation carries; keyword-only so each operation's own fields
-    can be given positionally.
-
-    ``now`` is the leader's clock when it accepted the request: replicas applying the
-    entry later must all see the same time. ``request_id`` ("" for none) lets a client
-    retry a mutation whose outcome it did not learn without applying it twice.
-    """
-
-    caller: Caller = attrs.field(kw_only=True)
-    now: float = attrs.field(kw_only=True)
-    request_id: str = attrs.field(default="", kw_only=True)
-
-
-@attrs.frozen
-class Mkdir(Operation):
-    path: str
-    mode: int = 0o755
-    parents: bool = False
-
-
-@attrs.frozen
-class Create(Operation):
-    """Create a file and open it for writing under a lease."""
-
-    path: str
-    mode: int = 0o644
-    replication: int = DEFAULT_REPLICATION
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    overwrite: bool = False
-    lease_holder: str = attrs.field(kw_only=True)
-    lease_expires: float = attrs.field(kw_only=True)
-
-
-@attrs.frozen
-class AddChunk(Operation):
-    """Append a new, empty chunk to a file under construction (and renew the lease).
-
-    The chunk is *pending* until committed; a file has at most MAX_PENDING_CHUNKS."""
-
-    path: str
-    lease_holder: str
-    lease_expires: float
-
-
-@attrs.frozen
-class BumpChunkVersion(Operation):
-    """Pipeline recovery: give a pending chunk a new version so stale replicas show."""
-
-    path: str
-    lease_holder: str
-    chunk_id: int
-
-
-@attrs.frozen
-class CommitChunk(Operation):
-    """Record the acknowledged length (at least one byte) of the file's first pending
-    chunk: chunks are committed in order."""
-
-    path: str
-    lease_holder: str
-    chunk_id: int
-    version: int
-    length: int
-
-
-@attrs.frozen
-class RenewLease(Operation):
-    path: str
-    lease_holder: str
-    lease_expires: float
-
-
-@attrs.frozen
-class Close(Operation):
-    """Complete a file; ``length`` must be the sum of its committed chunk lengths."""
-
-    path: str
-    lease_holder: str
-    length: int
-
-
-@attrs.frozen
-class CreateClosed(Operation):
-    """Create an empty, complete file (no lease): an empty file in one entry."""
-
-    path: str
-    mode: int = 0o644
-    replication: int = DEFAULT_REPLICATION
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    overwrite: bool = False
-
-
-@attrs.frozen
-class CreateWithChunk(Create):
-    """Create a file open for writing, as :class:`Create`, and add its first chunk, as
-    :class:`AddChunk`, in one entry. The chunk is left out (``CreateResult.chunk`` is
-    None) where AddChunk would be refused, a quota for instance: the file is created
-    all the same, and the writer's own AddChunk meets the refusal."""
-
-
-@attrs.frozen
-class CommitClose(Operation):
-    """Commit the file's last pending chunk, as :class:`CommitChunk`, and close the
-    file, as :class:`Close`, in one entry; ``chunk_length`` 0 drops that chunk instead
-    (nothing was written to it). Nothing changes unless both parts can be done."""
-
-    path: str
-    lease_holder: str
-    chunk_id: int
-    version: int
-    chunk_length: int
-    length: int
-
-
-@attrs.frozen
-class RecoverLease(Operation):
-    """Close a file whose writer went away, at the length its chunks committed."""
-
-    path: str
-
-
-@attrs.frozen
-class Delete(Operation):
-    path: str
-    recursive: bool = False
-
-
-@attrs.frozen
-class Rename(Operation):
-    src: str
-    dst: str
-
-
-@attrs.frozen
-class SetReplication(Operation):
-    path: str
-    replication: int
-
-
-@attrs.frozen
-class Chmod(Operation):
-    path: str
-    mode: int
-
-
-@attrs.frozen
-class Chown(Operation):
-    """Change owner and/or group; None leaves that one as it is."""
-
-    path: str
-    owner: str | None = None
-    group: str | None = None
-
-
-@attrs.frozen
-class ChangeGroup(Operation):
-    """Add ``users`` to ``group`` (``add``) or take them out; a group with no
-    member left is gone. Superusers only."""
-
-    group: str
-    users: tuple[str, ...]
-    add: bool
-
-
-@attrs.frozen
-class AddUser(Operation):
-    """Give user ``name`` a home: ``/user/<name>`` owned by them, group ``name``,
-    mode 0750 (``/user`` itself is made if missing). Superusers only."""
-
-    name: str
-
-
-@attrs.frozen
-class SetQuota(Operation):
-    """Set a directory's name quota (``files``) and/or space quota (``bytes``); None
-    leaves that one as it is, ``clear`` removes both. Superusers only."""
-
-    path: str
-    files: int | None = None
-    bytes: int | None = None
-    clear: bool = False
-
-
-@attrs.frozen
-class SetDecommission(Operation):
-    """Drain the dataserver named ``dataserver`` (``on``) or take it back: cluster
-    state every leader must know, so it is replicated. Superusers only."""
-
-    dataserver: str
-    on: bool
-
-
-@attrs.frozen
-class SetSafeMode(Operation):
-    """An administrator's safe mode: no namespace change until turned off.
-    Superusers only."""
-
-    on: bool
-
-
 # --------------------------------------------------------------------------- state
 
 
@@ -606,114 +382,6 @@ _SHARED: Final[dict[str, Callable[[Any], Any]]] = {
 }
 
 
-class _Refused(Exception):
-    """Raised by checks before any change; turned into an Err inside this module."""
-
-    def __init__(self, error: type[errors.DFSError], message: str) -> None:
-        super().__init__(message)
-        self.err = Err(error.__name__, message)
-
-
-def _mode(value: object) -> int:
-    return _integer(value, "mode", 0, MAX_MODE)
-
-
-def _integer(value: object, what: str, low: int, high: int) -> int:
-    # bool is an int to Python, but True as a mode or a length is always a bug.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _Refused(errors.InvalidArgument, f"{what} must be an integer, not {_shown(value)}")
-    if not low <= value <= high:
-        raise _Refused(
-            errors.InvalidArgument, f"{what} {_shown(value)} is not within {low}..{high}"
-        )
-    return value
-
-
-def _flag(value: object, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise _Refused(errors.InvalidArgument, f"{what} must be true or false, not {_shown(value)}")
-    return value
-
-
-def _time(value: object, what: str) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:  # an int beyond float range
-            number = math.inf
-        if math.isfinite(number):
-            return number
-    raise _Refused(errors.InvalidArgument, f"{what} must be a finite number, not {_shown(value)}")
-
-
-def _holder(value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_HOLDER_LENGTH:
-        raise _Refused(
-            errors.InvalidArgument,
-            f"lease holder must be a string of 1..{MAX_HOLDER_LENGTH} characters, "
-            f"not {_shown(value)}",
-        )
-    return value
-
-
-def _expiry(value: object, now: float) -> float:
-    expires = _time(value, "lease expiry")
-    if expires <= now:
-        # A lease that is over before it starts is the caller's bug, not a decision.
-        raise _Refused(errors.InvalidArgument, f"lease expiry {expires} is not after now ({now})")
-    return expires
-
-
-def _principal(value: object, what: str) -> str:
-    try:
-        return validate_name(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as error:
-        raise _Refused(errors.InvalidArgument, f"{what}: {error}") from None
-
-
-def _normalize(path: object) -> str:
-    try:
-        return paths.normalize(path)  # type: ignore[arg-type]
-    except errors.InvalidPath as error:
-        raise _Refused(errors.InvalidPath, error.message) from None
-
-
-def _check_common(operation: object) -> Operation:
-    if not isinstance(operation, Operation):
-        raise _Refused(
-            errors.InvalidArgument, f"{type(operation).__name__} is not a namespace operation"
-        )
-    _check_caller(operation.caller)
-    _time(operation.now, "now")
-    if not isinstance(operation.request_id, str):
-        raise _Refused(
-            errors.InvalidArgument,
-            f"request id must be a string, not {_shown(operation.request_id)}",
-        )
-    return operation
-
-
-def _check_caller(caller: object) -> Caller:
-    if not isinstance(caller, Caller):
-        raise _Refused(errors.InvalidArgument, f"caller must be a Caller, not {_shown(caller)}")
-    if not isinstance(caller.user, str) or not caller.user:
-        raise _Refused(
-            errors.InvalidArgument,
-            f"caller user must be a non-empty string, not {_shown(caller.user)}",
-        )
-    _flag(caller.superuser, "caller superuser")
-    return caller
-
-
-def _bits(want: int, node: Node) -> str:
-    """Permission bits in words: "read", "write and search", ..."""
-    execute = "search" if isinstance(node, DirectoryNode) else "execute"
-    words = [
-        word for bit, word in ((READ, "read"), (WRITE, "write"), (EXECUTE, execute)) if want & bit
-    ]
-    return " and ".join(words)
-
-
 def _file_space(node: FileNode) -> int:
     """A file's use of a space quota: its bytes, and whole chunks for those being
     written, times its replication."""
@@ -734,39 +402,8 @@ def _replaced(chunks: tuple[ChunkRef, ...], index: int, chunk: ChunkRef) -> tupl
     return (*chunks[:index], chunk, *chunks[index + 1 :])
 
 
-def _internal_error(doing: str, error: Exception) -> Err:
-    # Only the exception's type and text: they are the same on every replica, unlike a
-    # traceback, and the result may be remembered in the replicated state.
-    try:
-        text = str(error)[:200]
-    except Exception:  # an exception whose __str__ fails must not escape apply()
-        text = ""
-    return Err(INTERNAL_ERROR, f"internal error {doing}: {type(error).__name__}: {text}")
-
-
 def _prefix(names: list[str], depth: int) -> str:
-    return _p("/" + "/".join(names[:depth]))
-
-
-def _p(text: str) -> str:
-    """A path or name as messages show it: as is, unless that would break the line."""
-    return text if text.isprintable() else repr(text)
-
-
-def _shown(value: object) -> str:
-    """A value as a message shows it: short, one line, and the same on every replica
-    (a plain object's repr carries its memory address)."""
-    if isinstance(value, bool | float | None):
-        return repr(value)
-    if isinstance(value, int):
-        # str() of a huge int raises ValueError (the int digit limit) and is unreadable.
-        return (
-            repr(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
-        )
-    if isinstance(value, str):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:45] + "..." + text[-12:]
-    return f"a {type(value).__name__}"
+    return printable("/" + "/".join(names[:depth]))
 
 
 def _check_principal(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
@@ -827,12 +464,12 @@ class Namespace:
     @root_mode.validator
     def _check_root_mode(self, attribute: attrs.Attribute[int], value: int) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_MODE:
-            raise ValueError(f"root_mode must be an integer within 0..0o7777, not {_shown(value)}")
+            raise ValueError(f"root_mode must be an integer within 0..0o7777, not {shown(value)}")
 
     @request_memory.validator
     def _check_request_memory(self, attribute: attrs.Attribute[int], value: int) -> None:
         if not isinstance(value, int) or value < 0:
-            raise ValueError(f"request_memory must be a non-negative integer, not {_shown(value)}")
+            raise ValueError(f"request_memory must be a non-negative integer, not {shown(value)}")
 
     def __attrs_post_init__(self) -> None:
         self._nodes[ROOT_INODE] = DirectoryNode(
@@ -853,12 +490,12 @@ class Namespace:
             return self._apply(operation)
         except Exception as error:
             # Last line of defence: a raise here would wedge every replica.
-            return _internal_error(f"applying {type(operation).__name__}", error)
+            return internal_error(f"applying {type(operation).__name__}", error)
 
     def _apply(self, operation: Operation) -> Ok[Any] | Err:
         try:
-            operation = _check_common(operation)
-        except _Refused as refusal:
+            operation = check_common(operation)
+        except Refused as refusal:
             return refusal.err
         key = (operation.caller.user, operation.request_id) if operation.request_id else None
         if key is not None:
@@ -868,10 +505,10 @@ class Namespace:
         result: Ok[Any] | Err
         try:
             result = self._dispatch(operation)
-        except _Refused as refusal:
+        except Refused as refusal:
             result = refusal.err
         except Exception as error:
-            result = _internal_error(f"applying {type(operation).__name__}", error)
+            result = internal_error(f"applying {type(operation).__name__}", error)
         if key is not None:
             self._remember(key, result)
         return result
@@ -926,7 +563,7 @@ class Namespace:
                 return self._set_decommission(op)
             case SetSafeMode():
                 return self._set_safe_mode(op)
-        raise _Refused(errors.InvalidArgument, f"unknown operation {type(op).__name__}")
+        raise Refused(errors.InvalidArgument, f"unknown operation {type(op).__name__}")
 
     # ----------------------------------------------------------------- queries
 
@@ -1211,67 +848,46 @@ class Namespace:
 
     def _query(
         self,
-        query: Callable[[str, _Principal | None], T],
+        query: Callable[[str, Principal | None], T],
         path: str,
         caller: Caller | None,
     ) -> Ok[T] | Err:
         try:
-            who = None if caller is None else self._who(_check_caller(caller))
-            return Ok(query(_normalize(path), who))
-        except _Refused as refusal:
+            who = None if caller is None else self._who(check_caller(caller))
+            return Ok(query(valid_path(path), who))
+        except Refused as refusal:
             return refusal.err
         except Exception as error:
-            return _internal_error(f"reading {_shown(path)}", error)
+            return internal_error(f"reading {shown(path)}", error)
 
     # ----------------------------------------------------------------- permissions
 
-    def _who(self, caller: Caller) -> _Principal:
-        groups = frozenset(
-            group for group, members in self._groups.items() if caller.user in members
-        )
-        return _Principal(
-            user=caller.user,
-            groups=groups,
-            superuser=caller.superuser or self.root_group in groups,
-        )
+    def _who(self, caller: Caller) -> Principal:
+        return permissions.principal(caller, self._groups, self.root_group)
 
-    def _require(self, who: _Principal | None, node: Node, want: int, path: str) -> None:
+    def _require(self, who: Principal | None, node: Node, want: int, path: str) -> None:
         """Refuse unless ``who`` has the ``want`` bits on ``node`` (at ``path``)."""
         if who is None or who.superuser:
             return
-        if node.owner == who.user:
-            bits = node.mode >> 6
-        elif node.group in who.groups:
-            bits = node.mode >> 3
-        else:
-            bits = node.mode
-        if bits & want != want:
-            kind = "directory" if isinstance(node, DirectoryNode) else "file"
-            raise _Refused(
-                errors.PermissionDenied,
-                f"{_p(path)}: permission denied: {who.user} has no {_bits(want, node)} "
-                f"permission on {kind} {_p(self._path_of(node))}",
-            )
+        permissions.require(
+            who,
+            node,
+            want,
+            path,
+            directory=isinstance(node, DirectoryNode),
+            where=lambda: self._path_of(node),
+        )
 
     def _require_unlink(
-        self, who: _Principal | None, parent: DirectoryNode, node: Node, path: str
+        self, who: Principal | None, parent: DirectoryNode, node: Node, path: str
     ) -> None:
         """Refuse unless ``who`` may remove ``node`` from ``parent``: write and search
         on the directory, and in a sticky one, owning the entry or the directory."""
-        self._require(who, parent, WRITE | EXECUTE, path)
-        if (
-            who is not None
-            and not who.superuser
-            and parent.mode & STICKY
-            and who.user not in (node.owner, parent.owner)
-        ):
-            raise _Refused(
-                errors.PermissionDenied,
-                f"{_p(path)}: permission denied: {_p(self._path_of(parent))} is sticky and "
-                f"{who.user} owns neither it nor the entry",
-            )
+        if who is None or who.superuser:
+            return
+        permissions.require_unlink(who, parent, node, path, lambda: self._path_of(parent))
 
-    def _require_subtree(self, who: _Principal | None, top: Node, path: str) -> None:
+    def _require_subtree(self, who: Principal | None, top: Node, path: str) -> None:
         """For a recursive delete: ``who`` must be able to list and empty every
         directory below ``top`` (read, write and search; sticky rules inside)."""
         if who is None or who.superuser:
@@ -1320,21 +936,8 @@ class Namespace:
         """Refuse with QuotaExceeded if adding ``names`` and ``space`` below
         ``directory`` would take a quota above it past its limit."""
         for inode, quota in self._quotas_above(directory):
-            if inode in skip:
-                continue
-            if names > 0 and quota.files is not None and quota.names + names > quota.files:
-                raise _Refused(
-                    errors.QuotaExceeded,
-                    f"{_p(path)}: the name quota of {_p(self._path_of(self._nodes[inode]))} "
-                    f"is {quota.files} files and directories, {quota.names} in use",
-                )
-            if space > 0 and quota.bytes is not None and quota.space + space > quota.bytes:
-                raise _Refused(
-                    errors.QuotaExceeded,
-                    f"{_p(path)}: the space quota of {_p(self._path_of(self._nodes[inode]))} "
-                    f"is {quota.bytes} bytes (times replication), {quota.space} in use, "
-                    f"{space} more needed",
-                )
+            if inode not in skip:
+                quota.check(names, space, path, partial(self._path_of, self._nodes[inode]))
 
     def _charge(
         self,
@@ -1346,8 +949,7 @@ class Namespace:
         """Count ``names`` and ``space`` (either may be negative) below ``directory``."""
         for inode, quota in self._quotas_above(directory):
             if inode not in skip:
-                quota.names += names
-                quota.space += space
+                quota.charge(names, space)
 
     def _parent_of(self, node: Node) -> DirectoryNode:
         parent = self._nodes[node.parent]
@@ -1355,7 +957,7 @@ class Namespace:
         return parent
 
     def _locate(
-        self, path: str, who: _Principal | None = None
+        self, path: str, who: Principal | None = None
     ) -> tuple[DirectoryNode | None, str, Node | None]:
         """(parent directory, name, node) for a normalized path; node None if the last
         component is missing. Refuses if a directory on the way is missing or a file,
@@ -1368,8 +970,9 @@ class Namespace:
         parent = node
         for depth, name in enumerate(names):
             if not isinstance(node, DirectoryNode):
-                raise _Refused(
-                    errors.NotADirectory, f"{_p(path)}: {_prefix(names, depth)} is not a directory"
+                raise Refused(
+                    errors.NotADirectory,
+                    f"{printable(path)}: {_prefix(names, depth)} is not a directory",
                 )
             self._require(who, node, EXECUTE, path)
             parent = node
@@ -1377,9 +980,9 @@ class Namespace:
             if number is None:
                 if depth == last:
                     return parent, name, None
-                raise _Refused(
+                raise Refused(
                     errors.FileNotFound,
-                    f"{_p(path)}: directory {_prefix(names, depth + 1)} does not exist",
+                    f"{printable(path)}: directory {_prefix(names, depth + 1)} does not exist",
                 )
             node = self._nodes[number]
         assert isinstance(parent, DirectoryNode)
@@ -1390,16 +993,16 @@ class Namespace:
         assert isinstance(root, DirectoryNode)
         return root
 
-    def _existing(self, path: str, who: _Principal | None = None) -> Node:
+    def _existing(self, path: str, who: Principal | None = None) -> Node:
         _parent, _name, node = self._locate(path, who)
         if node is None:
-            raise _Refused(errors.FileNotFound, f"{_p(path)}: no such file or directory")
+            raise Refused(errors.FileNotFound, f"{printable(path)}: no such file or directory")
         return node
 
-    def _file(self, path: str, who: _Principal | None = None) -> FileNode:
+    def _file(self, path: str, who: Principal | None = None) -> FileNode:
         node = self._existing(path, who)
         if not isinstance(node, FileNode):
-            raise _Refused(errors.IsADirectory, f"{_p(path)}: is a directory")
+            raise Refused(errors.IsADirectory, f"{printable(path)}: is a directory")
         return node
 
     def _writable(self, path: str, holder: str) -> FileNode:
@@ -1410,11 +1013,12 @@ class Namespace:
         """
         node = self._file(path)
         if node.lease is None:
-            raise _Refused(errors.LeaseConflict, f"{_p(path)}: is not open for writing")
+            raise Refused(errors.LeaseConflict, f"{printable(path)}: is not open for writing")
         if node.lease.holder != holder:
-            raise _Refused(
+            raise Refused(
                 errors.LeaseConflict,
-                f"{_p(path)}: is being written by {_p(node.lease.holder)}, not {_p(holder)}",
+                f"{printable(path)}: is being written by {printable(node.lease.holder)}, not "
+                f"{printable(holder)}",
             )
         return node
 
@@ -1469,10 +1073,10 @@ class Namespace:
             under_construction=None if node.lease is None else node.lease.holder,
         )
 
-    def _stat_query(self, path: str, who: _Principal | None) -> Stat:
+    def _stat_query(self, path: str, who: Principal | None) -> Stat:
         return self._stat(path, self._existing(path, who))
 
-    def _list_query(self, path: str, who: _Principal | None) -> tuple[Stat, ...]:
+    def _list_query(self, path: str, who: Principal | None) -> tuple[Stat, ...]:
         node = self._existing(path, who)
         if isinstance(node, FileNode):
             return (self._stat(path, node),)
@@ -1483,17 +1087,17 @@ class Namespace:
         )
 
     def _list_page_query(
-        self, path: str, who: _Principal | None, start_after: object, limit: object
+        self, path: str, who: Principal | None, start_after: object, limit: object
     ) -> DirectoryPage:
         if not isinstance(start_after, str):
-            raise _Refused(
-                errors.InvalidArgument, f"start_after must be a string, not {_shown(start_after)}"
+            raise Refused(
+                errors.InvalidArgument, f"start_after must be a string, not {shown(start_after)}"
             )
-        count = _integer(limit, "limit", 1, _MAX_INT)
+        count = valid_integer(limit, "limit", 1, _MAX_INT)
         node = self._existing(path, who)
         if isinstance(node, FileNode):
-            shown = not start_after or node.name > start_after
-            return DirectoryPage((self._stat(path, node),) if shown else (), False)
+            included = not start_after or node.name > start_after
+            return DirectoryPage((self._stat(path, node),) if included else (), False)
         self._require(who, node, READ, path)
         names = self._sorted_names_of(node)
         first = bisect.bisect_right(names, start_after) if start_after else 0
@@ -1512,7 +1116,7 @@ class Namespace:
             names = self._sorted_names[directory.inode] = sorted(directory.children)
         return names
 
-    def _du_query(self, path: str, who: _Principal | None) -> Usage:
+    def _du_query(self, path: str, who: Principal | None) -> Usage:
         files = directories = size = replicated = 0
         for node in self._walk(self._existing(path, who)):
             if isinstance(node, DirectoryNode):
@@ -1543,17 +1147,17 @@ class Namespace:
                 )
         return Tree(directories=directories, files=tuple(files))
 
-    def _quota_query(self, path: str, who: _Principal | None) -> QuotaUsage:
+    def _quota_query(self, path: str, who: Principal | None) -> QuotaUsage:
         node = self._existing(path, who)
         if not isinstance(node, DirectoryNode):
-            raise _Refused(errors.NotADirectory, f"{_p(path)}: quotas are set on directories")
+            raise Refused(errors.NotADirectory, f"{printable(path)}: quotas are set on directories")
         quota = self._quotas.get(node.inode)
         if quota is None:
             names, space = self._usage_of(node)
             return QuotaUsage(path, None, None, names, space)
         return QuotaUsage(path, quota.files, quota.bytes, quota.names, quota.space)
 
-    def _chunks_query(self, path: str, who: _Principal | None) -> tuple[ChunkRef, ...]:
+    def _chunks_query(self, path: str, who: Principal | None) -> tuple[ChunkRef, ...]:
         node = self._file(path, who)
         self._require(who, node, READ, path)
         return node.chunks
@@ -1616,15 +1220,15 @@ class Namespace:
         return tuple(freed)
 
     def _mkdir(self, op: Mkdir) -> Ok[Stat]:
-        path = _normalize(op.path)
-        mode = _mode(op.mode)
-        parents = _flag(op.parents, "parents")
+        path = valid_path(op.path)
+        mode = valid_mode(op.mode)
+        parents = valid_flag(op.parents, "parents")
         now = float(op.now)
         who = self._who(op.caller)
         if not parents:
             parent, name, node = self._locate(path, who)
             if node is not None:
-                raise _Refused(errors.FileExists, f"{_p(path)}: already exists")
+                raise Refused(errors.FileExists, f"{printable(path)}: already exists")
             assert parent is not None  # only the root has none, and it exists
             self._require(who, parent, WRITE | EXECUTE, path)
             self._check_quota(parent, 1, 0, path)
@@ -1644,10 +1248,10 @@ class Namespace:
             node = self._nodes[number]
             if not isinstance(node, DirectoryNode):
                 if depth == len(names) - 1:
-                    raise _Refused(errors.FileExists, f"{_p(path)}: already exists as a file")
-                raise _Refused(
+                    raise Refused(errors.FileExists, f"{printable(path)}: already exists as a file")
+                raise Refused(
                     errors.NotADirectory,
-                    f"{_p(path)}: {_prefix(names, depth + 1)} is not a directory",
+                    f"{printable(path)}: {_prefix(names, depth + 1)} is not a directory",
                 )
             directory = node
         if missing < len(names):
@@ -1662,7 +1266,7 @@ class Namespace:
 
     def _create(self, op: Create) -> Ok[CreateResult]:
         now = float(op.now)
-        lease = Lease(_holder(op.lease_holder), _expiry(op.lease_expires, now))
+        lease = Lease(valid_holder(op.lease_holder), valid_expiry(op.lease_expires, now))
         return Ok(self._new_file(op, lease))
 
     def _create_closed(self, op: CreateClosed) -> Ok[CreateResult]:
@@ -1670,11 +1274,11 @@ class Namespace:
 
     def _create_with_chunk(self, op: CreateWithChunk) -> Ok[CreateResult]:
         created = self._create(op).value
-        path = _normalize(op.path)
+        path = valid_path(op.path)
         first = AddChunk(path, op.lease_holder, op.lease_expires, caller=op.caller, now=op.now)
         try:
             chunk = self._add_chunk(first).value
-        except _Refused:
+        except Refused:
             # AddChunk refuses before it changes anything: the file stands without
             # its first chunk, as a Create alone would have left it.
             return Ok(created)
@@ -1682,28 +1286,28 @@ class Namespace:
 
     def _new_file(self, op: Create | CreateClosed, lease: Lease | None) -> CreateResult:
         """A new file at ``op.path``, open under ``lease`` or (None) complete."""
-        path = _normalize(op.path)
-        mode = _mode(op.mode)
-        replication = _integer(op.replication, "replication", 1, MAX_REPLICATION)
-        chunk_size = _integer(op.chunk_size, "chunk size", 1, MAX_CHUNK_SIZE)
-        overwrite = _flag(op.overwrite, "overwrite")
+        path = valid_path(op.path)
+        mode = valid_mode(op.mode)
+        replication = valid_integer(op.replication, "replication", 1, MAX_REPLICATION)
+        chunk_size = valid_integer(op.chunk_size, "chunk size", 1, MAX_CHUNK_SIZE)
+        overwrite = valid_flag(op.overwrite, "overwrite")
         holder = lease.holder if lease is not None else None
         now = float(op.now)
         who = self._who(op.caller)
         parent, name, node = self._locate(path, who)
         if isinstance(node, DirectoryNode):
             if overwrite:
-                raise _Refused(errors.IsADirectory, f"{_p(path)}: is a directory")
-            raise _Refused(errors.FileExists, f"{_p(path)}: already exists as a directory")
+                raise Refused(errors.IsADirectory, f"{printable(path)}: is a directory")
+            raise Refused(errors.FileExists, f"{printable(path)}: already exists as a directory")
         if node is not None:
             if not overwrite:
-                raise _Refused(errors.FileExists, f"{_p(path)}: already exists")
+                raise Refused(errors.FileExists, f"{printable(path)}: already exists")
             self._require(who, node, WRITE, path)
             current = node.lease
             if current is not None and current.holder != holder and now < current.expires:
-                raise _Refused(
+                raise Refused(
                     errors.LeaseConflict,
-                    f"{_p(path)}: is being written by {_p(current.holder)} "
+                    f"{printable(path)}: is being written by {printable(current.holder)} "
                     f"(lease until {current.expires})",
                 )
         assert parent is not None  # "/" is a directory, refused above
@@ -1738,15 +1342,15 @@ class Namespace:
         return CreateResult(stat=self._stat(path, new), freed=freed)
 
     def _add_chunk(self, op: AddChunk) -> Ok[ChunkRef]:
-        path = _normalize(op.path)
-        holder = _holder(op.lease_holder)
-        expires = _expiry(op.lease_expires, float(op.now))
+        path = valid_path(op.path)
+        holder = valid_holder(op.lease_holder)
+        expires = valid_expiry(op.lease_expires, float(op.now))
         node = self._writable(path, holder)
         pending = _pending(node)
         if len(pending) >= MAX_PENDING_CHUNKS:
-            raise _Refused(
+            raise Refused(
                 errors.InvalidArgument,
-                f"{_p(path)}: chunk {node.chunks[pending[0]].chunk_id} must be committed "
+                f"{printable(path)}: chunk {node.chunks[pending[0]].chunk_id} must be committed "
                 "before another chunk is added",
             )
         # The whole chunk is set aside until its length is known (as HDFS does), so
@@ -1763,15 +1367,17 @@ class Namespace:
 
     def _pending_chunk(self, path: str, node: FileNode, chunk_id: object) -> int:
         """The index of a pending chunk of ``node``; only those may change."""
-        _integer(chunk_id, "chunk id", FIRST_CHUNK_ID, _MAX_INT)
+        valid_integer(chunk_id, "chunk id", FIRST_CHUNK_ID, _MAX_INT)
         for index in _pending(node):
             if node.chunks[index].chunk_id == chunk_id:
                 return index
         if any(chunk.chunk_id == chunk_id for chunk in node.chunks):
-            raise _Refused(
-                errors.InvalidArgument, f"{_p(path)}: chunk {chunk_id} is already committed"
+            raise Refused(
+                errors.InvalidArgument, f"{printable(path)}: chunk {chunk_id} is already committed"
             )
-        raise _Refused(errors.InvalidArgument, f"{_p(path)}: chunk {chunk_id} is not being written")
+        raise Refused(
+            errors.InvalidArgument, f"{printable(path)}: chunk {chunk_id} is not being written"
+        )
 
     def _committed_again(self, node: FileNode, op: CommitChunk) -> ChunkRef | None:
         """A commit that repeats the one a chunk already had (a retry): nothing to do."""
@@ -1783,34 +1389,35 @@ class Namespace:
         return None
 
     def _bump_chunk_version(self, op: BumpChunkVersion) -> Ok[ChunkRef]:
-        path = _normalize(op.path)
-        node = self._writable(path, _holder(op.lease_holder))
+        path = valid_path(op.path)
+        node = self._writable(path, valid_holder(op.lease_holder))
         index = self._pending_chunk(path, node, op.chunk_id)
         bumped = attrs.evolve(node.chunks[index], version=node.chunks[index].version + 1)
         node.chunks = _replaced(node.chunks, index, bumped)
         return Ok(bumped)
 
     def _commit_chunk(self, op: CommitChunk) -> Ok[ChunkRef]:
-        path = _normalize(op.path)
-        node = self._writable(path, _holder(op.lease_holder))
+        path = valid_path(op.path)
+        node = self._writable(path, valid_holder(op.lease_holder))
         again = self._committed_again(node, op)
         if again is not None:
             return Ok(again)
         index = self._pending_chunk(path, node, op.chunk_id)
         chunk = node.chunks[index]
         if index > 0 and node.chunks[index - 1].length == 0:
-            raise _Refused(
+            raise Refused(
                 errors.InvalidArgument,
-                f"{_p(path)}: chunk {chunk.chunk_id} cannot be committed before chunk "
+                f"{printable(path)}: chunk {chunk.chunk_id} cannot be committed before chunk "
                 f"{node.chunks[index - 1].chunk_id}",
             )
-        version = _integer(op.version, "version", 1, _MAX_INT)
+        version = valid_integer(op.version, "version", 1, _MAX_INT)
         if version != chunk.version:
-            raise _Refused(
+            raise Refused(
                 errors.StaleChunk,
-                f"{_p(path)}: chunk {chunk.chunk_id} is at version {chunk.version}, not {version}",
+                f"{printable(path)}: chunk {chunk.chunk_id} is at version {chunk.version}, not "
+                f"{version}",
             )
-        length = _integer(op.length, "chunk length", 1, node.chunk_size)
+        length = valid_integer(op.length, "chunk length", 1, node.chunk_size)
         committed = attrs.evolve(chunk, length=length)
         node.chunks = _replaced(node.chunks, index, committed)
         node.length += length
@@ -1818,40 +1425,40 @@ class Namespace:
         return Ok(committed)
 
     def _renew_lease(self, op: RenewLease) -> Ok[Stat]:
-        path = _normalize(op.path)
-        holder = _holder(op.lease_holder)
-        expires = _expiry(op.lease_expires, float(op.now))
+        path = valid_path(op.path)
+        holder = valid_holder(op.lease_holder)
+        expires = valid_expiry(op.lease_expires, float(op.now))
         node = self._writable(path, holder)
         node.lease = Lease(holder, expires)
         return Ok(self._stat(path, node))
 
     def _close(self, op: Close) -> Ok[Stat]:
-        path = _normalize(op.path)
-        node = self._writable(path, _holder(op.lease_holder))
-        length = _integer(op.length, "length", 0, _MAX_INT)
+        path = valid_path(op.path)
+        node = self._writable(path, valid_holder(op.lease_holder))
+        length = valid_integer(op.length, "length", 0, _MAX_INT)
         if length != node.length:
-            raise _Refused(
+            raise Refused(
                 errors.InvalidArgument,
-                f"{_p(path)}: length {length} is not the committed length {node.length}",
+                f"{printable(path)}: length {length} is not the committed length {node.length}",
             )
         self._complete(node, float(op.now))
         return Ok(self._stat(path, node))
 
     def _commit_close(self, op: CommitClose) -> Ok[Stat]:
-        path = _normalize(op.path)
-        holder = _holder(op.lease_holder)
+        path = valid_path(op.path)
+        holder = valid_holder(op.lease_holder)
         node = self._writable(path, holder)
-        length = _integer(op.length, "length", 0, _MAX_INT)
-        chunk_length = _integer(op.chunk_length, "chunk length", 0, node.chunk_size)
+        length = valid_integer(op.length, "length", 0, _MAX_INT)
+        chunk_length = valid_integer(op.chunk_length, "chunk length", 0, node.chunk_size)
         commit = CommitChunk(
             path, holder, op.chunk_id, op.version, chunk_length, caller=op.caller, now=op.now
         )
         if chunk_length == 0:
             index = self._pending_chunk(path, node, op.chunk_id)
             if index != len(node.chunks) - 1:
-                raise _Refused(
+                raise Refused(
                     errors.InvalidArgument,
-                    f"{_p(path)}: chunk {op.chunk_id} is not the file's last chunk",
+                    f"{printable(path)}: chunk {op.chunk_id} is not the file's last chunk",
                 )
             committed = node.length
         elif self._committed_again(node, commit) is not None:
@@ -1859,9 +1466,9 @@ class Namespace:
         else:
             committed = node.length + chunk_length
         if length != committed:
-            raise _Refused(
+            raise Refused(
                 errors.InvalidArgument,
-                f"{_p(path)}: length {length} is not the committed length {committed}",
+                f"{printable(path)}: length {length} is not the committed length {committed}",
             )
         if chunk_length == 0:
             # Never written: its reservation ends with the others' in _complete.
@@ -1884,15 +1491,16 @@ class Namespace:
         self._open_files.discard(node.inode)
 
     def _recover_lease(self, op: RecoverLease) -> Ok[Stat]:
-        path = _normalize(op.path)
+        path = valid_path(op.path)
         node = self._file(path)
         now = float(op.now)
         lease = node.lease
         if lease is not None:
             if now < lease.expires and not op.caller.superuser:
-                raise _Refused(
+                raise Refused(
                     errors.LeaseConflict,
-                    f"{_p(path)}: the lease of {_p(lease.holder)} runs until {lease.expires}",
+                    f"{printable(path)}: the lease of {printable(lease.holder)} runs until "
+                    f"{lease.expires}",
                 )
             # A chunk added but never committed holds no acknowledged byte: it goes,
             # and its partial replicas are discarded by the dataservers as abandoned.
@@ -1907,40 +1515,44 @@ class Namespace:
         return Ok(self._stat(path, node))
 
     def _delete(self, op: Delete) -> Ok[DeleteResult]:
-        path = _normalize(op.path)
-        recursive = _flag(op.recursive, "recursive")
+        path = valid_path(op.path)
+        recursive = valid_flag(op.recursive, "recursive")
         if path == paths.ROOT:
-            raise _Refused(errors.InvalidPath, "/: the root directory cannot be deleted")
+            raise Refused(errors.InvalidPath, "/: the root directory cannot be deleted")
         who = self._who(op.caller)
         parent, name, node = self._locate(path, who)
         if node is None:
-            raise _Refused(errors.FileNotFound, f"{_p(path)}: no such file or directory")
+            raise Refused(errors.FileNotFound, f"{printable(path)}: no such file or directory")
         assert parent is not None
         self._require_unlink(who, parent, node, path)
         if isinstance(node, DirectoryNode) and node.children:
             if not recursive:
-                raise _Refused(errors.DirectoryNotEmpty, f"{_p(path)}: directory is not empty")
+                raise Refused(
+                    errors.DirectoryNotEmpty, f"{printable(path)}: directory is not empty"
+                )
             self._require_subtree(who, node, path)
         freed = self._remove(parent, name, node)
         parent.mtime = float(op.now)
         return Ok(DeleteResult(freed=freed))
 
     def _rename(self, op: Rename) -> Ok[RenameResult]:
-        src = _normalize(op.src)
-        dst = _normalize(op.dst)
+        src = valid_path(op.src)
+        dst = valid_path(op.dst)
         if paths.ROOT in (src, dst):
-            raise _Refused(
-                errors.InvalidPath, f"{_p(src)} -> {_p(dst)}: cannot rename the root directory"
+            raise Refused(
+                errors.InvalidPath,
+                f"{printable(src)} -> {printable(dst)}: cannot rename the root directory",
             )
         who = self._who(op.caller)
         src_parent, src_name, node = self._locate(src, who)
         if node is None:
-            raise _Refused(errors.FileNotFound, f"{_p(src)}: no such file or directory")
+            raise Refused(errors.FileNotFound, f"{printable(src)}: no such file or directory")
         if src == dst:
             return Ok(RenameResult(stat=self._stat(dst, node)))
         if isinstance(node, DirectoryNode) and paths.is_ancestor(src, dst):
-            raise _Refused(
-                errors.InvalidPath, f"{_p(src)} -> {_p(dst)}: cannot move a directory into itself"
+            raise Refused(
+                errors.InvalidPath,
+                f"{printable(src)} -> {printable(dst)}: cannot move a directory into itself",
             )
         dst_parent, dst_name, replaced = self._locate(dst, who)
         assert src_parent is not None and dst_parent is not None
@@ -1954,7 +1566,7 @@ class Namespace:
         if replaced is not None and not (
             isinstance(replaced, FileNode) and isinstance(node, FileNode)
         ):
-            raise _Refused(errors.FileExists, f"{_p(dst)}: already exists")
+            raise Refused(errors.FileExists, f"{printable(dst)}: already exists")
         # Quotas above the destination only gain the entry, those above the source
         # only lose it; those above both see no change.
         above_src = frozenset(inode for inode, _ in self._quotas_above(src_parent))
@@ -1981,8 +1593,8 @@ class Namespace:
         return Ok(RenameResult(stat=self._stat(dst, node), freed=freed))
 
     def _set_replication(self, op: SetReplication) -> Ok[Stat]:
-        path = _normalize(op.path)
-        replication = _integer(op.replication, "replication", 1, MAX_REPLICATION)
+        path = valid_path(op.path)
+        replication = valid_integer(op.replication, "replication", 1, MAX_REPLICATION)
         who = self._who(op.caller)
         node = self._file(path, who)
         self._require(who, node, WRITE, path)
@@ -1994,44 +1606,47 @@ class Namespace:
         return Ok(self._stat(path, node))
 
     def _chmod(self, op: Chmod) -> Ok[Stat]:
-        path = _normalize(op.path)
-        mode = _mode(op.mode)
+        path = valid_path(op.path)
+        mode = valid_mode(op.mode)
         who = self._who(op.caller)
         node = self._existing(path, who)
         if not who.superuser and who.user != node.owner:
-            raise _Refused(
+            raise Refused(
                 errors.PermissionDenied,
-                f"{_p(path)}: permission denied: only its owner ({_p(node.owner)}) or a "
+                f"{printable(path)}: permission denied: only its owner "
+                f"({printable(node.owner)}) or a "
                 "superuser may change its mode",
             )
         node.mode = mode
         return Ok(self._stat(path, node))
 
     def _chown(self, op: Chown) -> Ok[Stat]:
-        path = _normalize(op.path)
-        owner = None if op.owner is None else _principal(op.owner, "owner")
-        group = None if op.group is None else _principal(op.group, "group")
+        path = valid_path(op.path)
+        owner = None if op.owner is None else valid_name(op.owner, "owner")
+        group = None if op.group is None else valid_name(op.group, "group")
         who = self._who(op.caller)
         node = self._existing(path, who)
         if not who.superuser:
             # POSIX chown/chgrp: a non-superuser may only keep the owner as it is, and
             # only the owner may change the group, to one they belong to.
             if who.user != node.owner:
-                raise _Refused(
+                raise Refused(
                     errors.PermissionDenied,
-                    f"{_p(path)}: permission denied: only its owner ({_p(node.owner)}) or a "
+                    f"{printable(path)}: permission denied: only its owner "
+                    f"({printable(node.owner)}) or a "
                     "superuser may change its owner or group",
                 )
             if owner is not None and owner != node.owner:
-                raise _Refused(
+                raise Refused(
                     errors.PermissionDenied,
-                    f"{_p(path)}: permission denied: only a superuser may give it to {_p(owner)}",
+                    f"{printable(path)}: permission denied: only a superuser may give it to "
+                    f"{printable(owner)}",
                 )
             if group is not None and group != node.group and group not in who.groups:
-                raise _Refused(
+                raise Refused(
                     errors.PermissionDenied,
-                    f"{_p(path)}: permission denied: {who.user} is not a member of group "
-                    f"{_p(group)}",
+                    f"{printable(path)}: permission denied: {who.user} is not a member of group "
+                    f"{printable(group)}",
                 )
         if owner is not None:
             node.owner = owner
@@ -2041,24 +1656,24 @@ class Namespace:
 
     def _change_group(self, op: ChangeGroup) -> Ok[tuple[str, ...]]:
         self._require_superuser(op.caller, "change groups")
-        group = _principal(op.group, "group")
-        add = _flag(op.add, "add")
+        group = valid_name(op.group, "group")
+        add = valid_flag(op.add, "add")
         if not isinstance(op.users, tuple) or not op.users:
-            raise _Refused(errors.InvalidArgument, "name at least one user")
-        users = {_principal(user, "user") for user in op.users}
+            raise Refused(errors.InvalidArgument, "name at least one user")
+        users = {valid_name(user, "user") for user in op.users}
         members = set(self._groups.get(group, ()))
         if add:
             if group not in self._groups and len(self._groups) >= MAX_GROUPS:
-                raise _Refused(errors.InvalidArgument, f"there are {MAX_GROUPS} groups already")
+                raise Refused(errors.InvalidArgument, f"there are {MAX_GROUPS} groups already")
             members |= users
             if len(members) > MAX_GROUP_MEMBERS:
-                raise _Refused(
+                raise Refused(
                     errors.InvalidArgument,
                     f"group {group} would have more than {MAX_GROUP_MEMBERS} members",
                 )
         else:
             if group not in self._groups:
-                raise _Refused(errors.InvalidArgument, f"there is no group {group}")
+                raise Refused(errors.InvalidArgument, f"there is no group {group}")
             members -= users
         if members:
             self._groups[group] = sorted(members)
@@ -2068,15 +1683,15 @@ class Namespace:
 
     def _add_user(self, op: AddUser) -> Ok[Stat]:
         self._require_superuser(op.caller, "add users")
-        name = _principal(op.name, "user name")
+        name = valid_name(op.name, "user name")
         now = float(op.now)
         root = self._root()
         number = root.children.get(USER_HOME[1:])
         home = None if number is None else self._nodes[number]
         if home is not None and not isinstance(home, DirectoryNode):
-            raise _Refused(errors.NotADirectory, f"{USER_HOME}: is not a directory")
+            raise Refused(errors.NotADirectory, f"{USER_HOME}: is not a directory")
         if home is not None and name in home.children:
-            raise _Refused(errors.FileExists, f"{USER_HOME}/{name}: already exists")
+            raise Refused(errors.FileExists, f"{USER_HOME}/{name}: already exists")
         if home is None:
             self._check_quota(root, 2, 0, f"{USER_HOME}/{name}")
         else:
@@ -2089,13 +1704,13 @@ class Namespace:
 
     def _set_quota(self, op: SetQuota) -> Ok[QuotaUsage]:
         self._require_superuser(op.caller, "set quotas")
-        path = _normalize(op.path)
-        clear = _flag(op.clear, "clear")
-        files = None if op.files is None else _integer(op.files, "name quota", 1, _MAX_INT)
-        size = None if op.bytes is None else _integer(op.bytes, "space quota", 0, _MAX_INT)
+        path = valid_path(op.path)
+        clear = valid_flag(op.clear, "clear")
+        files = None if op.files is None else valid_integer(op.files, "name quota", 1, _MAX_INT)
+        size = None if op.bytes is None else valid_integer(op.bytes, "space quota", 0, _MAX_INT)
         node = self._existing(path)
         if not isinstance(node, DirectoryNode):
-            raise _Refused(errors.NotADirectory, f"{_p(path)}: quotas are set on directories")
+            raise Refused(errors.NotADirectory, f"{printable(path)}: quotas are set on directories")
         quota = self._quotas.get(node.inode)
         if clear:
             self._quotas.pop(node.inode, None)
@@ -2111,15 +1726,15 @@ class Namespace:
 
     def _require_superuser(self, caller: Caller, doing: str) -> None:
         if not self._who(caller).superuser:
-            raise _Refused(
+            raise Refused(
                 errors.PermissionDenied, f"permission denied: only a superuser may {doing}"
             )
 
     def _set_decommission(self, op: SetDecommission) -> Ok[frozenset[str]]:
         if not self._who(op.caller).superuser:
-            raise _Refused(errors.PermissionDenied, "only a superuser may decommission")
-        name = _principal(op.dataserver, "dataserver name")
-        on = _flag(op.on, "on")
+            raise Refused(errors.PermissionDenied, "only a superuser may decommission")
+        name = valid_name(op.dataserver, "dataserver name")
+        on = valid_flag(op.on, "on")
         if on:
             self._decommissioned.add(name)
         else:
@@ -2128,6 +1743,6 @@ class Namespace:
 
     def _set_safe_mode(self, op: SetSafeMode) -> Ok[bool]:
         if not self._who(op.caller).superuser:
-            raise _Refused(errors.PermissionDenied, "only a superuser may change safe mode")
-        self._safe_mode = _flag(op.on, "on")
+            raise Refused(errors.PermissionDenied, "only a superuser may change safe mode")
+        self._safe_mode = valid_flag(op.on, "on")
         return Ok(self._safe_mode)

@@ -11,6 +11,8 @@ import enum
 
 import attrs
 
+from dfs.protocol.records import Location
+
 
 class DataserverState(enum.Enum):
     ALIVE = "alive"
@@ -28,7 +30,8 @@ class SpaceReport:
 @attrs.define
 class DataserverRecord:
     name: str
-    address: str
+    #: where it serves clients and peers, as it registered
+    address: Location
     space: SpaceReport
     registered_at: float
     last_heartbeat: float
@@ -42,7 +45,7 @@ class DataserverRegistry:
     dead_after: float
     _records: dict[str, DataserverRecord] = attrs.field(factory=dict)
 
-    def register(self, name: str, address: str, space: SpaceReport, now: float) -> bool:
+    def register(self, name: str, address: Location, space: SpaceReport, now: float) -> bool:
         """Record a (re-)registration; True when the dataserver is new or was dead."""
         previous = self._records.get(name)
         self._records[name] = DataserverRecord(

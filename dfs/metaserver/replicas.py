@@ -20,6 +20,7 @@ from dfs.metaserver.log import ReplicatedLog
 from dfs.metaserver.registry import DataserverRegistry
 from dfs.metaserver.replication import assess, server_views
 from dfs.protocol.errors import PermissionDenied
+from dfs.protocol.records import Location
 from dfs.security.identity import Identity
 
 
@@ -95,7 +96,7 @@ class ReplicaTracker:
         self._settle()
         self._place(name, chunk_id, version)
 
-    def written(self, chunk_id: int, version: int, addresses: Iterable[str]) -> None:
+    def written(self, chunk_id: int, version: int, addresses: Iterable[Location]) -> None:
         """A writer committed ``chunk_id`` on the dataservers at ``addresses``. They
         report it too; recording it now lets a reader find it even if those reports
         are a moment late."""

@@ -15,6 +15,8 @@ from twisted.logger import Logger
 
 from dfs.config import ReplicationConfig
 from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
+from dfs.metaserver import quotas
 from dfs.metaserver.log import ReplicatedLog, caller, commit, lookup, stamp
 from dfs.metaserver.replicas import ReplicaTracker
 from dfs.metaserver.safemode import SafeMode
@@ -41,7 +43,7 @@ def _stat_entry(stat: ns.Stat) -> records.Entry:
     return records.Entry(*(getattr(stat, field.name) for field in fields))
 
 
-def _quota_entry(usage: ns.QuotaUsage) -> dict[str, Any]:
+def _quota_entry(usage: quotas.QuotaUsage) -> dict[str, Any]:
     return {
         "path": usage.path,
         "files_quota": -1 if usage.files is None else usage.files,
@@ -68,7 +70,7 @@ class NamespaceRequests:
         self._replicas = replicas
         self._config = config
 
-    async def _commit(self, operation: ns.Operation) -> Any:
+    async def _commit(self, operation: ops.Operation) -> Any:
         self._safe_mode.check_mutation()
         return await commit(self._log, operation)
 
@@ -84,17 +86,19 @@ class NamespaceRequests:
     async def mkdir(
         self, identity: Identity, path: str, mode: int, parents: bool, request_id: str
     ) -> None:
-        await self._commit(ns.Mkdir(path, mode, parents, **self._stamp(identity, request_id)))
+        await self._commit(ops.Mkdir(path, mode, parents, **self._stamp(identity, request_id)))
 
     async def delete(self, identity: Identity, path: str, recursive: bool, request_id: str) -> None:
-        result = await self._commit(ns.Delete(path, recursive, **self._stamp(identity, request_id)))
+        result = await self._commit(
+            ops.Delete(path, recursive, **self._stamp(identity, request_id))
+        )
         self._replicas.drop(result.freed)
 
     async def rename(
         self, identity: Identity, source: str, destination: str, request_id: str
     ) -> None:
         result = await self._commit(
-            ns.Rename(source, destination, **self._stamp(identity, request_id))
+            ops.Rename(source, destination, **self._stamp(identity, request_id))
         )
         self._replicas.drop(result.freed)
 
@@ -103,18 +107,18 @@ class NamespaceRequests:
     ) -> None:
         check_replication(self._config, path, replication)
         await self._commit(
-            ns.SetReplication(path, replication, **self._stamp(identity, request_id))
+            ops.SetReplication(path, replication, **self._stamp(identity, request_id))
         )
 
     async def chmod(self, identity: Identity, path: str, mode: int, request_id: str) -> None:
-        await self._commit(ns.Chmod(path, mode, **self._stamp(identity, request_id)))
+        await self._commit(ops.Chmod(path, mode, **self._stamp(identity, request_id)))
 
     async def chown(
         self, identity: Identity, path: str, owner: str, group: str, request_id: str
     ) -> None:
         """``owner`` or ``group`` empty: that one is left as it is."""
         await self._commit(
-            ns.Chown(path, owner or None, group or None, **self._stamp(identity, request_id))
+            ops.Chown(path, owner or None, group or None, **self._stamp(identity, request_id))
         )
 
     # -- users, groups, quotas -------------------------------------------------------------
@@ -125,7 +129,7 @@ class NamespaceRequests:
         if len(users) > ns.MAX_GROUP_MEMBERS:
             raise InvalidArgument(f"at most {ns.MAX_GROUP_MEMBERS} users at once")
         members = await self._commit(
-            ns.ChangeGroup(group, tuple(users), add, **self._stamp(identity))
+            ops.ChangeGroup(group, tuple(users), add, **self._stamp(identity))
         )
         self.log.info(
             "{admin}: group {group} {change} {users}",
@@ -142,14 +146,14 @@ class NamespaceRequests:
         return [{"name": name, "members": list(members)} for name, members in listing.items()]
 
     async def add_user(self, identity: Identity, name: str) -> str:
-        stat = await self._commit(ns.AddUser(name, **self._stamp(identity)))
+        stat = await self._commit(ops.AddUser(name, **self._stamp(identity)))
         self.log.info("{admin}: added user {name}", admin=identity.name, name=name)
         return str(stat.path)
 
     async def set_quota(
         self, identity: Identity, path: str, files: int | None, size: int | None, clear: bool
     ) -> dict[str, Any]:
-        usage = await self._commit(ns.SetQuota(path, files, size, clear, **self._stamp(identity)))
+        usage = await self._commit(ops.SetQuota(path, files, size, clear, **self._stamp(identity)))
         self.log.info(
             "{admin}: quota of {path}: files {files}, bytes {size}",
             admin=identity.name,

@@ -21,7 +21,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from dfs.config import ReplicationConfig
-from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.log import ReplicatedLog, commit, stamp
 from dfs.metaserver.registry import DataserverRegistry
 from dfs.protocol.errors import InvalidArgument
@@ -168,7 +168,7 @@ class SafeMode:
         if action in ("enter", "leave"):
             self.check_serving()
             now = self._clock.seconds()
-            await commit(self._log, ns.SetSafeMode(action == "enter", **stamp(identity, now)))
+            await commit(self._log, ops.SetSafeMode(action == "enter", **stamp(identity, now)))
             if action == "leave" and self._automatic:
                 self._automatic = False
                 self.log.warn("safe mode left on an administrator's order")

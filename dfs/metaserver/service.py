@@ -63,6 +63,7 @@ from dfs.protocol import commands
 from dfs.protocol.commands import Heartbeat, ListDataservers, RegisterDataserver
 from dfs.protocol.errors import InvalidArgument, PermissionDenied, UnknownDataserver
 from dfs.protocol.limits import ServerLimits
+from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
 from dfs.reload import SecurityReload, apply_limits, apply_token_lifetime
 from dfs.security.identity import Identity, Role
@@ -136,11 +137,12 @@ class Metaserver:
         if name != caller.name:
             raise PermissionDenied(f"{caller} cannot register as dataserver {name!r}")
         try:
-            Address.parse(address)
+            parsed = Address.parse(address)
         except ValueError as error:
             raise InvalidArgument(f"address {address!r}: {error}") from None
         _check_space(space)
-        if self.registry.register(name, address, space, self.clock.seconds()):
+        location = Location(parsed.host, parsed.port)
+        if self.registry.register(name, location, space, self.clock.seconds()):
             self.log.info(
                 "dataserver {name} registered from {address} "
                 "(capacity {capacity}, free {free}, {chunks} chunks)",
@@ -197,7 +199,7 @@ class Metaserver:
             answer.append(
                 {
                     "name": record.name,
-                    "address": record.address,
+                    "address": str(record.address),
                     "state": state,
                     "capacity": record.space.capacity,
                     "free": record.space.free,
@@ -418,7 +420,7 @@ class MetaserverSession(PeerSession):
         chunk_id: int | None = None,
         version: int | None = None,
         chunk_length: int | None = None,
-        locations: list[str] | None = None,
+        locations: list[Location] | None = None,
     ) -> dict:
         await self.handlers.chunks.close(
             self.caller,
@@ -513,7 +515,9 @@ class MetaserverSession(PeerSession):
         return self.metaserver.space()
 
     @commands.ReportBadReplica.responder
-    def report_bad_replica(self, chunk_id: int, version: int, address: str, reason: str) -> dict:
+    def report_bad_replica(
+        self, chunk_id: int, version: int, address: Location, reason: str
+    ) -> dict:
         self.handlers.monitor.bad_replica(chunk_id, version, address, reason)
         return {}
 

@@ -14,7 +14,14 @@ from twisted.internet.defer import fail
 from twisted.protocols import amp
 
 from dfs.protocol.errors import ERROR_CODES
-from dfs.protocol.records import Bulk, ChunkPage, EntryArgument, EntryPage
+from dfs.protocol.records import (
+    Bulk,
+    ChunkPage,
+    EntryArgument,
+    EntryPage,
+    LocationArgument,
+    LocationList,
+)
 from dfs.security.identity import Role
 
 ANY_ROLE: frozenset[Role] = frozenset(Role)
@@ -401,7 +408,8 @@ class ReadBackup(DFSCommand):
 
 # -- the namespace: people ask a metaserver ------------------------------------
 
-# Entries and chunks travel as the records of dfs.protocol.records, packed.
+# Entries and chunks travel as the records of dfs.protocol.records, packed; replica
+# locations (targets, locations, downstream, sources) as its Location records.
 
 
 class NamespaceCommand(DFSCommand):
@@ -447,7 +455,7 @@ class Create(NamespaceCommand):
         (b"closed", amp.Boolean()),
         (b"chunk_id", amp.Integer(optional=True)),
         (b"version", amp.Integer(optional=True)),
-        (b"targets", amp.ListOf(amp.Unicode(), optional=True)),
+        (b"targets", LocationList(optional=True)),
         (b"token", amp.Unicode(optional=True)),
     ]
 
@@ -465,7 +473,7 @@ class AddChunk(NamespaceCommand):
     response: ClassVar[list] = [
         (b"chunk_id", amp.Integer()),
         (b"version", amp.Integer()),
-        (b"targets", amp.ListOf(amp.Unicode())),
+        (b"targets", LocationList()),
         (b"token", amp.Unicode()),  # the write token for the pipeline
     ]
 
@@ -495,7 +503,7 @@ class CommitChunk(NamespaceCommand):
         (b"chunk_id", amp.Integer()),
         (b"version", amp.Integer()),
         (b"length", amp.Integer()),
-        (b"locations", amp.ListOf(amp.Unicode())),
+        (b"locations", LocationList()),
         (b"request_id", amp.Unicode()),
     ]
     response: ClassVar[list] = []
@@ -523,7 +531,7 @@ class CloseFile(NamespaceCommand):
         (b"chunk_id", amp.Integer(optional=True)),
         (b"version", amp.Integer(optional=True)),
         (b"chunk_length", amp.Integer(optional=True)),
-        (b"locations", amp.ListOf(amp.Unicode(), optional=True)),
+        (b"locations", LocationList(optional=True)),
     ]
     response: ClassVar[list] = []
 
@@ -741,7 +749,7 @@ class ReportBadReplica(NamespaceCommand):
     arguments: ClassVar[list] = [
         (b"chunk_id", amp.Integer()),
         (b"version", amp.Integer()),
-        (b"address", amp.Unicode()),
+        (b"address", LocationArgument()),
         (b"reason", amp.Unicode()),
     ]
     response: ClassVar[list] = []
@@ -813,12 +821,12 @@ class ReplicateChunk(DFSCommand):
         (b"chunk_id", amp.Integer()),
         (b"version", amp.Integer()),
         (b"length", amp.Integer()),
-        (b"sources", amp.ListOf(amp.Unicode())),
+        (b"sources", LocationList()),
         (b"rate", amp.Integer()),
         # a copy token for the target dataserver, presented to the sources
         (b"token", amp.Unicode(optional=True)),
     ]
-    response: ClassVar[list] = [(b"source", amp.Unicode())]  # where it was copied from
+    response: ClassVar[list] = [(b"source", LocationArgument())]  # where it was copied from
     allowed_roles = frozenset({Role.METASERVER})
 
 
@@ -845,7 +853,7 @@ class OpenChunkWrite(DFSCommand):
     arguments: ClassVar[list] = [
         (b"chunk_id", amp.Integer()),
         (b"version", amp.Integer()),
-        (b"downstream", amp.ListOf(amp.Unicode())),
+        (b"downstream", LocationList()),
         # bytes the replica may grow to (the file's chunk size): set aside at once
         (b"expected_length", amp.Integer(optional=True)),
         # every chunk command takes the token the metaserver minted for it; optional
@@ -883,7 +891,7 @@ class FinishChunkWrite(DFSCommand):
         (b"length", amp.Integer()),
         (b"token", amp.Unicode(optional=True)),  # write
     ]
-    response: ClassVar[list] = [(b"locations", amp.ListOf(amp.Unicode()))]
+    response: ClassVar[list] = [(b"locations", LocationList())]
     allowed_roles = DATA_PEERS
 
 
@@ -897,7 +905,7 @@ class RecoverChunkWrite(DFSCommand):
         (b"version", amp.Integer()),
         (b"new_version", amp.Integer()),
         (b"length", amp.Integer()),
-        (b"downstream", amp.ListOf(amp.Unicode())),
+        (b"downstream", LocationList()),
         (b"token", amp.Unicode(optional=True)),  # write, for new_version
     ]
     response: ClassVar[list] = []

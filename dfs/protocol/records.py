@@ -1,12 +1,15 @@
-"""The records the namespace commands answer with, defined once for both ends.
+"""The records DFS commands carry, defined once for every side.
 
 :class:`Entry` is what Stat and ListDirectory say about a file or directory;
-:class:`ChunkRecord` is what GetChunks says about one chunk of a file. Each comes
-with AMP argument types: one record as one value (:class:`EntryArgument`) and a
-whole page of records packed into one compact value (:class:`EntryPage`,
-:class:`ChunkPage`), cut into AMP values as :class:`Bulk` cuts bytes, rather than
-one AMP box per record, which is several times slower to encode and decode and
-several times larger.
+:class:`ChunkRecord` is what GetChunks says about one chunk of a file;
+:class:`Location` is where a replica of a chunk is, or is to be written: a
+dataserver's address, as a chunk record, a new chunk's targets, a write pipeline's
+downstream and a repair order's sources name it. Each comes with AMP argument types:
+one record as one value (:class:`EntryArgument`, :class:`LocationArgument`), a list
+of locations (:class:`LocationList`), and a whole page of records packed into one
+compact value (:class:`EntryPage`, :class:`ChunkPage`), cut into AMP values as
+:class:`Bulk` cuts bytes, rather than one AMP box per record, which is several times
+slower to encode and decode and several times larger.
 
 Decoding is strict: a value that is not exactly what the encoder writes raises
 :class:`~dfs.protocol.errors.MalformedRecord` with one line saying what is wrong,
@@ -20,7 +23,7 @@ The packed page format (version 1) is columnar, all integers little-endian::
     n float64 mtime (entries only)
     UTF-8     the text fields, column after column, every value ended by NUL
 
-Paths and identity names never hold NUL (see :mod:`dfs.metaserver.paths` and
+Paths and identity names never hold NUL (see :mod:`dfs.protocol.paths` and
 :func:`dfs.security.identity.validate_name`), and a chunk's locations are
 ``host:port`` addresses, so NUL can end each value. Column after column keeps the
 encoder and decoder to a handful of calls into C per page, whatever its length.
@@ -35,6 +38,7 @@ from typing import Any, Final
 import attrs
 from twisted.protocols import amp
 
+from dfs.config.model import Address
 from dfs.protocol.errors import MalformedRecord
 
 FILE: Final = "file"
@@ -75,6 +79,25 @@ class Entry:
 
 
 @attrs.frozen
+class Location(Address):
+    """Where a replica of a chunk is, or is to be written: the address a dataserver
+    serves clients and peers at, as it registered it. On the wire ``host:port``
+    (an IPv6 host in brackets); dialled as the :class:`~dfs.config.Address` it is."""
+
+    @classmethod
+    def decode(cls, text: str) -> Location:
+        """The location ``text`` names; MalformedRecord unless it is ``host:port``
+        with a port from 1 to 65535."""
+        try:
+            address = Address.parse(text)
+        except ValueError:
+            raise MalformedRecord(f"malformed location: expected host:port, got {text!r}") from None
+        if address.port == 0:
+            raise MalformedRecord(f"malformed location: {text!r} has port 0")
+        return cls(address.host, address.port)
+
+
+@attrs.frozen
 class ChunkRecord:
     """One chunk of a file as GetChunks gives it: where its live replicas are, best
     first for the reader, and a read token for the caller (dfs.security.tokens)."""
@@ -82,7 +105,7 @@ class ChunkRecord:
     chunk_id: int
     version: int
     length: int
-    locations: tuple[str, ...]
+    locations: tuple[Location, ...]
     token: str
 
 
@@ -137,12 +160,18 @@ def pack_entries(entries: Sequence[Entry]) -> bytes:
     return _HEADER.pack(PAGE_FORMAT, count) + flags + integers + mtimes + text
 
 
+def _joined(locations: Iterable[Location]) -> str:
+    # Locations are separated by spaces: a host name or IP address holds none.
+    texts = [str(location) for location in locations]
+    if any(" " in text or not text for text in texts):
+        raise ValueError("a chunk location is empty or holds a space")
+    return " ".join(texts)
+
+
 def pack_chunks(chunks: Sequence[ChunkRecord]) -> bytes:
     """A page of chunk records as one packed value. A chunk's locations are one text
     field, its addresses separated by spaces (an address holds none)."""
     count = len(chunks)
-    if any(" " in address or not address for chunk in chunks for address in chunk.locations):
-        raise ValueError("a chunk location is empty or holds a space")
     integers = _ints(
         [
             [chunk.chunk_id for chunk in chunks],
@@ -152,7 +181,7 @@ def pack_chunks(chunks: Sequence[ChunkRecord]) -> bytes:
         count,
     )
     text = _text(
-        [[" ".join(chunk.locations) for chunk in chunks], [chunk.token for chunk in chunks]]
+        [[_joined(chunk.locations) for chunk in chunks], [chunk.token for chunk in chunks]]
     )
     return _HEADER.pack(PAGE_FORMAT, count) + bytes(count) + integers + text
 
@@ -255,8 +284,23 @@ def unpack_chunks(data: bytes) -> list[ChunkRecord]:
     reader.flags(0)
     chunk_ids, versions, lengths = reader.numbers("q", 3)
     locations, tokens = reader.text(2)
+    # A page names a few dataservers many times over: decode each address once.
+    known: dict[str, Location] = {}
+
+    def decoded(text: str) -> Location:
+        location = known.get(text)
+        if location is None:
+            location = known[text] = Location.decode(text)
+        return location
+
     return [
-        ChunkRecord(chunk_id, version, length, tuple(where.split(" ")) if where else (), token)
+        ChunkRecord(
+            chunk_id,
+            version,
+            length,
+            tuple(map(decoded, where.split(" "))) if where else (),
+            token,
+        )
         for chunk_id, version, length, where, token in zip(
             chunk_ids, versions, lengths, locations, tokens, strict=True
         )
@@ -278,6 +322,28 @@ class EntryArgument(amp.Argument):
         if len(entries) != 1:
             raise MalformedRecord(f"malformed entry: a page of {len(entries)}, expected 1")
         return entries[0]
+
+
+class LocationArgument(amp.Argument):
+    """One :class:`Location` as its ``host:port`` text."""
+
+    def toString(self, inObject: Location) -> bytes:
+        return str(inObject).encode("utf-8")
+
+    def fromString(self, inString: bytes) -> Location:
+        try:
+            text = inString.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedRecord("malformed location: not UTF-8 text") from None
+        return Location.decode(text)
+
+
+class LocationList(amp.ListOf):
+    """A list of :class:`Location`, each its ``host:port`` text: the same bytes as a
+    ListOf(Unicode()) of those texts."""
+
+    def __init__(self, optional: bool = False) -> None:
+        super().__init__(LocationArgument(), optional)
 
 
 class Bulk(amp.Argument):
@@ -357,5 +423,5 @@ def entry_size(entry: Entry) -> int:
 def chunk_record_size(chunk: ChunkRecord) -> int:
     """The bytes ``chunk`` takes in a packed page."""
     return (
-        CHUNK_FIXED_BYTES + len(" ".join(chunk.locations).encode()) + len(chunk.token.encode()) + 2
+        CHUNK_FIXED_BYTES + len(_joined(chunk.locations).encode()) + len(chunk.token.encode()) + 2
     )

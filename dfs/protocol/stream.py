@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from dfs.protocol import bulktls
 from dfs.protocol.commands import OpenChunkStream
+from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity
 
@@ -353,17 +354,17 @@ class StreamPool:
     def __init__(
         self,
         clock: Any,
-        dial: Callable[[str], Awaitable[PeerSession]],
+        dial: Callable[[Location], Awaitable[PeerSession]],
         timeout: float,
     ) -> None:
         self._clock = clock
         self._dial = dial
         self._timeout = timeout
-        self._streams: dict[str, ChunkStream] = {}
-        #: address -> callers waiting for the dial in progress
-        self._waiting: dict[str, list[Deferred[ChunkStream]]] = {}
+        self._streams: dict[Location, ChunkStream] = {}
+        #: dataserver -> callers waiting for the dial in progress
+        self._waiting: dict[Location, list[Deferred[ChunkStream]]] = {}
 
-    async def get(self, address: str) -> ChunkStream:
+    async def get(self, address: Location) -> ChunkStream:
         stream = self._streams.get(address)
         if stream is not None and stream.is_open:
             return stream
@@ -375,7 +376,7 @@ class StreamPool:
         self._waiting[address] = waiting
         try:
             session = await self._dial(address)
-            stream = await open_stream(self._clock, session, address, self._timeout)
+            stream = await open_stream(self._clock, session, str(address), self._timeout)
         except BaseException as error:
             del self._waiting[address]
             if isinstance(error, CancelledError):

@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 from dfs.client.client import DFSClient
 from dfs.client.connection import ClientCredentials, connect_server
 from dfs.client.grants import ChunkGrant
-from dfs.config import Address, load_client_config
+from dfs.config import load_client_config
 from dfs.localcluster import LocalCluster
 from dfs.protocol.commands import (
     AbortChunkWrite,
@@ -29,7 +29,7 @@ from dfs.protocol.commands import (
     RenewChunkTokens,
 )
 from dfs.protocol.errors import InvalidToken
-from dfs.protocol.records import ChunkRecord
+from dfs.protocol.records import ChunkRecord, Location
 from dfs.protocol.session import PeerSession
 from dfs.security.tokens import READ, WRITE, TokenKeys
 
@@ -59,8 +59,8 @@ async def a_chunk(cluster: LocalCluster, path: str) -> tuple[DFSClient, ChunkRec
     return client, answer["chunks"][0]
 
 
-async def dataserver(address: str, credentials: ClientCredentials) -> PeerSession:
-    return await connect_server(reactor, Address.parse(address), credentials)
+async def dataserver(location: Location, credentials: ClientCredentials) -> PeerSession:
+    return await connect_server(reactor, location, credentials)
 
 
 async def refusal(call: Any) -> str:
@@ -133,7 +133,7 @@ async def test_a_dataserver_refuses_every_bad_token_and_says_why(
     await session.callRemote(AbortChunkWrite, chunk_id=new_id, version=1, token=token)
 
     # Each refusal is logged with who was refused.
-    [node] = [node for node in cluster.dataservers if node.address == chunk.locations[0]]
+    [node] = [node for node in cluster.dataservers if node.address == str(chunk.locations[0])]
     await poll(
         lambda: log_contains(
             node.logfile, "refused ReadChunk of chunk", f"to {credentials.identity}", "forged token"

@@ -12,12 +12,13 @@ from twisted.internet import reactor
 from dfs.client.client import DFSClient
 from dfs.config import load_client_config
 from dfs.localcluster import LocalCluster, Node
+from dfs.protocol.records import Location
 
 MiB = 1024 * 1024
 
 
-def node_at(cluster: LocalCluster, address: str) -> Node:
-    [node] = [node for node in cluster.dataservers if node.address == address]
+def node_at(cluster: LocalCluster, address: Location) -> Node:
+    [node] = [node for node in cluster.dataservers if node.address == str(address)]
     return node
 
 

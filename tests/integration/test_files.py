@@ -98,7 +98,8 @@ async def test_a_multi_chunk_file_reads_back_whole_in_ranges_and_in_pieces(clust
     assert [chunk.length for chunk in chunks] == [MiB] * 5 + [12345]
     for chunk in chunks:
         assert len(replica_files(cluster, chunk.chunk_id, chunk.version)) == 3
-        assert sorted(chunk.locations) == sorted(node.address for node in cluster.dataservers)
+        held = sorted(map(str, chunk.locations))
+        assert held == sorted(node.address for node in cluster.dataservers)
     client.close()
 
 

@@ -12,6 +12,7 @@ from dfs.client.client import DFSClient
 from dfs.client.reader import ChunkUnavailable
 from dfs.config import load_client_config
 from dfs.localcluster import LocalCluster
+from dfs.protocol.records import Location
 
 MiB = 1024 * 1024
 
@@ -20,8 +21,8 @@ async def connect(cluster: LocalCluster) -> DFSClient:
     return await DFSClient.connect(reactor, load_client_config(cluster.client_config))
 
 
-def node_at(cluster: LocalCluster, address: str):
-    [node] = [node for node in cluster.dataservers if node.address == address]
+def node_at(cluster: LocalCluster, address: Location):
+    [node] = [node for node in cluster.dataservers if node.address == str(address)]
     return node
 
 
@@ -67,7 +68,9 @@ async def test_a_corrupted_replica_is_skipped_and_reported(cluster, poll, log_co
     # ... and a good copy replaces it, from another replica.
     async def whole_again() -> bool:
         report = await client.fsck("/c")
-        return report.healthy and first.address in (await chunks_of(client, "/c"))[0].locations
+        return report.healthy and first.address in map(
+            str, (await chunks_of(client, "/c"))[0].locations
+        )
 
     await poll(whole_again, timeout=30, what="the corrupt replica replaced")
     assert await client.read_file("/c") == data

@@ -17,6 +17,7 @@ from dfs.client.client import DFSClient
 from dfs.config import load_client_config
 from dfs.localcluster import LocalCluster
 from dfs.protocol.errors import SafeMode
+from dfs.protocol.records import Location
 
 MiB = 1024 * 1024
 CHUNK = MiB
@@ -130,7 +131,7 @@ async def test_decommission_drains_a_dataserver_and_recommission_undoes_it(make_
     # Every chunk has its 3 replicas without ds1, and nothing new goes to it.
     reader = await client.open("/f")
     reader.close()
-    ds1 = cluster.node("ds1").address
+    ds1 = Location.decode(cluster.node("ds1").address)
     assert all(len([a for a in c.locations if a != ds1]) >= 3 for c in reader._chunks)
     await client.write_file("/g", os.urandom(3 * CHUNK))
     reader = await client.open("/g")

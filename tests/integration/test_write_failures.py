@@ -18,6 +18,7 @@ from dfs.config import load_client_config
 from dfs.localcluster import LocalCluster
 from dfs.protocol.commands import FinishChunkWrite
 from dfs.protocol.errors import FileNotFound, InvalidArgument, LeaseConflict, NoSpace
+from dfs.protocol.records import Location
 
 MiB = 1024 * 1024
 
@@ -26,8 +27,8 @@ async def connect(cluster: LocalCluster) -> DFSClient:
     return await DFSClient.connect(reactor, load_client_config(cluster.client_config))
 
 
-def node_at(cluster: LocalCluster, address: str):
-    [node] = [node for node in cluster.dataservers if node.address == address]
+def node_at(cluster: LocalCluster, address: Location):
+    [node] = [node for node in cluster.dataservers if node.address == str(address)]
     return node
 
 
@@ -71,10 +72,10 @@ async def test_kill_9_of_a_pipeline_dataserver_mid_write_loses_nothing(
     assert [c.length for c in chunks] == [4 * MiB] * 3 + [2 * MiB + 4321]
     # The chunk that lost a replica has a new version, held by the two survivors only.
     assert chunks[1].version > version_before
-    assert len(chunks[1].locations) == 2 and victim.address not in chunks[1].locations
+    assert len(chunks[1].locations) == 2 and victim.address not in map(str, chunks[1].locations)
     # Later chunks went to the survivors (the dead one is refused or skipped).
     for later in chunks[2:]:
-        assert victim.address not in later.locations
+        assert victim.address not in map(str, later.locations)
 
     # The victim comes back: its unfinished replica of chunk 2 (the old version) is
     # gone at the scan and never offered; the leader then gives it a copy of the new
@@ -90,7 +91,7 @@ async def test_kill_9_of_a_pipeline_dataserver_mid_write_loses_nothing(
         reader = await client.open("/big")
         reader.close()
         return (await client.fsck("/")).healthy and all(
-            victim.address in c.locations for c in reader._chunks[:2]
+            victim.address in map(str, c.locations) for c in reader._chunks[:2]
         )
 
     await poll(whole_again, timeout=30, what="chunk 2 copied to the returning dataserver")
@@ -139,7 +140,9 @@ async def test_a_stale_replica_reported_after_a_restart_is_deleted(make_cluster,
     async def whole_again() -> bool:
         reader = await client.open("/f")
         reader.close()
-        return (await client.fsck("/")).healthy and holder.address in reader._chunks[0].locations
+        return (await client.fsck("/")).healthy and holder.address in map(
+            str, reader._chunks[0].locations
+        )
 
     await poll(whole_again, timeout=30, what="the current version copied back")
     assert chunk_files(cluster, holder.name, chunk.chunk_id) == [
@@ -319,7 +322,7 @@ async def test_kill_9_of_a_pipeline_dataserver_while_a_chunk_is_finished(
     reader = await client.open("/finishing")
     reader.close()
     first = reader._chunks[0]
-    assert sorted(first.locations) == sorted(
+    assert sorted(map(str, first.locations)) == sorted(
         node.address for node in cluster.dataservers if node is not victim
     )
     # Survivors hold exactly the new version, nothing else.

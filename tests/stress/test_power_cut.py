@@ -24,11 +24,12 @@ from pathlib import Path
 
 from dfs.localcluster import free_ports
 from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.powercut import PowerCutFileLayer
 from dfs.metaserver.raft import NamespaceLog, RaftService, RaftSettings
 
 CUTS = int(os.environ.get("DFS_POWER_CUTS", "200"))
-CALLER = ns.Caller(user="dfs", superuser=True)
+CALLER = ops.Caller(user="dfs", superuser=True)
 
 
 class DirectReactor:
@@ -124,20 +125,20 @@ class Writers:
         def answered(result, path=path):
             with self.lock:
                 self.in_flight -= 1
-                if isinstance(result, ns.Ok):
+                if isinstance(result, ops.Ok):
                     self.acked.add(path)
 
         def failed(failure):
             with self.lock:
                 self.in_flight -= 1
 
-        operation = ns.Mkdir(path, 0o755, False, caller=CALLER, now=0.0, request_id=path)
+        operation = ops.Mkdir(path, 0o755, False, caller=CALLER, now=0.0, request_id=path)
         self.leader.submit(operation).addCallbacks(answered, failed)
 
 
 def directories(node: RaftService) -> set[str]:
     def query(namespace):
-        return ns.Ok({entry.path for entry in namespace.list("/").value})
+        return ops.Ok({entry.path for entry in namespace.list("/").value})
 
     return node.namespace.read(query).value
 

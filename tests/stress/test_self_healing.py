@@ -40,6 +40,7 @@ from dfs.client.admin import FsckReport
 from dfs.client.client import DFSClient
 from dfs.config import load_client_config
 from dfs.localcluster import LocalCluster, Node
+from dfs.protocol.records import Location
 
 pytestmark = pytest.mark.slow
 
@@ -249,8 +250,8 @@ def five_alive() -> dict[str, str]:
     return {f"ds{i}": "alive" for i in range(1, 6)}
 
 
-def node_at(cluster: LocalCluster, address: str) -> Node:
-    [node] = [node for node in cluster.dataservers if node.address == address]
+def node_at(cluster: LocalCluster, address: Location) -> Node:
+    [node] = [node for node in cluster.dataservers if node.address == str(address)]
     return node
 
 

@@ -20,6 +20,7 @@ from dfs.dataserver.service import DataserverSession
 from dfs.protocol import commands
 from dfs.protocol.commands import OpenChunkWrite, RecoverChunkWrite
 from dfs.protocol.errors import InvalidArgument, InvalidToken, PipelineBroken
+from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream, open_stream
 from dfs.security.identity import Identity, Role
@@ -34,7 +35,7 @@ def write_token(chunk_id: int, version: int, user: str = "alice", expires: float
 
 
 PACKET = 65536
-DS1, DS2, DS3 = "127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"
+DS1, DS2, DS3 = (Location("127.0.0.1", 7200 + n) for n in range(1, 4))
 
 
 class Listener:
@@ -85,14 +86,14 @@ class Grid:
         for number, address in enumerate((DS1, DS2, DS3), start=1):
             identity = Identity(Role.DATASERVER, f"ds{number}")
             store = ChunkStore(root / identity.name, reserved_space=0, fsync=False)
-            peers = PeerConnections(self.clock, lambda to, me=identity: self.connect(me, str(to)))
+            peers = PeerConnections(self.clock, lambda to, me=identity: self.connect(me, to))
             threads = self.threads[address] = Threads()
             service = ChunkService(
                 self.clock, store, peers, address, lambda stored: None, run_in_thread=threads
             )
             self.services[address] = (service, identity)
 
-    def connect(self, caller: Identity, address: str) -> Deferred[PeerSession]:
+    def connect(self, caller: Identity, address: Location) -> Deferred[PeerSession]:
         if address not in self.services:
             return fail(ConnectionRefusedError(address))
         service, identity = self.services[address]
@@ -191,7 +192,7 @@ def test_a_dataserver_lost_below_is_named_to_the_writer(grid):
     # The stream from ds2 to ds3 drops.
     grid.services[DS2][0]._writes[5].outbound.abort()  # type: ignore[union-attr]
     grid.settle()
-    assert listener.failed == [DS3]
+    assert listener.failed == [str(DS3)]
     assert listener.acked == PACKET
 
 
@@ -202,7 +203,7 @@ def test_recovery_keeps_the_acknowledged_bytes_and_goes_on_without_the_failed_on
     grid.services[DS2][0]._writes[5].outbound.abort()  # type: ignore[union-attr]
     send(stream, 5, 1, b"b" * PACKET, start=PACKET)  # lost with the failure
     grid.settle()
-    assert listener.failed == [DS3]
+    assert listener.failed == [str(DS3)]
 
     control = grid.session(DS1)
     grid.outcome(
@@ -232,7 +233,7 @@ def test_data_for_no_write_here_is_refused_naming_this_dataserver(grid):
     stream.watch(9, 1, listener)
     send(stream, 9, 1, b"x" * 3 * PACKET)
     grid.settle()
-    assert listener.failed == [DS1]
+    assert listener.failed == [str(DS1)]
     assert stream.is_open  # other writes may go on on the same stream
 
 
@@ -243,7 +244,7 @@ def test_a_packet_at_the_wrong_offset_breaks_the_write_naming_this_dataserver(gr
     send(stream, 5, 1, b"y" * 100, start=500)
     grid.settle()
     assert listener.acked == 100
-    assert listener.failed == [DS1]
+    assert listener.failed == [str(DS1)]
 
 
 def test_only_the_writer_that_opened_it_may_send_its_data(grid):
@@ -254,7 +255,7 @@ def test_only_the_writer_that_opened_it_may_send_its_data(grid):
     send(intruder, 5, 1, b"evil")
     send(stream, 5, 1, b"good")
     grid.settle()
-    assert refused.failed == [DS1]
+    assert refused.failed == [str(DS1)]
     assert listener.acked == 4 and listener.failed == []
     assert grid.replica(DS3, 5) == (1, 4)
 
@@ -272,7 +273,7 @@ def test_a_dataserver_down_at_open_is_named_in_pipeline_broken(grid):
                 token=write_token(5, 1),
             )
         )
-    assert caught.value.address == DS3
+    assert caught.value.address == str(DS3)
 
 
 def test_an_open_overtaken_by_the_writers_retry_leaves_the_pipeline_to_the_retry(grid):
@@ -407,7 +408,7 @@ def test_a_dataserver_lost_below_while_this_replica_opens_is_named_and_the_repli
     grid.threads[DS1].release()
     grid.settle()
     [failure] = answers
-    assert failure.check(PipelineBroken) and failure.value.address == DS3
+    assert failure.check(PipelineBroken) and failure.value.address == str(DS3)
     service = grid.services[DS1][0]
     assert service._writes == {} and service.store.writer(5) is None
 
@@ -452,8 +453,8 @@ def test_a_finish_ahead_of_the_packets_fails_naming_the_dataserver_lost_below(gr
     send(stream, 5, 1, b"x" * PACKET)
     with pytest.raises(PipelineBroken) as caught:
         grid.outcome(finished)
-    assert caught.value.address == DS3
-    assert listener.failed == [DS3]
+    assert caught.value.address == str(DS3)
+    assert listener.failed == [str(DS3)]
 
 
 def test_a_replica_completed_ahead_of_its_acknowledgements_survives_a_recovery(grid):

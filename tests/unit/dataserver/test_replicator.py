@@ -36,14 +36,15 @@ from dfs.protocol.errors import (
     PermissionDenied,
     StaleChunk,
 )
+from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
 from dfs.security.identity import Identity, Role
 from dfs.security.tokens import COPY, READ, TokenKeys
 
 B = CHECKSUM_BLOCK
 MiB = 1024 * 1024
-HERE = "127.0.0.1:7200"
-S1, S2, S3, S4 = (f"127.0.0.1:72{n:02d}" for n in range(1, 5))
+HERE = Location("127.0.0.1", 7200)
+S1, S2, S3, S4 = (Location("127.0.0.1", 7200 + n) for n in range(1, 5))
 META = Identity(Role.METASERVER, "meta1")
 DS = Identity(Role.DATASERVER, "ds0")
 KEYS = TokenKeys(b"cluster token key")
@@ -129,7 +130,7 @@ class Harness:
         self.replicator = ChunkReplicator(
             self.clock,
             self.store,
-            address=HERE,
+            location=HERE,
             connect=self.connect,
             on_received=self.received.append,
             on_corrupt=lambda *report: self.corrupt.append(report),
@@ -270,7 +271,7 @@ def test_all_sources_failing_gives_one_clear_error_and_leaves_no_file(harness):
     assert "chunk 9 version 4" in message
     assert "\n" not in message
     for address in (S1, S2, S3, S4):
-        assert address in message
+        assert str(address) in message
     assert "ConnectionRefusedError" in message and "StaleChunk" in message
     assert harness.dialled == [S1, S2, S3, S4]
     assert harness.files() == [], "no replica and no temporary left"
@@ -488,7 +489,7 @@ class Wires:
         self.replicator = ChunkReplicator(
             self.clock,
             self.store,
-            address=HERE,
+            location=HERE,
             connect=self.dial,
             on_received=lambda stored: None,
             on_corrupt=lambda *report: None,

@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.allocation import ChunkTokens
 from dfs.metaserver.log import MemoryLog
 from dfs.metaserver.registry import DataserverRegistry, SpaceReport
@@ -19,6 +19,7 @@ from dfs.protocol.errors import (
     PermissionDenied,
     SafeMode,
 )
+from dfs.protocol.records import Location
 from dfs.security.identity import Identity, Role
 from dfs.security.tokens import COPY, READ, WRITE, TokenIssuer, TokenKeys
 
@@ -26,6 +27,7 @@ ADMIN = Identity(Role.ADMIN, "root")
 ALICE = Identity(Role.CLIENT, "alice")
 BOB = Identity(Role.CLIENT, "bob")
 ADDRESSES = ["127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"]
+LOCATIONS = [Location.decode(address) for address in ADDRESSES]
 KEYS = TokenKeys(b"a" * 32)
 
 
@@ -48,7 +50,7 @@ def clock() -> Clock:
 @pytest.fixture
 def registry() -> DataserverRegistry:
     registry = DataserverRegistry(dead_after=5.0)
-    for number, address in enumerate(ADDRESSES, 1):
+    for number, address in enumerate(LOCATIONS, 1):
         registry.register(f"ds{number}", address, SpaceReport(1 << 40, 1 << 40, 0, 0), 0.0)
     return registry
 
@@ -72,7 +74,7 @@ def create(handlers, identity=ALICE, path="/home/f", replication=3):
 def test_a_new_chunk_goes_to_distinct_dataservers_with_a_write_token(handlers, clock):
     create(handlers)
     answer = result_of(handlers.chunks.add_chunk(ALICE, "/home/f", "c", "r2"))
-    assert sorted(answer["targets"]) == ADDRESSES
+    assert sorted(map(str, answer["targets"])) == ADDRESSES
     claims = KEYS.verify(
         answer["token"], answer["chunk_id"], answer["version"], WRITE, "alice", clock.seconds()
     )
@@ -104,13 +106,13 @@ def test_a_committed_chunk_is_found_at_once_with_read_tokens(handlers):
     added = result_of(handlers.chunks.add_chunk(ALICE, "/home/f", "c", "r2"))
     chunk_id, version = added["chunk_id"], added["version"]
     result_of(
-        handlers.chunks.commit_chunk(ALICE, "/home/f", "c", chunk_id, version, 5, ADDRESSES, "r3")
+        handlers.chunks.commit_chunk(ALICE, "/home/f", "c", chunk_id, version, 5, LOCATIONS, "r3")
     )
     result_of(handlers.chunks.close(ALICE, "/home/f", "c", 5, "r4"))
     page = handlers.chunks.get_chunks(ALICE, "/home/f", 0, 10, "127.0.0.1")
     assert page["length"] == 5 and not page["more"]
     [found] = page["chunks"]
-    assert sorted(found.locations) == ADDRESSES
+    assert sorted(map(str, found.locations)) == ADDRESSES
     KEYS.verify(found.token, chunk_id, version, READ, "alice", 1000)
     with pytest.raises(PermissionDenied):
         handlers.chunks.get_chunks(BOB, "/home/f", 0, 10)
@@ -121,7 +123,7 @@ def test_a_chunk_on_fewer_dataservers_than_min_replication_is_refused(clock, log
     result_of(handlers.namespace.mkdir(ADMIN, "/home", 0o777, True, "m"))
     create(handlers)
     with pytest.raises(InvalidArgument, match="fewer than min_replication"):
-        result_of(handlers.chunks.commit_chunk(ALICE, "/home/f", "c", 1, 1, 5, ADDRESSES[:1], ""))
+        result_of(handlers.chunks.commit_chunk(ALICE, "/home/f", "c", 1, 1, 5, LOCATIONS[:1], ""))
 
 
 def test_write_tokens_are_renewed_only_for_the_lease_holder(handlers):
@@ -170,8 +172,8 @@ def test_a_created_file_is_stamped_with_the_callers_name_and_the_leaders_clock(
         "lease_period": 30.0,
         "closed": False,
     }
-    [operation] = [op for op in log.submitted if type(op) is ns.Create]
-    assert operation.caller == ns.Caller("alice") and operation.now == clock.seconds()
+    [operation] = [op for op in log.submitted if type(op) is ops.Create]
+    assert operation.caller == ops.Caller("alice") and operation.now == clock.seconds()
     assert operation.lease_holder == "alice|c"
     assert operation.lease_expires == clock.seconds() + 30.0
     entry = handlers.namespace.stat(ALICE, "/home/f")["entry"]
@@ -184,7 +186,7 @@ def test_an_empty_file_is_created_closed_in_one_entry(handlers, log):
         handlers.chunks.create(ALICE, "/home/e", 0o644, 0, 0, False, "c", "", close=True)
     )
     assert answer["closed"] and "chunk_id" not in answer
-    assert [type(op) for op in log.submitted[before:]] == [ns.CreateClosed]
+    assert [type(op) for op in log.submitted[before:]] == [ops.CreateClosed]
     assert handlers.namespace.stat(ALICE, "/home/e")["entry"].complete
 
 
@@ -195,14 +197,14 @@ def test_a_file_and_its_first_chunk_in_one_entry_then_the_last_commit_with_the_c
     answer = result_of(
         handlers.chunks.create(ALICE, "/home/f", 0o644, 0, 0, False, "c", "", first_chunk=True)
     )
-    assert sorted(answer["targets"]) == ADDRESSES
+    assert sorted(map(str, answer["targets"])) == ADDRESSES
     chunk_id, version = answer["chunk_id"], answer["version"]
     KEYS.verify(answer["token"], chunk_id, version, WRITE, "alice", clock.seconds())
-    result_of(handlers.chunks.close(ALICE, "/home/f", "c", 7, "", chunk_id, version, 7, ADDRESSES))
-    assert [type(op) for op in log.submitted[before:]] == [ns.CreateWithChunk, ns.CommitClose]
+    result_of(handlers.chunks.close(ALICE, "/home/f", "c", 7, "", chunk_id, version, 7, LOCATIONS))
+    assert [type(op) for op in log.submitted[before:]] == [ops.CreateWithChunk, ops.CommitClose]
     page = handlers.chunks.get_chunks(ALICE, "/home/f", 0, 10)
     assert page["length"] == 7
-    assert sorted(page["chunks"][0].locations) == ADDRESSES
+    assert sorted(map(str, page["chunks"][0].locations)) == ADDRESSES
 
 
 def test_no_room_for_a_first_chunk_still_creates_the_file(clock, log, make_handlers):
@@ -212,7 +214,7 @@ def test_no_room_for_a_first_chunk_still_creates_the_file(clock, log, make_handl
         handlers.chunks.create(ALICE, "/home/f", 0o644, 0, 0, False, "c", "", first_chunk=True)
     )
     assert "chunk_id" not in answer
-    assert [type(op) for op in log.submitted[-1:]] == [ns.Create]
+    assert [type(op) for op in log.submitted[-1:]] == [ops.Create]
 
 
 def test_a_close_with_the_last_chunk_on_too_few_dataservers_is_refused(
@@ -226,7 +228,7 @@ def test_a_close_with_the_last_chunk_on_too_few_dataservers_is_refused(
     with pytest.raises(InvalidArgument, match="fewer than min_replication"):
         result_of(
             handlers.chunks.close(
-                ALICE, "/home/f", "c", 7, "", answer["chunk_id"], 1, 7, ADDRESSES[:1]
+                ALICE, "/home/f", "c", 7, "", answer["chunk_id"], 1, 7, LOCATIONS[:1]
             )
         )
     assert not handlers.namespace.stat(ALICE, "/home/f")["entry"].complete

@@ -21,7 +21,11 @@ from dfs.config import ConfigError, SecurityConfig, load_security_config
 from dfs.metaserver import audit
 from dfs.metaserver.audit import AuditLog, open_audit_log
 from dfs.metaserver.log import MemoryLog
-from dfs.metaserver.namespace import Caller, Chown, Mkdir
+from dfs.metaserver.operations import (
+    Caller,
+    Chown,
+    Mkdir,
+)
 from dfs.metaserver.registry import DataserverRegistry
 from dfs.metaserver.service import Metaserver, MetaserverMetrics, MetaserverSession
 from dfs.protocol import commands

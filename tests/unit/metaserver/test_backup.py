@@ -15,13 +15,15 @@ from dfs.localcluster import free_ports
 from dfs.metaserver import backup, restore
 from dfs.metaserver.journal import DurableJournal
 from dfs.metaserver.namespace import (
+    Namespace,
+)
+from dfs.metaserver.operations import (
     AddChunk,
     Caller,
     Close,
     CommitChunk,
     Create,
     Mkdir,
-    Namespace,
     Ok,
 )
 from dfs.metaserver.raft import NamespaceLog

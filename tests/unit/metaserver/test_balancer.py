@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 
 from dfs.metaserver.balancer import Balancer, spread
-from dfs.metaserver.namespace import ChunkTarget
+from dfs.metaserver.namespace import (
+    ChunkTarget,
+)
 from dfs.metaserver.replication import BALANCE, Assessment, ServerView, assess
 
 MiB = 1024 * 1024

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 
 from dfs.metaserver import backup
 from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.log import MemoryLog
 from dfs.metaserver.registry import DataserverRegistry, SpaceReport
 from dfs.metaserver.service import Metaserver
@@ -69,7 +70,7 @@ def test_decommissioning_is_replicated_and_names_a_known_dataserver(handlers, lo
 
 def test_a_backup_is_one_consistent_snapshot_read_in_pages(handlers, log):
     log.namespace.apply(
-        ns.Mkdir("/data", 0o755, False, caller=ns.Caller("dfs", superuser=True), now=0.0)
+        ops.Mkdir("/data", 0o755, False, caller=ops.Caller("dfs", superuser=True), now=0.0)
     )
     taken = handlers.control.start_backup("meta1")
     data = b""
@@ -94,11 +95,11 @@ def test_the_balancer_is_driven_on_the_leader_only(handlers, log):
 
 
 def test_fsck_reports_a_chunk_with_no_replica_as_missing(handlers, log):
-    root = {"caller": ns.Caller("dfs", superuser=True), "now": 0.0}
+    root = {"caller": ops.Caller("dfs", superuser=True), "now": 0.0}
     namespace = log.namespace
-    namespace.apply(ns.Create("/f", lease_holder="w", lease_expires=9.0, **root))
-    chunk = namespace.apply(ns.AddChunk("/f", "w", 9.0, **root)).value
-    namespace.apply(ns.CommitChunk("/f", "w", chunk.chunk_id, chunk.version, 4, **root))
+    namespace.apply(ops.Create("/f", lease_holder="w", lease_expires=9.0, **root))
+    chunk = namespace.apply(ops.AddChunk("/f", "w", 9.0, **root)).value
+    namespace.apply(ops.CommitChunk("/f", "w", chunk.chunk_id, chunk.version, 4, **root))
     answer = handlers.control.fsck("/", 0, 10)
     assert answer["missing"] == 1 and not answer["healthy"]
     assert [problem["path"] for problem in answer["problems"]] == ["/f"]

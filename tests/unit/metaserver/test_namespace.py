@@ -15,35 +15,39 @@ from hypothesis import strategies as st
 
 from dfs.metaserver import namespace as ns_module
 from dfs.metaserver.namespace import (
+    ChunkRef,
+    ChunkTarget,
+    CreateResult,
+    DeleteResult,
+    DirectoryPage,
+    Namespace,
+    RenameResult,
+    Stat,
+    Usage,
+)
+from dfs.metaserver.operations import (
     INTERNAL_ERROR,
     AddChunk,
     BumpChunkVersion,
     Caller,
     Chmod,
     Chown,
-    ChunkRef,
-    ChunkTarget,
     Close,
     CommitChunk,
     CommitClose,
     Create,
     CreateClosed,
-    CreateResult,
     Delete,
-    DeleteResult,
-    DirectoryPage,
     Err,
     Mkdir,
-    Namespace,
     Ok,
     Operation,
     RecoverLease,
     Rename,
-    RenameResult,
     RenewLease,
+    SetDecommission,
     SetReplication,
-    Stat,
-    Usage,
+    SetSafeMode,
 )
 from dfs.protocol import errors
 from dfs.protocol.records import Entry as WireEntry
@@ -975,14 +979,14 @@ def test_module_exports_the_documented_names() -> None:
 def test_decommission_and_safe_mode_are_replicated_state_for_superusers_only(
     ns: Namespace,
 ) -> None:
-    refused(ns, ns_module.SetDecommission("ds1", True, caller=ALICE, now=1), "PermissionDenied")
-    refused(ns, ns_module.SetSafeMode(True, caller=ALICE, now=1), "PermissionDenied")
-    refused(ns, ns_module.SetDecommission("bad/name", True, caller=ADMIN, now=1), "InvalidArgument")
-    ok(ns, ns_module.SetDecommission("ds1", True, caller=ADMIN, now=1))
-    ok(ns, ns_module.SetDecommission("ds2", True, caller=ADMIN, now=1))
-    ok(ns, ns_module.SetDecommission("ds1", False, caller=ADMIN, now=1))
+    refused(ns, SetDecommission("ds1", True, caller=ALICE, now=1), "PermissionDenied")
+    refused(ns, SetSafeMode(True, caller=ALICE, now=1), "PermissionDenied")
+    refused(ns, SetDecommission("bad/name", True, caller=ADMIN, now=1), "InvalidArgument")
+    ok(ns, SetDecommission("ds1", True, caller=ADMIN, now=1))
+    ok(ns, SetDecommission("ds2", True, caller=ADMIN, now=1))
+    ok(ns, SetDecommission("ds1", False, caller=ADMIN, now=1))
     assert ns.decommissioned == frozenset({"ds2"})
-    ok(ns, ns_module.SetSafeMode(True, caller=ADMIN, now=1))
+    ok(ns, SetSafeMode(True, caller=ADMIN, now=1))
     assert ns.safe_mode
     # Both survive a snapshot, as a new leader must see them.
     restored = Namespace.restore(ns.snapshot())

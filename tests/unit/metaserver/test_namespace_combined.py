@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 
 from dfs.metaserver.namespace import (
+    Namespace,
+)
+from dfs.metaserver.operations import (
     AddChunk,
     Caller,
     Close,
@@ -20,7 +23,6 @@ from dfs.metaserver.namespace import (
     CreateWithChunk,
     Err,
     Mkdir,
-    Namespace,
     Ok,
     Operation,
     SetQuota,

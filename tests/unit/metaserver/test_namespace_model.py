@@ -17,22 +17,23 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from dfs.metaserver import paths
 from dfs.metaserver.namespace import (
     MAX_PENDING_CHUNKS,
+    ChunkRef,
+    Namespace,
+)
+from dfs.metaserver.operations import (
     AddChunk,
     BumpChunkVersion,
     Caller,
     Chmod,
     Chown,
-    ChunkRef,
     Close,
     CommitChunk,
     Create,
     Delete,
     Err,
     Mkdir,
-    Namespace,
     Ok,
     Operation,
     RecoverLease,
@@ -40,6 +41,7 @@ from dfs.metaserver.namespace import (
     RenewLease,
 )
 from dfs.metaserver.raft import NamespaceLog
+from dfs.protocol import paths
 
 CHUNK_SIZE = 100
 NAMES = ["a", "b"]

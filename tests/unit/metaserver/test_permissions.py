@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 
 from dfs.metaserver.namespace import (
+    Namespace,
+)
+from dfs.metaserver.operations import (
     AddUser,
     Caller,
     ChangeGroup,
@@ -21,7 +24,6 @@ from dfs.metaserver.namespace import (
     Delete,
     Err,
     Mkdir,
-    Namespace,
     Ok,
     Operation,
     Rename,

@@ -8,6 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dfs.metaserver.namespace import (
+    Namespace,
+)
+from dfs.metaserver.operations import (
     AddChunk,
     Caller,
     Close,
@@ -16,14 +19,15 @@ from dfs.metaserver.namespace import (
     Delete,
     Err,
     Mkdir,
-    Namespace,
     Ok,
     Operation,
-    QuotaUsage,
     RecoverLease,
     Rename,
     SetQuota,
     SetReplication,
+)
+from dfs.metaserver.quotas import (
+    QuotaUsage,
 )
 
 ROOT = Caller("admin", superuser=True)

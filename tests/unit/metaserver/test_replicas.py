@@ -5,25 +5,26 @@ from __future__ import annotations
 import pytest
 
 from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.log import MemoryLog
 from dfs.metaserver.registry import DataserverRegistry, SpaceReport
 from dfs.metaserver.replicas import ReplicaTracker
 from dfs.protocol.errors import PermissionDenied
 from dfs.security.identity import Identity, Role
 
-ROOT = {"caller": ns.Caller(user="dfs", superuser=True), "now": 0.0}
+ROOT = {"caller": ops.Caller(user="dfs", superuser=True), "now": 0.0}
 DS1 = Identity(Role.DATASERVER, "ds1")
 
 
 def chunk(log: MemoryLog, path: str = "/f", bumps: int = 0) -> ns.ChunkRef:
     """A committed chunk of a closed file, at its first version plus ``bumps``."""
     namespace = log.namespace
-    namespace.apply(ns.Create(path, lease_holder="w", lease_expires=100.0, **ROOT))
-    ref = namespace.apply(ns.AddChunk(path, "w", 100.0, **ROOT)).value
+    namespace.apply(ops.Create(path, lease_holder="w", lease_expires=100.0, **ROOT))
+    ref = namespace.apply(ops.AddChunk(path, "w", 100.0, **ROOT)).value
     for _ in range(bumps):
-        ref = namespace.apply(ns.BumpChunkVersion(path, "w", ref.chunk_id, **ROOT)).value
-    namespace.apply(ns.CommitChunk(path, "w", ref.chunk_id, ref.version, 10, **ROOT))
-    namespace.apply(ns.Close(path, "w", 10, **ROOT))
+        ref = namespace.apply(ops.BumpChunkVersion(path, "w", ref.chunk_id, **ROOT)).value
+    namespace.apply(ops.CommitChunk(path, "w", ref.chunk_id, ref.version, 10, **ROOT))
+    namespace.apply(ops.Close(path, "w", 10, **ROOT))
     return ref
 
 

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfs.metaserver.namespace import ChunkTarget
+from dfs.metaserver.namespace import (
+    ChunkTarget,
+)
 from dfs.metaserver.replication import (
     CORRUPT,
     DRAIN,

@@ -6,14 +6,14 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.log import MemoryLog
 from dfs.metaserver.registry import DataserverRegistry, SpaceReport
 from dfs.protocol.errors import InvalidArgument, NotLeader, SafeMode
 from dfs.security.identity import Identity, Role
 
 ADMIN = Identity(Role.ADMIN, "root")
-ROOT = {"caller": ns.Caller(user="dfs", superuser=True), "now": 0.0}
+ROOT = {"caller": ops.Caller(user="dfs", superuser=True), "now": 0.0}
 
 
 def result_of(coroutine):
@@ -28,10 +28,10 @@ def result_of(coroutine):
 def committed_file(log: MemoryLog, path: str = "/f") -> int:
     """A closed file of one committed chunk; its chunk id."""
     namespace = log.namespace
-    namespace.apply(ns.Create(path, lease_holder="w", lease_expires=100.0, **ROOT))
-    chunk = namespace.apply(ns.AddChunk(path, "w", 100.0, **ROOT)).value
-    namespace.apply(ns.CommitChunk(path, "w", chunk.chunk_id, chunk.version, 10, **ROOT))
-    namespace.apply(ns.Close(path, "w", 10, **ROOT))
+    namespace.apply(ops.Create(path, lease_holder="w", lease_expires=100.0, **ROOT))
+    chunk = namespace.apply(ops.AddChunk(path, "w", 100.0, **ROOT)).value
+    namespace.apply(ops.CommitChunk(path, "w", chunk.chunk_id, chunk.version, 10, **ROOT))
+    namespace.apply(ops.Close(path, "w", 10, **ROOT))
     return int(chunk.chunk_id)
 
 

@@ -12,7 +12,9 @@ import pytest
 from dfs.localcluster import LocalCluster, free_ports
 from dfs.metaserver import syncobj
 from dfs.metaserver.journal import DurableJournal
-from dfs.metaserver.namespace import Namespace
+from dfs.metaserver.namespace import (
+    Namespace,
+)
 from dfs.metaserver.raft import NamespaceLog, RaftService, RaftSettings
 from dfs.metaserver.syncobj import (
     DurableSyncObj,

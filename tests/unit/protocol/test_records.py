@@ -12,7 +12,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.protocols import amp
 
-from dfs.protocol.commands import GetChunks, ListDirectory, Stat
+from dfs.protocol.commands import (
+    AddChunk,
+    CloseFile,
+    CommitChunk,
+    Create,
+    FinishChunkWrite,
+    GetChunks,
+    ListDirectory,
+    OpenChunkWrite,
+    RecoverChunkWrite,
+    ReplicateChunk,
+    ReportBadReplica,
+    Stat,
+)
 from dfs.protocol.errors import MalformedRecord
 from dfs.protocol.records import (
     PAGE_HEADER_BYTES,
@@ -22,6 +35,9 @@ from dfs.protocol.records import (
     Entry,
     EntryArgument,
     EntryPage,
+    Location,
+    LocationArgument,
+    LocationList,
     chunk_record_size,
     entry_size,
     pack_chunks,
@@ -77,12 +93,18 @@ entries = st.builds(
     chunk_size=int64,
     complete=st.booleans(),
 )
+locations = st.builds(
+    Location,
+    host=st.from_regex(r"[a-z0-9.\-]{1,20}", fullmatch=True)
+    | st.sampled_from(["::1", "fe80::1", "10.0.0.7"]),
+    port=st.integers(1, 65535),
+)
 chunks = st.builds(
     ChunkRecord,
     chunk_id=int64,
     version=int64,
     length=int64,
-    locations=st.lists(st.from_regex(r"[a-z0-9.\-]{1,20}:[0-9]{1,5}", fullmatch=True)).map(tuple),
+    locations=st.lists(locations).map(tuple),
     token=texts,
 )
 
@@ -112,7 +134,8 @@ def test_one_entry_and_a_page_of_chunks_cross_the_wire() -> None:
     one = entry(7, kind="directory", complete=True)
     assert through_the_wire(EntryArgument(), one) == one
     assert one.is_dir and not entry(1).is_dir
-    records = [ChunkRecord(1, 2, 3, ("h1:7001", "h2:7001"), "tok"), ChunkRecord(4, 5, 6, (), "")]
+    here, there = Location("h1", 7001), Location("h2", 7001)
+    records = [ChunkRecord(1, 2, 3, (here, there), "tok"), ChunkRecord(4, 5, 6, (), "")]
     assert through_the_wire(ChunkPage(), records) == records
 
 
@@ -155,4 +178,38 @@ def test_text_with_nul_cannot_be_packed() -> None:
     with pytest.raises(ValueError, match="NUL"):
         pack_entries([entry(1, name="a\x00b")])
     with pytest.raises(ValueError, match="space"):
-        pack_chunks([ChunkRecord(1, 1, 1, ("a b",), "")])
+        pack_chunks([ChunkRecord(1, 1, 1, (Location("a b", 1),), "")])
+
+
+@given(locations)
+def test_a_location_crosses_the_wire_as_its_host_and_port(location: Location) -> None:
+    assert through_the_wire(LocationArgument(), location) == location
+    text = str(location).encode()
+    assert LocationArgument().toString(location) == text
+    # A list of locations is the same bytes as a list of their texts.
+    together = [location, Location("ds2", 7200)]
+    assert LocationList().toString(together) == amp.ListOf(amp.Unicode()).toString(
+        [str(one) for one in together]
+    )
+    assert LocationList().fromString(LocationList().toString(together)) == together
+
+
+@pytest.mark.parametrize(
+    "text", ["", "ds1", "ds1:", ":7200", "ds1:0", "ds1:70000", "a b:1", "::1:7"]
+)
+def test_a_malformed_location_is_one_clear_error(text: str) -> None:
+    with pytest.raises(MalformedRecord, match="malformed location"):
+        LocationArgument().fromString(text.encode())
+
+
+def test_the_commands_carry_replica_locations_as_location_records() -> None:
+    assert isinstance(dict(AddChunk.response)[b"targets"], LocationList)
+    assert isinstance(dict(Create.response)[b"targets"], LocationList)
+    assert isinstance(dict(CommitChunk.arguments)[b"locations"], LocationList)
+    assert isinstance(dict(CloseFile.arguments)[b"locations"], LocationList)
+    assert isinstance(dict(FinishChunkWrite.response)[b"locations"], LocationList)
+    assert isinstance(dict(OpenChunkWrite.arguments)[b"downstream"], LocationList)
+    assert isinstance(dict(RecoverChunkWrite.arguments)[b"downstream"], LocationList)
+    assert isinstance(dict(ReplicateChunk.arguments)[b"sources"], LocationList)
+    assert isinstance(dict(ReplicateChunk.response)[b"source"], LocationArgument)
+    assert isinstance(dict(ReportBadReplica.arguments)[b"address"], LocationArgument)

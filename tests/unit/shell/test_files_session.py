@@ -6,51 +6,12 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from twisted.internet.error import ConnectionClosed
 
 from dfs.protocol import errors
 from dfs_shell import files
 from dfs_shell.errors import CommandError
-from dfs_shell.files import Session, resolve_path
-
-
-@pytest.mark.parametrize(
-    ("cwd", "path", "resolved"),
-    [
-        ("/", "a", "/a"),
-        ("/data", "logs/app.log", "/data/logs/app.log"),
-        ("/data", ".", "/data"),
-        ("/data", "", "/data"),
-        ("/data/logs", "..", "/data"),
-        ("/data", "../other/./x/", "/other/x"),
-        ("/", "..", "/"),
-        ("/a", "../../..", "/"),
-        ("/data", "/abs//path/", "/abs/path"),
-        ("/data", "/a/b/../c", "/a/c"),
-        ("/", "//a", "/a"),
-    ],
-)
-def test_resolve_takes_relative_paths_from_the_working_directory(cwd, path, resolved):
-    assert resolve_path(cwd, path) == resolved
-
-
-@pytest.mark.parametrize("path", ["/..", "/../escape", "/up/../.."])
-def test_an_absolute_path_above_the_root_is_left_for_the_metaserver_to_refuse(path):
-    assert resolve_path("/data", path) == path
-
-
-names = st.sampled_from(["a", "b", ".", "..", ""])
-
-
-@given(st.lists(names, max_size=8), st.lists(names, max_size=8))
-def test_a_relative_path_always_resolves_to_an_absolute_normal_path(cwd_parts, parts):
-    cwd = resolve_path("/", "/".join(cwd_parts))
-    resolved = resolve_path(cwd, "/".join(parts).lstrip("/"))
-    assert resolved.startswith("/") and "//" not in resolved
-    assert resolved == "/" or not resolved.endswith("/")
-    assert not {".", ".."} & set(resolved.split("/"))
+from dfs_shell.files import Session
 
 
 class FakeClient:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dfs.metaserver import paths
+from dfs.protocol import paths
 from dfs.protocol.errors import InvalidPath
 
 
@@ -141,3 +141,54 @@ def test_split_then_join_gives_the_path_back(path: str) -> None:
 def test_is_ancestor_agrees_with_components(a: str, b: str) -> None:
     prefix = paths.components(a)
     assert paths.is_ancestor(a, b) == (paths.components(b)[: len(prefix)] == prefix)
+
+
+# -- resolving what a person typed against a working directory (client side)
+
+
+@pytest.mark.parametrize(
+    ("cwd", "path", "resolved"),
+    [
+        ("/", "a", "/a"),
+        ("/data", "logs/app.log", "/data/logs/app.log"),
+        ("/data", ".", "/data"),
+        ("/data", "", "/data"),
+        ("/data/logs", "..", "/data"),
+        ("/data", "../other/./x/", "/other/x"),
+        ("/", "..", "/"),
+        ("/a", "../../..", "/"),
+        ("/data", "/abs//path/", "/abs/path"),
+        ("/data", "/a/b/../c", "/a/c"),
+        ("/", "//a", "/a"),
+    ],
+)
+def test_resolve_takes_relative_paths_from_the_working_directory(cwd, path, resolved):
+    assert paths.resolve(cwd, path) == resolved
+
+
+@pytest.mark.parametrize("path", ["/..", "/../escape", "/up/../.."])
+def test_an_absolute_path_above_the_root_is_left_for_the_metaserver_to_refuse(path):
+    assert paths.resolve("/data", path) == path
+
+
+names = st.sampled_from(["a", "b", ".", "..", ""])
+
+
+@given(st.lists(names, max_size=8), st.lists(names, max_size=8))
+def test_a_relative_path_always_resolves_to_an_absolute_normal_path(cwd_parts, parts):
+    cwd = paths.resolve("/", "/".join(cwd_parts))
+    resolved = paths.resolve(cwd, "/".join(parts).lstrip("/"))
+    assert resolved.startswith("/") and "//" not in resolved
+    assert resolved == "/" or not resolved.endswith("/")
+    assert not {".", ".."} & set(resolved.split("/"))
+
+
+@given(st.lists(names, max_size=8))
+def test_an_absolute_path_resolves_as_the_metaserver_normalizes_it(parts):
+    path = "/" + "/".join(parts)
+    try:
+        canonical = paths.normalize(path)
+    except InvalidPath:
+        assert paths.resolve("/data", path) == path
+    else:
+        assert paths.resolve("/data", path) == canonical

@@ -1,10 +1,14 @@
-"""The one validator of namespace paths, and the small arithmetic on valid paths.
+"""The path rules of DFS: the one validator of namespace paths, the small arithmetic
+on valid paths, and how a client resolves a path against its working directory.
 
-Every path that reaches the namespace goes through :func:`normalize` first, so the
-rest of the metaserver only ever sees the canonical form: absolute, no empty, '.'
-or '..' components, no trailing slash (except the root "/"). :func:`split`,
-:func:`components` and :func:`is_ancestor` assume that form and do not check it
-again.
+Part of the wire contract, so that the metaserver, the client library and the shell
+read a path the same way. Every path that reaches the namespace goes through
+:func:`normalize` first, so the rest of the metaserver only ever sees the canonical
+form: absolute, no empty, '.' or '..' components, no trailing slash (except the root
+"/"). :func:`split`, :func:`components` and :func:`is_ancestor` assume that form and
+do not check it again. :func:`resolve` is the client's side: it turns what a person
+typed into an absolute path and leaves the checks to :func:`normalize` on the
+metaserver.
 
 The limits follow POSIX (PATH_MAX 4096 bytes, NAME_MAX 255 bytes), counted in UTF-8
 because that is how names travel on the wire and how a FUSE mount would see them.
@@ -63,6 +67,30 @@ def normalize(path: str) -> str:
                 f"path {_shown(path)} has a component of {name_size} bytes in UTF-8; "
                 f"at most {MAX_NAME_BYTES}"
             )
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def resolve(cwd: str, path: str) -> str:
+    """``path`` as an absolute, normalised path, a relative one taken from ``cwd`` (an
+    absolute path).
+
+    A relative '..' stops at the root, as ``cd ..`` does in any shell. An absolute
+    path that climbs above the root is returned as it is, for the metaserver to refuse
+    (InvalidPath): :func:`normalize`'s rule for absolute paths is kept. Nothing else
+    is checked here; the metaserver's :func:`normalize` does that.
+    """
+    absolute = path.startswith("/")
+    parts: list[str] = []
+    for part in (path if absolute else cwd + "/" + path).split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            elif absolute:
+                return path
+            continue
         parts.append(part)
     return "/" + "/".join(parts)
 
