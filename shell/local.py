@@ -11,6 +11,7 @@ prints the client config's path.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -233,11 +234,18 @@ def run_revoke(args: argparse.Namespace) -> int:
     except (CAError, LocalClusterError) as error:
         raise CommandError("local revoke", str(error)) from None
     report_revocation(revocation)
-    if pointed and cluster.running():
+    running = cluster.running()
+    if pointed and running:
+        # A server reads security_config.json again on SIGHUP, a new CRL path included.
+        for node in cluster.nodes:
+            if node.name in running:
+                try:
+                    cluster.signal_node(node, signal.SIGHUP)
+                except LocalClusterError:
+                    pass  # it stopped meanwhile: it reads the file at its next start
         print(
             f"dfs: local revoke: {cluster.security_config} did not name the CRL; it does "
-            "now, and the servers check it from their next start "
-            f"('dfs local down --dir {cluster.directory}' then 'up')",
+            "now, and the running servers were told to read it again (SIGHUP)",
             file=sys.stderr,
         )
     return 0

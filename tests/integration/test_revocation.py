@@ -108,6 +108,37 @@ async def test_revoked_user_is_disconnected_and_refused_within_seconds(
 
 
 @pytest_twisted.ensureDeferred
+async def test_revoking_in_a_cluster_whose_config_named_no_crl_applies_without_a_restart(
+    make_cluster, tmp_path, dfs, poll
+):
+    # A cluster made before its security config named the CRL: revoke points it there
+    # and has the running servers read it again.
+    cluster = make_cluster(metaservers=1, dataservers=1)
+    cluster.update_security(crl=None)
+    for node in servers(cluster):
+        cluster.signal_node(node, signal.SIGHUP)
+    erin = user(cluster, "erin", tmp_path)
+    await poll(
+        lambda: all(node.pid() is not None for node in servers(cluster)),
+        what="the servers running",
+    )
+    erin_sessions = [await connect(node, erin) for node in servers(cluster)]
+    pids = cluster.running()
+
+    result = dfs("local", "revoke", "--dir", str(cluster.directory), "erin")
+    assert result.returncode == 0, result.stderr
+    assert "did not name the CRL" in result.stderr and "SIGHUP" in result.stderr
+    await poll(
+        lambda: not any(session.is_open for session in erin_sessions),
+        timeout=10,
+        what="erin's open connections closed",
+    )
+    for node in servers(cluster):
+        assert await refused(node, erin), f"{node.name} accepted a revoked certificate"
+    assert cluster.running() == pids, "a server restarted"
+
+
+@pytest_twisted.ensureDeferred
 async def test_sighup_applies_revocation_at_once_and_renewed_server_certificate(
     make_cluster, tmp_path, poll, log_contains
 ):
