@@ -11,6 +11,7 @@ same Ping between plain Twisted AMP protocols (``twisted.protocols.amp.AMP``: no
 session, no limits, no leader-following client) over the same mutual TLS, served by
 amp_sink.py --plain.
 
+The metaserver writes its audit log as `dfs local` has it do (``--no-audit``: none).
 For each it prints the wall time, the client's CPU and the server's CPU per call,
 the best of ``--rounds``. The CPU columns are what to compare across versions on a
 busy machine: the wall time of one call after another is the sum of both sides'
@@ -150,7 +151,12 @@ def main(arguments: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="dfs-request-cost-"))
     sink: Sink | None = None
     try:
-        cluster = LocalCluster.create(folder / "cluster", metaservers=1, dataservers=0)
+        cluster = LocalCluster.create(
+            folder / "cluster",
+            metaservers=1,
+            dataservers=0,
+            security_options=None if arguments.audit else {"audit_log": None},
+        )
         cluster.start()
         try:
             cluster.wait_ready(timeout=60)
@@ -196,6 +202,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000, help="calls per measure")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (the best is kept)")
+    parser.add_argument(
+        "--no-audit",
+        dest="audit",
+        action="store_false",
+        help="no audit log (dfs local gives each metaserver one)",
+    )
     return parser.parse_args(argv)
 
 
