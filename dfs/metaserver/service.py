@@ -40,6 +40,7 @@ from dfs.config.reload import ALL_KEYS
 from dfs.httpstatus import status_site
 from dfs.metaserver.allocation import ChunkAllocator, ChunkTokens
 from dfs.metaserver.audit import AuditLog, open_audit_log
+from dfs.metaserver.backupfolder import BackupFolder
 from dfs.metaserver.control import ClusterControl
 from dfs.metaserver.healing import ReplicationMonitor
 from dfs.metaserver.journal import JournalCorrupt
@@ -92,6 +93,7 @@ def wire(
     issuer: TokenIssuer,
     lease_period: float,
     session_for: Callable[[str], PeerSession | None],
+    backups: BackupFolder,
 ) -> Handlers:
     """Build the owners and hand each the narrow parts of the others it needs."""
     replicas = ReplicaTracker(log, registry)
@@ -107,7 +109,7 @@ def wire(
         ),
         replicas=replicas,
         monitor=monitor,
-        control=ClusterControl(clock, log, safe_mode, registry, monitor, replication),
+        control=ClusterControl(clock, log, safe_mode, registry, monitor, replication, backups),
         safe_mode=safe_mode,
     )
 
@@ -315,9 +317,17 @@ class MetaserverSession(PeerSession):
     def start_backup(self) -> dict:
         return self.handlers.control.start_backup(self.metaserver.identity.name)
 
+    @commands.BackupStatus.responder
+    def backup_status(self, backup_id: str) -> dict:
+        return self.handlers.control.backup_status(backup_id)
+
     @commands.ReadBackup.responder
     def read_backup(self, backup_id: str, offset: int, length: int) -> dict:
         return self.handlers.control.read_backup(backup_id, offset, length)
+
+    @commands.EndBackup.responder
+    def end_backup(self, backup_id: str) -> dict:
+        return self.handlers.control.end_backup(backup_id)
 
     @commands.ReplicaCorrupt.responder
     def replica_corrupt(self, name: str, chunk_id: int, version: int, reason: str) -> dict:
@@ -685,14 +695,17 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         raise StartupError(f"cannot open the Raft journal: {error}") from None
     registry = DataserverRegistry(dead_after=config.dataserver_dead_after)
     sessions: dict[str, MetaserverSession] = {}
+    log = RaftLog(raft, namespace)
+    backups = BackupFolder(reactor, log, config.data_dir / "backups")
     handlers = wire(
         reactor,
-        RaftLog(raft, namespace),
+        log,
         registry,
         replication,
         tokens,
         config.lease_period,
         sessions.get,
+        backups,
     )
     metaserver = Metaserver(
         identity=identity,
@@ -711,6 +724,7 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
     top.setName("dfs-meta")
     children: list[Any] = [
         raft,
+        backups,
         trust,
         reload,
         tls_listener("dfs-meta", reactor, config.listen, credentials, factory, limits=limits),
