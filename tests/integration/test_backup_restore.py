@@ -197,3 +197,18 @@ async def test_a_large_backup_keeps_the_log_going_and_holds_every_acknowledged_c
     # The leader's copy goes once the client has it.
     folder = cluster.metaservers[0].directory / "data" / "backups"
     assert list(folder.iterdir()) == []
+
+
+def test_a_backup_the_leader_cannot_write_fails_in_one_line_and_leaves_no_file(
+    make_cluster, tmp_path, dfs
+):
+    cluster = make_cluster(metaservers=1, dataservers=0)
+    folder = cluster.metaservers[0].directory / "data" / "backups"
+    folder.rmdir()
+    folder.write_bytes(b"")  # a file where the leader writes its backups
+    out = tmp_path / "namespace.backup"
+    failed = dfs("-c", str(cluster.client_config), "admin", "backup", str(out))
+    assert failed.returncode == 1
+    assert failed.stderr.startswith(f"dfs: admin backup: {out}: Backup failed: writing ")
+    assert failed.stderr.endswith(": Not a directory\n") and failed.stderr.count("\n") == 1
+    assert not out.exists() and not (tmp_path / "namespace.backup.partial").exists()
