@@ -72,10 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     backup = groups.add_parser(
         "backup",
         help="write a consistent snapshot of the namespace to a local file",
-        description="The Raft leader snapshots the namespace (directories, files, "
-        "owners, modes, chunk lists, groups, quotas) at one point; it is written to "
-        "FILE (mode 0600) with its SHA-256 inside. Restore it with 'dfs-meta-restore' "
-        "on every metaserver "
+        description="The Raft leader writes the namespace (directories, files, "
+        "owners, modes, chunk lists, groups, quotas) as it was at one point to a file "
+        "in its data folder, without pausing the log; it is copied to FILE (mode 0600), "
+        "checked against its SHA-256, and the leader's copy is deleted. Restore it with "
+        "'dfs-meta-restore' on every metaserver "
         "(docs/deployment.md, 'Backup and restore').",
     )
     backup.add_argument("file", metavar="FILE", help="the local file to write")

@@ -11,10 +11,13 @@ the Raft leader through the client's :class:`~dfs.client.leader.MetaserverChanne
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from typing import IO, Any
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
 
 from dfs.client.connection import ClientCredentials, connect_server
 from dfs.client.leader import MetaserverChannel
@@ -22,10 +25,12 @@ from dfs.config import Address, ClientConfig
 from dfs.protocol.commands import (
     AddMetaserver,
     AddUser,
+    BackupStatus,
     ChangeGroup,
     ControlBalancer,
     ControlSafeMode,
     Decommission,
+    EndBackup,
     Fsck,
     GetQuota,
     ListDataservers,
@@ -63,8 +68,15 @@ FSCK_COUNTERS = (
 
 SAFE_MODE_ACTIONS = ("get", "enter", "leave")
 
-#: Bytes of a backup asked for per ReadBackup call.
+#: Bytes of a backup asked for per ReadBackup call, and calls in flight at once: what
+#: the client holds of a backup at most.
 BACKUP_PAGE = 1024 * 1024
+BACKUP_WINDOW = 4
+#: Seconds between BackupStatus calls while the leader writes the backup: first, most.
+BACKUP_POLL_FIRST = 0.05
+BACKUP_POLL_MAX = 1.0
+#: Seconds EndBackup is tried for at the end of a backup.
+BACKUP_END_TIMEOUT = 10.0
 BALANCER_ACTIONS = ("start", "stop", "status")
 
 
@@ -112,6 +124,8 @@ class FsckReport:
 
 class ClusterAdmin:
     """The administration methods of :class:`~dfs.client.client.DFSClient`."""
+
+    log = Logger()
 
     # Set by DFSClient.__init__.
     _reactor: Any
@@ -263,31 +277,72 @@ class ClusterAdmin:
     # -- backups -----------------------------------------------------------------------
 
     async def backup(self, out: IO[bytes]) -> dict[str, Any]:
-        """Have the leader take a backup of the namespace and write it to ``out``, a
-        page at a time; its ``size`` and ``sha256``. ChecksumMismatch when what
-        arrived is not what the leader took."""
-        answer = await self.metaserver.call(StartBackup)
-        backup_id, size = answer["backup_id"], answer["size"]
+        """Have the leader write a backup of the namespace and copy it to ``out``, a
+        page at a time with :data:`BACKUP_WINDOW` pages in flight; its ``size`` and
+        ``sha256``. ChecksumMismatch when what arrived is not what the leader wrote,
+        BackupFailed when the leader could not write it. The leader's file is deleted
+        at the end, whatever happened."""
+        started = await self.metaserver.call(StartBackup)
+        backup_id = started["backup_id"]
+        try:
+            status = await self._backup_written(backup_id)
+            size, sha256 = status["size"], status["sha256"]
+            await self._fetch_backup(backup_id, size, sha256, out)
+        finally:
+            await self._end_backup(backup_id)
+        return {"size": size, "sha256": sha256}
+
+    async def _backup_written(self, backup_id: str) -> dict[str, Any]:
+        """BackupStatus, asked again after a pause (growing to BACKUP_POLL_MAX) until
+        the leader has written the backup."""
+        pause = BACKUP_POLL_FIRST
+        while True:
+            status = await self.metaserver.call(BackupStatus, backup_id=backup_id)
+            if status["state"] == "ready":
+                return status
+            await deferLater(self._reactor, pause, lambda: None)
+            pause = min(2 * pause, BACKUP_POLL_MAX)
+
+    async def _fetch_backup(self, backup_id: str, size: int, sha256: str, out: IO[bytes]) -> None:
         digest = hashlib.sha256()
-        offset = 0
-        while offset < size:
-            page = await self.metaserver.call(
-                ReadBackup,
-                backup_id=backup_id,
-                offset=offset,
-                length=min(BACKUP_PAGE, size - offset),
-            )
-            data = page["data"]
-            if not data:
-                break
-            digest.update(data)
-            out.write(data)
-            offset += len(data)
-        if offset != size or digest.hexdigest() != answer["sha256"]:
+        pending: deque[tuple[int, Deferred[dict[str, Any]]]] = deque()
+        asked = written = 0
+        try:
+            while written < size:
+                while len(pending) < BACKUP_WINDOW and asked < size:
+                    length = min(BACKUP_PAGE, size - asked)
+                    page = self.metaserver.call(
+                        ReadBackup, backup_id=backup_id, offset=asked, length=length
+                    )
+                    pending.append((length, Deferred.fromCoroutine(page)))
+                    asked += length
+                length, first = pending.popleft()
+                data = (await first)["data"]
+                if len(data) != length:
+                    break  # the file on the leader is shorter than it said
+                digest.update(data)
+                out.write(data)
+                written += length
+        finally:
+            for _, left in pending:
+                left.addErrback(lambda _failure: None)
+                left.cancel()
+        if written != size or digest.hexdigest() != sha256:
             raise ChecksumMismatch(
-                f"the backup arrived damaged ({offset} of {size} bytes, SHA-256 differs)"
+                f"the backup arrived damaged ({written} of {size} bytes, SHA-256 differs)"
             )
-        return {"size": size, "sha256": answer["sha256"]}
+
+    async def _end_backup(self, backup_id: str) -> None:
+        # Best effort: a leader that does not hear it deletes the file by itself once
+        # nobody has asked about it for a while.
+        try:
+            await self.metaserver.call_within(BACKUP_END_TIMEOUT, EndBackup, backup_id=backup_id)
+        except Exception as error:
+            self.log.info(
+                "backup {backup_id} not ended on the leader: {error}",
+                backup_id=backup_id,
+                error=str(error),
+            )
 
 
 def _quota(answer: dict[str, Any]) -> dict[str, Any]:

@@ -52,8 +52,10 @@ UNAUDITED: frozenset[bytes] = frozenset(
         b"CommitChunk",
         b"RenewLease",
         b"RenewChunkTokens",
-        # the pages of a backup: StartBackup is the one worth a record
+        # the polls and pages of a backup: StartBackup is the one worth a record
+        b"BackupStatus",
         b"ReadBackup",
+        b"EndBackup",
         b"ReportBadReplica",
         b"ClusterSpace",
         b"ListDataservers",

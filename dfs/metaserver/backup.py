@@ -1,18 +1,28 @@
 """The namespace backup file: what ``dfs admin backup`` writes and a restore reads.
 
-A backup is the namespace (:meth:`Namespace.snapshot`, a pickle) taken by the Raft
-leader at one applied index, behind a header saying what it is::
+A backup is the namespace taken by the Raft leader at one applied index, behind a
+header saying what it is and ahead of a trailer that seals it (format 2)::
 
     DFS-NAMESPACE-BACKUP\\n
-    {"format": 1, "dfs_version": ..., "created": ..., "leader": ..., "raft_index": ...,
-     "raft_term": ..., "payload_length": ..., "sha256": ...}\\n
-    <payload: the namespace snapshot>
+    {"created": ..., "dfs_version": ..., "format": 2, "leader": ..., "raft_index": ...,
+     "raft_term": ...}\\n
+    <payload: the namespace (Namespace.write_snapshot), a stream of pickles>
+    DFS-BACKUP-END <payload length, 20 digits> <SHA-256, 64 hex digits>\\n
 
-``sha256`` covers the header's other fields (as canonical JSON) and the payload, so a
-changed byte anywhere is caught. The payload is a pickle, which runs code when it
-is loaded: a backup is trusted data, written and read by the operator, and
-:func:`parse` checks magic, format, length and checksum before anything unpickles
-it. Keep backup files where only the operator can write them.
+The SHA-256 covers every byte before the trailer, so a changed byte anywhere is
+caught. Both ends stream: :func:`write` sends the bytes to a file as the namespace is
+serialised, hashing them on the way, and :func:`check` reads the file back a block at
+a time; neither holds the whole backup in memory.
+
+Format 1 (DFS before the leader wrote backups to disk) put ``payload_length`` and
+``sha256`` (over the header's other fields, as canonical JSON, a newline and the
+payload) in the header and the namespace in one pickle; :func:`check` and
+:meth:`Backup.namespace` still read it.
+
+The payload is pickle, which runs code when it is loaded: a backup is trusted data,
+written and read by the operator, and :func:`check` checks magic, format, length and
+checksum before anything unpickles it. Keep backup files where only the operator can
+write them.
 
 Only the namespace is in a backup: chunk locations are soft state that the
 dataservers report again after a restore.
@@ -22,9 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
+import pickle
+import re
 import time
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
@@ -33,11 +44,19 @@ from dfs.metaserver import operations as ops
 from dfs.metaserver.namespace import Namespace
 
 MAGIC = b"DFS-NAMESPACE-BACKUP\n"
-FORMAT = 1
+#: The format this version writes, and the ones it restores.
+FORMAT = 2
+FORMATS = (1, 2)
+#: The start of the trailer of a format 2 backup, and the trailer's whole length.
+END = b"DFS-BACKUP-END "
+TRAILER_LENGTH = len(END) + 20 + 1 + 64 + 1
+_TRAILER = re.compile(rb"DFS-BACKUP-END ([0-9]{20}) ([0-9a-f]{64})\n")
 #: A header line longer than this is not a backup header.
 MAX_HEADER = 64 * 1024
 #: The most a page of a backup being fetched (ReadBackup) may hold.
 MAX_PAGE = 4 * 1024 * 1024
+#: Bytes read at a time while checking a backup.
+BLOCK = 1024 * 1024
 
 
 class BackupInvalid(Exception):
@@ -56,6 +75,7 @@ class BackupHeader:
     #: The Raft index of the last operation in the snapshot, and its term.
     raft_index: int
     raft_term: int
+    #: Bytes of the namespace (format 2: from the trailer).
     payload_length: int
     format: int = FORMAT
 
@@ -64,84 +84,147 @@ class BackupHeader:
 
 
 @attrs.frozen
-class Backup:
-    header: BackupHeader
-    #: The namespace snapshot (a pickle: see the module docstring).
-    payload: bytes
+class Written:
+    """A backup file as :func:`write` wrote it: its size and the SHA-256 of all of it
+    (what a copy of the file is checked against)."""
 
-    def namespace(self) -> Namespace:
-        """Unpickle the namespace; only after :func:`parse` checked the file."""
+    size: int
+    sha256: str
+
+
+@attrs.frozen
+class Backup:
+    """A backup file that :func:`check` found whole."""
+
+    header: BackupHeader
+    #: Where the namespace starts in the file.
+    offset: int
+
+    def namespace(self, source: IO[bytes]) -> Namespace:
+        """Unpickle the namespace from the file :func:`check` checked, reading it as
+        it goes. BackupInvalid if it cannot be loaded."""
+        source.seek(self.offset)
         try:
-            return Namespace.restore(self.payload)
+            if self.header.format == 1:
+                loaded = pickle.Unpickler(source).load()
+                if not isinstance(loaded, Namespace):
+                    raise TypeError(f"it holds a {type(loaded).__name__}")
+                return loaded
+            return Namespace.read_snapshot(source)
         except Exception as error:
             raise BackupInvalid(f"the namespace in the backup cannot be loaded: {error}") from None
 
 
-def _checksum(fields: dict[str, Any], payload: bytes) -> str:
-    digest = hashlib.sha256(_canonical(fields))
-    digest.update(b"\n")
-    digest.update(payload)
-    return digest.hexdigest()
+class _Hashing:
+    """A file that hashes and counts the bytes written through it."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        self.size += memoryview(data).nbytes
+        self._out.write(data)
+        return len(data)
 
 
 def _canonical(fields: dict[str, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
-def encode(
-    payload: bytes,
+def write(
+    namespace: Namespace,
+    out: IO[bytes],
     *,
     leader: str,
     raft_index: int,
     raft_term: int,
     created: float | None = None,
-) -> bytes:
-    """A backup file holding ``payload`` (a namespace snapshot)."""
-    header = BackupHeader(
-        dfs_version=__version__,
-        created=time.time() if created is None else created,
-        leader=leader,
-        raft_index=raft_index,
-        raft_term=raft_term,
-        payload_length=len(payload),
-    )
-    fields = header.fields()
-    line = _canonical({**fields, "sha256": _checksum(fields, payload)})
-    return MAGIC + line + b"\n" + payload
+) -> Written:
+    """Write a backup of ``namespace`` to ``out`` (a buffered binary file), streaming:
+    the bytes leave as the namespace is serialised."""
+    fields = {
+        "dfs_version": __version__,
+        "created": time.time() if created is None else created,
+        "leader": leader,
+        "raft_index": raft_index,
+        "raft_term": raft_term,
+        "format": FORMAT,
+    }
+    hashing = _Hashing(out)
+    hashing.write(MAGIC + _canonical(fields) + b"\n")
+    start = hashing.size
+    namespace.write_snapshot(hashing)
+    trailer = END + b"%020d %s\n" % (hashing.size - start, hashing.digest.hexdigest().encode())
+    whole = hashing.digest.copy()
+    whole.update(trailer)
+    out.write(trailer)
+    return Written(hashing.size + len(trailer), whole.hexdigest())
 
 
-def parse(data: bytes) -> Backup:
-    """Check a backup file (magic, format, length, SHA-256) and split it; raises
-    :class:`BackupInvalid`. Nothing is unpickled here."""
-    if not data.startswith(MAGIC):
+def check(source: IO[bytes]) -> Backup:
+    """Check a backup file (magic, format, length, SHA-256), reading it a block at a
+    time; raises :class:`BackupInvalid`. Nothing is unpickled here."""
+    size = source.seek(0, 2)
+    source.seek(0)
+    if source.read(len(MAGIC)) != MAGIC:
         raise BackupInvalid("not a DFS namespace backup (its first line is not the magic)")
-    end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_HEADER)
-    if end < 0:
+    line = source.readline(MAX_HEADER)
+    if not line.endswith(b"\n"):
         raise BackupInvalid("the backup header is truncated or damaged")
+    offset = len(MAGIC) + len(line)
     try:
-        fields = json.loads(data[len(MAGIC) : end])
+        fields = json.loads(line)
         if not isinstance(fields, dict):
             raise ValueError("not an object")
-        stored = fields.pop("sha256")
         version = fields.get("format")
-        if version != FORMAT:
+        if version not in FORMATS:
             raise BackupInvalid(
-                f"backup format {version!r}: this version of DFS restores format {FORMAT}"
+                f"backup format {version!r}: this version of DFS restores formats "
+                f"{' and '.join(map(str, FORMATS))}"
             )
-        header = BackupHeader(**fields)
+        if version == 1:
+            stored = fields.pop("sha256")
+            header = BackupHeader(**fields)
+        else:
+            header = BackupHeader(**fields, payload_length=size - offset - TRAILER_LENGTH)
     except BackupInvalid:
         raise
     except (ValueError, KeyError, TypeError) as error:
         raise BackupInvalid(f"the backup header is damaged ({error})") from None
-    payload = data[end + 1 :]
-    if len(payload) != header.payload_length:
+    if version == 1:
+        # The header's fields, a newline, then the payload to the end of the file.
+        digest = hashlib.sha256(_canonical(fields) + b"\n")
+        start, end = offset, size
+        stated = header.payload_length
+    else:
+        # Everything before the trailer.
+        digest = hashlib.sha256()
+        start, end = 0, size - TRAILER_LENGTH
+        source.seek(max(end, 0))
+        trailer = _TRAILER.fullmatch(source.read(TRAILER_LENGTH))
+        if end < offset or trailer is None:
+            raise BackupInvalid("the backup has no end mark: the file is truncated or damaged")
+        stated, stored = int(trailer[1]), trailer[2].decode()
+    actual = end - offset if version == 2 else size - offset
+    if actual != stated:
         raise BackupInvalid(
-            f"the backup is {len(payload)} bytes after its header, its header says "
-            f"{header.payload_length}: the file is truncated or damaged"
+            f"the backup holds {actual} bytes of namespace, it says {stated}: the file is "
+            "truncated or damaged"
         )
-    if _checksum(fields, payload) != stored:
+    source.seek(start)
+    remaining = end - start
+    while remaining > 0:
+        block = source.read(min(BLOCK, remaining))
+        if not block:
+            break
+        digest.update(block)
+        remaining -= len(block)
+    if digest.hexdigest() != stored:
         raise BackupInvalid("SHA-256 checksum mismatch: the backup file is damaged")
-    return Backup(header, payload)
+    return Backup(header, offset)
 
 
 def describe(header: BackupHeader) -> str:
@@ -166,51 +249,3 @@ def recover_leases(namespace: Namespace, now: float) -> list[str]:
         if isinstance(result, ops.Ok):
             closed.append(path)
     return closed
-
-
-@attrs.define
-class HeldBackup:
-    data: bytes
-    sha256: str
-    expires: float
-
-
-class BackupStore:
-    """The backups the leader took and keeps while an administrator fetches them a
-    page at a time: every page of one backup comes from the same snapshot.
-
-    A backup goes once it has not been read for ``keep`` seconds; only the newest
-    ``most`` are kept (each is a whole namespace in memory)."""
-
-    def __init__(self, clock: Any, keep: float = 300.0, most: int = 2) -> None:
-        self._clock = clock
-        self._keep = keep
-        self._most = most
-        self._held: dict[str, HeldBackup] = {}
-
-    def add(self, data: bytes) -> tuple[str, HeldBackup]:
-        self._expire()
-        while len(self._held) >= self._most:
-            del self._held[next(iter(self._held))]
-        backup_id = secrets.token_hex(8)
-        held = HeldBackup(data, hashlib.sha256(data).hexdigest(), self._deadline())
-        self._held[backup_id] = held
-        return backup_id, held
-
-    def page(self, backup_id: str, offset: int, length: int) -> bytes | None:
-        """Bytes ``offset`` to ``offset + length`` of a held backup (fewer at its
-        end); None for a backup not (or no longer) held here."""
-        self._expire()
-        held = self._held.get(backup_id)
-        if held is None:
-            return None
-        held.expires = self._deadline()
-        return held.data[offset : offset + length]
-
-    def _deadline(self) -> float:
-        return float(self._clock.seconds()) + self._keep
-
-    def _expire(self) -> None:
-        now = self._clock.seconds()
-        for backup_id in [key for key, held in self._held.items() if held.expires <= now]:
-            del self._held[backup_id]

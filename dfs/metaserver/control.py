@@ -2,8 +2,9 @@
 
 Decommissioning is replicated state (the namespace names the dataservers being
 drained); how far each drain has gone, the balancer and fsck's view of the replicas
-belong to the replication monitor. A backup is a snapshot of the namespace taken on
-the serving leader and held here while an administrator fetches it page by page.
+belong to the replication monitor. A backup is a snapshot of the namespace that the
+serving leader writes to a file (:class:`~dfs.metaserver.backupfolder.BackupFolder`)
+while an administrator fetches it page by page.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from twisted.logger import Logger
 from dfs.config import ReplicationConfig
 from dfs.metaserver import backup
 from dfs.metaserver import operations as ops
+from dfs.metaserver.backupfolder import BackupFolder
 from dfs.metaserver.healing import ReplicationMonitor
 from dfs.metaserver.log import ReplicatedLog, commit, lookup, stamp
 from dfs.metaserver.registry import DataserverRegistry
@@ -37,6 +39,7 @@ class ClusterControl:
         registry: DataserverRegistry,
         monitor: ReplicationMonitor,
         config: ReplicationConfig,
+        backups: BackupFolder,
     ) -> None:
         self._clock = clock
         self._log = log
@@ -44,8 +47,8 @@ class ClusterControl:
         self._registry = registry
         self._monitor = monitor
         self._config = config
-        #: backups taken here, held while an administrator fetches them
-        self._backups = backup.BackupStore(clock)
+        #: backups written here, held while an administrator fetches them
+        self._backups = backups
 
     def fsck(self, path: str, start: int, limit: int) -> dict[str, Any]:
         self._safe_mode.check_serving()
@@ -117,25 +120,16 @@ class ClusterControl:
     # -- backups -----------------------------------------------------------------------
 
     def start_backup(self, leader: str) -> dict[str, Any]:
-        """Snapshot the namespace into a backup file held for ReadBackup. Only the
-        serving leader takes one: its state holds everything committed. The
-        snapshot is taken under the namespace's lock, in one go, so it is one
-        consistent state however long the pages take to fetch."""
+        """Start writing a backup of the namespace. Only the serving leader takes one:
+        its state holds everything committed. The namespace is copied at one point,
+        between two operations (a fork), so the backup is one consistent state
+        however long it takes to write and to fetch."""
         self._safe_mode.check_serving()
-        # Read before the snapshot: it holds at least the entries up to here.
-        index, term = self._log.position()
-        payload = self._log.read(lambda namespace: namespace.snapshot())
-        data = backup.encode(
-            payload, leader=leader, raft_index=index, raft_term=term, created=self._clock.seconds()
-        )
-        backup_id, held = self._backups.add(data)
-        self.log.info(
-            "backup {backup_id} taken: {size} bytes at Raft index {index}",
-            backup_id=backup_id,
-            size=len(data),
-            index=index,
-        )
-        return {"backup_id": backup_id, "size": len(data), "sha256": held.sha256}
+        return {"backup_id": self._backups.start(leader)}
+
+    def backup_status(self, backup_id: str) -> dict[str, Any]:
+        held = self._backups.status(backup_id)
+        return {"state": held.state.value, "size": held.size, "sha256": held.sha256}
 
     def read_backup(self, backup_id: str, offset: int, length: int) -> dict[str, Any]:
         if offset < 0 or not 0 < length <= backup.MAX_PAGE:
@@ -143,10 +137,8 @@ class ClusterControl:
                 f"offset {offset}, length {length}: expected offset >= 0 and "
                 f"0 < length <= {backup.MAX_PAGE}"
             )
-        data = self._backups.page(backup_id, offset, length)
-        if data is None:
-            raise InvalidArgument(
-                f"backup {backup_id!r} is not held here (the leader changed, or it "
-                "expired): take the backup again"
-            )
-        return {"data": data}
+        return {"data": self._backups.page(backup_id, offset, length)}
+
+    def end_backup(self, backup_id: str) -> dict[str, Any]:
+        self._backups.end(backup_id)
+        return {}

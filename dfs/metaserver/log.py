@@ -12,13 +12,14 @@ write lease (:func:`holder`), and the fields every operation carries
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 
 from dfs.metaserver import namespace as ns
 from dfs.metaserver import operations as ops
+from dfs.metaserver.frozen import fork_child
 from dfs.metaserver.raft import NamespaceLog, RaftService
 from dfs.protocol.errors import NotLeader
 from dfs.security.identity import Identity, Role
@@ -50,6 +51,11 @@ class ReplicatedLog(Protocol):
     def position(self) -> tuple[int, int]:
         """The last applied entry's index and the current term."""
 
+    def fork(self, work: Callable[[ns.Namespace], None], keep: Collection[int] = ()) -> int:
+        """Run ``work`` on the namespace as it is now, in a forked child that keeps
+        the descriptors ``keep`` (see :mod:`dfs.metaserver.frozen`); the child's pid.
+        The log is held up only for the fork itself."""
+
 
 class RaftLog:
     """The replicated log of a running metaserver: its Raft service and namespace."""
@@ -78,6 +84,9 @@ class RaftLog:
     def position(self) -> tuple[int, int]:
         status = self._raft.status()
         return int(status.get("last_applied", 0)), int(status.get("term", 0))
+
+    def fork(self, work: Callable[[ns.Namespace], None], keep: Collection[int] = ()) -> int:
+        return self._namespace.fork(work, keep)
 
 
 async def commit(log: ReplicatedLog, operation: ops.Operation) -> Any:
@@ -140,3 +149,7 @@ class MemoryLog:
 
     def position(self) -> tuple[int, int]:
         return len(self.submitted), 1
+
+    def fork(self, work: Callable[[ns.Namespace], None], keep: Collection[int] = ()) -> int:
+        namespace = self.namespace
+        return fork_child(lambda: work(namespace), keep)

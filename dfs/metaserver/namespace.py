@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import itertools
 import pickle
 import sys
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, Final, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import attrs
 
@@ -96,6 +97,9 @@ from dfs.protocol import errors, paths
 from dfs.protocol.records import Entry as WireEntry
 from dfs.security.identity import validate_name
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
 T = TypeVar("T")
 
 #: Bounds that keep one administrator's typo from bloating every snapshot.
@@ -113,6 +117,8 @@ REQUEST_MEMORY: Final = 10_000
 _MAX_INT: Final = 2**63 - 1
 #: Fields of a Namespace that are derived from the others, not part of its state.
 _NOT_STATE: Final = frozenset({"_sorted_names"})
+#: Nodes per pickle in Namespace.write_snapshot: what its pickler remembers at most.
+SNAPSHOT_BATCH: Final = 10_000
 
 FILE: Final = "file"
 DIRECTORY: Final = "directory"
@@ -764,6 +770,54 @@ class Namespace:
         namespace = pickle.loads(data)
         if not isinstance(namespace, cls):
             raise TypeError(f"snapshot holds a {type(namespace).__name__}, not a {cls.__name__}")
+        return namespace
+
+    def write_snapshot(self, out: SupportsWrite[bytes], batch: int = SNAPSHOT_BATCH) -> None:
+        """Write the whole state to ``out`` as a stream of pickles that
+        :meth:`read_snapshot` reads back: the fields but the nodes (with the number
+        of nodes), then the nodes ``batch`` at a time, then an empty batch.
+
+        Unlike :meth:`snapshot` nothing is whole in memory: the bytes go to ``out``
+        as they are made, and the pickler forgets what it wrote after each batch (it
+        remembers every object of one pickle, which for the whole namespace at once
+        would be several objects per node)."""
+        pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+        state = {
+            field.name: getattr(self, field.name)
+            for field in attrs.fields(type(self))
+            if field.name not in _NOT_STATE and field.name != "_nodes"
+        }
+        state["_nodes"] = len(self._nodes)
+        pickler.dump(state)
+        nodes = iter(self._nodes.values())
+        while True:
+            pickler.clear_memo()
+            part = builtins.list(itertools.islice(nodes, batch))
+            pickler.dump(part)
+            if not part:
+                return
+
+    @classmethod
+    def read_snapshot(cls, source: IO[bytes]) -> Namespace:
+        """Load what :meth:`write_snapshot` wrote, reading ``source`` as it goes
+        (trusted data only: this is pickle). ValueError if it is not whole."""
+        # One unpickler per pickle: each numbers its objects from 0, as the pickler
+        # forgot them after each.
+        state = pickle.Unpickler(source).load()
+        if not isinstance(state, dict) or type(state.get("_nodes")) is not int:
+            raise ValueError("the snapshot does not start with a namespace's fields")
+        count = state["_nodes"]
+        nodes: builtins.list[Node] = []
+        while True:
+            part = pickle.Unpickler(source).load()
+            if not part or len(nodes) > count:
+                break
+            nodes.extend(part)
+        if len(nodes) != count:
+            raise ValueError(f"the snapshot holds {len(nodes)} nodes, its header says {count}")
+        state["_nodes"] = nodes
+        namespace = cls.__new__(cls)
+        namespace.__setstate__(state)
         return namespace
 
     @property

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from dfs.metaserver import filelayer
 from dfs.metaserver.filelayer import FileLayer
+from dfs.metaserver.frozen import fork_child
 from dfs.metaserver.journal import DurableJournal, JournalCorrupt, JournalFailed
 from dfs.metaserver.syncobj import (
     FAIL_REASON,
@@ -85,6 +86,14 @@ class NamespaceLog(ReplicatedState):
     def read(self, query: Callable[[Any], T]) -> T:
         with self._lock:
             return query(self.state)
+
+    def fork(self, work: Callable[[Any], None], keep: Collection[int] = ()) -> int:
+        """Run ``work`` on the state in a forked child (:mod:`dfs.metaserver.frozen`);
+        the child's pid. Forked under the lock: the child's copy holds no half-applied
+        operation, and the Raft thread waits only for the fork itself."""
+        with self._lock:
+            state = self.state
+            return fork_child(lambda: work(state), keep)
 
     def address_of(self, raft: str) -> str:
         """The client address of the member at ``raft``, "" if it never led."""

@@ -9,10 +9,12 @@ It checks the backup (magic, format, SHA-256: see :mod:`dfs.metaserver.backup`)
 before unpickling anything, closes the files that were being written at backup
 time at their committed length, and writes a Raft snapshot (PySyncObj's
 ``raft.dump``) holding the namespace and the group's membership (``raft_listen``
-and ``raft_partners`` of the config). Every member restored from the same backup
-gets the same snapshot, at the same Raft index, so the group starts from it as if
-it had compacted its log there: no member holds an entry another lacks, and a
-member added later receives the snapshot from the leader.
+and ``raft_partners`` of the config). The backup is read and the snapshot written
+a piece at a time: neither file is ever whole in memory, only the namespace.
+Every member restored from the same backup gets the same snapshot, at the same
+Raft index, so the group starts from it as if it had compacted its log there: no
+member holds an entry another lacks, and a member added later receives the
+snapshot from the leader.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 from dfs.config import ConfigError, load_metaserver_config
 from dfs.metaserver import syncobj
-from dfs.metaserver.backup import BackupInvalid, describe, parse, recover_leases
+from dfs.metaserver.backup import BackupInvalid, check, describe, recover_leases
 from dfs.metaserver.filelayer import FileLayer
 from dfs.metaserver.namespace import Namespace
 
@@ -37,42 +40,48 @@ class RestoreRefused(Exception):
     """Restoring here would lose or mix state; one line saying why."""
 
 
-def raft_snapshot(namespace: Namespace, members: Sequence[str]) -> bytes:
-    """PySyncObj's snapshot file of a group whose whole state is ``namespace``: what
-    :class:`dfs.metaserver.raft.NamespaceLog` holds, the last two log entries and
-    the members' Raft addresses. Raises syncobj.Unsupported."""
+def write_raft_snapshot(out: IO[bytes], namespace: Namespace, members: Sequence[str]) -> None:
+    """Write PySyncObj's snapshot file of a group whose whole state is ``namespace``
+    to ``out``: what :class:`dfs.metaserver.raft.NamespaceLog` holds, the last two log
+    entries and the members' Raft addresses. Raises syncobj.Unsupported."""
     consumer = {"state": namespace, "addresses": {}}
     # The log ends with two no-ops at the start of term 0, as a new group's first
     # entry is; the restored group's first leader appends after them.
     before, last = syncobj.noop_entry(1, 0), syncobj.noop_entry(2, 0)
-    return syncobj.full_dump([consumer], before, last, members)
+    syncobj.write_full_dump(out, [consumer], before, last, members)
 
 
 def restore(
-    backup_data: bytes,
+    backup_path: Path,
     data_dir: Path,
     members: Sequence[str],
     layer: FileLayer | None = None,
 ) -> tuple[Namespace, list[str], str]:
-    """Write the Raft state of a member of ``members`` into ``data_dir/raft`` from a
-    backup file's bytes. Returns the namespace, the files closed and a description
-    of the backup. Raises BackupInvalid, RestoreRefused or syncobj.Unsupported."""
+    """Write the Raft state of a member of ``members`` into ``data_dir/raft`` from the
+    backup file at ``backup_path``. Returns the namespace, the files closed and a
+    description of the backup. Raises BackupInvalid, RestoreRefused, OSError or
+    syncobj.Unsupported."""
     syncobj.check_supported()
-    backup = parse(backup_data)
-    raft_dir = data_dir / "raft"
-    present = [name for name in RAFT_FILES if (raft_dir / name).exists()]
-    if present:
-        raise RestoreRefused(
-            f"{raft_dir} already holds Raft state ({', '.join(present)}): stop the "
-            "metaserver and move that folder aside first"
-        )
-    namespace = backup.namespace()
+    with open(backup_path, "rb") as source:
+        backup = check(source)
+        raft_dir = data_dir / "raft"
+        present = [name for name in RAFT_FILES if (raft_dir / name).exists()]
+        if present:
+            raise RestoreRefused(
+                f"{raft_dir} already holds Raft state ({', '.join(present)}): stop the "
+                "metaserver and move that folder aside first"
+            )
+        namespace = backup.namespace(source)
     problems = namespace.verify()
     if problems:
         raise BackupInvalid(f"the namespace in the backup is inconsistent: {problems[0]}")
     closed = recover_leases(namespace, backup.header.created)
     raft_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    (layer or FileLayer()).write_file(raft_dir / "raft.dump", raft_snapshot(namespace, members))
+    target = raft_dir / "raft.dump"
+    temporary = target.with_name(target.name + ".tmp")
+    with open(temporary, "wb") as out:
+        write_raft_snapshot(out, namespace, members)
+    (layer or FileLayer()).replace(temporary, target)
     return namespace, closed, describe(backup.header)
 
 
@@ -96,9 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_metaserver_config(args.config)
         data_dir = Path(args.data_dir) if args.data_dir else config.data_dir
         members = sorted({str(config.raft_listen), *(str(p) for p in config.raft_partners)})
-        with open(args.backup, "rb") as file:
-            data = file.read()
-        namespace, closed, description = restore(data, data_dir, members)
+        namespace, closed, description = restore(Path(args.backup), data_dir, members)
     except ConfigError as error:
         return _fail(f"configuration error: {error}", 78)
     except OSError as error:

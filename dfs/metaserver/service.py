@@ -40,6 +40,7 @@ from dfs.config.reload import ALL_KEYS
 from dfs.httpstatus import status_site
 from dfs.metaserver.allocation import ChunkAllocator, ChunkTokens
 from dfs.metaserver.audit import AuditLog, open_audit_log
+from dfs.metaserver.backupfolder import BackupFolder
 from dfs.metaserver.control import ClusterControl
 from dfs.metaserver.healing import ReplicationMonitor
 from dfs.metaserver.journal import JournalCorrupt
@@ -65,6 +66,7 @@ from dfs.protocol.errors import InvalidArgument, PermissionDenied, UnknownDatase
 from dfs.protocol.limits import ServerLimits
 from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
+from dfs.protocol.version import ProtocolVersion
 from dfs.reload import SecurityReload, apply_limits, apply_token_lifetime
 from dfs.security.identity import Identity, Role
 from dfs.security.secrets import read_secret
@@ -93,6 +95,7 @@ def wire(
     issuer: TokenIssuer,
     lease_period: float,
     session_for: Callable[[str], PeerSession | None],
+    backups: BackupFolder,
 ) -> Handlers:
     """Build the owners and hand each the narrow parts of the others it needs."""
     replicas = ReplicaTracker(log, registry)
@@ -108,7 +111,7 @@ def wire(
         ),
         replicas=replicas,
         monitor=monitor,
-        control=ClusterControl(clock, log, safe_mode, registry, monitor, replication),
+        control=ClusterControl(clock, log, safe_mode, registry, monitor, replication, backups),
         safe_mode=safe_mode,
     )
 
@@ -237,6 +240,10 @@ def _check_space(space: SpaceReport) -> None:
             raise InvalidArgument(f"{field.name} must not be negative")
 
 
+#: The first protocol whose StartBackup answers with an id, the backup on the leader's disk.
+DISK_BACKUPS = ProtocolVersion(2, 1)
+
+
 class MetaserverSession(PeerSession):
     """One AMP connection to the metaserver."""
 
@@ -315,11 +322,28 @@ class MetaserverSession(PeerSession):
 
     @commands.StartBackup.responder
     def start_backup(self) -> dict:
+        peer = self.peer_protocol
+        if peer is not None and peer < DISK_BACKUPS:
+            # Its StartBackup expects the whole backup's size in the answer: tell it
+            # why not, rather than give it an answer it cannot read.
+            raise InvalidArgument(
+                f"this metaserver speaks DFS protocol {self.protocol_version} and writes "
+                f"backups to its disk first; a client of protocol {peer} cannot fetch "
+                f"them: run dfs admin backup from a DFS of protocol {DISK_BACKUPS} or later"
+            )
         return self.handlers.control.start_backup(self.metaserver.identity.name)
+
+    @commands.BackupStatus.responder
+    def backup_status(self, backup_id: str) -> dict:
+        return self.handlers.control.backup_status(backup_id)
 
     @commands.ReadBackup.responder
     def read_backup(self, backup_id: str, offset: int, length: int) -> dict:
         return self.handlers.control.read_backup(backup_id, offset, length)
+
+    @commands.EndBackup.responder
+    def end_backup(self, backup_id: str) -> dict:
+        return self.handlers.control.end_backup(backup_id)
 
     @commands.ReplicaCorrupt.responder
     def replica_corrupt(self, name: str, chunk_id: int, version: int, reason: str) -> dict:
@@ -689,14 +713,17 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
         raise StartupError(f"cannot open the Raft journal: {error}") from None
     registry = DataserverRegistry(dead_after=config.dataserver_dead_after)
     sessions: dict[str, MetaserverSession] = {}
+    log = RaftLog(raft, namespace)
+    backups = BackupFolder(reactor, log, config.data_dir / "backups")
     handlers = wire(
         reactor,
-        RaftLog(raft, namespace),
+        log,
         registry,
         replication,
         tokens,
         config.lease_period,
         sessions.get,
+        backups,
     )
     metaserver = Metaserver(
         identity=identity,
@@ -715,6 +742,7 @@ def makeService(config: MetaserverConfig, reactor: Any = None) -> MultiService:
     top.setName("dfs-meta")
     children: list[Any] = [
         raft,
+        backups,
         trust,
         reload,
         tls_listener("dfs-meta", reactor, config.listen, credentials, factory, limits=limits),

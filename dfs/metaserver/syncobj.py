@@ -33,14 +33,13 @@ import ctypes
 import gzip
 import importlib
 import inspect
-import io
 import os
 import pickle
 import signal
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import IO, Any
 
 from dfs.metaserver.journal import DurableJournal, Entry
 
@@ -284,19 +283,22 @@ def noop_entry(index: int, term: int) -> Entry:
     return (bytes([_COMMAND_TYPE.NO_OP]), index, term)
 
 
-def full_dump(
-    consumers: Sequence[dict[str, Any]], before: Entry, last: Entry, members: Iterable[str]
-) -> bytes:
-    """A snapshot file as PySyncObj writes it (``fullDumpFile``): the fields of each
-    consumer (what :class:`ReplicatedState` snapshots), the log's last two entries
-    and the members' Raft addresses. The same arguments give the same bytes."""
+def write_full_dump(
+    out: IO[bytes],
+    consumers: Sequence[dict[str, Any]],
+    before: Entry,
+    last: Entry,
+    members: Iterable[str],
+) -> None:
+    """Write to ``out`` a snapshot file as PySyncObj writes it (``fullDumpFile``): the
+    fields of each consumer (what :class:`ReplicatedState` snapshots), the log's last
+    two entries and the members' Raft addresses. The same arguments give the same
+    bytes. The bytes go to ``out`` as they are compressed, never whole in memory."""
     check_supported()
     data = ([{}, *consumers], last, before, {_TCPNode(member) for member in members})
-    buffer = io.BytesIO()
     # mtime 0: every member restored from one backup writes the same bytes.
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed:
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as compressed:
         pickle.dump(data, compressed, protocol=pickle.HIGHEST_PROTOCOL)
-    return buffer.getvalue()
 
 
 def node_at(address: str) -> Any:

@@ -377,14 +377,26 @@ class ControlBalancer(DFSCommand):
 
 
 class StartBackup(DFSCommand):
-    """The leader snapshots the namespace into a backup file (see
-    docs/deployment.md, "Backup and restore") and holds it for :class:`ReadBackup`;
-    answers its id, its size and the SHA-256 of the whole file."""
+    """The leader starts writing a backup of the namespace as it is now to a file of
+    its own (see docs/deployment.md, "Backup and restore"); answers the backup's id,
+    for :class:`BackupStatus`, :class:`ReadBackup` and :class:`EndBackup`."""
 
     commandName = b"StartBackup"
     arguments: ClassVar[list] = []
+    response: ClassVar[list] = [(b"backup_id", amp.Unicode())]
+    allowed_roles = frozenset({Role.ADMIN})
+
+
+class BackupStatus(DFSCommand):
+    """How far a backup started on this metaserver is: ``state`` is ``writing``, then
+    ``ready`` with the file's ``size`` and ``sha256`` (hex, of the whole file).
+    BackupFailed (the reason) if it could not be written; InvalidArgument for a
+    backup not held here."""
+
+    commandName = b"BackupStatus"
+    arguments: ClassVar[list] = [(b"backup_id", amp.Unicode())]
     response: ClassVar[list] = [
-        (b"backup_id", amp.Unicode()),
+        (b"state", amp.Unicode()),
         (b"size", amp.Integer()),
         (b"sha256", amp.Unicode()),
     ]
@@ -392,9 +404,9 @@ class StartBackup(DFSCommand):
 
 
 class ReadBackup(DFSCommand):
-    """Bytes ``offset`` to ``offset + length`` (at most 4 MiB) of a backup taken by
-    :class:`StartBackup` on this metaserver; fewer at its end. InvalidArgument for
-    a backup not held here (the leader changed, or it expired)."""
+    """Bytes ``offset`` to ``offset + length`` (at most 4 MiB) of a ready backup
+    started on this metaserver; fewer at its end. InvalidArgument for a backup not
+    held here (the leader changed, or it expired) or still being written."""
 
     commandName = b"ReadBackup"
     arguments: ClassVar[list] = [
@@ -406,7 +418,15 @@ class ReadBackup(DFSCommand):
     allowed_roles = frozenset({Role.ADMIN})
 
 
-# -- the namespace: people ask a metaserver ------------------------------------
+class EndBackup(DFSCommand):
+    """The client is done with a backup (fetched or given up): the metaserver stops
+    writing it if it still does and deletes its file. Nothing for an unknown id."""
+
+    commandName = b"EndBackup"
+    arguments: ClassVar[list] = [(b"backup_id", amp.Unicode())]
+    response: ClassVar[list] = []
+    allowed_roles = frozenset({Role.ADMIN})
+
 
 # Entries and chunks travel as the records of dfs.protocol.records, packed; replica
 # locations (targets, locations, downstream, sources) as its Location records.
@@ -954,7 +974,9 @@ ALL_COMMANDS: tuple[type[DFSCommand], ...] = (
     ControlSafeMode,
     ControlBalancer,
     StartBackup,
+    BackupStatus,
     ReadBackup,
+    EndBackup,
     Mkdir,
     Create,
     AddChunk,

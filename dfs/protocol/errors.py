@@ -149,6 +149,13 @@ class ChunkNotFound(DFSError):
     user_text = "No such chunk replica"
 
 
+class BackupFailed(DFSError):
+    """The leader could not write the backup asked for; the message says why."""
+
+    code = b"BACKUP_FAILED"
+    user_text = "Backup failed"
+
+
 class MalformedRecord(DFSError):
     """A packed record or page of records (:mod:`dfs.protocol.records`) that is not
     what its encoder writes. Raised where the value is decoded, never sent as an
@@ -178,6 +185,7 @@ ALL_ERRORS: tuple[type[DFSError], ...] = (
     UnknownDataserver,
     PipelineBroken,
     ChunkNotFound,
+    BackupFailed,
 )
 
 ERROR_CODES: dict[type[Exception], bytes] = {error: error.code for error in ALL_ERRORS}

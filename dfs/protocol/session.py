@@ -188,8 +188,8 @@ class PeerSession(amp.AMP):
         self._introduction_waiters: list[Deferred[None]] = []
         #: dialling side: why the peer cannot be talked with, failing every request
         self._incompatible: IncompatibleProtocol | None = None
-        #: dialling side: the protocol version the peer's Hello stated, once answered
-        #: (what it may be sent depends on it)
+        #: the protocol version the peer's Hello stated, once known (what it may be
+        #: sent, and how it is answered, depends on it)
         self.peer_protocol: ProtocolVersion | None = None
 
     def apply_limits(self, limits: ServerLimits) -> None:
@@ -645,6 +645,7 @@ class PeerSession(amp.AMP):
             self._close_after_answer()
             return Deferred()
         self._awaiting_hello = False
+        self.peer_protocol = theirs
         self.log.debug(
             "{peer} at {address} speaks DFS protocol {protocol} (software {software})",
             peer=str(self.peer),

@@ -30,8 +30,9 @@ from dfs.metaserver.registry import DataserverRegistry
 from dfs.metaserver.service import Metaserver, MetaserverMetrics, MetaserverSession
 from dfs.protocol import commands
 from dfs.protocol.commands import Bulk, DFSCommand
-from dfs.protocol.errors import FileNotFound, NotLeader, PermissionDenied
+from dfs.protocol.errors import FileNotFound, InvalidArgument, NotLeader, PermissionDenied
 from dfs.protocol.session import PeerSession
+from dfs.protocol.version import ProtocolVersion
 from dfs.security.identity import Identity, Role
 
 ALICE = Identity(Role.CLIENT, "alice")
@@ -560,3 +561,27 @@ def test_the_session_records_operations_and_role_refusals(
         ("Fsck", "/", "PermissionDenied"),
     ]
     assert {(r["user"], r["role"]) for r in records} == {("alice", "client")}
+
+
+def test_a_client_of_protocol_2_0_asking_for_a_backup_is_told_why_not(clock, make_handlers):
+    # Not an audit matter, but this file has the session harness: a 2.0 client's
+    # StartBackup expects the whole backup's size in the answer, which 2.1 cannot give.
+    admin = Identity(Role.ADMIN, "root")
+    metaserver = Metaserver(
+        identity=META,
+        config=FakeConfig(),  # type: ignore[arg-type]
+        clock=clock,
+        registry=DataserverRegistry(dead_after=5.0),
+        handlers=make_handlers(clock, alices_home()),
+        audit=None,
+    )
+    client, server, pump = connectedServerAndClient(
+        lambda: MetaserverSession(metaserver), lambda: PeerSession(admin)
+    )
+    server.authenticated(admin)
+    client.authenticated(META)
+    server.peer_protocol = ProtocolVersion(2, 0)
+    failure = call(client, pump, commands.StartBackup)
+    failure.trap(InvalidArgument)
+    message = str(failure.value)
+    assert "protocol 2.0 cannot fetch them" in message and "2.1 or later" in message

@@ -3,6 +3,10 @@ backups, fsck, and deletion orders held back in safe mode."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import time
+
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -68,20 +72,34 @@ def test_decommissioning_is_replicated_and_names_a_known_dataserver(handlers, lo
     assert control.drain_state("ds1") is None
 
 
-def test_a_backup_is_one_consistent_snapshot_read_in_pages(handlers, log):
-    log.namespace.apply(
-        ops.Mkdir("/data", 0o755, False, caller=ops.Caller("dfs", superuser=True), now=0.0)
-    )
+def test_a_backup_is_one_consistent_snapshot_read_in_pages(handlers, log, clock):
+    root = ops.Caller("dfs", superuser=True)
+    log.namespace.apply(ops.Mkdir("/data", 0o755, False, caller=root, now=0.0))
     taken = handlers.control.start_backup("meta1")
+    log.namespace.apply(ops.Mkdir("/later", 0o755, False, caller=root, now=0.0))
+    deadline = time.monotonic() + 30
+    while (status := handlers.control.backup_status(taken["backup_id"]))["state"] != "ready":
+        assert time.monotonic() < deadline, status
+        clock.advance(0.05)
+        time.sleep(0.01)
     data = b""
-    while len(data) < taken["size"]:
+    while len(data) < status["size"]:
         data += handlers.control.read_backup(taken["backup_id"], len(data), 1000)["data"]
-    parsed = backup.parse(data)
-    assert parsed.header.leader == "meta1"
-    restored = ns.Namespace.restore(parsed.payload)
+    assert hashlib.sha256(data).hexdigest() == status["sha256"]
+    source = io.BytesIO(data)
+    found = backup.check(source)
+    assert found.header.leader == "meta1"
+    restored = found.namespace(source)
     assert restored.stat("/data").ok
+    assert not restored.stat("/later").ok
+    assert handlers.control.end_backup(taken["backup_id"]) == {}
     with pytest.raises(InvalidArgument, match="take the backup again"):
-        handlers.control.read_backup("nope", 0, 10)
+        handlers.control.read_backup(taken["backup_id"], 0, 10)
+    with pytest.raises(InvalidArgument, match="expected offset >= 0"):
+        handlers.control.read_backup("nope", 0, 0)
+    log.serving = False
+    with pytest.raises(NotLeader):
+        handlers.control.start_backup("meta1")
 
 
 def test_the_balancer_is_driven_on_the_leader_only(handlers, log):

@@ -100,7 +100,8 @@ def test_the_answer_waits_until_the_new_entries_are_synced(follower, monkeypatch
 
 
 def write_snapshot(path, before, last, state):
-    path.write_bytes(syncobj.full_dump([{"state": state, "addresses": {}}], before, last, []))
+    with open(path, "wb") as out:
+        syncobj.write_full_dump(out, [{"state": state, "addresses": {}}], before, last, [])
 
 
 def test_a_snapshot_newer_than_the_journal_start_trims_the_journal(follower, tmp_path):
