@@ -54,7 +54,7 @@ class ProtocolVersion:
 
 
 #: The protocol this code speaks.
-PROTOCOL_VERSION = ProtocolVersion(2, 0)
+PROTOCOL_VERSION = ProtocolVersion(2, 1)
 
 
 class IncompatibleProtocol(DFSError):
