@@ -202,6 +202,7 @@ class DFSClient(ClusterAdmin):
             answer["chunk_size"],
             answer["lease_period"],
             first_chunk=answer if answer.get("chunk_id") is not None else None,
+            inode=answer.get("inode"),
         )
 
     async def open(self, path: str) -> FileReader:

@@ -316,6 +316,7 @@ class FileWriter:
         chunk_size: int,
         lease_period: float,
         first_chunk: dict[str, Any] | None = None,
+        inode: int | None = None,
     ) -> None:
         self._reactor = reactor
         self._metaserver = metaserver
@@ -323,7 +324,13 @@ class FileWriter:
         #: first packet, or dropped by the close if nothing is written
         self._first_chunk = first_chunk
         self._pool = pool
+        #: where the file was created; a rename meanwhile does not change it
         self.path = path
+        #: how every request names the file: by its inode too (from a metaserver of
+        #: protocol 2.1 or later), so that the writer follows it through renames
+        self._names: dict[str, Any] = {"path": path}
+        if inode is not None:
+            self._names["inode"] = inode
         self._client_id = client_id
         self.chunk_size = chunk_size
         self._lease_period = lease_period
@@ -372,7 +379,7 @@ class FileWriter:
         """The chunk's new version, and the write token for it."""
         answer = await self._ask_meta(
             BumpChunkVersion,
-            path=self.path,
+            **self._names,
             client_id=self._client_id,
             chunk_id=chunk_id,
             request_id=request_id(),
@@ -383,7 +390,7 @@ class FileWriter:
         """A fresh write token for the chunk being written: its version and token."""
         answer = await self._ask_meta(
             RenewChunkTokens,
-            path=self.path,
+            **self._names,
             operation=WRITE,
             chunk_ids=[chunk_id],
             client_id=self._client_id,
@@ -428,7 +435,7 @@ class FileWriter:
         answer, self._first_chunk = self._first_chunk, None
         if answer is None:
             answer = await self._ask_meta(
-                AddChunk, path=self.path, client_id=self._client_id, request_id=request_id()
+                AddChunk, **self._names, client_id=self._client_id, request_id=request_id()
             )
         self._chunk = ChunkPipeline(
             self, answer["chunk_id"], answer["version"], list(answer["targets"]), answer["token"]
@@ -453,7 +460,7 @@ class FileWriter:
         locations = await chunk.finish()
         await self._ask_meta(
             CommitChunk,
-            path=self.path,
+            **self._names,
             client_id=self._client_id,
             chunk_id=chunk.chunk_id,
             version=chunk.version,
@@ -491,7 +498,7 @@ class FileWriter:
             last = {"chunk_id": unused["chunk_id"], "version": unused["version"], "chunk_length": 0}
         await self._ask_meta(
             CloseFile,
-            path=self.path,
+            **self._names,
             client_id=self._client_id,
             length=self._committed + last.get("chunk_length", 0),
             request_id=request_id(),
@@ -537,7 +544,7 @@ class FileWriter:
         # be saved.
         try:
             await self._metaserver.call_within(
-                self._lease_period, RenewLease, path=self.path, client_id=self._client_id
+                self._lease_period, RenewLease, **self._names, client_id=self._client_id
             )
         except CancelledError:
             pass  # the writer stopped

@@ -106,6 +106,16 @@ class ChunkAllocator:
         stat: ns.Stat = lookup(self._log, lambda namespace: namespace.stat(path, who))
         return stat
 
+    def _writing(self, path: str, inode: int) -> ns.Stat:
+        """The file a writer names: the one numbered ``inode`` wherever a rename took
+        it (the stat gives its path now), or, from a writer that names none (protocol
+        2.0), the one at ``path``."""
+        if inode == ops.BY_PATH:
+            return self._stat(path)
+        self._safe_mode.check_serving()
+        stat: ns.Stat = lookup(self._log, lambda namespace: namespace.stat_inode(inode, path))
+        return stat
+
     async def _commit(self, operation: ops.Operation) -> Any:
         self._safe_mode.check_mutation()
         return await commit(self._log, operation)
@@ -207,15 +217,22 @@ class ChunkAllocator:
             "chunk_size": result.stat.chunk_size,
             "lease_period": self.lease_period,
             "closed": close,
+            "inode": result.stat.inode,
         }
         if result.chunk is not None:
             answer.update(self._granted(identity, path, result.chunk, targets, replication))
         return answer
 
     async def add_chunk(
-        self, identity: Identity, path: str, client_id: str, request_id: str
+        self,
+        identity: Identity,
+        path: str,
+        client_id: str,
+        request_id: str,
+        inode: int = ops.BY_PATH,
     ) -> dict[str, Any]:
-        stat = self._stat(path)
+        stat = self._writing(path, inode)
+        path = stat.path
         if stat.kind != ns.FILE:
             raise InvalidArgument(f"{path} is not a file")
         targets = self._place(path, stat.replication, stat.chunk_size)
@@ -226,31 +243,39 @@ class ChunkAllocator:
                 holder(identity, client_id),
                 now + self.lease_period,
                 **stamp(identity, now, request_id),
+                inode=inode,
             )
         )
         return self._granted(identity, path, chunk, targets, stat.replication)
 
     async def bump_chunk_version(
-        self, identity: Identity, path: str, client_id: str, chunk_id: int, request_id: str
+        self,
+        identity: Identity,
+        path: str,
+        client_id: str,
+        chunk_id: int,
+        request_id: str,
+        inode: int = ops.BY_PATH,
     ) -> dict[str, Any]:
+        path = self._writing(path, inode).path
         chunk = await self._commit(
             ops.BumpChunkVersion(
                 path,
                 holder(identity, client_id),
                 chunk_id,
                 **stamp(identity, self._clock.seconds(), request_id),
+                inode=inode,
             )
         )
         version = int(chunk.version)
         # The new version needs a new write token: the old one names the old version.
         return {"version": version, "token": self._tokens.write(identity, chunk_id, version)}
 
-    def _check_replicas(self, path: str, chunk_id: int, locations: Sequence[Location]) -> None:
-        stat = self._stat(path)
+    def _check_replicas(self, stat: ns.Stat, chunk_id: int, locations: Sequence[Location]) -> None:
         needed = self._min_replicas(stat.replication)
         if stat.kind == ns.FILE and len(set(locations)) < needed:
             raise InvalidArgument(
-                f"{path}: chunk {chunk_id} is on {len(set(locations))} dataservers, "
+                f"{stat.path}: chunk {chunk_id} is on {len(set(locations))} dataservers, "
                 f"fewer than min_replication ({needed})"
             )
 
@@ -264,16 +289,19 @@ class ChunkAllocator:
         length: int,
         locations: Sequence[Location],
         request_id: str,
+        inode: int = ops.BY_PATH,
     ) -> None:
-        self._check_replicas(path, chunk_id, locations)
+        stat = self._writing(path, inode)
+        self._check_replicas(stat, chunk_id, locations)
         await self._commit(
             ops.CommitChunk(
-                path,
+                stat.path,
                 holder(identity, client_id),
                 chunk_id,
                 version,
                 length,
                 **stamp(identity, self._clock.seconds(), request_id),
+                inode=inode,
             )
         )
         self._replicas.written(chunk_id, version, locations)
@@ -289,31 +317,49 @@ class ChunkAllocator:
         version: int = 0,
         chunk_length: int = 0,
         locations: Sequence[Location] | None = None,
+        inode: int = ops.BY_PATH,
     ) -> None:
         """Complete the file at ``length``; with ``chunk_id``, commit its last chunk
         first in the same entry (``chunk_length`` 0: drop it, it holds nothing)."""
+        stat = self._writing(path, inode)
         common = stamp(identity, self._clock.seconds(), request_id)
         lease_holder = holder(identity, client_id)
         if chunk_id is None:
-            await self._commit(ops.Close(path, lease_holder, length, **common))
+            await self._commit(ops.Close(stat.path, lease_holder, length, **common, inode=inode))
             return
         locations = locations or ()
         if chunk_length:
-            self._check_replicas(path, chunk_id, locations)
+            self._check_replicas(stat, chunk_id, locations)
         await self._commit(
-            ops.CommitClose(path, lease_holder, chunk_id, version, chunk_length, length, **common)
+            ops.CommitClose(
+                stat.path,
+                lease_holder,
+                chunk_id,
+                version,
+                chunk_length,
+                length,
+                **common,
+                inode=inode,
+            )
         )
         if chunk_length:
             self._replicas.written(chunk_id, version, locations)
 
-    async def renew_lease(self, identity: Identity, path: str, client_id: str) -> None:
+    async def renew_lease(
+        self, identity: Identity, path: str, client_id: str, inode: int = ops.BY_PATH
+    ) -> None:
         now = self._clock.seconds()
         # Writers keep their leases through safe mode, so they can carry on after.
         self._safe_mode.check_serving()
+        path = self._writing(path, inode).path
         await commit(
             self._log,
             ops.RenewLease(
-                path, holder(identity, client_id), now + self.lease_period, **stamp(identity, now)
+                path,
+                holder(identity, client_id),
+                now + self.lease_period,
+                **stamp(identity, now),
+                inode=inode,
             ),
         )
 
@@ -322,11 +368,14 @@ class ChunkAllocator:
         if not self._safe_mode.deciding:
             return
         now = self._clock.seconds()
-        for path in self._log.read(lambda namespace: namespace.expired_leases(now)):
-            result = await self._log.submit(ops.RecoverLease(path, caller=METASERVER, now=now))
+        for expired in self._log.read(lambda namespace: namespace.expired_leases(now)):
+            # By inode: a rename before this entry is applied does not lose the file.
+            result = await self._log.submit(
+                ops.RecoverLease(expired.path, caller=METASERVER, now=now, inode=expired.inode)
+            )
             self.log.info(
                 "lease on {path} expired: {outcome}",
-                path=path,
+                path=result.value.path if result.ok else expired.path,
                 outcome="closed at its committed length" if result.ok else result.message,
             )
 
@@ -383,7 +432,13 @@ class ChunkAllocator:
         return {"length": stat.length, "chunks": page, "more": index < len(chunks)}
 
     def renew_chunk_tokens(
-        self, identity: Identity, path: str, operation: str, chunk_ids: list[int], client_id: str
+        self,
+        identity: Identity,
+        path: str,
+        operation: str,
+        chunk_ids: list[int],
+        client_id: str,
+        inode: int = ops.BY_PATH,
     ) -> dict[str, Any]:
         """Fresh tokens for chunks of the file at ``path``, for a reader or writer
         whose tokens run out during a long transfer. A read token is given after the
@@ -396,8 +451,13 @@ class ChunkAllocator:
                 f"{len(chunk_ids)} chunks at once: at most {MAX_RENEWALS} per request"
             )
         # Reading: the same permission checks as get_chunks (keep the two alike).
-        # Writing: the lease is the permission (a file may be write-only to its writer).
-        stat = self._stat(path, identity)
+        # Writing: the lease is the permission (a file may be write-only to its writer),
+        # and a writer that names the file's inode follows it through renames.
+        if operation == WRITE and inode != ops.BY_PATH:
+            stat = self._writing(path, inode)
+            path = stat.path
+        else:
+            stat = self._stat(path, identity)
         if stat.kind != ns.FILE:
             raise IsADirectory(f"{path}: is a directory")
         if operation == WRITE and stat.under_construction != holder(identity, client_id):

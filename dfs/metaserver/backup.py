@@ -244,8 +244,10 @@ def recover_leases(namespace: Namespace, now: float) -> list[str]:
     backup's time), or the restored members would disagree on the files' mtimes."""
     admin = ops.Caller(user="dfs", superuser=True)
     closed = []
-    for path in namespace.expired_leases(float("inf")):
-        result = namespace.apply(ops.RecoverLease(path, caller=admin, now=now))
+    for expired in namespace.expired_leases(float("inf")):
+        result = namespace.apply(
+            ops.RecoverLease(expired.path, caller=admin, now=now, inode=expired.inode)
+        )
         if isinstance(result, ops.Ok):
-            closed.append(path)
+            closed.append(expired.path)
     return closed

@@ -49,6 +49,7 @@ import attrs
 
 from dfs.metaserver import permissions
 from dfs.metaserver.operations import (
+    BY_PATH,
     MAX_CHUNK_SIZE,
     MAX_MODE,
     MAX_REPLICATION,
@@ -208,6 +209,14 @@ class Tree:
 
     directories: int
     files: tuple[FileChunks, ...]
+
+
+@attrs.frozen
+class ExpiredLease:
+    """A file whose write lease ran out: its inode, and its path for the log."""
+
+    inode: int
+    path: str
 
 
 @attrs.frozen
@@ -628,15 +637,28 @@ class Namespace:
         """True for an admin certificate and for members of the superuser group."""
         return self._who(caller).superuser
 
-    def expired_leases(self, now: float) -> builtins.list[str]:
-        """Paths of files whose write lease ran out by ``now``, for the leader to recover."""
+    def expired_leases(self, now: float) -> builtins.list[ExpiredLease]:
+        """Files whose write lease ran out by ``now``, in path order, for the leader to
+        recover (by inode: a rename meanwhile does not lose them)."""
         expired = []
         for number in self._open_files:
             node = self._nodes[number]
             if isinstance(node, FileNode) and node.lease is not None:
                 if now >= node.lease.expires:
-                    expired.append(self._path_of(node))
-        return sorted(expired)
+                    expired.append(ExpiredLease(node.inode, self._path_of(node)))
+        return sorted(expired, key=lambda lease: lease.path)
+
+    def stat_inode(self, inode: int, path: str = "") -> Ok[Stat] | Err:
+        """The file numbered ``inode``, at its current path, for its writer: the
+        lease is its permission, so nothing is checked. FileNotFound (naming
+        ``path``, where the writer last knew it) once it was deleted or replaced."""
+        try:
+            node = self._file_numbered(inode, path)
+            return Ok(self._stat(self._path_of(node), node))
+        except Refused as refusal:
+            return refusal.err
+        except Exception as error:
+            return internal_error(f"reading inode {shown(inode)}", error)
 
     def chunk_version(self, chunk_id: int) -> int | None:
         """The current version of a chunk some file holds; None for an unknown or
@@ -1059,13 +1081,33 @@ class Namespace:
             raise Refused(errors.IsADirectory, f"{printable(path)}: is a directory")
         return node
 
-    def _writable(self, path: str, holder: str) -> FileNode:
-        """The file under construction at ``path`` whose lease ``holder`` holds.
+    def _file_numbered(self, inode: object, path: str) -> FileNode:
+        """The file numbered ``inode``, wherever it is now; ``path`` is where the
+        caller last knew it, for the refusal."""
+        number = valid_integer(inode, "inode", ROOT_INODE, _MAX_INT)
+        node = self._nodes.get(number)
+        if not isinstance(node, FileNode):
+            # Inode numbers are never used again: the file is gone.
+            raise Refused(
+                errors.FileNotFound,
+                f"{printable(path)}: no such file: it was deleted or replaced while being "
+                f"written (inode {number})",
+            )
+        return node
+
+    def _writable(self, path: str, holder: str, inode: object = BY_PATH) -> tuple[str, FileNode]:
+        """The file under construction whose lease ``holder`` holds, and its path: the
+        file numbered ``inode`` wherever a rename took it, or (BY_PATH) the one at
+        ``path``.
 
         The holder may go on past its lease's expiry as long as nobody recovered the
         file or took it over: there is no one it could conflict with.
         """
-        node = self._file(path)
+        if inode == BY_PATH:
+            node = self._file(path)
+        else:
+            node = self._file_numbered(inode, path)
+            path = self._path_of(node)
         if node.lease is None:
             raise Refused(errors.LeaseConflict, f"{printable(path)}: is not open for writing")
         if node.lease.holder != holder:
@@ -1074,7 +1116,7 @@ class Namespace:
                 f"{printable(path)}: is being written by {printable(node.lease.holder)}, not "
                 f"{printable(holder)}",
             )
-        return node
+        return path, node
 
     def _path_of(self, node: Node) -> str:
         names = []
@@ -1399,7 +1441,7 @@ class Namespace:
         path = valid_path(op.path)
         holder = valid_holder(op.lease_holder)
         expires = valid_expiry(op.lease_expires, float(op.now))
-        node = self._writable(path, holder)
+        path, node = self._writable(path, holder, op.inode)
         pending = _pending(node)
         if len(pending) >= MAX_PENDING_CHUNKS:
             raise Refused(
@@ -1444,7 +1486,7 @@ class Namespace:
 
     def _bump_chunk_version(self, op: BumpChunkVersion) -> Ok[ChunkRef]:
         path = valid_path(op.path)
-        node = self._writable(path, valid_holder(op.lease_holder))
+        path, node = self._writable(path, valid_holder(op.lease_holder), op.inode)
         index = self._pending_chunk(path, node, op.chunk_id)
         bumped = attrs.evolve(node.chunks[index], version=node.chunks[index].version + 1)
         node.chunks = _replaced(node.chunks, index, bumped)
@@ -1452,7 +1494,7 @@ class Namespace:
 
     def _commit_chunk(self, op: CommitChunk) -> Ok[ChunkRef]:
         path = valid_path(op.path)
-        node = self._writable(path, valid_holder(op.lease_holder))
+        path, node = self._writable(path, valid_holder(op.lease_holder), op.inode)
         again = self._committed_again(node, op)
         if again is not None:
             return Ok(again)
@@ -1482,13 +1524,13 @@ class Namespace:
         path = valid_path(op.path)
         holder = valid_holder(op.lease_holder)
         expires = valid_expiry(op.lease_expires, float(op.now))
-        node = self._writable(path, holder)
+        path, node = self._writable(path, holder, op.inode)
         node.lease = Lease(holder, expires)
         return Ok(self._stat(path, node))
 
     def _close(self, op: Close) -> Ok[Stat]:
         path = valid_path(op.path)
-        node = self._writable(path, valid_holder(op.lease_holder))
+        path, node = self._writable(path, valid_holder(op.lease_holder), op.inode)
         length = valid_integer(op.length, "length", 0, _MAX_INT)
         if length != node.length:
             raise Refused(
@@ -1501,11 +1543,18 @@ class Namespace:
     def _commit_close(self, op: CommitClose) -> Ok[Stat]:
         path = valid_path(op.path)
         holder = valid_holder(op.lease_holder)
-        node = self._writable(path, holder)
+        path, node = self._writable(path, holder, op.inode)
         length = valid_integer(op.length, "length", 0, _MAX_INT)
         chunk_length = valid_integer(op.chunk_length, "chunk length", 0, node.chunk_size)
         commit = CommitChunk(
-            path, holder, op.chunk_id, op.version, chunk_length, caller=op.caller, now=op.now
+            path,
+            holder,
+            op.chunk_id,
+            op.version,
+            chunk_length,
+            caller=op.caller,
+            now=op.now,
+            inode=node.inode,
         )
         if chunk_length == 0:
             index = self._pending_chunk(path, node, op.chunk_id)
@@ -1546,7 +1595,11 @@ class Namespace:
 
     def _recover_lease(self, op: RecoverLease) -> Ok[Stat]:
         path = valid_path(op.path)
-        node = self._file(path)
+        if op.inode == BY_PATH:
+            node = self._file(path)
+        else:
+            node = self._file_numbered(op.inode, path)
+            path = self._path_of(node)
         now = float(op.now)
         lease = node.lease
         if lease is not None:

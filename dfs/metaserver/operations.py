@@ -18,7 +18,7 @@ so snapshots and journals written before and after this module existed read alik
 from __future__ import annotations
 
 import math
-from typing import Final, Generic, NoReturn, TypeVar
+from typing import Any, Final, Generic, NoReturn, TypeVar
 
 import attrs
 
@@ -42,6 +42,11 @@ MAX_HOLDER_LENGTH: Final = 255
 #: errors.py has no dedicated class for a bug in the state machine; its base class is
 #: the one name the reactor side can always turn into an exception.
 INTERNAL_ERROR: Final = errors.DFSError.__name__
+#: The ``inode`` of an operation on a file being written that names the file by its
+#: path only, as every such entry written before writers followed their file does.
+BY_PATH: Final = 0
+
+C = TypeVar("C", bound=type)
 
 
 # --------------------------------------------------------------------------- results
@@ -89,6 +94,31 @@ Result = Ok[T] | Err
 # --------------------------------------------------------------------------- operations
 
 
+def _inode_optional(cls: C) -> C:
+    """Let ``cls`` carry an ``inode`` that old log entries lack.
+
+    The operations a writer sends name their file by inode (``BY_PATH``: by path),
+    a field added after journals and snapshots holding them were written. Such an old
+    entry loads with ``inode`` BY_PATH, and an entry by path pickles without the
+    field, byte for byte as before, so that an earlier release reads it."""
+    getstate: Any = cls.__getstate__
+    setstate: Any = getattr(cls, "__setstate__")  # noqa: B009 (attrs adds it)
+
+    def get_state(self: Any) -> dict[str, Any]:
+        state: dict[str, Any] = getstate(self)
+        if state.get("inode") == BY_PATH:
+            del state["inode"]
+        return state
+
+    def set_state(self: Any, state: Any) -> None:
+        object.__setattr__(self, "inode", BY_PATH)
+        setstate(self, state)
+
+    setattr(cls, "__getstate__", get_state)  # noqa: B010 (mypy: methods are read-only)
+    setattr(cls, "__setstate__", set_state)  # noqa: B010
+    return cls
+
+
 @attrs.frozen
 class Caller:
     """Who asks for an operation, as the reactor side established it: the user is
@@ -134,6 +164,7 @@ class Create(Operation):
     lease_expires: float = attrs.field(kw_only=True)
 
 
+@_inode_optional
 @attrs.frozen
 class AddChunk(Operation):
     """Append a new, empty chunk to a file under construction (and renew the lease).
@@ -143,8 +174,12 @@ class AddChunk(Operation):
     path: str
     lease_holder: str
     lease_expires: float
+    #: The file's inode (BY_PATH: ``path`` names it): its writer follows it through
+    #: renames, and ``path`` only names it in messages.
+    inode: int = attrs.field(default=BY_PATH, kw_only=True)
 
 
+@_inode_optional
 @attrs.frozen
 class BumpChunkVersion(Operation):
     """Pipeline recovery: give a pending chunk a new version so stale replicas show."""
@@ -152,8 +187,12 @@ class BumpChunkVersion(Operation):
     path: str
     lease_holder: str
     chunk_id: int
+    #: The file's inode (BY_PATH: ``path`` names it): its writer follows it through
+    #: renames, and ``path`` only names it in messages.
+    inode: int = attrs.field(default=BY_PATH, kw_only=True)
 
 
+@_inode_optional
 @attrs.frozen
 class CommitChunk(Operation):
     """Record the acknowledged length (at least one byte) of the file's first pending
@@ -164,15 +203,23 @@ class CommitChunk(Operation):
     chunk_id: int
     version: int
     length: int
+    #: The file's inode (BY_PATH: ``path`` names it): its writer follows it through
+    #: renames, and ``path`` only names it in messages.
+    inode: int = attrs.field(default=BY_PATH, kw_only=True)
 
 
+@_inode_optional
 @attrs.frozen
 class RenewLease(Operation):
     path: str
     lease_holder: str
     lease_expires: float
+    #: The file's inode (BY_PATH: ``path`` names it): its writer follows it through
+    #: renames, and ``path`` only names it in messages.
+    inode: int = attrs.field(default=BY_PATH, kw_only=True)
 
 
+@_inode_optional
 @attrs.frozen
 class Close(Operation):
     """Complete a file; ``length`` must be the sum of its committed chunk lengths."""
@@ -180,6 +227,9 @@ class Close(Operation):
     path: str
     lease_holder: str
     length: int
+    #: The file's inode (BY_PATH: ``path`` names it): its writer follows it through
+    #: renames, and ``path`` only names it in messages.
+    inode: int = attrs.field(default=BY_PATH, kw_only=True)
 
 
 @attrs.frozen
@@ -201,6 +251,7 @@ class CreateWithChunk(Create):
     all the same, and the writer's own AddChunk meets the refusal."""
 
 
+@_inode_optional
 @attrs.frozen
 class CommitClose(Operation):
     """Commit the file's last pending chunk, as :class:`CommitChunk`, and close the
@@ -213,13 +264,20 @@ class CommitClose(Operation):
     version: int
     chunk_length: int
     length: int
+    #: The file's inode (BY_PATH: ``path`` names it): its writer follows it through
+    #: renames, and ``path`` only names it in messages.
+    inode: int = attrs.field(default=BY_PATH, kw_only=True)
 
 
+@_inode_optional
 @attrs.frozen
 class RecoverLease(Operation):
     """Close a file whose writer went away, at the length its chunks committed."""
 
     path: str
+    #: The file's inode (BY_PATH: ``path`` names it): its writer follows it through
+    #: renames, and ``path`` only names it in messages.
+    inode: int = attrs.field(default=BY_PATH, kw_only=True)
 
 
 @attrs.frozen

@@ -46,6 +46,7 @@ from dfs.metaserver.healing import ReplicationMonitor
 from dfs.metaserver.journal import JournalCorrupt
 from dfs.metaserver.log import RaftLog, ReplicatedLog
 from dfs.metaserver.namespace import Namespace
+from dfs.metaserver.operations import BY_PATH
 from dfs.metaserver.raft import NamespaceLog, RaftService, RaftSettings
 from dfs.metaserver.registry import DataserverRegistry, DataserverState, SpaceReport
 from dfs.metaserver.replicas import ReplicaTracker
@@ -413,25 +414,29 @@ class MetaserverSession(PeerSession):
         )
 
     @commands.AddChunk.responder
-    async def add_chunk(self, path: str, client_id: str, request_id: str) -> dict:
-        return await self.handlers.chunks.add_chunk(self.caller, path, client_id, request_id)
+    async def add_chunk(
+        self, path: str, client_id: str, request_id: str, inode: int | None = None
+    ) -> dict:
+        return await self.handlers.chunks.add_chunk(
+            self.caller, path, client_id, request_id, inode or BY_PATH
+        )
 
     @commands.BumpChunkVersion.responder
     async def bump_chunk_version(
-        self, path: str, client_id: str, chunk_id: int, request_id: str
+        self, path: str, client_id: str, chunk_id: int, request_id: str, inode: int | None = None
     ) -> dict:
         return await self.handlers.chunks.bump_chunk_version(
-            self.caller, path, client_id, chunk_id, request_id
+            self.caller, path, client_id, chunk_id, request_id, inode or BY_PATH
         )
 
     @commands.CommitChunk.responder
-    async def commit_chunk(self, **arguments: Any) -> dict:
-        await self.handlers.chunks.commit_chunk(self.caller, **arguments)
+    async def commit_chunk(self, inode: int | None = None, **arguments: Any) -> dict:
+        await self.handlers.chunks.commit_chunk(self.caller, **arguments, inode=inode or BY_PATH)
         return {}
 
     @commands.RenewLease.responder
-    async def renew_lease(self, path: str, client_id: str) -> dict:
-        await self.handlers.chunks.renew_lease(self.caller, path, client_id)
+    async def renew_lease(self, path: str, client_id: str, inode: int | None = None) -> dict:
+        await self.handlers.chunks.renew_lease(self.caller, path, client_id, inode or BY_PATH)
         return {}
 
     @commands.CloseFile.responder
@@ -445,6 +450,7 @@ class MetaserverSession(PeerSession):
         version: int | None = None,
         chunk_length: int | None = None,
         locations: list[Location] | None = None,
+        inode: int | None = None,
     ) -> dict:
         await self.handlers.chunks.close(
             self.caller,
@@ -456,6 +462,7 @@ class MetaserverSession(PeerSession):
             version or 0,
             chunk_length or 0,
             locations,
+            inode or BY_PATH,
         )
         return {}
 
@@ -475,10 +482,15 @@ class MetaserverSession(PeerSession):
 
     @commands.RenewChunkTokens.responder
     def renew_chunk_tokens(
-        self, path: str, operation: str, chunk_ids: list[int], client_id: str
+        self,
+        path: str,
+        operation: str,
+        chunk_ids: list[int],
+        client_id: str,
+        inode: int | None = None,
     ) -> dict:
         return self.handlers.chunks.renew_chunk_tokens(
-            self.caller, path, operation, list(chunk_ids), client_id
+            self.caller, path, operation, list(chunk_ids), client_id, inode or BY_PATH
         )
 
     @commands.Delete.responder

@@ -477,6 +477,8 @@ class Create(NamespaceCommand):
         (b"version", amp.Integer(optional=True)),
         (b"targets", LocationList(optional=True)),
         (b"token", amp.Unicode(optional=True)),
+        # since 2.1: the file's inode, which the writer names it by from then on
+        (b"inode", amp.Integer(optional=True)),
     ]
 
 
@@ -489,6 +491,9 @@ class AddChunk(NamespaceCommand):
         (b"path", amp.Unicode()),
         (b"client_id", amp.Unicode()),
         (b"request_id", amp.Unicode()),
+        # since 2.1: the file by its inode, wherever a rename took it (``path`` then
+        # only names it in messages)
+        (b"inode", amp.Integer(optional=True)),
     ]
     response: ClassVar[list] = [
         (b"chunk_id", amp.Integer()),
@@ -508,6 +513,9 @@ class BumpChunkVersion(NamespaceCommand):
         (b"client_id", amp.Unicode()),
         (b"chunk_id", amp.Integer()),
         (b"request_id", amp.Unicode()),
+        # since 2.1: the file by its inode, wherever a rename took it (``path`` then
+        # only names it in messages)
+        (b"inode", amp.Integer(optional=True)),
     ]
     # the write token for the new version
     response: ClassVar[list] = [(b"version", amp.Integer()), (b"token", amp.Unicode())]
@@ -525,13 +533,22 @@ class CommitChunk(NamespaceCommand):
         (b"length", amp.Integer()),
         (b"locations", LocationList()),
         (b"request_id", amp.Unicode()),
+        # since 2.1: the file by its inode, wherever a rename took it (``path`` then
+        # only names it in messages)
+        (b"inode", amp.Integer(optional=True)),
     ]
     response: ClassVar[list] = []
 
 
 class RenewLease(NamespaceCommand):
     commandName = b"RenewLease"
-    arguments: ClassVar[list] = [(b"path", amp.Unicode()), (b"client_id", amp.Unicode())]
+    arguments: ClassVar[list] = [
+        (b"path", amp.Unicode()),
+        (b"client_id", amp.Unicode()),
+        # since 2.1: the file by its inode, wherever a rename took it (``path`` then
+        # only names it in messages)
+        (b"inode", amp.Integer(optional=True)),
+    ]
     response: ClassVar[list] = []
 
 
@@ -552,6 +569,9 @@ class CloseFile(NamespaceCommand):
         (b"version", amp.Integer(optional=True)),
         (b"chunk_length", amp.Integer(optional=True)),
         (b"locations", LocationList(optional=True)),
+        # since 2.1: the file by its inode, wherever a rename took it (``path`` then
+        # only names it in messages)
+        (b"inode", amp.Integer(optional=True)),
     ]
     response: ClassVar[list] = []
 
@@ -610,6 +630,8 @@ class RenewChunkTokens(NamespaceCommand):
         (b"operation", amp.Unicode()),
         (b"chunk_ids", amp.ListOf(amp.Integer())),
         (b"client_id", amp.Unicode()),  # "" for reading
+        # since 2.1, writing only: the file by its inode, as for AddChunk
+        (b"inode", amp.Integer(optional=True)),
     ]
     response: ClassVar[list] = [(b"tokens", amp.AmpList(CHUNK_TOKEN))]
 

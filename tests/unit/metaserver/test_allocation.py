@@ -11,6 +11,7 @@ from dfs.metaserver.allocation import ChunkTokens
 from dfs.metaserver.log import MemoryLog
 from dfs.metaserver.registry import DataserverRegistry, SpaceReport
 from dfs.protocol.errors import (
+    FileNotFound,
     InvalidArgument,
     InvalidToken,
     IsADirectory,
@@ -171,6 +172,7 @@ def test_a_created_file_is_stamped_with_the_callers_name_and_the_leaders_clock(
         "chunk_size": 64 << 20,
         "lease_period": 30.0,
         "closed": False,
+        "inode": handlers.namespace.stat(ALICE, "/home/f")["entry"].inode,
     }
     [operation] = [op for op in log.submitted if type(op) is ops.Create]
     assert operation.caller == ops.Caller("alice") and operation.now == clock.seconds()
@@ -249,3 +251,136 @@ def test_leases_are_renewed_in_safe_mode_but_files_are_not_created(handlers):
     result_of(handlers.chunks.renew_lease(ALICE, "/home/f", "c"))
     with pytest.raises(SafeMode):
         result_of(handlers.chunks.create(ALICE, "/home/g", 0o644, 1, 0, False, "c", ""))
+
+
+# -- a writer follows its file by inode ----------------------------------------------
+
+
+def written_by_inode(handlers, path="/home/f"):
+    """A file created with its first chunk, as the client library writes: the
+    answer's inode names the file in every later request."""
+    return result_of(
+        handlers.chunks.create(ALICE, path, 0o644, 1, 0, False, "c", "", first_chunk=True)
+    )
+
+
+def test_a_file_renamed_while_written_completes_under_its_new_name(handlers):
+    answer = written_by_inode(handlers)
+    inode = answer["inode"]
+    result_of(
+        handlers.chunks.commit_chunk(
+            ALICE, "/home/f", "c", answer["chunk_id"], 1, 5, LOCATIONS[:1], "", inode
+        )
+    )
+    result_of(handlers.namespace.rename(ALICE, "/home/f", "/home/g", "r"))
+    result_of(handlers.chunks.renew_lease(ALICE, "/home/f", "c", inode))
+    second = result_of(handlers.chunks.add_chunk(ALICE, "/home/f", "c", "", inode))
+    tokens = handlers.chunks.renew_chunk_tokens(
+        ALICE, "/home/f", WRITE, [second["chunk_id"]], "c", inode
+    )
+    assert [token["chunk_id"] for token in tokens["tokens"]] == [second["chunk_id"]]
+    result_of(
+        handlers.chunks.close(
+            ALICE, "/home/f", "c", 12, "", second["chunk_id"], 1, 7, LOCATIONS[:1], inode
+        )
+    )
+    entry = handlers.namespace.stat(ALICE, "/home/g")["entry"]
+    assert (entry.inode, entry.complete, entry.length) == (inode, True, 12)
+
+
+def test_a_file_whose_directory_is_renamed_while_written_completes_there(handlers):
+    result_of(handlers.namespace.mkdir(ALICE, "/home/d", 0o755, False, ""))
+    answer = written_by_inode(handlers, "/home/d/f")
+    result_of(handlers.namespace.rename(ALICE, "/home/d", "/home/e", "r"))
+    version = result_of(
+        handlers.chunks.bump_chunk_version(
+            ALICE, "/home/d/f", "c", answer["chunk_id"], "", answer["inode"]
+        )
+    )["version"]
+    result_of(
+        handlers.chunks.close(
+            ALICE,
+            "/home/d/f",
+            "c",
+            3,
+            "",
+            answer["chunk_id"],
+            version,
+            3,
+            LOCATIONS[:1],
+            answer["inode"],
+        )
+    )
+    entry = handlers.namespace.stat(ALICE, "/home/e/f")["entry"]
+    assert (entry.complete, entry.length) == (True, 3)
+
+
+def test_a_writer_by_path_still_loses_a_renamed_file(handlers):
+    # What a writer of protocol 2.0, which names no inode, meets.
+    answer = written_by_inode(handlers)
+    result_of(handlers.namespace.rename(ALICE, "/home/f", "/home/g", "r"))
+    with pytest.raises(FileNotFound, match="/home/f: no such file"):
+        result_of(handlers.chunks.close(ALICE, "/home/f", "c", 0, "", answer["chunk_id"], 1, 0))
+
+
+def test_a_file_deleted_while_written_tells_its_writer_so(handlers):
+    answer = written_by_inode(handlers)
+    result_of(handlers.namespace.delete(ALICE, "/home/f", False, "r"))
+    deleted = "/home/f: no such file: it was deleted or replaced while being written"
+    with pytest.raises(FileNotFound, match=deleted):
+        result_of(handlers.chunks.add_chunk(ALICE, "/home/f", "c", "", answer["inode"]))
+    with pytest.raises(FileNotFound, match=deleted):
+        result_of(handlers.chunks.renew_lease(ALICE, "/home/f", "c", answer["inode"]))
+    with pytest.raises(FileNotFound, match=deleted):
+        result_of(
+            handlers.chunks.close(
+                ALICE,
+                "/home/f",
+                "c",
+                5,
+                "",
+                answer["chunk_id"],
+                1,
+                5,
+                LOCATIONS[:1],
+                answer["inode"],
+            )
+        )
+
+
+def test_a_file_replaced_while_written_is_not_the_writers_any_more(handlers):
+    answer = written_by_inode(handlers)
+    result_of(handlers.chunks.create(BOB, "/home/x", 0o644, 1, 0, False, "b", ""))
+    result_of(handlers.namespace.rename(ADMIN, "/home/x", "/home/f", "r"))
+    with pytest.raises(FileNotFound, match="deleted or replaced"):
+        result_of(handlers.chunks.add_chunk(ALICE, "/home/f", "c", "", answer["inode"]))
+
+
+def test_an_expired_lease_is_recovered_by_inode_after_a_rename(handlers, log, clock):
+    answer = written_by_inode(handlers)
+    result_of(
+        handlers.chunks.commit_chunk(
+            ALICE, "/home/f", "c", answer["chunk_id"], 1, 5, LOCATIONS[:1], "", answer["inode"]
+        )
+    )
+    result_of(handlers.namespace.rename(ALICE, "/home/f", "/home/g", "r"))
+    clock.advance(31)
+    result_of(handlers.chunks.recover_expired_leases())
+    [recovery] = [op for op in log.submitted if isinstance(op, ops.RecoverLease)]
+    assert (recovery.path, recovery.inode) == ("/home/g", answer["inode"])
+    entry = handlers.namespace.stat(ALICE, "/home/g")["entry"]
+    assert (entry.complete, entry.length) == (True, 5)
+
+
+def test_a_recovery_by_inode_follows_a_rename_applied_after_the_leader_chose(log):
+    namespace = log.namespace
+    root = ops.Caller("dfs", superuser=True)
+    assert namespace.apply(
+        ops.Create("/f", 0o644, 1, lease_holder="h", lease_expires=10, caller=root, now=1)
+    ).ok
+    [expired] = namespace.expired_leases(10)
+    assert namespace.apply(ops.Rename("/f", "/g", caller=root, now=11)).ok
+    assert namespace.apply(
+        ops.RecoverLease(expired.path, caller=root, now=12, inode=expired.inode)
+    ).ok
+    assert namespace.stat("/g").unwrap().complete

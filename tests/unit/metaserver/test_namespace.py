@@ -295,7 +295,7 @@ def test_add_chunk_appends_an_empty_chunk_version_one_and_renews_the_lease(
     assert chunk == ChunkRef(chunk_id=1, version=1, length=0)
     assert ns.chunks("/f") == Ok((chunk,))
     assert ns.expired_leases(50) == []
-    assert ns.expired_leases(99) == ["/f"]
+    assert [lease.path for lease in ns.expired_leases(99)] == ["/f"]
 
 
 def test_commit_records_the_acknowledged_length_of_pending_chunks_in_order(
@@ -449,7 +449,7 @@ def test_renew_extends_the_lease(ns: Namespace) -> None:
     renewed = ok(ns, RenewLease("/f", "c1", 50, caller=ALICE, now=9))
     assert renewed.under_construction == "c1"
     assert ns.expired_leases(10) == []
-    assert ns.expired_leases(50) == ["/f"]
+    assert [lease.path for lease in ns.expired_leases(50)] == ["/f"]
     refused(ns, RenewLease("/f", "c1", 9, caller=ALICE, now=9), "InvalidArgument")
 
 
@@ -465,10 +465,10 @@ def test_expired_leases_lists_paths_sorted_at_their_current_place(ns: Namespace)
     ok(ns, create("/a", holder="c2", expires=20))
     ok(ns, create("/c", holder="c3", expires=30))
     assert ns.expired_leases(9.99) == []
-    assert ns.expired_leases(10) == ["/d/b"]
-    assert ns.expired_leases(25) == ["/a", "/d/b"]
+    assert [lease.path for lease in ns.expired_leases(10)] == ["/d/b"]
+    assert [lease.path for lease in ns.expired_leases(25)] == ["/a", "/d/b"]
     ok(ns, Rename("/d", "/z", caller=ALICE, now=2))
-    assert ns.expired_leases(25) == ["/a", "/z/b"]
+    assert [lease.path for lease in ns.expired_leases(25)] == ["/a", "/z/b"]
 
 
 def test_recover_lease_closes_at_the_committed_length(ns: Namespace) -> None:
@@ -873,7 +873,7 @@ def test_snapshot_restores_an_equal_namespace_that_goes_on_identically(ns: Names
     copy = Namespace.restore(ns.snapshot())
     assert copy == ns
     assert pickle.loads(pickle.dumps(ns)) == ns
-    assert copy.expired_leases(80) == ["/a/open"]
+    assert [lease.path for lease in copy.expired_leases(80)] == ["/a/open"]
     op = Create("/a/g", caller=BOB, now=9, lease_holder="c2", lease_expires=90)
     assert copy.apply(op) == ns.apply(op)
     assert copy == ns

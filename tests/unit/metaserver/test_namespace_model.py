@@ -675,7 +675,7 @@ class NamespaceMachine(RuleBasedStateMachine):
             for path, entry in self.model.items()
             if isinstance(entry, ModelFile) and entry.holder and self.now >= entry.expires
         )
-        assert self.ns.expired_leases(self.now) == expired
+        assert [lease.path for lease in self.ns.expired_leases(self.now)] == expired
         assert self.ns.next_chunk_id == self.next_chunk
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dfs.metaserver.namespace import PICKLED_HERE, Namespace
 from dfs.metaserver.operations import (
+    BY_PATH,
     AddChunk,
     AddUser,
     BumpChunkVersion,
@@ -122,3 +123,12 @@ def test_what_is_pickled_now_names_only_the_namespace_module() -> None:
         assert modules_named(data) == {"dfs.metaserver.namespace"}, value
         assert pickle.loads(data) == value
     assert all(cls.__module__ == "dfs.metaserver.namespace" for cls in PICKLED_HERE)
+
+
+def test_an_entry_of_a_writer_by_path_pickles_as_before_and_one_by_inode_loads_back() -> None:
+    # An old entry has no inode: it loads as by path, and pickles again without one.
+    old = next(op for op in pickle.loads(OPERATIONS.read_bytes()) if isinstance(op, AddChunk))
+    assert old.inode == BY_PATH
+    assert "inode" not in pickle.dumps(old, protocol=pickle.HIGHEST_PROTOCOL).decode("latin-1")
+    by_inode = AddChunk("/f", "h", 9.0, caller=ALICE, now=1, inode=7)
+    assert pickle.loads(pickle.dumps(by_inode, protocol=pickle.HIGHEST_PROTOCOL)) == by_inode
