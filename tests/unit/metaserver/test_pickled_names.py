@@ -25,6 +25,7 @@ from dfs.metaserver.operations import (
     CreateWithChunk,
     Delete,
     Err,
+    ForgetFreedChunks,
     Mkdir,
     Ok,
     RecoverLease,
@@ -122,3 +123,19 @@ def test_what_is_pickled_now_names_only_the_namespace_module() -> None:
         assert modules_named(data) == {"dfs.metaserver.namespace"}, value
         assert pickle.loads(data) == value
     assert all(cls.__module__ == "dfs.metaserver.namespace" for cls in PICKLED_HERE)
+
+
+def test_a_snapshot_written_before_freed_chunks_were_kept_loads_with_none() -> None:
+    old = Namespace.restore(SNAPSHOT.read_bytes())
+    assert old.freed_chunks() == {}
+    chunk = old.chunks("/q/f").unwrap()[-1]
+    assert old.apply(Delete("/q/f", False, caller=ROOT, now=9)).ok
+    assert old.freed_chunks() == {chunk.chunk_id: chunk.version}
+    assert Namespace.restore(old.snapshot()).freed_chunks() == {chunk.chunk_id: chunk.version}
+
+
+def test_forgetting_freed_chunks_is_new_and_pickles_where_it_lives() -> None:
+    operation = ForgetFreedChunks((1, 2), caller=ROOT, now=1)
+    data = pickle.dumps(operation, protocol=pickle.HIGHEST_PROTOCOL)
+    assert modules_named(data) == {"dfs.metaserver.operations", "dfs.metaserver.namespace"}
+    assert pickle.loads(data) == operation
