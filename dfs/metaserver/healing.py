@@ -201,10 +201,10 @@ class ReplicationMonitor:
             assessments, servers, self._busy, copying, self._avoid(now), incoming
         )
         self.drain_remaining = plan.drain_remaining
-        # Freed chunks (replicated: a new leader has them too) before orphans: their
-        # replicas go at once, not after orphan_grace.
-        self._replicas.collect_freed(now)
         self.waiting = plan.waiting
+        # Freed chunks are replicated (a new leader has them too): their replicas go
+        # at once, not after orphan_grace as other orphans do.
+        self._replicas.collect_freed(now)
         for removal in plan.removals:
             self._remove(removal.server, removal.chunk_id, removal.version, removal.reason)
         for server, chunk_id, version in expired:

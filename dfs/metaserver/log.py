@@ -96,8 +96,8 @@ def lookup(log: ReplicatedLog, query: Callable[[ns.Namespace], ops.Ok[T] | ops.E
     return result.value
 
 
-#: Who a metaserver's own operations come from (a lease recovered, freed chunks
-#: forgotten): the superuser the namespace's root belongs to.
+#: Who a metaserver's own operations come from (freed chunks forgotten): the
+#: superuser the namespace's root belongs to, as allocation's lease recovery names it.
 METASERVER = ops.Caller(user="dfs", superuser=True)
 
 
