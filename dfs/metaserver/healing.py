@@ -8,8 +8,10 @@ namespace, and on the leader, once out of safe mode:
   ``rereplication_per_dataserver`` per dataserver at a time; a copy is an order
   (``ReplicateChunk``) to the target dataserver, which pulls the replica from a
   source dataserver: data never passes through a metaserver;
-- removes surplus and stale replicas and, after ``orphan_grace``, replicas no file
-  refers to (the orders go out with the dataservers' heartbeat answers);
+- removes surplus and stale replicas, every replica of a chunk a mutation freed (the
+  namespace keeps those until none is left, so a new leader removes them too) and,
+  after ``orphan_grace``, other replicas no file refers to (the orders go out with
+  the dataservers' heartbeat answers);
 - drains decommissioned dataservers, and runs the balancer when asked to.
 
 Nothing is decided while :class:`~dfs.metaserver.safemode.SafeMode` holds back; each
@@ -200,6 +202,9 @@ class ReplicationMonitor:
         )
         self.drain_remaining = plan.drain_remaining
         self.waiting = plan.waiting
+        # Freed chunks are replicated (a new leader has them too): their replicas go
+        # at once, not after orphan_grace as other orphans do.
+        self._replicas.collect_freed(now)
         for removal in plan.removals:
             self._remove(removal.server, removal.chunk_id, removal.version, removal.reason)
         for server, chunk_id, version in expired:

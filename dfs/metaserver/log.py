@@ -105,6 +105,11 @@ def lookup(log: ReplicatedLog, query: Callable[[ns.Namespace], ops.Ok[T] | ops.E
     return result.value
 
 
+#: Who a metaserver's own operations come from (freed chunks forgotten): the
+#: superuser the namespace's root belongs to, as allocation's lease recovery names it.
+METASERVER = ops.Caller(user="dfs", superuser=True)
+
+
 def caller(identity: Identity) -> ops.Caller:
     """The namespace's view of who asks: an admin certificate is a superuser."""
     return ops.Caller(user=identity.name, superuser=identity.role is Role.ADMIN)

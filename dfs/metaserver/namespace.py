@@ -51,6 +51,7 @@ from dfs.metaserver import permissions
 from dfs.metaserver.operations import (
     BY_PATH,
     MAX_CHUNK_SIZE,
+    MAX_FORGET,
     MAX_MODE,
     MAX_REPLICATION,
     AddChunk,
@@ -68,6 +69,7 @@ from dfs.metaserver.operations import (
     CreateWithChunk,
     Delete,
     Err,
+    ForgetFreedChunks,
     Mkdir,
     Ok,
     Operation,
@@ -459,6 +461,11 @@ class Namespace:
     # Dataservers an administrator is draining (by name), and the manual safe mode.
     _decommissioned: set[str] = attrs.field(init=False, factory=set)
     _safe_mode: bool = attrs.field(init=False, default=False)
+    # chunk id -> version of each chunk a mutation freed (a file deleted, replaced or
+    # overwritten) whose replicas may still be on dataservers. Replicated, so that a
+    # leader elected after the mutation deletes them too; the leader forgets them
+    # (ForgetFreedChunks) once no dataserver holds one, which keeps it small.
+    _freed: dict[int, int] = attrs.field(init=False, factory=dict)
     # group -> its members, both sorted (deterministic snapshots and listings).
     _groups: dict[str, builtins.list[str]] = attrs.field(init=False, factory=dict)
     # directory inode -> its quota and use, kept up to date by every change below it.
@@ -578,6 +585,8 @@ class Namespace:
                 return self._set_decommission(op)
             case SetSafeMode():
                 return self._set_safe_mode(op)
+            case ForgetFreedChunks():
+                return self._forget_freed_chunks(op)
         raise Refused(errors.InvalidArgument, f"unknown operation {type(op).__name__}")
 
     # ----------------------------------------------------------------- queries
@@ -685,6 +694,11 @@ class Namespace:
                 pending += len(_pending(node))
         return len(self._chunk_files) - pending
 
+    def freed_chunks(self) -> dict[int, int]:
+        """chunk id -> version of the chunks freed by a mutation whose replicas are
+        still to be deleted from the dataservers."""
+        return dict(self._freed)
+
     @property
     def decommissioned(self) -> frozenset[str]:
         """Names of the dataservers being drained (or drained)."""
@@ -730,7 +744,8 @@ class Namespace:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A snapshot written by an older version lacks the fields added since (groups,
-        # quotas): they start out as their defaults, so an upgraded metaserver loads it.
+        # quotas, freed chunks): they start out as their defaults, so an upgraded
+        # metaserver loads it.
         for field in attrs.fields(type(self)):
             if field.name in state:
                 value = state[field.name]
@@ -908,6 +923,8 @@ class Namespace:
             problems.append("the chunk index holds chunks no file has")
         if open_files != self._open_files:
             problems.append("the set of files under construction is out of date")
+        if not chunk_ids.isdisjoint(self._freed):
+            problems.append("a freed chunk is still held by a file")
         for inode, names in self._sorted_names.items():
             directory = self._nodes.get(inode)
             if not isinstance(directory, DirectoryNode) or names != sorted(directory.children):
@@ -1313,6 +1330,7 @@ class Namespace:
                 self._open_files.discard(node.inode)
                 for chunk in node.chunks:
                     del self._chunk_files[chunk.chunk_id]
+                    self._freed[chunk.chunk_id] = chunk.version
         return tuple(freed)
 
     def _mkdir(self, op: Mkdir) -> Ok[Stat]:
@@ -1836,6 +1854,21 @@ class Namespace:
             raise Refused(
                 errors.PermissionDenied, f"permission denied: only a superuser may {doing}"
             )
+
+    def _forget_freed_chunks(self, op: ForgetFreedChunks) -> Ok[int]:
+        if not self._who(op.caller).superuser:
+            raise Refused(errors.PermissionDenied, "only a superuser may forget freed chunks")
+        if not isinstance(op.chunk_ids, tuple) or len(op.chunk_ids) > MAX_FORGET:
+            raise Refused(
+                errors.InvalidArgument,
+                f"chunk ids must be a tuple of at most {MAX_FORGET}, not {shown(op.chunk_ids)}",
+            )
+        chunk_ids = [valid_integer(c, "chunk id", 0, _MAX_INT) for c in op.chunk_ids]
+        forgotten = 0
+        for chunk_id in chunk_ids:
+            if self._freed.pop(chunk_id, None) is not None:
+                forgotten += 1
+        return Ok(forgotten)
 
     def _set_decommission(self, op: SetDecommission) -> Ok[frozenset[str]]:
         if not self._who(op.caller).superuser:

@@ -39,6 +39,8 @@ MAX_MODE: Final = 0o7777
 #: Lease holders are client session names; a bound keeps one bad value from bloating
 #: every snapshot.
 MAX_HOLDER_LENGTH: Final = 255
+#: Most chunk ids one ForgetFreedChunks entry carries: keeps each log entry small.
+MAX_FORGET: Final = 10_000
 #: errors.py has no dedicated class for a bug in the state machine; its base class is
 #: the one name the reactor side can always turn into an exception.
 INTERNAL_ERROR: Final = errors.DFSError.__name__
@@ -357,6 +359,18 @@ class SetSafeMode(Operation):
     Superusers only."""
 
     on: bool
+
+
+@attrs.frozen
+class ForgetFreedChunks(Operation):
+    """The freed chunks ``chunk_ids`` have no replica left on any dataserver: the
+    namespace stops remembering them (see ``Namespace.freed_chunks``). The leader
+    submits it, one entry for many chunks. Superusers only.
+
+    New since the split, so it pickles under this module's name (the rule of
+    ``namespace.PICKLED_HERE`` is for the classes that moved)."""
+
+    chunk_ids: tuple[int, ...]
 
 
 # --------------------------------------------------------------------------- checks

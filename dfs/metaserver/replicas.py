@@ -5,6 +5,12 @@ after a restart, or on a new leader, it fills again from the dataservers' full c
 reports and their ChunkReceived messages. A replica older than the chunk's current
 version is stale and is scheduled for deletion; the orders go out with the answer to
 its dataserver's next heartbeat.
+
+The chunks a mutation freed are not soft state: the namespace keeps them
+(``Namespace.freed_chunks``) until no dataserver holds one, so that a leader elected
+after the mutation still has their replicas deleted. Each pass of the leader orders
+every holder of one to delete it (:meth:`ReplicaTracker.collect_freed`) and has the
+log forget those that are gone.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from dfs.metaserver import namespace as ns
+from dfs.metaserver import operations as ops
 from dfs.metaserver.locations import ChunkLocations
-from dfs.metaserver.log import ReplicatedLog
+from dfs.metaserver.log import METASERVER, ReplicatedLog
 from dfs.metaserver.registry import DataserverRegistry
 from dfs.metaserver.replication import assess, server_views
 from dfs.protocol.errors import PermissionDenied
@@ -34,6 +42,8 @@ class ReplicaTracker:
         #: dataserver -> (chunk id, version) of a full report still arriving in pages
         self._reports: dict[str, list[tuple[int, int]]] = {}
         self._settled = False
+        #: a ForgetFreedChunks entry is on its way: one at a time
+        self._forgetting = False
 
     def _settle(self) -> None:
         # Reports that came in while the namespace was loading could not be told
@@ -139,6 +149,64 @@ class ReplicaTracker:
 
     def pending_deletions(self) -> dict[int, list[tuple[str, int]]]:
         return self._locations.pending_deletions()
+
+    def sweep_freed(self) -> list[int]:
+        """Order every replica of a freed chunk deleted; returns the freed chunks no
+        dataserver holds any more and no order waits for, which may be forgotten.
+
+        For the deciding leader only, once every live dataserver has reported to it:
+        a leader elected after the mutation has the freed chunks from the namespace,
+        and their replicas from the reports."""
+        freed = self._log.read(lambda namespace: namespace.freed_chunks())
+        if not freed:
+            return []
+        self._settle()
+        waiting = self._locations.pending_deletions()
+        gone = []
+        for chunk_id in freed:
+            held = self._locations.replicas(chunk_id)
+            # Each dataserver deletes the version it holds, which may be older.
+            for server, version in held.items():
+                self._locations.schedule_deletion(server, chunk_id, version)
+            if not held and chunk_id not in waiting:
+                gone.append(chunk_id)
+        return gone
+
+    def collect_freed(self, now: float) -> Deferred[None] | None:
+        """One pass over the freed chunks (:meth:`sweep_freed`), and a
+        ForgetFreedChunks entry for up to ``MAX_FORGET`` of those gone, unless one is
+        on its way already. Returns that entry's submission (None if none was made)."""
+        gone = self.sweep_freed()
+        if not gone or self._forgetting:
+            return None
+        batch = tuple(sorted(gone)[: ops.MAX_FORGET])
+        self._forgetting = True
+        return Deferred.fromCoroutine(self._forget(batch, now))
+
+    async def _forget(self, chunk_ids: tuple[int, ...], now: float) -> None:
+        try:
+            result = await self._log.submit(
+                ops.ForgetFreedChunks(chunk_ids, caller=METASERVER, now=now)
+            )
+        except Exception as error:
+            # Lost leadership, most likely: the next leader forgets them.
+            self.log.info(
+                "freed chunks not forgotten now ({error}); a later pass tries again",
+                error=error,
+            )
+            return
+        finally:
+            self._forgetting = False
+        if isinstance(result, ops.Err):
+            self.log.error(
+                "forgetting freed chunks refused: {error}: {message}",
+                error=result.error,
+                message=result.message,
+            )
+        else:
+            self.log.info(
+                "{count} freed chunks have no replica left: forgotten", count=result.value
+            )
 
     # -- looking -----------------------------------------------------------------------
 

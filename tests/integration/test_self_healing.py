@@ -277,3 +277,57 @@ async def test_fsck_command_lists_problems_and_exits_1_until_healthy(cluster, df
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is HEALTHY" in result.stdout
     client.close()
+
+
+def _leader(cluster: LocalCluster):
+    for meta in cluster.metaservers:
+        status = cluster.status(meta) or {}
+        if (status.get("raft") or {}).get("role") == "leader":
+            return meta
+    return None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_leader_deletes_what_a_killed_leader_freed(make_cluster, poll, log_contains):
+    # orphan_grace is far away: only the replicated record of the freed chunks can
+    # have the new leader delete them.
+    cluster = make_cluster(
+        metaservers=3, dataservers=3, replication={"chunk_size": CHUNK, "orphan_grace": 3600.0}
+    )
+    client = await connect(cluster)
+    await client.mkdir("/many")
+    for number in range(200):
+        await client.write_file(f"/many/f{number}", b"small %d\n" % number)
+    await poll(
+        lambda: all(len(held_by(ds)) == 200 for ds in cluster.dataservers),
+        timeout=30,
+        what="200 replicas on every dataserver",
+    )
+    leader = _leader(cluster)
+    assert leader is not None
+    # Paused (for less than dataserver_dead_after), the dataservers cannot take the
+    # old leader's deletion orders before it dies.
+    for ds in cluster.dataservers:
+        cluster.signal_node(ds, signal.SIGSTOP)
+    try:
+        await client.delete("/many", recursive=True)
+        cluster.kill_node(leader)
+    finally:
+        for ds in cluster.dataservers:
+            cluster.signal_node(ds, signal.SIGCONT)
+    assert all(len(held_by(ds)) == 200 for ds in cluster.dataservers)
+    client.close()
+
+    def new_leader_done() -> bool:
+        new = _leader(cluster)
+        return (
+            new is not None
+            and new is not leader
+            and not any(held_by(ds) for ds in cluster.dataservers)
+            and log_contains(new.logfile, "freed chunks have no replica left: forgotten")
+        )
+
+    await poll(new_leader_done, timeout=60, what="a new leader deleting every freed replica")
+    client = await connect(cluster)
+    assert await client.listdir("/") == []
+    client.close()

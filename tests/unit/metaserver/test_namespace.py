@@ -39,6 +39,7 @@ from dfs.metaserver.operations import (
     CreateClosed,
     Delete,
     Err,
+    ForgetFreedChunks,
     Mkdir,
     Ok,
     Operation,
@@ -1093,3 +1094,53 @@ def test_a_stat_is_a_wire_entry_and_keeps_its_lease_holder(ns: Namespace) -> Non
     entry = stat(ns, "/f")
     assert isinstance(entry, WireEntry)
     assert entry.under_construction == "writer" and not entry.complete
+
+
+# -- freed chunks ----------------------------------------------------------------------
+
+
+def test_a_recursive_delete_records_every_chunk_it_freed(ns: Namespace) -> None:
+    ok(ns, mkdir("/d/e", parents=True))
+    first = written(ns, "/d/f", [1, 2])
+    second = written(ns, "/d/e/g", [3])
+    kept = written(ns, "/kept", [4])
+    assert ns.freed_chunks() == {}
+    ok(ns, Delete("/d", True, caller=ALICE, now=5))
+    assert ns.freed_chunks() == {ref.chunk_id: ref.version for ref in first + second}
+    assert kept[0].chunk_id not in ns.freed_chunks()
+    assert ns.verify() == []
+
+
+def test_a_file_replaced_by_rename_or_overwrite_frees_its_chunks(ns: Namespace) -> None:
+    old = written(ns, "/a", [1])
+    written(ns, "/b", [2])
+    ok(ns, Rename("/b", "/a", caller=ALICE, now=5))
+    assert ns.freed_chunks() == {old[0].chunk_id: old[0].version}
+    replaced = ns.chunks("/a").unwrap()
+    ok(ns, create("/a", holder="c2", now=6, expires=70, overwrite=True))
+    assert set(ns.freed_chunks()) == {old[0].chunk_id, replaced[0].chunk_id}
+
+
+def test_freed_chunks_are_forgotten_by_a_superuser_only(ns: Namespace) -> None:
+    refs = written(ns, "/f", [1, 2, 3])
+    ok(ns, Delete("/f", False, caller=ALICE, now=5))
+    ids = tuple(ref.chunk_id for ref in refs)
+    refused(ns, ForgetFreedChunks(ids, caller=ALICE, now=6), "PermissionDenied")
+    refused(ns, ForgetFreedChunks((ids[0], "x"), caller=ADMIN, now=6), "InvalidArgument")  # type: ignore[arg-type]
+    refused(ns, ForgetFreedChunks(list(ids), caller=ADMIN, now=6), "InvalidArgument")  # type: ignore[arg-type]
+    # Forgetting what is not (or no longer) freed changes nothing and counts nothing.
+    assert ok(ns, ForgetFreedChunks((ids[0], ids[1], 999), caller=ADMIN, now=6)) == 2
+    assert ns.freed_chunks() == {ids[2]: 1}
+    assert ok(ns, ForgetFreedChunks((ids[0],), caller=ADMIN, now=7)) == 0
+    assert ns.verify() == []
+
+
+def test_freed_chunks_survive_a_snapshot(ns: Namespace) -> None:
+    refs = written(ns, "/f", [1, 2])
+    ok(ns, Delete("/f", False, caller=ALICE, now=5))
+    copy = Namespace.restore(ns.snapshot())
+    assert copy == ns
+    assert copy.freed_chunks() == {ref.chunk_id: ref.version for ref in refs}
+    ok(copy, ForgetFreedChunks((refs[0].chunk_id,), caller=ADMIN, now=6))
+    assert copy != ns
+    assert Namespace.restore(copy.snapshot()).freed_chunks() == {refs[1].chunk_id: 1}

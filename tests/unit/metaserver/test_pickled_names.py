@@ -26,6 +26,7 @@ from dfs.metaserver.operations import (
     CreateWithChunk,
     Delete,
     Err,
+    ForgetFreedChunks,
     Mkdir,
     Ok,
     RecoverLease,
@@ -132,3 +133,19 @@ def test_an_entry_of_a_writer_by_path_pickles_as_before_and_one_by_inode_loads_b
     assert "inode" not in pickle.dumps(old, protocol=pickle.HIGHEST_PROTOCOL).decode("latin-1")
     by_inode = AddChunk("/f", "h", 9.0, caller=ALICE, now=1, inode=7)
     assert pickle.loads(pickle.dumps(by_inode, protocol=pickle.HIGHEST_PROTOCOL)) == by_inode
+
+
+def test_a_snapshot_written_before_freed_chunks_were_kept_loads_with_none() -> None:
+    old = Namespace.restore(SNAPSHOT.read_bytes())
+    assert old.freed_chunks() == {}
+    chunk = old.chunks("/q/f").unwrap()[-1]
+    assert old.apply(Delete("/q/f", False, caller=ROOT, now=9)).ok
+    assert old.freed_chunks() == {chunk.chunk_id: chunk.version}
+    assert Namespace.restore(old.snapshot()).freed_chunks() == {chunk.chunk_id: chunk.version}
+
+
+def test_forgetting_freed_chunks_is_new_and_pickles_where_it_lives() -> None:
+    operation = ForgetFreedChunks((1, 2), caller=ROOT, now=1)
+    data = pickle.dumps(operation, protocol=pickle.HIGHEST_PROTOCOL)
+    assert modules_named(data) == {"dfs.metaserver.operations", "dfs.metaserver.namespace"}
+    assert pickle.loads(data) == operation
