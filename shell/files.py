@@ -24,7 +24,7 @@ import stat as stat_module
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -506,7 +506,16 @@ def _progress(label: str, total: int) -> Any:
 @contextmanager
 def _interrupt_after() -> Iterator[None]:
     """Hold a Ctrl-C back for the length of the block and take it after: an operation
-    started in the block is then known, and can be cancelled, whenever it comes."""
+    started in the block is then known, and can be cancelled, whenever it comes.
+
+    A process that ignores SIGINT (started in the background by a script: its shell
+    ignores SIGINT for it) goes on ignoring it, in the block as outside it. Taking
+    the ones that happen to come in the block and no other would make Ctrl-C work
+    or not by the timing of a few milliseconds.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        yield
+        return
     caught: list[Any] = []
     previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(frame))
     try:
@@ -528,12 +537,18 @@ def transfer(start: Callable[..., Eventual[T]], label: str, total: int) -> T:
     def progress(count: int) -> None:
         done[0] = count
 
-    bar = _progress(label, total)
-    # The bar is up before the first byte moves, so that it shows the whole transfer.
-    with bar if bar is not None else nullcontext():
+    with ExitStack() as stack:
         result: Eventual[T] | None = None
         try:
+            # A Ctrl-C is held back until the bar is up and the transfer started:
+            # it then finds both to end. (One that came while the bar was being set
+            # up would leave its thread running, and the process could not exit.)
             with _interrupt_after():
+                # The bar is up before the first byte moves, so that it shows the
+                # whole transfer.
+                bar = _progress(label, total)
+                if bar is not None:
+                    stack.enter_context(bar)
                 result = start(progress=progress)
             if bar is None:
                 return result.wait(None)

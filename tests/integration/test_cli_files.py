@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -493,12 +494,26 @@ def test_cat_into_a_pipe_closed_early_stops_quietly(dfs, env, tmp_path):
     assert err == b""
 
 
+def as_foreground_job() -> None:
+    """Run in the child before dfs starts: SIGINT at its default disposition, as a
+    terminal's shell starts a command. A test run started in the background by a
+    script ignores SIGINT, and its children would inherit that, and ignore Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def on_terminal(env: Mapping[str, str], command: str) -> Iterator[pexpect.spawn]:
     """``dfs COMMAND`` on a terminal of 100 columns (through sh, for redirections);
     ended by force if the test leaves it running."""
     line = "exec " + " ".join(DFS) + " " + command
-    child = pexpect.spawn("/bin/sh", ["-c", line], env=dict(env), dimensions=(24, 100), timeout=60)
+    child = pexpect.spawn(
+        "/bin/sh",
+        ["-c", line],
+        env=dict(env),
+        dimensions=(24, 100),
+        timeout=60,
+        preexec_fn=as_foreground_job,
+    )
     try:
         yield child
     finally:
