@@ -243,7 +243,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         run_put,
         "examples:\n  dfs put app.log /data/logs/app.log\n  dfs put a.txt b.txt /data/\n"
         "  dfs put -r photos /backup\n  dfs put -r -j 16 photos /backup\n"
-        "  dfs put -f --replication 2 app.log /data/app.log",
+        "  dfs put -f --replication 2 app.log /data/app.log\n"
+        "  tar c photos | dfs put - /backup/photos.tar",
     )
     put.add_argument("-f", "--force", action="store_true", help="overwrite existing files")
     put.add_argument(
@@ -253,7 +254,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--replication", type=int, default=0, metavar="N", help="replicas (default: cluster's)"
     )
     _jobs_option(put)
-    put.add_argument("sources", nargs="+", metavar="LOCAL")
+    put.add_argument(
+        "sources", nargs="+", metavar="LOCAL", help="a local file or folder; - for standard input"
+    )
     put.add_argument("destination", metavar="REMOTE")
 
     get = command(
@@ -495,8 +498,9 @@ def run_mkdir(session: Session, args: argparse.Namespace) -> int:
     return failures.status
 
 
-def _progress(label: str, total: int) -> Any:
-    if not sys.stderr.isatty():
+def _progress(label: str, total: int | None) -> Any:
+    """A progress bar on a terminal; none when ``total`` is unknown (a pipe)."""
+    if total is None or not sys.stderr.isatty():
         return None
     from dfs_shell.progress import TransferProgress
 
@@ -529,7 +533,7 @@ def _interrupt_after() -> Iterator[None]:
                 raise KeyboardInterrupt
 
 
-def transfer(start: Callable[..., Eventual[T]], label: str, total: int) -> T:
+def transfer(start: Callable[..., Eventual[T]], label: str, total: int | None) -> T:
     """Run a put/get/cp in the reactor thread, showing progress here; Ctrl-C cancels it
     (which removes its partial file) and is raised again."""
     done = [0]
@@ -584,9 +588,16 @@ def into_directory(session: Session, command: str, args: argparse.Namespace) -> 
         raise CommandError(command, f"{args.destination}: {reason(error, destination)}") from None
 
 
+#: The LOCAL that stands for standard input (``dfs put - PATH``); a local file named
+#: ``-`` is ``./-``.
+STDIN = "-"
+
+
 def run_put(session: Session, args: argparse.Namespace) -> int:
     failures = Failures("put", session)
     destination = session.resolve(args.destination)
+    if STDIN in args.sources:
+        return _put_stdin(session, failures, args, destination)
     inside = into_directory(session, "put", args)
     for source in args.sources:
         local = Path(source)
@@ -621,6 +632,50 @@ def _put(
                 target,
                 total,
             )
+
+
+def _put_stdin(
+    session: Session, failures: Failures, args: argparse.Namespace, destination: str
+) -> int:
+    """``put - PATH``: standard input, streamed to its end, to the file PATH."""
+    if len(args.sources) > 1:
+        raise CommandError("put", "-: standard input can only be copied on its own")
+    if getattr(args, "shell_session", None) is not None:
+        raise CommandError(
+            "put", "-: standard input is the shell's terminal here; run dfs put - PATH instead"
+        )
+    if into_directory(session, "put", args):
+        raise CommandError("put", f"{args.destination}: Is a directory (name the file to write to)")
+    if sys.stdin is None:
+        raise CommandError("put", "-: there is no standard input")
+    stdin = sys.stdin.buffer
+    options = {"replication": args.replication} if args.replication else {}
+    with failures.about(args.destination, local=STDIN, remote=destination):
+        transfer(
+            partial(
+                run_eventually,
+                session.client.async_client.put,
+                stdin,
+                destination,
+                overwrite=args.force,
+                **options,
+            ),
+            destination,
+            _known_size(stdin.fileno()),
+        )
+    return failures.status
+
+
+def _known_size(fd: int) -> int | None:
+    """The bytes left to read from ``fd`` if it is a regular file (``< file``); None
+    for a pipe or a terminal, whose end nobody knows in advance."""
+    try:
+        info = os.fstat(fd)
+        if not stat_module.S_ISREG(info.st_mode):
+            return None
+        return max(0, info.st_size - os.lseek(fd, 0, os.SEEK_CUR))
+    except OSError:
+        return None
 
 
 def _put_tree(

@@ -37,6 +37,8 @@ class StreamReader:
         self._block_size = block_size
         self._requests: queue.SimpleQueue[Deferred[bytes] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        #: read in the reader's thread only
+        self._ended = False
 
     def read(self) -> Deferred[bytes]:
         if self._thread is None:
@@ -65,9 +67,12 @@ class StreamReader:
         # whole block, so that the writer sends whole packets.
         parts: list[bytes] = []
         size = 0
-        while size < self._block_size:
+        # An end seen is kept: a terminal's (Ctrl-D) is told once, and a second read
+        # would wait for more input.
+        while size < self._block_size and not self._ended:
             part = os.read(self._fd, self._block_size - size)
             if not part:
+                self._ended = True
                 break
             parts.append(part)
             size += len(part)

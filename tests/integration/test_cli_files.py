@@ -228,6 +228,62 @@ def test_put_into_a_directory_and_get_into_a_folder(dfs, tmp_path):
     assert ok(dfs("cat", "/into/a.txt")).text == "this is b.txt\n"
 
 
+def test_put_dash_streams_standard_input_into_a_file(dfs, env, tmp_path):
+    data = os.urandom(3 * MiB + 5)
+    (tmp_path / "f").write_bytes(data)
+    ok(dfs("mkdir", "/stdin"))
+
+    # From a pipe written in pieces, as from a program still producing it.
+    put = subprocess.Popen(
+        [*DFS, "put", "-", "/stdin/piped.bin"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert put.stdin is not None
+    for start in range(0, len(data), 100_000):
+        put.stdin.write(data[start : start + 100_000])
+        put.stdin.flush()
+    put.stdin.close()
+    assert put.wait(timeout=60) == 0
+    assert put.stdout is not None and put.stderr is not None
+    assert (put.stdout.read(), put.stderr.read()) == (b"", b"")
+
+    # From a file (< file).
+    with open(tmp_path / "f", "rb") as source:
+        redirected = subprocess.run(
+            [*DFS, "put", "--replication", "2", "-", "/stdin/redirected.bin"],
+            stdin=source,
+            capture_output=True,
+            env=env,
+            timeout=60,
+        )
+    assert (redirected.returncode, redirected.stderr) == (0, b"")
+
+    piped, from_file, stat, empty = dfs.each(
+        ["cat", "/stdin/piped.bin"],
+        ["cat", "/stdin/redirected.bin"],
+        ["stat", "/stdin/redirected.bin"],
+        ["put", "-", "/stdin/empty.bin"],  # standard input is /dev/null here
+    )
+    assert ok(piped).out == data
+    assert ok(from_file).out == data
+    assert stat_fields(stat)["Replication"] == "2"
+    ok(empty)
+
+    exists, into_directory, with_others = dfs.each(
+        ["put", "-", "/stdin/piped.bin"],
+        ["put", "-", "/stdin/"],
+        ["put", tmp_path / "f", "-", "/stdin"],
+    )
+    failed(exists, "dfs: put: /stdin/piped.bin: File exists\n")
+    failed(into_directory, "dfs: put: /stdin/: Is a directory (name the file to write to)\n")
+    failed(with_others, "dfs: put: -: standard input can only be copied on its own\n")
+    assert ok(dfs("ls", "/stdin")).lines == ["empty.bin", "piped.bin", "redirected.bin"]
+    assert ok(dfs("stat", "/stdin/empty.bin")).text.count("Size: 0\n") == 1
+
+
 # -- looking at the namespace ----------------------------------------------------------
 
 
@@ -544,6 +600,26 @@ def test_put_and_get_on_a_terminal_draw_a_progress_bar(dfs, env, tmp_path):
         status, screen = finish(get)
     assert status == 0, screen
     assert (tmp_path / "copy").read_bytes() == data
+
+
+def test_put_dash_draws_a_bar_for_a_file_and_none_for_a_terminal(dfs, env, tmp_path):
+    (tmp_path / "f").write_bytes(os.urandom(4 * MiB))
+
+    # Standard input a file: its size is known, so the bar shows.
+    with on_terminal(env, f"put - /stdin-bar.bin < {tmp_path / 'f'}") as put:
+        put.expect(r"/stdin-bar\.bin +\d+\.\d% \[")
+        status, screen = finish(put)
+    assert status == 0, screen
+    assert ok(dfs("cat", "/stdin-bar.bin")).out == (tmp_path / "f").read_bytes()
+
+    # Standard input the terminal: typed lines until Ctrl-D, and no bar.
+    with on_terminal(env, "put - /typed.txt") as put:
+        put.sendline("typed in")
+        put.sendeof()
+        status, screen = finish(put)
+    assert status == 0, screen
+    assert "%" not in screen, screen
+    assert ok(dfs("cat", "/typed.txt")).text == "typed in\n"
 
 
 def test_ctrl_c_during_put_exits_130_and_leaves_no_file(dfs, env, tmp_path):

@@ -76,6 +76,22 @@ def test_blocks_are_gathered_whole_from_a_pipe_written_in_pieces(pipe):
     assert blocks == [b"abcdefghij", b"klmnopq", b""]
 
 
+def test_the_end_is_read_once_as_a_terminal_tells_it_once(pipe):
+    read_end, write_end = pipe
+    reactor = ThreadReactor()
+    reader = StreamReader(reactor, read_end, 10)
+    os.write(write_end, b"typed\n")
+    os.close(write_end)
+    first = reader.read()
+    reactor.run_one()
+    # A terminal would now wait for more input: the reader must not read again.
+    os.close(read_end)
+    second = reader.read()
+    reactor.run_one()
+    reader.close()
+    assert (outcome(first), outcome(second)) == (b"typed\n", b"")
+
+
 def test_a_cancelled_read_drops_its_block_quietly(pipe):
     read_end, write_end = pipe
     reactor = ThreadReactor()
