@@ -133,6 +133,12 @@ def resolve_path(cwd: str, path: str) -> str:
     return "/" + posixpath.normpath(joined).lstrip("/")
 
 
+def names_directory(path: str) -> bool:
+    """Whether ``path`` can name only a directory: POSIX path resolution takes a path
+    that ends in a slash (or in ``/.``) as ``path/.``, so ``ls file/`` is an error."""
+    return path.rstrip("/") != "" and path.endswith(("/", "/."))
+
+
 class Session:
     """The connection commands use (opened on first need) and the remote working
     directory. One-shot, a command has its own; the interactive shell keeps one."""
@@ -148,6 +154,24 @@ class Session:
     def resolve(self, path: str) -> str:
         """``path`` as an absolute DFS path: relative paths are taken from ``cwd``."""
         return resolve_path(self.cwd, path)
+
+    def stat(self, path: str) -> Entry:
+        """The entry ``path`` names; NotADirectory for a file named with a trailing
+        slash (:func:`names_directory`)."""
+        entry = self.client.stat(self.resolve(path))
+        if not entry.is_dir and names_directory(path):
+            raise errors.NotADirectory(entry.path)
+        return entry
+
+    def check_directory(self, path: str) -> None:
+        """For a command that does not look ``path`` up itself: NotADirectory if it
+        ends in a slash and names a file. A path that names nothing is left to the
+        command (``mkdir new/`` makes it)."""
+        if names_directory(path):
+            try:
+                self.stat(path)
+            except errors.FileNotFound:
+                pass
 
     @property
     def client(self) -> BlockingClient:
@@ -479,7 +503,7 @@ def run_ls(session: Session, args: argparse.Namespace) -> int:
     directories: list[tuple[str, Entry]] = []
     for path in paths:
         with failures.about(path, remote=session.resolve(path)):
-            entry = client.stat(session.resolve(path))
+            entry = session.stat(path)
             (directories if entry.is_dir and not args.d else files).append((path, entry))
     show([entry for _, entry in files], [shown for shown, _ in files])
     if files:
@@ -602,6 +626,11 @@ def run_put(session: Session, args: argparse.Namespace) -> int:
     for source in args.sources:
         local = Path(source)
         target = posixpath.join(destination, local.name) if inside else destination
+        if names_directory(source) and not local.is_dir():
+            # Path drops the slash; the system does not: ENOTDIR, or ENOENT.
+            with failures.about(source, local=source):
+                os.stat(source)
+            continue
         _put(session, failures, args, local, target)
     return failures.status
 
@@ -711,6 +740,10 @@ def run_get(session: Session, args: argparse.Namespace) -> int:
     local_dir = Path(args.destination).is_dir()
     if len(args.sources) > 1 and not local_dir:
         raise CommandError("get", f"{args.destination}: Not a directory")
+    if args.destination.endswith("/") and not local_dir:
+        missing = not os.path.lexists(args.destination.rstrip("/"))
+        reason_text = "No such file or directory" if missing else "Not a directory"
+        raise CommandError("get", f"{args.destination}: {reason_text}")
     for source in args.sources:
         remote = session.resolve(source)
         target = (
@@ -734,7 +767,7 @@ def _get(
     into a local folder that exists already."""
     client = session.client
     with failures.about(shown, local=str(target), remote=remote):
-        entry = client.stat(remote)
+        entry = session.stat(shown)
         if entry.is_dir:
             if not args.recursive:
                 raise errors.IsADirectory(f"{remote}: use -r")
@@ -786,6 +819,7 @@ def run_cat(session: Session, args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     for path in args.paths:
         with failures.about(path, remote=session.resolve(path)):
+            session.check_directory(path)
             with session.client.open(session.resolve(path)) as remote:
                 while block := remote.read(4 * 1024 * 1024):
                     write_all(out, block)
@@ -806,6 +840,7 @@ def run_rm(session: Session, args: argparse.Namespace) -> int:
     failures = Failures("rm", session, missing_ok=args.force)
     for path in args.paths:
         with failures.about(path, remote=session.resolve(path)):
+            session.check_directory(path)
             session.client.delete(session.resolve(path), recursive=args.recursive)
     return failures.status
 
@@ -817,11 +852,14 @@ def run_mv(session: Session, args: argparse.Namespace) -> int:
     destination = session.resolve(args.destination)
     with failures.about(args.destination, remote=destination):
         try:
-            if client.stat(destination).is_dir:
+            # Into DESTINATION when it is a directory, or when it ends in a slash (as
+            # for put and cp: a file there, or nothing, is then an error).
+            if args.destination.endswith("/") or client.stat(destination).is_dir:
                 destination = posixpath.join(destination, posixpath.basename(source))
         except errors.FileNotFound:
             pass
     with failures.about(args.source, remote=source):
+        session.check_directory(args.source)
         client.rename(source, destination)
     return failures.status
 
@@ -830,7 +868,7 @@ def run_stat(session: Session, args: argparse.Namespace) -> int:
     failures = Failures("stat", session)
     for path in args.paths:
         with failures.about(path, remote=session.resolve(path)):
-            entry = session.client.stat(session.resolve(path))
+            entry = session.stat(path)
             kind = stat_module.S_IFDIR if entry.is_dir else stat_module.S_IFREG
             print(f"  Path: {entry.path}")
             print(f"  Type: {entry.kind}{'' if entry.complete else ' (being written)'}")
@@ -852,9 +890,10 @@ def run_du(session: Session, args: argparse.Namespace) -> int:
         remote = session.resolve(path)
         with failures.about(path, remote=remote):
             if args.summarize:
+                session.check_directory(path)
                 _print_usage(session.client.du(remote), path, args)
                 continue
-            entry = session.client.stat(remote)
+            entry = session.stat(path)
             children = session.client.listdir(remote) if entry.is_dir else [entry]
             for child in children:
                 shown = posixpath.join(path, child.name) if entry.is_dir else path
@@ -896,6 +935,7 @@ def run_count(session: Session, args: argparse.Namespace) -> int:
     for path in args.paths or ["."]:
         remote = session.resolve(path)
         with failures.about(path, remote=remote):
+            session.check_directory(path)
             usage = session.client.du(remote)
             quota = None
             if args.quota and session.client.stat(remote).is_dir:
@@ -923,5 +963,6 @@ def run_setrep(session: Session, args: argparse.Namespace) -> int:
     failures = Failures("setrep", session)
     for path in args.paths:
         with failures.about(path, remote=session.resolve(path)):
+            session.check_directory(path)
             session.client.set_replication(session.resolve(path), args.replication)
     return failures.status

@@ -365,6 +365,95 @@ def test_df_counts_the_live_dataservers_and_the_space_they_use(dfs, tmp_path):
     assert line.split()[4:] == ["3", "alive,", "0", "dead"]
 
 
+def test_count_shows_directories_files_and_bytes_and_with_q_the_quotas(dfs, tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    ok(dfs("mkdir", "-p", "/counted/sub"))
+    ok(dfs("put", tmp_path / "f", "/counted/a"))
+    ok(dfs("put", tmp_path / "f", "/counted/sub/b"))
+    plain, with_quotas, a_file = dfs.each(
+        ["count", "/counted"],
+        ["count", "-q", "-v", "/counted"],
+        ["count", "/counted/a"],
+    )
+    assert ok(plain).text.split() == ["2", "2", "2000", "/counted"]
+    header, line = ok(with_quotas).lines
+    assert header.split() == [
+        "QUOTA",
+        "REM_QUOTA",
+        "SPACE_QUOTA",
+        "REM_SPACE_QUOTA",
+        "DIR_COUNT",
+        "FILE_COUNT",
+        "CONTENT_SIZE",
+        "PATHNAME",
+    ]
+    assert line.split() == ["none", "inf", "none", "inf", "2", "2", "2000", "/counted"]
+    assert ok(a_file).text.split() == ["0", "1", "1000", "/counted/a"]
+
+
+def test_admin_status_lists_the_leader_and_every_dataserver_alive(dfs):
+    lines = ok(dfs("admin", "status")).lines
+    assert lines[0].split()[:4] == ["METASERVER", "NAME", "RAFT", "ROLE"]
+    assert lines[1].split()[3] == "leader"
+    assert lines[-1] == "3 dataservers: 3 alive, 0 dead, 0 decommissioning, 0 decommissioned"
+    states = {line.split()[0]: line.split()[2] for line in lines if line.startswith("ds")}
+    assert states == {"ds1": "alive", "ds2": "alive", "ds3": "alive"}
+
+
+def test_a_trailing_slash_on_a_file_path_is_not_a_directory_for_every_command(dfs, tmp_path):
+    (tmp_path / "f").write_text("a file\n")
+    ok(dfs("mkdir", "/slash"))
+    ok(dfs("put", tmp_path / "f", "/slash/f"))
+    file = "/slash/f/"
+    commands = [
+        ["ls", file],
+        ["ls", "/slash/f/."],
+        ["stat", file],
+        ["cat", file],
+        ["head", file],
+        ["tail", file],
+        ["rm", file],
+        ["mv", file, "/slash/moved"],
+        ["cp", file, "/slash/copied"],
+        ["get", file, tmp_path / "got"],
+        ["du", file],
+        ["du", "-s", file],
+        ["count", file],
+        ["setrep", "2", file],
+        ["chmod", "600", file],
+        ["chown", "admin", file],
+        ["chgrp", "supergroup", file],
+        ["find", file],
+        ["tree", file],
+        ["cd", file],
+        ["admin", "fsck", file],
+    ]
+    for command, run in zip(commands, dfs.each(*commands), strict=True):
+        name = " ".join(command[:2]) if command[0] == "admin" else command[0]
+        shown = "/slash/f/." if command[1] == "/slash/f/." else file
+        failed(run, f"dfs: {name}: {shown}: Not a directory\n")
+    # Nothing was changed, moved, copied or fetched.
+    assert ok(dfs("ls", "-l", "/slash/")).text.split()[:2] == ["-rw-r--r--", "3"]
+    assert ok(dfs("ls", "/slash/")).lines == ["f"]
+    assert not (tmp_path / "got").exists()
+
+    # Local paths too, as the system resolves them; and a destination that ends in a
+    # slash is a directory to put into.
+    failed(
+        dfs("put", f"{tmp_path / 'f'}/", "/slash/g"),
+        f"dfs: put: {tmp_path / 'f'}/: Not a directory\n",
+    )
+    failed(
+        dfs("get", "/slash/f", f"{tmp_path / 'f'}/"),
+        f"dfs: get: {tmp_path / 'f'}/: Not a directory\n",
+    )
+    failed(dfs("put", tmp_path / "f", file), "dfs: put: /slash/f/f: Not a directory\n")
+    failed(dfs("mv", "/slash/f", "/nowhere/"), "dfs: mv: /slash/f: No such file or directory\n")
+    ok(dfs("mkdir", "/slash/in/"))
+    ok(dfs("mv", "/slash/f", "/slash/in/"))
+    assert ok(dfs("ls", "-R", "/slash/")).lines == ["/slash/:", "in", "", "/slash/in:", "f"]
+
+
 # -- changing the namespace ------------------------------------------------------------
 
 
