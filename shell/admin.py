@@ -493,6 +493,7 @@ def format_fsck(report: FsckReport, path: str) -> str:
 
 
 def run_fsck(session: Session, args: argparse.Namespace) -> int:
+    session.check_directory(args.path)
     report = session.client.fsck(args.path)
     print(format_fsck(report, args.path))
     return 0 if report.healthy else 1
@@ -703,12 +704,14 @@ def format_quota(quota: dict[str, Any]) -> str:
 def run_quota_set(session: Session, args: argparse.Namespace) -> int:
     if args.files is None and args.bytes is None:
         raise CommandError("admin quota set", "give --files N, --bytes SIZE or both")
+    session.check_directory(args.path)
     remote = session.resolve(args.path)
     print(format_quota(session.client.set_quota(remote, files=args.files, bytes=args.bytes)))
     return 0
 
 
 def run_quota_clear(session: Session, args: argparse.Namespace) -> int:
+    session.check_directory(args.path)
     print(format_quota(session.client.clear_quota(session.resolve(args.path))))
     return 0
 

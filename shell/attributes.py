@@ -91,6 +91,7 @@ def _each(
     for path in args.paths:
         remote = session.resolve(path)
         with failures.about(path, remote=remote):
+            session.check_directory(path)
             change(remote)
             if args.recursive and session.client.stat(remote).is_dir:
                 below(remote)

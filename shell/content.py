@@ -143,7 +143,7 @@ def _print_parts(
     for index, path in enumerate(args.paths):
         remote = session.resolve(path)
         with failures.about(path, remote=remote):
-            if session.client.stat(remote).is_dir:
+            if session.stat(path).is_dir:
                 raise errors.IsADirectory(remote)
             with session.client.open(remote) as reader:
                 if len(args.paths) > 1:
@@ -190,7 +190,6 @@ def _tail(reader: Any, args: argparse.Namespace, out: Any) -> None:
 
 def run_cp(session: Session, args: argparse.Namespace) -> int:
     failures = Failures("cp", session)
-    client = session.client
     destination = session.resolve(args.destination)
     inside = into_directory(session, "cp", args)
     for source in args.sources:
@@ -199,7 +198,7 @@ def run_cp(session: Session, args: argparse.Namespace) -> int:
         entry: Entry | None = None
         before = failures.count
         with failures.about(source, remote=remote):
-            entry = client.stat(remote)
+            entry = session.stat(source)
             if entry.is_dir and not args.recursive:
                 raise errors.IsADirectory(remote)
             if entry.is_dir and (target + "/").startswith(entry.path.rstrip("/") + "/"):

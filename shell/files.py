@@ -24,7 +24,7 @@ import stat as stat_module
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,6 +110,12 @@ def reason(error: BaseException, path: str = "") -> str:
     return str(error) or type(error).__name__
 
 
+def names_directory(path: str) -> bool:
+    """Whether ``path`` can name only a directory: POSIX path resolution takes a path
+    that ends in a slash (or in ``/.``) as ``path/.``, so ``ls file/`` is an error."""
+    return path.rstrip("/") != "" and path.endswith(("/", "/."))
+
+
 class Session:
     """The connection commands use (opened on first need) and the remote working
     directory. One-shot, a command has its own; the interactive shell keeps one."""
@@ -125,6 +131,24 @@ class Session:
     def resolve(self, path: str) -> str:
         """``path`` as an absolute DFS path: relative paths are taken from ``cwd``."""
         return paths.resolve(self.cwd, path)
+
+    def stat(self, path: str) -> Entry:
+        """The entry ``path`` names; NotADirectory for a file named with a trailing
+        slash (:func:`names_directory`)."""
+        entry = self.client.stat(self.resolve(path))
+        if not entry.is_dir and names_directory(path):
+            raise errors.NotADirectory(entry.path)
+        return entry
+
+    def check_directory(self, path: str) -> None:
+        """For a command that does not look ``path`` up itself: NotADirectory if it
+        ends in a slash and names a file. A path that names nothing is left to the
+        command (``mkdir new/`` makes it)."""
+        if names_directory(path):
+            try:
+                self.stat(path)
+            except errors.FileNotFound:
+                pass
 
     @property
     def client(self) -> BlockingClient:
@@ -220,7 +244,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         run_put,
         "examples:\n  dfs put app.log /data/logs/app.log\n  dfs put a.txt b.txt /data/\n"
         "  dfs put -r photos /backup\n  dfs put -r -j 16 photos /backup\n"
-        "  dfs put -f --replication 2 app.log /data/app.log",
+        "  dfs put -f --replication 2 app.log /data/app.log\n"
+        "  tar c photos | dfs put - /backup/photos.tar",
     )
     put.add_argument("-f", "--force", action="store_true", help="overwrite existing files")
     put.add_argument(
@@ -230,7 +255,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--replication", type=int, default=0, metavar="N", help="replicas (default: cluster's)"
     )
     _jobs_option(put)
-    put.add_argument("sources", nargs="+", metavar="LOCAL")
+    put.add_argument(
+        "sources", nargs="+", metavar="LOCAL", help="a local file or folder; - for standard input"
+    )
     put.add_argument("destination", metavar="REMOTE")
 
     get = command(
@@ -453,7 +480,7 @@ def run_ls(session: Session, args: argparse.Namespace) -> int:
     directories: list[tuple[str, Entry]] = []
     for path in paths:
         with failures.about(path, remote=session.resolve(path)):
-            entry = client.stat(session.resolve(path))
+            entry = session.stat(path)
             (directories if entry.is_dir and not args.d else files).append((path, entry))
     show([entry for _, entry in files], [shown for shown, _ in files])
     if files:
@@ -472,8 +499,9 @@ def run_mkdir(session: Session, args: argparse.Namespace) -> int:
     return failures.status
 
 
-def _progress(label: str, total: int) -> Any:
-    if not sys.stderr.isatty():
+def _progress(label: str, total: int | None) -> Any:
+    """A progress bar on a terminal; none when ``total`` is unknown (a pipe)."""
+    if total is None or not sys.stderr.isatty():
         return None
     from dfs_shell.progress import TransferProgress
 
@@ -483,7 +511,16 @@ def _progress(label: str, total: int) -> Any:
 @contextmanager
 def _interrupt_after() -> Iterator[None]:
     """Hold a Ctrl-C back for the length of the block and take it after: an operation
-    started in the block is then known, and can be cancelled, whenever it comes."""
+    started in the block is then known, and can be cancelled, whenever it comes.
+
+    A process that ignores SIGINT (started in the background by a script: its shell
+    ignores SIGINT for it) goes on ignoring it, in the block as outside it. Taking
+    the ones that happen to come in the block and no other would make Ctrl-C work
+    or not by the timing of a few milliseconds.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        yield
+        return
     caught: list[Any] = []
     previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(frame))
     try:
@@ -497,7 +534,7 @@ def _interrupt_after() -> Iterator[None]:
                 raise KeyboardInterrupt
 
 
-def transfer(start: Callable[..., Eventual[T]], label: str, total: int) -> T:
+def transfer(start: Callable[..., Eventual[T]], label: str, total: int | None) -> T:
     """Run a put/get/cp in the reactor thread, showing progress here; Ctrl-C cancels it
     (which removes its partial file) and is raised again."""
     done = [0]
@@ -505,12 +542,18 @@ def transfer(start: Callable[..., Eventual[T]], label: str, total: int) -> T:
     def progress(count: int) -> None:
         done[0] = count
 
-    bar = _progress(label, total)
-    # The bar is up before the first byte moves, so that it shows the whole transfer.
-    with bar if bar is not None else nullcontext():
+    with ExitStack() as stack:
         result: Eventual[T] | None = None
         try:
+            # A Ctrl-C is held back until the bar is up and the transfer started:
+            # it then finds both to end. (One that came while the bar was being set
+            # up would leave its thread running, and the process could not exit.)
             with _interrupt_after():
+                # The bar is up before the first byte moves, so that it shows the
+                # whole transfer.
+                bar = _progress(label, total)
+                if bar is not None:
+                    stack.enter_context(bar)
                 result = start(progress=progress)
             if bar is None:
                 return result.wait(None)
@@ -546,13 +589,25 @@ def into_directory(session: Session, command: str, args: argparse.Namespace) -> 
         raise CommandError(command, f"{args.destination}: {reason(error, destination)}") from None
 
 
+#: The LOCAL that stands for standard input (``dfs put - PATH``); a local file named
+#: ``-`` is ``./-``.
+STDIN = "-"
+
+
 def run_put(session: Session, args: argparse.Namespace) -> int:
     failures = Failures("put", session)
     destination = session.resolve(args.destination)
+    if STDIN in args.sources:
+        return _put_stdin(session, failures, args, destination)
     inside = into_directory(session, "put", args)
     for source in args.sources:
         local = Path(source)
         target = posixpath.join(destination, local.name) if inside else destination
+        if names_directory(source) and not local.is_dir():
+            # Path drops the slash; the system does not: ENOTDIR, or ENOENT.
+            with failures.about(source, local=source):
+                os.stat(source)
+            continue
         _put(session, failures, args, local, target)
     return failures.status
 
@@ -583,6 +638,50 @@ def _put(
                 target,
                 total,
             )
+
+
+def _put_stdin(
+    session: Session, failures: Failures, args: argparse.Namespace, destination: str
+) -> int:
+    """``put - PATH``: standard input, streamed to its end, to the file PATH."""
+    if len(args.sources) > 1:
+        raise CommandError("put", "-: standard input can only be copied on its own")
+    if getattr(args, "shell_session", None) is not None:
+        raise CommandError(
+            "put", "-: standard input is the shell's terminal here; run dfs put - PATH instead"
+        )
+    if into_directory(session, "put", args):
+        raise CommandError("put", f"{args.destination}: Is a directory (name the file to write to)")
+    if sys.stdin is None:
+        raise CommandError("put", "-: there is no standard input")
+    stdin = sys.stdin.buffer
+    options = {"replication": args.replication} if args.replication else {}
+    with failures.about(args.destination, local=STDIN, remote=destination):
+        transfer(
+            partial(
+                run_eventually,
+                session.client.async_client.put,
+                stdin,
+                destination,
+                overwrite=args.force,
+                **options,
+            ),
+            destination,
+            _known_size(stdin.fileno()),
+        )
+    return failures.status
+
+
+def _known_size(fd: int) -> int | None:
+    """The bytes left to read from ``fd`` if it is a regular file (``< file``); None
+    for a pipe or a terminal, whose end nobody knows in advance."""
+    try:
+        info = os.fstat(fd)
+        if not stat_module.S_ISREG(info.st_mode):
+            return None
+        return max(0, info.st_size - os.lseek(fd, 0, os.SEEK_CUR))
+    except OSError:
+        return None
 
 
 def _put_tree(
@@ -618,6 +717,10 @@ def run_get(session: Session, args: argparse.Namespace) -> int:
     local_dir = Path(args.destination).is_dir()
     if len(args.sources) > 1 and not local_dir:
         raise CommandError("get", f"{args.destination}: Not a directory")
+    if args.destination.endswith("/") and not local_dir:
+        missing = not os.path.lexists(args.destination.rstrip("/"))
+        reason_text = "No such file or directory" if missing else "Not a directory"
+        raise CommandError("get", f"{args.destination}: {reason_text}")
     for source in args.sources:
         remote = session.resolve(source)
         target = (
@@ -641,7 +744,7 @@ def _get(
     into a local folder that exists already."""
     client = session.client
     with failures.about(shown, local=str(target), remote=remote):
-        entry = client.stat(remote)
+        entry = session.stat(shown)
         if entry.is_dir:
             if not args.recursive:
                 raise errors.IsADirectory(f"{remote}: use -r")
@@ -693,6 +796,7 @@ def run_cat(session: Session, args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     for path in args.paths:
         with failures.about(path, remote=session.resolve(path)):
+            session.check_directory(path)
             with session.client.open(session.resolve(path)) as remote:
                 while block := remote.read(4 * 1024 * 1024):
                     write_all(out, block)
@@ -713,6 +817,7 @@ def run_rm(session: Session, args: argparse.Namespace) -> int:
     failures = Failures("rm", session, missing_ok=args.force)
     for path in args.paths:
         with failures.about(path, remote=session.resolve(path)):
+            session.check_directory(path)
             session.client.delete(session.resolve(path), recursive=args.recursive)
     return failures.status
 
@@ -724,11 +829,14 @@ def run_mv(session: Session, args: argparse.Namespace) -> int:
     destination = session.resolve(args.destination)
     with failures.about(args.destination, remote=destination):
         try:
-            if client.stat(destination).is_dir:
+            # Into DESTINATION when it is a directory, or when it ends in a slash (as
+            # for put and cp: a file there, or nothing, is then an error).
+            if args.destination.endswith("/") or client.stat(destination).is_dir:
                 destination = posixpath.join(destination, posixpath.basename(source))
         except errors.FileNotFound:
             pass
     with failures.about(args.source, remote=source):
+        session.check_directory(args.source)
         client.rename(source, destination)
     return failures.status
 
@@ -737,7 +845,7 @@ def run_stat(session: Session, args: argparse.Namespace) -> int:
     failures = Failures("stat", session)
     for path in args.paths:
         with failures.about(path, remote=session.resolve(path)):
-            entry = session.client.stat(session.resolve(path))
+            entry = session.stat(path)
             kind = stat_module.S_IFDIR if entry.is_dir else stat_module.S_IFREG
             print(f"  Path: {entry.path}")
             print(f"  Type: {entry.kind}{'' if entry.complete else ' (being written)'}")
@@ -759,9 +867,10 @@ def run_du(session: Session, args: argparse.Namespace) -> int:
         remote = session.resolve(path)
         with failures.about(path, remote=remote):
             if args.summarize:
+                session.check_directory(path)
                 _print_usage(session.client.du(remote), path, args)
                 continue
-            entry = session.client.stat(remote)
+            entry = session.stat(path)
             children = session.client.listdir(remote) if entry.is_dir else [entry]
             for child in children:
                 shown = posixpath.join(path, child.name) if entry.is_dir else path
@@ -803,6 +912,7 @@ def run_count(session: Session, args: argparse.Namespace) -> int:
     for path in args.paths or ["."]:
         remote = session.resolve(path)
         with failures.about(path, remote=remote):
+            session.check_directory(path)
             usage = session.client.du(remote)
             quota = None
             if args.quota and session.client.stat(remote).is_dir:
@@ -830,5 +940,6 @@ def run_setrep(session: Session, args: argparse.Namespace) -> int:
     failures = Failures("setrep", session)
     for path in args.paths:
         with failures.about(path, remote=session.resolve(path)):
+            session.check_directory(path)
             session.client.set_replication(session.resolve(path), args.replication)
     return failures.status

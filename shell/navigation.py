@@ -163,7 +163,8 @@ def run_lcd(session: Session, args: argparse.Namespace) -> int:
 def run_lls(session: Session, args: argparse.Namespace) -> int:
     folder = Path(os.path.expanduser(args.directory))
     try:
-        if stat_module.S_ISDIR(folder.stat().st_mode):
+        # os.stat, not Path.stat: Path drops a trailing slash, and lls file/ must fail.
+        if stat_module.S_ISDIR(os.stat(os.path.expanduser(args.directory)).st_mode):
             # Hidden names are left out, as ls does.
             entries = sorted(
                 (entry for entry in folder.iterdir() if not entry.name.startswith(".")),
@@ -223,7 +224,7 @@ def run_find(session: Session, args: argparse.Namespace) -> int:
                     walk(child, entry.path)
 
     with failures.about(args.path, remote=remote):
-        entry = session.client.stat(remote)
+        entry = session.stat(args.path)
         if matches(posixpath.basename(entry.path) or "/", entry.is_dir):
             print(args.path)
         if entry.is_dir:

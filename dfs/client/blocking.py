@@ -400,7 +400,7 @@ class BlockingClient:
 
     def put(
         self,
-        local: str | Path,
+        local: str | Path | IO[bytes],
         remote: str,
         *,
         overwrite: bool = False,

@@ -14,11 +14,12 @@ is wanted, or use :mod:`dfs.client.blocking` from code that does not run a react
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
@@ -26,6 +27,7 @@ from twisted.python.failure import Failure
 from dfs.client.admin import ClusterAdmin
 from dfs.client.connection import ClientCredentials, DataserverPool
 from dfs.client.leader import MetaserverChannel
+from dfs.client.localstream import StreamReader
 from dfs.client.reader import ChunkInfo, FileReader
 from dfs.client.writer import FileWriter, request_id
 from dfs.config import ClientConfig
@@ -262,7 +264,7 @@ class DFSClient(ClusterAdmin):
 
     async def put(
         self,
-        local: str | Path,
+        local: str | Path | IO[bytes],
         remote: str,
         *,
         overwrite: bool = False,
@@ -270,14 +272,39 @@ class DFSClient(ClusterAdmin):
         **options: Any,
     ) -> int:
         """Copy a local file into DFS; returns the bytes copied. If it fails, the
-        partial file is removed, so no partial file is left visible."""
-        writer = await self._create_or_clean_up(remote, overwrite=overwrite, **options)
-        with open(local, "rb") as source:
+        partial file is removed, so no partial file is left visible.
 
-            async def read() -> bytes:
-                return source.read(IO_SIZE)
+        ``local`` is a path, or an open binary stream (``sys.stdin.buffer``) copied
+        to its end a block at a time. A stream with a file descriptor is read from
+        that descriptor, where it stands, on a thread of its own (a pipe may block:
+        :class:`~dfs.client.localstream.StreamReader`); one without (``BytesIO``)
+        is read here.
+        """
+        if isinstance(local, (str, os.PathLike)):
+            # Opened first: a local file that cannot be read creates nothing.
+            with open(local, "rb") as source:
+                writer = await self._create_or_clean_up(remote, overwrite=overwrite, **options)
 
-            return await self._fill(writer, read, progress)
+                async def read() -> bytes:
+                    return source.read(IO_SIZE)
+
+                return await self._fill(writer, read, progress)
+        try:
+            fd = local.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            stream = local
+
+            async def read_here() -> bytes:
+                return stream.read(IO_SIZE)
+
+            writer = await self._create_or_clean_up(remote, overwrite=overwrite, **options)
+            return await self._fill(writer, read_here, progress)
+        reader = StreamReader(self._reactor, fd, IO_SIZE)
+        try:
+            writer = await self._create_or_clean_up(remote, overwrite=overwrite, **options)
+            return await self._fill(writer, reader.read, progress)
+        finally:
+            reader.close()
 
     async def _fill(
         self, writer: FileWriter, read: Callable[[], Awaitable[bytes]], progress: Progress | None

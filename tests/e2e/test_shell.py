@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -84,6 +85,13 @@ def environment(terminal_env: dict[str, str], cluster: LocalCluster) -> dict[str
     return {**terminal_env, "DFS_CONFIG": str(cluster.client_config)}
 
 
+def as_foreground_job() -> None:
+    """Run in the child before dfs starts: SIGINT at its default disposition, as a
+    terminal's shell starts a command. A test run started in the background by a
+    script ignores SIGINT, and its children would inherit that, and ignore Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
     """``spawn(env, *arguments)``: dfs in a pseudo-terminal, closed at the end."""
@@ -99,6 +107,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
             codec_errors="replace",
             dimensions=(40, 160),
             timeout=30,
+            preexec_fn=as_foreground_job,
         )
         # What the terminal showed, for the reader of a failed test.
         child.logfile_read = (tmp_path / f"terminal{len(children)}.log").open("w")

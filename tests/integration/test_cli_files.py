@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -227,6 +228,62 @@ def test_put_into_a_directory_and_get_into_a_folder(dfs, tmp_path):
     assert ok(dfs("cat", "/into/a.txt")).text == "this is b.txt\n"
 
 
+def test_put_dash_streams_standard_input_into_a_file(dfs, env, tmp_path):
+    data = os.urandom(3 * MiB + 5)
+    (tmp_path / "f").write_bytes(data)
+    ok(dfs("mkdir", "/stdin"))
+
+    # From a pipe written in pieces, as from a program still producing it.
+    put = subprocess.Popen(
+        [*DFS, "put", "-", "/stdin/piped.bin"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert put.stdin is not None
+    for start in range(0, len(data), 100_000):
+        put.stdin.write(data[start : start + 100_000])
+        put.stdin.flush()
+    put.stdin.close()
+    assert put.wait(timeout=60) == 0
+    assert put.stdout is not None and put.stderr is not None
+    assert (put.stdout.read(), put.stderr.read()) == (b"", b"")
+
+    # From a file (< file).
+    with open(tmp_path / "f", "rb") as source:
+        redirected = subprocess.run(
+            [*DFS, "put", "--replication", "2", "-", "/stdin/redirected.bin"],
+            stdin=source,
+            capture_output=True,
+            env=env,
+            timeout=60,
+        )
+    assert (redirected.returncode, redirected.stderr) == (0, b"")
+
+    piped, from_file, stat, empty = dfs.each(
+        ["cat", "/stdin/piped.bin"],
+        ["cat", "/stdin/redirected.bin"],
+        ["stat", "/stdin/redirected.bin"],
+        ["put", "-", "/stdin/empty.bin"],  # standard input is /dev/null here
+    )
+    assert ok(piped).out == data
+    assert ok(from_file).out == data
+    assert stat_fields(stat)["Replication"] == "2"
+    ok(empty)
+
+    exists, into_directory, with_others = dfs.each(
+        ["put", "-", "/stdin/piped.bin"],
+        ["put", "-", "/stdin/"],
+        ["put", tmp_path / "f", "-", "/stdin"],
+    )
+    failed(exists, "dfs: put: /stdin/piped.bin: File exists\n")
+    failed(into_directory, "dfs: put: /stdin/: Is a directory (name the file to write to)\n")
+    failed(with_others, "dfs: put: -: standard input can only be copied on its own\n")
+    assert ok(dfs("ls", "/stdin")).lines == ["empty.bin", "piped.bin", "redirected.bin"]
+    assert ok(dfs("stat", "/stdin/empty.bin")).text.count("Size: 0\n") == 1
+
+
 # -- looking at the namespace ----------------------------------------------------------
 
 
@@ -306,6 +363,95 @@ def test_df_counts_the_live_dataservers_and_the_space_they_use(dfs, tmp_path):
     _, line = ok(dfs("df", "-h")).lines
     assert all(HUMAN.fullmatch(value) for value in line.split()[:3]), line
     assert line.split()[4:] == ["3", "alive,", "0", "dead"]
+
+
+def test_count_shows_directories_files_and_bytes_and_with_q_the_quotas(dfs, tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    ok(dfs("mkdir", "-p", "/counted/sub"))
+    ok(dfs("put", tmp_path / "f", "/counted/a"))
+    ok(dfs("put", tmp_path / "f", "/counted/sub/b"))
+    plain, with_quotas, a_file = dfs.each(
+        ["count", "/counted"],
+        ["count", "-q", "-v", "/counted"],
+        ["count", "/counted/a"],
+    )
+    assert ok(plain).text.split() == ["2", "2", "2000", "/counted"]
+    header, line = ok(with_quotas).lines
+    assert header.split() == [
+        "QUOTA",
+        "REM_QUOTA",
+        "SPACE_QUOTA",
+        "REM_SPACE_QUOTA",
+        "DIR_COUNT",
+        "FILE_COUNT",
+        "CONTENT_SIZE",
+        "PATHNAME",
+    ]
+    assert line.split() == ["none", "inf", "none", "inf", "2", "2", "2000", "/counted"]
+    assert ok(a_file).text.split() == ["0", "1", "1000", "/counted/a"]
+
+
+def test_admin_status_lists_the_leader_and_every_dataserver_alive(dfs):
+    lines = ok(dfs("admin", "status")).lines
+    assert lines[0].split()[:4] == ["METASERVER", "NAME", "RAFT", "ROLE"]
+    assert lines[1].split()[3] == "leader"
+    assert lines[-1] == "3 dataservers: 3 alive, 0 dead, 0 decommissioning, 0 decommissioned"
+    states = {line.split()[0]: line.split()[2] for line in lines if line.startswith("ds")}
+    assert states == {"ds1": "alive", "ds2": "alive", "ds3": "alive"}
+
+
+def test_a_trailing_slash_on_a_file_path_is_not_a_directory_for_every_command(dfs, tmp_path):
+    (tmp_path / "f").write_text("a file\n")
+    ok(dfs("mkdir", "/slash"))
+    ok(dfs("put", tmp_path / "f", "/slash/f"))
+    file = "/slash/f/"
+    commands = [
+        ["ls", file],
+        ["ls", "/slash/f/."],
+        ["stat", file],
+        ["cat", file],
+        ["head", file],
+        ["tail", file],
+        ["rm", file],
+        ["mv", file, "/slash/moved"],
+        ["cp", file, "/slash/copied"],
+        ["get", file, tmp_path / "got"],
+        ["du", file],
+        ["du", "-s", file],
+        ["count", file],
+        ["setrep", "2", file],
+        ["chmod", "600", file],
+        ["chown", "admin", file],
+        ["chgrp", "supergroup", file],
+        ["find", file],
+        ["tree", file],
+        ["cd", file],
+        ["admin", "fsck", file],
+    ]
+    for command, run in zip(commands, dfs.each(*commands), strict=True):
+        name = " ".join(command[:2]) if command[0] == "admin" else command[0]
+        shown = "/slash/f/." if command[1] == "/slash/f/." else file
+        failed(run, f"dfs: {name}: {shown}: Not a directory\n")
+    # Nothing was changed, moved, copied or fetched.
+    assert ok(dfs("ls", "-l", "/slash/")).text.split()[:2] == ["-rw-r--r--", "3"]
+    assert ok(dfs("ls", "/slash/")).lines == ["f"]
+    assert not (tmp_path / "got").exists()
+
+    # Local paths too, as the system resolves them; and a destination that ends in a
+    # slash is a directory to put into.
+    failed(
+        dfs("put", f"{tmp_path / 'f'}/", "/slash/g"),
+        f"dfs: put: {tmp_path / 'f'}/: Not a directory\n",
+    )
+    failed(
+        dfs("get", "/slash/f", f"{tmp_path / 'f'}/"),
+        f"dfs: get: {tmp_path / 'f'}/: Not a directory\n",
+    )
+    failed(dfs("put", tmp_path / "f", file), "dfs: put: /slash/f/f: Not a directory\n")
+    failed(dfs("mv", "/slash/f", "/nowhere/"), "dfs: mv: /slash/f: No such file or directory\n")
+    ok(dfs("mkdir", "/slash/in/"))
+    ok(dfs("mv", "/slash/f", "/slash/in/"))
+    assert ok(dfs("ls", "-R", "/slash/")).lines == ["/slash/:", "in", "", "/slash/in:", "f"]
 
 
 # -- changing the namespace ------------------------------------------------------------
@@ -493,12 +639,26 @@ def test_cat_into_a_pipe_closed_early_stops_quietly(dfs, env, tmp_path):
     assert err == b""
 
 
+def as_foreground_job() -> None:
+    """Run in the child before dfs starts: SIGINT at its default disposition, as a
+    terminal's shell starts a command. A test run started in the background by a
+    script ignores SIGINT, and its children would inherit that, and ignore Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def on_terminal(env: Mapping[str, str], command: str) -> Iterator[pexpect.spawn]:
     """``dfs COMMAND`` on a terminal of 100 columns (through sh, for redirections);
     ended by force if the test leaves it running."""
     line = "exec " + " ".join(DFS) + " " + command
-    child = pexpect.spawn("/bin/sh", ["-c", line], env=dict(env), dimensions=(24, 100), timeout=60)
+    child = pexpect.spawn(
+        "/bin/sh",
+        ["-c", line],
+        env=dict(env),
+        dimensions=(24, 100),
+        timeout=60,
+        preexec_fn=as_foreground_job,
+    )
     try:
         yield child
     finally:
@@ -529,6 +689,26 @@ def test_put_and_get_on_a_terminal_draw_a_progress_bar(dfs, env, tmp_path):
         status, screen = finish(get)
     assert status == 0, screen
     assert (tmp_path / "copy").read_bytes() == data
+
+
+def test_put_dash_draws_a_bar_for_a_file_and_none_for_a_terminal(dfs, env, tmp_path):
+    (tmp_path / "f").write_bytes(os.urandom(4 * MiB))
+
+    # Standard input a file: its size is known, so the bar shows.
+    with on_terminal(env, f"put - /stdin-bar.bin < {tmp_path / 'f'}") as put:
+        put.expect(r"/stdin-bar\.bin +\d+\.\d% \[")
+        status, screen = finish(put)
+    assert status == 0, screen
+    assert ok(dfs("cat", "/stdin-bar.bin")).out == (tmp_path / "f").read_bytes()
+
+    # Standard input the terminal: typed lines until Ctrl-D, and no bar.
+    with on_terminal(env, "put - /typed.txt") as put:
+        put.sendline("typed in")
+        put.sendeof()
+        status, screen = finish(put)
+    assert status == 0, screen
+    assert "%" not in screen, screen
+    assert ok(dfs("cat", "/typed.txt")).text == "typed in\n"
 
 
 def test_ctrl_c_during_put_exits_130_and_leaves_no_file(dfs, env, tmp_path):

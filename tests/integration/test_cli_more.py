@@ -8,6 +8,7 @@ The cluster's chunks are 64 KiB, so that a file of a few hundred KiB spans sever
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -234,12 +235,26 @@ def test_help_lists_the_commands_and_shows_one(run):
     failed(run("help", "nonsense"), "dfs: help: nonsense: no such command\n", status=2)
 
 
+def as_foreground_job() -> None:
+    """Run in the child before dfs starts: SIGINT at its default disposition, as a
+    terminal's shell starts a command. A test run started in the background by a
+    script ignores SIGINT, and its children would inherit that, and ignore Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupted(env: dict[str, str], command: str, after: float) -> tuple[int | None, str]:
     """``dfs COMMAND`` on a terminal, interrupted with Ctrl-C ``after`` seconds after a
     progress bar first shows (the bar is redrawn in pieces, so later figures cannot be
     matched)."""
     line = f"exec {sys.executable} -m dfs_shell.main {command}"
-    child = pexpect.spawn("/bin/sh", ["-c", line], env=env, dimensions=(24, 100), timeout=60)
+    child = pexpect.spawn(
+        "/bin/sh",
+        ["-c", line],
+        env=env,
+        dimensions=(24, 100),
+        timeout=60,
+        preexec_fn=as_foreground_job,
+    )
     try:
         child.expect(r"\d+\.\d% \[")
         time.sleep(after)

@@ -96,3 +96,21 @@ def test_cd_sets_the_working_directory_only_to_a_directory():
         args.run(args)
     assert (raised.value.command, raised.value.message) == ("cd", "file: Not a directory")
     assert session.cwd == "/data"
+
+
+@pytest.mark.parametrize(
+    ("path", "only_a_directory"),
+    [
+        ("/data/", True),
+        ("/data/.", True),
+        ("data//", True),
+        ("/data", False),
+        ("/data/..", False),  # resolved by name, as cd .. is
+        ("/", False),  # the root is a directory anyway: nothing to check
+        ("//", False),
+        (".", False),
+        ("a.txt", False),
+    ],
+)
+def test_a_path_that_ends_in_a_slash_names_only_a_directory(path, only_a_directory):
+    assert files.names_directory(path) is only_a_directory
