@@ -168,6 +168,18 @@ def _plain(argument: amp.Argument) -> bool:
     return isinstance(argument, _PLAIN_TYPES)
 
 
+def _stamp(when: float) -> str:
+    """``when`` as ISO 8601 in UTC to the millisecond (``2026-12-06T15:04:05.123Z``).
+    Formatted from the fields, not with strftime: the C library may look at the time
+    zone files on every call, and every request a person sends is recorded."""
+    moment = datetime.fromtimestamp(when, UTC)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
+        f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
 def audit_record(
     when: float,
     caller: Identity | None,
@@ -179,7 +191,7 @@ def audit_record(
     """One record: the fixed fields first (``path`` and ``destination`` always there,
     null when the command has none), then the recorded arguments; one named like a
     fixed field is recorded as ``target_NAME`` (``target_user``)."""
-    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    stamp = _stamp(when)
     record: dict[str, Any] = {
         "time": stamp,
         "user": caller.name if caller is not None else None,

@@ -251,6 +251,8 @@ class MetaserverSession(PeerSession):
     def __init__(self, metaserver: Metaserver) -> None:
         super().__init__(metaserver.identity)
         self.metaserver = metaserver
+        #: the peer's address as audit records name it
+        self._remote: str | None = None
 
     def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], Any] | None:
         # One hook for every command, role refusals included: the audit log decides
@@ -260,7 +262,9 @@ class MetaserverSession(PeerSession):
         if responder is None or audit is None or not audit.enabled:
             return responder
         command = self._commandDispatch[name][0]  # type: ignore[attr-defined]
-        return audit.wrap(command, self.peer, self.peer_address, responder)
+        if self._remote is None:
+            self._remote = self.peer_address  # the same for the connection's life
+        return audit.wrap(command, self.peer, self._remote, responder)
 
     @RegisterDataserver.responder
     def register_dataserver(
