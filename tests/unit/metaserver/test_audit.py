@@ -566,20 +566,8 @@ def test_the_session_records_operations_and_role_refusals(
 def test_a_client_of_protocol_2_0_asking_for_a_backup_is_told_why_not(clock, make_handlers):
     # Not an audit matter, but this file has the session harness: a 2.0 client's
     # StartBackup expects the whole backup's size in the answer, which 2.1 cannot give.
-    admin = Identity(Role.ADMIN, "root")
-    metaserver = Metaserver(
-        identity=META,
-        config=FakeConfig(),  # type: ignore[arg-type]
-        clock=clock,
-        registry=DataserverRegistry(dead_after=5.0),
-        handlers=make_handlers(clock, alices_home()),
-        audit=None,
-    )
-    client, server, pump = connectedServerAndClient(
-        lambda: MetaserverSession(metaserver), lambda: PeerSession(admin)
-    )
-    server.authenticated(admin)
-    client.authenticated(META)
+    client, pump = connect(Identity(Role.ADMIN, "root"), None, clock, make_handlers)
+    server = pump.server
     server.peer_protocol = ProtocolVersion(2, 0)
     failure = call(client, pump, commands.StartBackup)
     failure.trap(InvalidArgument)
