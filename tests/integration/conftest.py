@@ -13,9 +13,14 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from dfs.client.connection import ClientCredentials
-from dfs.config import load_client_config
-from dfs.localcluster import LocalCluster
+from dfs.client.connection import ClientCredentials, connect_server
+from dfs.config import Address, load_client_config
+from dfs.localcluster import LocalCluster, Node
+from dfs.protocol.commands import Ping
+from dfs.protocol.session import PeerSession
+from dfs.security.ca import CertificateAuthority
+from dfs.security.identity import Role
+from dfs.security.tls import NodeCredentials
 
 
 def admin_credentials(cluster: LocalCluster) -> ClientCredentials:
@@ -39,6 +44,47 @@ async def eventually(check: Callable[[], object], timeout: float = 20.0, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"not true after {timeout}s: {what or check}")
         await deferLater(reactor, 0.05)
+
+
+class Peers:
+    """Sessions opened straight to one server as a given user: who is let in, who is
+    shut out, and whether an open session still answers."""
+
+    @staticmethod
+    def user(cluster: LocalCluster, name: str, directory: Path) -> ClientCredentials:
+        """A client certificate for ``name`` from the cluster's CA."""
+        ca = CertificateAuthority.load(cluster.directory / "ca")
+        issued = ca.issue(Role.CLIENT, name, out_dir=directory)
+        credentials = NodeCredentials.load(
+            issued.certificate_path, issued.key_path, cluster.directory / "ca" / "ca.crt"
+        )
+        return ClientCredentials(credentials=credentials, identity=issued.identity)
+
+    @staticmethod
+    async def connect(node: Node, credentials: ClientCredentials) -> PeerSession:
+        address = Address.parse(node.address)
+        session = await connect_server(reactor, address, credentials, timeout=5)
+        assert (await session.callRemote(Ping))["name"] == node.name
+        return session
+
+    @classmethod
+    async def refused(cls, node: Node, credentials: ClientCredentials) -> bool:
+        try:
+            session = await cls.connect(node, credentials)
+        except Exception:
+            return True
+        session.abort()
+        return False
+
+    @staticmethod
+    async def works(session: PeerSession) -> bool:
+        answer = await session.callRemote(Ping).addTimeout(5, reactor)
+        return session.is_open and bool(answer["name"])
+
+
+@pytest.fixture
+def peers() -> Peers:
+    return Peers()
 
 
 @pytest.fixture

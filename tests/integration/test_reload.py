@@ -16,48 +16,15 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from dfs.client.client import DFSClient
-from dfs.client.connection import ClientCredentials, connect_server
-from dfs.config import Address, load_client_config
+from dfs.client.connection import ClientCredentials
+from dfs.config import load_client_config
 from dfs.localcluster import LocalCluster, Node
-from dfs.protocol.commands import Ping
-from dfs.protocol.session import PeerSession
 from dfs.security.ca import CertificateAuthority
-from dfs.security.identity import Role
-from dfs.security.tls import NodeCredentials
 
 pytestmark = pytest.mark.slow
 
 #: Longer than any wait below: a change seen within it came from SIGHUP, not the poll.
 CRL_CHECK_INTERVAL = 10
-
-
-def user(cluster: LocalCluster, name: str, directory: Path) -> ClientCredentials:
-    ca = CertificateAuthority.load(cluster.directory / "ca")
-    issued = ca.issue(Role.CLIENT, name, out_dir=directory)
-    credentials = NodeCredentials.load(
-        issued.certificate_path, issued.key_path, cluster.directory / "ca" / "ca.crt"
-    )
-    return ClientCredentials(credentials=credentials, identity=issued.identity)
-
-
-async def connect(node: Node, credentials: ClientCredentials) -> PeerSession:
-    session = await connect_server(reactor, Address.parse(node.address), credentials, timeout=5)
-    assert (await session.callRemote(Ping))["name"] == node.name
-    return session
-
-
-async def refused(node: Node, credentials: ClientCredentials) -> bool:
-    try:
-        session = await connect(node, credentials)
-    except Exception:
-        return True
-    session.abort()
-    return False
-
-
-async def works(session: PeerSession) -> bool:
-    answer = await session.callRemote(Ping).addTimeout(5, reactor)
-    return session.is_open and bool(answer["name"])
 
 
 def security_config_of(cluster: LocalCluster, node: Node) -> Path:
@@ -98,7 +65,7 @@ class Reloads:
 
 @pytest_twisted.ensureDeferred
 async def test_sighup_applies_a_new_crl_connection_limit_and_audit_log_without_a_restart(
-    make_cluster, tmp_path, poll, log_contains
+    make_cluster, tmp_path, poll, log_contains, peers
 ):
     cluster = make_cluster(
         metaservers=1,
@@ -115,9 +82,9 @@ async def test_sighup_applies_a_new_crl_connection_limit_and_audit_log_without_a
     reloads = Reloads(cluster)
 
     # -- a CRL at another path, signed by the same CA, revoking carol ----------------
-    carol = user(cluster, "carol", tmp_path / "carol")
-    dave = user(cluster, "dave", tmp_path / "dave")
-    carol_sessions = [await connect(node, carol) for node in reloads.servers]
+    carol = peers.user(cluster, "carol", tmp_path / "carol")
+    dave = peers.user(cluster, "dave", tmp_path / "dave")
+    carol_sessions = [await peers.connect(node, carol) for node in reloads.servers]
     copy = tmp_path / "ca-copy"
     shutil.copytree(cluster.directory / "ca", copy)
     CertificateAuthority.load(copy).revoke("carol")
@@ -128,11 +95,11 @@ async def test_sighup_applies_a_new_crl_connection_limit_and_audit_log_without_a
         what="carol's connections closed after SIGHUP named the new CRL",
     )
     for node in reloads.servers:
-        assert await refused(node, carol), f"{node.name} let revoked carol in"
+        assert await peers.refused(node, carol), f"{node.name} let revoked carol in"
         assert log_contains(node.logfile, "checking peers against the CRL", str(copy))
 
     # -- a lower connection limit: open connections stay, new ones count them --------
-    dave_sessions = [await connect(meta, dave) for _ in range(3)]
+    dave_sessions = [await peers.connect(meta, dave) for _ in range(3)]
     reloads.change(limits={"connections_per_identity": 2})
     await poll(
         lambda: all(
@@ -141,13 +108,15 @@ async def test_sighup_applies_a_new_crl_connection_limit_and_audit_log_without_a
         ),
         what="both servers reloaded the limits",
     )
-    assert await refused(meta, dave)
+    assert await peers.refused(meta, dave)
     assert log_contains(meta.logfile, "client:dave already has 3 connections open (limit 2)")
     for session in dave_sessions:
-        assert await works(session)
+        assert await peers.works(session)
         session.abort()
     # Once dave is under the new limit, a connection is accepted again.
-    await poll(lambda: _accepted(meta, dave), what="dave admitted again once under the limit")
+    await poll(
+        lambda: _accepted(peers, meta, dave), what="dave admitted again once under the limit"
+    )
     # The dataserver took them too, and still reaches the metaserver.
     assert log_contains(ds1.logfile, "connection limits for new connections:")
     status = cluster.status(ds1)
@@ -221,18 +190,13 @@ async def test_sighup_applies_a_new_crl_connection_limit_and_audit_log_without_a
         ),
         what="both servers refuse the broken file in one line",
     )
-    assert await refused(meta, carol)
-    (await connect(meta, dave)).abort()
+    assert await peers.refused(meta, carol)
+    (await peers.connect(meta, dave)).abort()
     assert cluster.running() == pids, "a server restarted or stopped"
 
 
-async def _accepted(node: Node, credentials: ClientCredentials) -> bool:
-    try:
-        session = await connect(node, credentials)
-    except Exception:
-        return False
-    session.abort()
-    return True
+async def _accepted(peers: Any, node: Node, credentials: ClientCredentials) -> bool:
+    return not await peers.refused(node, credentials)
 
 
 def _operations(path: Path) -> list[tuple[str, str]]:

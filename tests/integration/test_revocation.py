@@ -12,52 +12,16 @@ import json
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
-from dfs.client.connection import ClientCredentials, connect_server
-from dfs.config import Address
 from dfs.localcluster import HOST, LocalCluster, Node
-from dfs.protocol.commands import Ping
-from dfs.protocol.session import PeerSession
 from dfs.security.ca import CertificateAuthority
 from dfs.security.identity import Role
-from dfs.security.tls import NodeCredentials, peer_certificate
+from dfs.security.tls import peer_certificate
 
 pytestmark = pytest.mark.slow
-
-
-def user(cluster: LocalCluster, name: str, directory: Path) -> ClientCredentials:
-    """A client certificate for ``name`` from the cluster's CA."""
-    ca = CertificateAuthority.load(cluster.directory / "ca")
-    issued = ca.issue(Role.CLIENT, name, out_dir=directory)
-    credentials = NodeCredentials.load(
-        issued.certificate_path, issued.key_path, cluster.directory / "ca" / "ca.crt"
-    )
-    return ClientCredentials(credentials=credentials, identity=issued.identity)
-
-
-async def connect(node: Node, credentials: ClientCredentials) -> PeerSession:
-    session = await connect_server(reactor, Address.parse(node.address), credentials, timeout=5)
-    assert (await session.callRemote(Ping))["name"] == node.name
-    return session
-
-
-async def refused(node: Node, credentials: ClientCredentials) -> bool:
-    try:
-        session = await connect(node, credentials)
-    except Exception:
-        return True
-    session.abort()
-    return False
-
-
-async def works(session: PeerSession) -> bool:
-    answer = await session.callRemote(Ping).addTimeout(5, reactor)
-    return session.is_open and bool(answer["name"])
 
 
 def servers(cluster: LocalCluster) -> list[Node]:
@@ -66,15 +30,15 @@ def servers(cluster: LocalCluster) -> list[Node]:
 
 @pytest_twisted.ensureDeferred
 async def test_revoked_user_is_disconnected_and_refused_within_seconds(
-    make_cluster, tmp_path, dfs, poll, log_contains
+    make_cluster, tmp_path, dfs, poll, log_contains, peers
 ):
     cluster = make_cluster(
         metaservers=1, dataservers=1, security_options={"crl_check_interval": 2.0}
     )
-    alice = user(cluster, "alice", tmp_path)
-    bob = user(cluster, "bob", tmp_path)
-    alice_sessions = [await connect(node, alice) for node in servers(cluster)]
-    bob_sessions = [await connect(node, bob) for node in servers(cluster)]
+    alice = peers.user(cluster, "alice", tmp_path)
+    bob = peers.user(cluster, "bob", tmp_path)
+    alice_sessions = [await peers.connect(node, alice) for node in servers(cluster)]
+    bob_sessions = [await peers.connect(node, bob) for node in servers(cluster)]
 
     result = dfs("local", "revoke", "--dir", str(cluster.directory), "alice")
     assert result.returncode == 0, result.stderr
@@ -88,15 +52,15 @@ async def test_revoked_user_is_disconnected_and_refused_within_seconds(
     )
     assert time.monotonic() - revoked_at < 10
     for node in servers(cluster):
-        assert await refused(node, alice), f"{node.name} accepted a revoked certificate"
+        assert await peers.refused(node, alice), f"{node.name} accepted a revoked certificate"
         assert log_contains(node.logfile, "closing connection with client:alice", "revoked")
         assert log_contains(node.logfile, "refused connection", "certificate revoked", "alice")
 
     # Everyone else goes on: the open connections and new ones.
     for session in bob_sessions:
-        assert await works(session)
+        assert await peers.works(session)
     for node in servers(cluster):
-        (await connect(node, bob)).abort()
+        (await peers.connect(node, bob)).abort()
 
     again = dfs("local", "revoke", "--dir", str(cluster.directory), "alice")
     assert again.returncode == 0, again.stderr
@@ -109,7 +73,7 @@ async def test_revoked_user_is_disconnected_and_refused_within_seconds(
 
 @pytest_twisted.ensureDeferred
 async def test_revoking_in_a_cluster_whose_config_named_no_crl_applies_without_a_restart(
-    make_cluster, tmp_path, dfs, poll
+    make_cluster, tmp_path, dfs, poll, peers
 ):
     # A cluster made before its security config named the CRL: revoke points it there
     # and has the running servers read it again.
@@ -117,12 +81,12 @@ async def test_revoking_in_a_cluster_whose_config_named_no_crl_applies_without_a
     cluster.update_security(crl=None)
     for node in servers(cluster):
         cluster.signal_node(node, signal.SIGHUP)
-    erin = user(cluster, "erin", tmp_path)
+    erin = peers.user(cluster, "erin", tmp_path)
     await poll(
         lambda: all(node.pid() is not None for node in servers(cluster)),
         what="the servers running",
     )
-    erin_sessions = [await connect(node, erin) for node in servers(cluster)]
+    erin_sessions = [await peers.connect(node, erin) for node in servers(cluster)]
     pids = cluster.running()
 
     result = dfs("local", "revoke", "--dir", str(cluster.directory), "erin")
@@ -134,21 +98,21 @@ async def test_revoking_in_a_cluster_whose_config_named_no_crl_applies_without_a
         what="erin's open connections closed",
     )
     for node in servers(cluster):
-        assert await refused(node, erin), f"{node.name} accepted a revoked certificate"
+        assert await peers.refused(node, erin), f"{node.name} accepted a revoked certificate"
     assert cluster.running() == pids, "a server restarted"
 
 
 @pytest_twisted.ensureDeferred
 async def test_sighup_applies_revocation_at_once_and_renewed_server_certificate(
-    make_cluster, tmp_path, poll, log_contains
+    make_cluster, tmp_path, poll, log_contains, peers
 ):
     # The longest check interval: only SIGHUP acts within the few seconds below.
     cluster = make_cluster(
         metaservers=1, dataservers=1, security_options={"crl_check_interval": 10}
     )
-    carol = user(cluster, "carol", tmp_path)
-    dave = user(cluster, "dave", tmp_path)
-    carol_sessions = [await connect(node, carol) for node in servers(cluster)]
+    carol = peers.user(cluster, "carol", tmp_path)
+    dave = peers.user(cluster, "dave", tmp_path)
+    carol_sessions = [await peers.connect(node, carol) for node in servers(cluster)]
 
     cluster.revoke("carol")
     for node in servers(cluster):
@@ -160,11 +124,11 @@ async def test_sighup_applies_revocation_at_once_and_renewed_server_certificate(
     )
     for node in servers(cluster):
         assert log_contains(node.logfile, "SIGHUP: reloading")
-        assert await refused(node, carol)
+        assert await peers.refused(node, carol)
 
     # A renewed certificate for the dataserver: new connections get it, old ones go on.
     ds1 = cluster.dataservers[0]
-    before = await connect(ds1, dave)
+    before = await peers.connect(ds1, dave)
     old_serial = peer_certificate(before.transport).serial_number
     ca = CertificateAuthority.load(cluster.directory / "ca")
 
@@ -180,7 +144,7 @@ async def test_sighup_applies_revocation_at_once_and_renewed_server_certificate(
         timeout=5,
         what="the wrong identity refused",
     )
-    probe = await connect(ds1, dave)
+    probe = await peers.connect(ds1, dave)
     assert peer_certificate(probe.transport).serial_number == old_serial
     probe.abort()
 
@@ -190,13 +154,13 @@ async def test_sighup_applies_revocation_at_once_and_renewed_server_certificate(
     cluster.signal_node(ds1, signal.SIGHUP)
 
     async def new_connections_see_renewed() -> bool:
-        session = await connect(ds1, dave)
+        session = await peers.connect(ds1, dave)
         serial = peer_certificate(session.transport).serial_number
         session.abort()
         return serial == renewed.certificate.serial_number
 
     await poll(new_connections_see_renewed, timeout=5, what="the renewed certificate in use")
-    assert await works(before)
+    assert await peers.works(before)
     assert peer_certificate(before.transport).serial_number == old_serial
     # The dataserver's own link to the metaserver was not dropped either.
     status = cluster.status(ds1)
