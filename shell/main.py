@@ -22,8 +22,8 @@ import sys
 from collections.abc import Sequence
 
 # Importing the client library (Twisted, the TLS stack, the commands) makes some
-# 50,000 objects and no garbage, yet sets off a hundred collections, a tenth of a
-# one-shot command's start: collect after, not during. What is loaded then lives as
+# 50,000 objects and hardly any garbage, yet sets off a hundred collections, a tenth
+# of a one-shot command's start: collect after, not during. What is loaded then lives as
 # long as the process, so later collections (a listing builds thousands of entries)
 # leave it out (gc.freeze).
 _collecting = gc.isenabled()
