@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -441,12 +441,26 @@ def _size(value: int, args: argparse.Namespace) -> str:
     return human(value) if getattr(args, "human", False) else str(value)
 
 
+# A listing of thousands of entries shows a few modes and minutes many times over:
+# each is formatted once.
+@lru_cache(maxsize=256)
+def _file_mode(kind_and_mode: int) -> str:
+    return stat_module.filemode(kind_and_mode)
+
+
+@lru_cache(maxsize=4096)
+def _minute(minute: int) -> str:
+    # Time zones and their changes fall on whole minutes: every second of a minute
+    # shows as its first does.
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(minute * 60))
+
+
 def long_line(entry: Entry, name: str, human_sizes: bool = False) -> str:
     """One ``ls -l`` line for ``entry``, showing it as ``name``."""
     kind = stat_module.S_IFDIR if entry.is_dir else stat_module.S_IFREG
-    mode = stat_module.filemode(kind | entry.mode)
+    mode = _file_mode(kind | entry.mode)
     replication = "-" if entry.is_dir else str(entry.replication)
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime))
+    when = _minute(int(entry.mtime // 60))
     size = human(entry.length) if human_sizes else str(entry.length)
     return f"{mode} {replication:>3} {entry.owner:<10} {entry.group:<10} {size:>12} {when} {name}"
 
@@ -459,8 +473,16 @@ def run_ls(session: Session, args: argparse.Namespace) -> int:
     first = [True]
 
     def show(entries: list[Entry], names: list[str]) -> None:
-        for entry, name in zip(entries, names, strict=True):
-            print(long_line(entry, name, args.human) if args.l else name)
+        if args.l:
+            lines = [
+                long_line(entry, name, args.human)
+                for entry, name in zip(entries, names, strict=True)
+            ]
+        else:
+            lines = names
+        # One write for the lot, not one print a line.
+        if lines:
+            sys.stdout.write("\n".join(lines) + "\n")
 
     def listing(shown: str, path: str) -> None:
         entries = client.listdir(path)

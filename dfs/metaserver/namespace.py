@@ -98,6 +98,7 @@ from dfs.metaserver.permissions import EXECUTE, READ, WRITE, Principal
 from dfs.metaserver.quotas import Quota, QuotaUsage
 from dfs.protocol import errors, paths
 from dfs.protocol.records import Entry as WireEntry
+from dfs.protocol.records import EntryColumns
 from dfs.security.identity import validate_name
 
 if TYPE_CHECKING:
@@ -248,9 +249,11 @@ Entry = Stat
 
 @attrs.frozen
 class DirectoryPage:
-    """One page of a listing: entries in name order, and whether more follow."""
+    """One page of a listing: entries in name order, column by column (a page of
+    thousands is read and packed with no record built per entry), and whether more
+    follow."""
 
-    entries: tuple[Stat, ...]
+    entries: EntryColumns
     more: bool
 
 
@@ -397,6 +400,45 @@ _SHARED: Final[dict[str, Callable[[Any], Any]]] = {
     "mode": _shared_int,
     "chunk_size": _shared_int,
 }
+
+
+def _columns(paths_of: builtins.list[str], nodes: builtins.list[Node]) -> EntryColumns:
+    """The entries of ``nodes`` (at ``paths_of``) as :meth:`Namespace._stat` makes
+    them, column by column: a comprehension per field, no record per node."""
+    files = [node for node in nodes if isinstance(node, FileNode)]
+    if len(files) == len(nodes):
+        # Only files, the common large page: their fields as they are.
+        lengths = [node.length for node in files]
+        replications = [node.replication for node in files]
+        chunk_sizes = [node.chunk_size for node in files]
+        completes = [node.lease is None for node in files]
+    else:
+        lengths, replications, chunk_sizes, completes = [], [], [], []
+        for node in nodes:
+            if isinstance(node, FileNode):
+                lengths.append(node.length)
+                replications.append(node.replication)
+                chunk_sizes.append(node.chunk_size)
+                completes.append(node.lease is None)
+            else:
+                lengths.append(0)
+                replications.append(0)
+                chunk_sizes.append(0)
+                completes.append(True)
+    return EntryColumns(
+        paths=paths_of,
+        names=[node.name for node in nodes],
+        directories=[isinstance(node, DirectoryNode) for node in nodes],
+        inodes=[node.inode for node in nodes],
+        owners=[node.owner for node in nodes],
+        groups=[node.group for node in nodes],
+        modes=[node.mode for node in nodes],
+        mtimes=[node.mtime for node in nodes],
+        lengths=lengths,
+        replications=replications,
+        chunk_sizes=chunk_sizes,
+        completes=completes,
+    )
 
 
 def _file_space(node: FileNode) -> int:
@@ -1210,15 +1252,17 @@ class Namespace:
         node = self._existing(path, who)
         if isinstance(node, FileNode):
             included = not start_after or node.name > start_after
-            return DirectoryPage((self._stat(path, node),) if included else (), False)
+            return DirectoryPage(_columns([path], [node] if included else []), False)
         self._require(who, node, READ, path)
         names = self._sorted_names_of(node)
         first = bisect.bisect_right(names, start_after) if start_after else 0
         last = min(first + count, len(names))
+        chosen = names[first:last]
+        children, nodes = node.children, self._nodes
+        prefix = path if path == paths.ROOT else path + "/"
         return DirectoryPage(
-            tuple(
-                self._stat(paths.join(path, name), self._nodes[node.children[name]])
-                for name in names[first:last]
+            _columns(
+                [prefix + name for name in chosen], [nodes[children[name]] for name in chosen]
             ),
             last < len(names),
         )

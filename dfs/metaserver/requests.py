@@ -180,16 +180,10 @@ class NamespaceRequests:
         limit = max(1, min(limit, LIST_LIMIT))
         # One read: the page is one consistent view, however the directory changes.
         found = self._query(lambda namespace: namespace.list_page(path, who, start_after, limit))
-        # Its stats are entries as they are (the lease holder is not packed); the page
-        # stops short where the next entry would not fit one packed value.
-        page: list[records.Entry] = []
-        size = records.PAGE_HEADER_BYTES
-        for stat in found.entries:
-            size += records.entry_size(stat)
-            if size > records.PAGE_LIMIT:
-                break
-            page.append(stat)
-        return {"entries": page, "more": found.more or len(page) < len(found.entries)}
+        # Packed here, column by column; the page stops short where the next entry
+        # would not fit one packed value.
+        packed, count = records.pack_entry_page(found.entries, records.PAGE_LIMIT)
+        return {"entries": packed, "more": found.more or count < len(found.entries)}
 
     def du(self, identity: Identity, path: str) -> dict[str, int]:
         who = caller(identity)

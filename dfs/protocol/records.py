@@ -32,8 +32,8 @@ encoder and decoder to a handful of calls into C per page, whatever its length.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Final, overload
 
 import attrs
 from twisted.protocols import amp
@@ -123,41 +123,134 @@ def _ints(columns: Sequence[Sequence[int]], count: int) -> bytes:
 
 
 def _text(columns: Iterable[Iterable[str]]) -> bytes:
-    # Every value is ended by NUL, so an empty value still counts as one.
+    # Every value is ended by NUL, so an empty value still counts as one. A value
+    # holding NUL shows as one NUL too many in the joined text: one pass in C.
     parts = [value for column in columns for value in column]
-    if any("\x00" in part for part in parts):
+    if not parts:
+        return b""
+    text = "\x00".join(parts)
+    if text.count("\x00") != len(parts) - 1:
         raise ValueError("a text field holds a NUL character")
-    return ("\x00".join(parts) + "\x00").encode("utf-8") if parts else b""
+    return (text + "\x00").encode("utf-8")
 
 
-def pack_entries(entries: Sequence[Entry]) -> bytes:
-    """A page of entries as one packed value (see the module's docstring)."""
-    count = len(entries)
+@attrs.frozen(eq=False)
+class EntryColumns(Sequence[Entry]):
+    """A page of entries column by column, as the metaserver reads it from its
+    namespace: packed as it is (:func:`pack_entry_page`), with no :class:`Entry` built
+    per entry. As a sequence, it is its entries in order (built when asked for)."""
+
+    paths: Sequence[str]
+    names: Sequence[str]
+    directories: Sequence[bool]
+    inodes: Sequence[int]
+    owners: Sequence[str]
+    groups: Sequence[str]
+    modes: Sequence[int]
+    mtimes: Sequence[float]
+    lengths: Sequence[int]
+    replications: Sequence[int]
+    chunk_sizes: Sequence[int]
+    completes: Sequence[bool]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, index: int) -> Entry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Entry]: ...
+
+    def __getitem__(self, index: int | slice) -> Entry | list[Entry]:
+        if isinstance(index, slice):
+            return self.entries()[index]
+        path, name, directory, *rest = (
+            column[index] for column in attrs.astuple(self, recurse=False)
+        )
+        return Entry(path, name, DIRECTORY if directory else FILE, *rest)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries())
+
+    def head(self, count: int) -> EntryColumns:
+        """The first ``count`` entries."""
+        return EntryColumns(*(column[:count] for column in attrs.astuple(self, recurse=False)))
+
+    def entries(self) -> list[Entry]:
+        """The entries, in order."""
+        kinds = [DIRECTORY if directory else FILE for directory in self.directories]
+        return list(
+            map(
+                Entry,
+                self.paths,
+                self.names,
+                kinds,
+                self.inodes,
+                self.owners,
+                self.groups,
+                self.modes,
+                self.mtimes,
+                self.lengths,
+                self.replications,
+                self.chunk_sizes,
+                self.completes,
+            )
+        )
+
+
+def _columns_of(entries: Sequence[Entry]) -> EntryColumns:
+    return EntryColumns(
+        paths=[entry.path for entry in entries],
+        names=[entry.name for entry in entries],
+        directories=[entry.kind == DIRECTORY for entry in entries],
+        inodes=[entry.inode for entry in entries],
+        owners=[entry.owner for entry in entries],
+        groups=[entry.group for entry in entries],
+        modes=[entry.mode for entry in entries],
+        mtimes=[entry.mtime for entry in entries],
+        lengths=[entry.length for entry in entries],
+        replications=[entry.replication for entry in entries],
+        chunk_sizes=[entry.chunk_size for entry in entries],
+        completes=[entry.complete for entry in entries],
+    )
+
+
+def _pack_columns(page: EntryColumns) -> bytes:
+    count = len(page)
     flags = bytes(
-        (_DIRECTORY_FLAG if entry.kind == DIRECTORY else 0)
-        | (_COMPLETE_FLAG if entry.complete else 0)
-        for entry in entries
+        (_DIRECTORY_FLAG if directory else 0) | (_COMPLETE_FLAG if complete else 0)
+        for directory, complete in zip(page.directories, page.completes, strict=True)
     )
     integers = _ints(
-        [
-            [entry.inode for entry in entries],
-            [entry.mode for entry in entries],
-            [entry.length for entry in entries],
-            [entry.replication for entry in entries],
-            [entry.chunk_size for entry in entries],
-        ],
-        count,
+        [page.inodes, page.modes, page.lengths, page.replications, page.chunk_sizes], count
     )
-    mtimes = struct.pack(f"<{count}d", *[entry.mtime for entry in entries])
-    text = _text(
-        [
-            [entry.path for entry in entries],
-            [entry.name for entry in entries],
-            [entry.owner for entry in entries],
-            [entry.group for entry in entries],
-        ]
-    )
+    mtimes = struct.pack(f"<{count}d", *page.mtimes)
+    text = _text([page.paths, page.names, page.owners, page.groups])
     return _HEADER.pack(PAGE_FORMAT, count) + flags + integers + mtimes + text
+
+
+def pack_entries(entries: Sequence[Entry] | EntryColumns) -> bytes:
+    """A page of entries as one packed value (see the module's docstring)."""
+    if not isinstance(entries, EntryColumns):
+        entries = _columns_of(entries)
+    return _pack_columns(entries)
+
+
+def pack_entry_page(page: EntryColumns, limit: int) -> tuple[bytes, int]:
+    """The leading entries of ``page`` that fit one packed value of at most ``limit``
+    bytes, packed, and how many they are (at least one, if the page has any)."""
+    packed = _pack_columns(page)
+    if len(packed) <= limit:
+        return packed, len(page)
+    size = PAGE_HEADER_BYTES
+    count = 0
+    for texts in zip(page.paths, page.names, page.owners, page.groups, strict=True):
+        size += ENTRY_FIXED_BYTES + sum(len(text.encode()) + 1 for text in texts)
+        if size > limit and count:
+            break
+        count += 1
+    return _pack_columns(page.head(count)), count
 
 
 def _joined(locations: Iterable[Location]) -> str:
@@ -248,6 +341,10 @@ class _Reader:
         return [values[index * self.count : (index + 1) * self.count] for index in range(columns)]
 
 
+_KIND_OF_FLAGS: Final = (FILE, DIRECTORY, FILE, DIRECTORY)
+_COMPLETE_OF_FLAGS: Final = (False, False, True, True)
+
+
 def unpack_entries(data: bytes) -> list[Entry]:
     """The entries of a value :func:`pack_entries` wrote; MalformedRecord for any
     other value."""
@@ -256,8 +353,9 @@ def unpack_entries(data: bytes) -> list[Entry]:
     inodes, modes, lengths, replications, chunk_sizes = reader.numbers("q", 5)
     (mtimes,) = reader.numbers("d", 1)
     paths, names, owners, groups = reader.text(4)
-    kinds = [DIRECTORY if flag & _DIRECTORY_FLAG else FILE for flag in flags]
-    completes = [bool(flag & _COMPLETE_FLAG) for flag in flags]
+    # A lookup per flags byte (checked to be 0 to 3 above), not a test per entry.
+    kinds = list(map(_KIND_OF_FLAGS.__getitem__, flags))
+    completes = list(map(_COMPLETE_OF_FLAGS.__getitem__, flags))
     return list(
         map(
             Entry,
@@ -370,11 +468,15 @@ class Bulk(amp.Argument):
 
 class EntryPage(Bulk):
     """A list of :class:`Entry` packed into one value, cut into AMP values as
-    :class:`Bulk` is: a page of thousands of entries is one argument."""
+    :class:`Bulk` is: a page of thousands of entries is one argument. The sender
+    gives a list of entries, :class:`EntryColumns`, or a page already packed
+    (:func:`pack_entry_page`); the receiver gets a list of entries."""
 
     def toBox(self, name: bytes, strings: dict, objects: dict, proto: object) -> None:  # type: ignore[override]
         key = amp._wireNameToPythonIdentifier(name)
-        super().toBox(name, strings, {key: pack_entries(objects[key])}, proto)
+        page = objects[key]
+        packed = page if isinstance(page, bytes) else pack_entries(page)
+        super().toBox(name, strings, {key: packed}, proto)
 
     def fromBox(self, name: bytes, strings: dict, objects: dict, proto: object) -> None:  # type: ignore[override]
         key = amp._wireNameToPythonIdentifier(name)

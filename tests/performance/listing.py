@@ -15,12 +15,18 @@ in one directory, then times, ``--repeat`` times each:
 Prints the median, the fastest and the slowest of each, and the median CPU time the
 client side (this process, or the shell's) and the metaserver spent on one: on a
 machine shared with other work the wall times grow with the load, the CPU times much
-less. Asserts nothing.
+less. Then the floors a one-shot command stands on: starting Python, and starting it
+and importing Twisted's reactor (which brings the TLS stack). Asserts nothing.
+
+The ``dfs`` and ``dfs_shell`` packages are byte-compiled first, as installing them
+does: run from a checkout with PYTHONDONTWRITEBYTECODE set, every ``dfs ls`` would
+otherwise compile them from source again, a quarter of its time.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import resource
 import shutil
@@ -88,7 +94,21 @@ def shown(label: str, measured: tuple[list, list]) -> str:
     )
 
 
+def byte_compile() -> None:
+    """Compile the client's packages as an installation does."""
+    import dfs
+    import dfs_shell
+
+    for package in (dfs, dfs_shell):
+        compileall.compile_dir(Path(package.__file__).parent, quiet=1)
+
+
+def python(code: str) -> Callable[[], object]:
+    return lambda: subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def main(arguments: argparse.Namespace) -> None:
+    byte_compile()
     folder = Path(tempfile.mkdtemp(prefix="dfs-listing-bench-"))
     try:
         cluster = LocalCluster.create(folder / "cluster", metaservers=1, dataservers=0)
@@ -125,14 +145,12 @@ def main(arguments: argparse.Namespace) -> None:
 
             print(shown("dfs ls", timed(arguments.repeat, shell, pid)), flush=True)
             print(shown("dfs ls -l", timed(arguments.repeat, lambda: shell("-l"), pid)), flush=True)
-            startup = timed(
-                arguments.repeat,
-                lambda: subprocess.run(
-                    [sys.executable, "-c", "import dfs_shell.main"], check=True, timeout=60
-                ),
-                None,
-            )
+            startup = timed(arguments.repeat, python("import dfs_shell.main"), None)
             print(shown("import only", startup) + "   (the shell's start, no listing)")
+            floor = timed(arguments.repeat, python("pass"), None)
+            print(shown("python", floor) + "   (python -c pass)")
+            reactor = timed(arguments.repeat, python("import twisted.internet.reactor"), None)
+            print(shown("reactor", reactor) + "   (python -c 'import twisted.internet.reactor')")
             client.close()
         finally:
             cluster.stop()

@@ -19,7 +19,6 @@ from dfs.metaserver.namespace import (
     ChunkTarget,
     CreateResult,
     DeleteResult,
-    DirectoryPage,
     Namespace,
     RenameResult,
     Stat,
@@ -1014,6 +1013,25 @@ def test_chunk_targets_and_the_committed_count_leave_out_chunks_being_written(
     ]
 
 
+def wire(stats: Any) -> list[WireEntry]:
+    """Stats as the wire entries a page holds: without the lease holder."""
+    fields = [field.name for field in attrs.fields(WireEntry)]
+    return [WireEntry(*(getattr(stat, name) for name in fields)) for stat in stats]
+
+
+def test_a_page_holds_what_stat_says_of_each_entry(ns: Namespace) -> None:
+    ok(ns, mkdir("/d/sub", parents=True))
+    written(ns, "/d/done", [3, 4])
+    ok(ns, create("/d/open", holder="writer"))
+    page = ns.list_page("/d")
+    assert isinstance(page, Ok)
+    assert list(page.value.entries) == wire(
+        stat(ns, f"/d/{name}") for name in ["done", "open", "sub"]
+    )
+    root = ns.list_page("/")
+    assert isinstance(root, Ok) and [entry.path for entry in root.value.entries] == ["/d"]
+
+
 def page_names(ns: Namespace, path: str, start_after: str = "", limit: int = 1000) -> Any:
     result = ns.list_page(path, start_after=start_after, limit=limit)
     assert isinstance(result, Ok), result
@@ -1029,7 +1047,8 @@ def test_list_page_gives_the_entries_after_start_after_in_name_order(ns: Namespa
     assert page_names(ns, "/", "bb", limit=10) == (["c", "d", "e"], False)
     assert page_names(ns, "/", "e") == ([], False)
     page = ns.list_page("/", limit=5)
-    assert page == Ok(DirectoryPage(ns.list("/").value, False))  # type: ignore[union-attr]
+    assert isinstance(page, Ok) and not page.value.more
+    assert list(page.value.entries) == wire(ns.list("/").value)  # type: ignore[union-attr]
 
 
 def test_list_page_follows_changes_made_after_a_directory_was_listed(ns: Namespace) -> None:
@@ -1049,7 +1068,9 @@ def test_list_page_follows_changes_made_after_a_directory_was_listed(ns: Namespa
 
 def test_list_page_of_a_file_is_the_file_itself(ns: Namespace) -> None:
     written(ns, "/f", [3])
-    assert ns.list_page("/f") == Ok(DirectoryPage((stat(ns, "/f"),), False))
+    page = ns.list_page("/f")
+    assert isinstance(page, Ok) and not page.value.more
+    assert list(page.value.entries) == wire([stat(ns, "/f")])
     assert page_names(ns, "/f", "f") == ([], False)
 
 

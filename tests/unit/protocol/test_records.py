@@ -34,6 +34,7 @@ from dfs.protocol.records import (
     ChunkRecord,
     Entry,
     EntryArgument,
+    EntryColumns,
     EntryPage,
     Location,
     LocationArgument,
@@ -42,6 +43,7 @@ from dfs.protocol.records import (
     entry_size,
     pack_chunks,
     pack_entries,
+    pack_entry_page,
     unpack_chunks,
     unpack_entries,
 )
@@ -114,6 +116,57 @@ def test_a_page_of_entries_round_trips_and_its_size_is_known(page: list[Entry]) 
     packed = pack_entries(page)
     assert unpack_entries(packed) == page
     assert len(packed) == PAGE_HEADER_BYTES + sum(entry_size(one) for one in page)
+
+
+def columns(page: list[Entry]) -> EntryColumns:
+    """``page`` column by column, as the metaserver reads it."""
+    return EntryColumns(
+        paths=[one.path for one in page],
+        names=[one.name for one in page],
+        directories=[one.is_dir for one in page],
+        inodes=[one.inode for one in page],
+        owners=[one.owner for one in page],
+        groups=[one.group for one in page],
+        modes=[one.mode for one in page],
+        mtimes=[one.mtime for one in page],
+        lengths=[one.length for one in page],
+        replications=[one.replication for one in page],
+        chunk_sizes=[one.chunk_size for one in page],
+        completes=[one.complete for one in page],
+    )
+
+
+@given(st.lists(entries, max_size=20))
+def test_a_page_in_columns_is_its_entries_and_packs_as_they_do(page: list[Entry]) -> None:
+    page_columns = columns(page)
+    assert len(page_columns) == len(page)
+    assert list(page_columns) == page
+    assert [page_columns[index] for index in range(-len(page), len(page))] == page + page
+    assert page_columns[1:3] == page[1:3]
+    assert pack_entries(page_columns) == pack_entries(page)
+    assert unpack_entries(pack_entries(page_columns)) == page
+
+
+@given(st.lists(entries, max_size=20), st.integers(0, 2_000))
+def test_a_packed_page_holds_the_leading_entries_that_fit_the_limit(
+    page: list[Entry], limit: int
+) -> None:
+    packed, count = pack_entry_page(columns(page), limit)
+    assert unpack_entries(packed) == page[:count]
+    if count > 1:
+        assert len(packed) <= limit
+    if count < len(page):
+        # The next entry would not have fitted (the first is sent whatever its size).
+        assert count == 0 or len(pack_entries(page[: count + 1])) > limit
+        assert count >= 1 or not page
+
+
+def test_a_page_packed_by_the_sender_crosses_the_wire_as_its_entries() -> None:
+    page = [entry(index, kind="directory" if index % 3 else "file") for index in range(5_000)]
+    packed, count = pack_entry_page(columns(page), PAGE_LIMIT)
+    assert count == len(page)
+    assert through_the_wire(EntryPage(), packed) == page
+    assert through_the_wire(EntryPage(), columns(page)) == page
 
 
 @given(st.lists(chunks, max_size=20))
