@@ -231,7 +231,9 @@ class RemoteReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            crochet.run_in_reactor(self._reader.close)().wait(10)
+            # Only cancels the requests still running ahead: nothing to wait for, and
+            # whatever this thread asks the reactor next runs after it.
+            _reactor().callFromThread(self._reader.close)
         super().close()
 
 

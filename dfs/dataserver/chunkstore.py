@@ -291,9 +291,18 @@ class ChunkWriter:
     """
 
     def __init__(
-        self, store: ChunkStore, chunk_id: int, version: int, expected_length: int | None
+        self,
+        store: ChunkStore,
+        chunk_id: int,
+        version: int,
+        expected_length: int | None,
+        *,
+        cached: bool = False,
     ) -> None:
         self._store = store
+        #: written through the page cache and left there (a small chunk, likely read
+        #: soon: its few pages save the reader a trip to the disk)
+        self._cached = cached
         self.chunk_id = chunk_id
         self.version = version
         self.expected_length = expected_length
@@ -316,7 +325,7 @@ class ChunkWriter:
             size = max(DIRECT_ALIGN, min(size, _align_up(expected_length)))
         self._stage = mmap.mmap(-1, size)  # page aligned, as direct I/O wants
         self._fd, self._direct = _open_data(
-            store._file(chunk_id, version, _DATA_TMP), direct=store.direct_io
+            store._file(chunk_id, version, _DATA_TMP), direct=store.direct_io and not cached
         )
 
     @property
@@ -551,7 +560,7 @@ class ChunkWriter:
             self._flush_all()
             if store.fsync:
                 os.fsync(self._fd)
-                if not self._direct:
+                if not self._direct and not self._cached:
                     # Drop-behind: the replica is on disk; its pages would only crowd
                     # out data being read (and, on fresh memory, new pages cost more).
                     _drop_cache(self._fd)
@@ -772,7 +781,12 @@ class ChunkStore:
     # -- writing --------------------------------------------------------------------
 
     def open_writer(
-        self, chunk_id: int, version: int, expected_length: int | None = None
+        self,
+        chunk_id: int,
+        version: int,
+        expected_length: int | None = None,
+        *,
+        cached: bool = False,
     ) -> ChunkWriter:
         """Start a replica. FileExists if this version is complete here or the chunk
         already has a writer; StaleChunk if a newer version is complete here; NoSpace
@@ -803,12 +817,21 @@ class ChunkStore:
                 )
             try:
                 self._ensure_folder(chunk_id)
-                writer = ChunkWriter(self, chunk_id, version, expected_length)
+                writer = ChunkWriter(self, chunk_id, version, expected_length, cached=cached)
             except OSError as e:
                 _raise_no_space(e, f"chunk {chunk_id}")
                 raise
             self._writers[chunk_id] = writer
         return writer
+
+    def store_whole(self, chunk_id: int, version: int, data: bytes) -> StoredChunk:
+        """A whole replica at once: open_writer, append and finish in one call (one
+        visit to a thread for a small chunk); nothing is left behind if it fails. It
+        goes through the page cache and stays there: a small file is often read soon
+        after it is written, and its pages are few."""
+        with self.open_writer(chunk_id, version, len(data), cached=True) as writer:
+            writer.append(data)
+            return writer.finish()
 
     def _rebase(self, writer: ChunkWriter, new_version: int) -> None:
         chunk_id = writer.chunk_id
