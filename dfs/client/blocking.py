@@ -30,7 +30,7 @@ from twisted.python.threadable import isInIOThread
 from dfs.client.admin import FsckReport
 from dfs.client.client import DFSClient, Progress
 from dfs.client.reader import FileReader
-from dfs.client.writer import FileWriter
+from dfs.client.writer import SMALL_CHUNK, FileWriter
 from dfs.config import ClientConfig, load_client_config
 from dfs.protocol.records import Entry
 
@@ -242,12 +242,19 @@ class RemoteWriter(io.RawIOBase):
 
     Leaving a ``with`` block through an exception does not close it: the file is
     removed instead, so that no partial file looks complete.
+
+    The first SMALL_CHUNK bytes wait here, in the caller's thread: a small file then
+    goes to the reactor once, with its close, rather than once per write.
     """
 
     def __init__(self, writer: FileWriter, client: DFSClient) -> None:
         super().__init__()
         self._writer = writer
         self._client = client
+        #: bytes written and not handed to the writer yet
+        self._held = bytearray()
+        #: whether writes go straight to the writer (the file is not a small one)
+        self._streaming = False
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         if kind is None:
@@ -259,6 +266,7 @@ class RemoteWriter(io.RawIOBase):
         """Stop writing and remove the file."""
         if self.closed:
             return
+        self._held.clear()
         run(self._client.discard, self._writer)
         super().close()
 
@@ -267,13 +275,29 @@ class RemoteWriter(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         data = bytes(data)
+        size = len(data)
+        if not self._streaming:
+            if len(self._held) + size <= SMALL_CHUNK:
+                self._held += data
+                return size
+            self._streaming = True
+            data = bytes(self._held) + data
+            self._held.clear()
         run(self._writer.write, data)
-        return len(data)
+        return size
 
     def close(self) -> None:
         if not self.closed:
-            run(self._writer.close)
+            held = bytes(self._held)
+            self._held.clear()
+            run(_write_and_close, self._writer, held)
         super().close()
+
+
+async def _write_and_close(writer: FileWriter, data: bytes) -> None:
+    if data:
+        await writer.write(data)
+    await writer.close()
 
 
 class BlockingClient:
