@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any, Generic, TypeVar, cast
 
 import crochet
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.python.log import err
 from twisted.python.threadable import isInIOThread
@@ -203,11 +203,26 @@ def run_eventually(
 
 
 class RemoteReader(io.RawIOBase):
-    """A DFS file open for reading, as a Python binary file."""
+    """A DFS file open for reading, as a Python binary file.
 
-    def __init__(self, reader: FileReader) -> None:
+    A small file's bytes come with the open (``whole``: one hop to the reactor thread
+    for the file, not two) and reads are served from them."""
+
+    def __init__(self, reader: FileReader, whole: bytes | None = None) -> None:
         super().__init__()
         self._reader = reader
+        self._whole = whole
+
+    def _from_whole(self, size: int) -> bytes | None:
+        whole = self._whole
+        if whole is None:
+            return None
+        start = self._reader.position
+        end = len(whole) if size < 0 else min(len(whole), start + size)
+        if start >= end:
+            return b""
+        self._reader.position = end
+        return whole if start == 0 and end == len(whole) else whole[start:end]
 
     def readable(self) -> bool:
         return True
@@ -216,12 +231,15 @@ class RemoteReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = run(self._reader.read, len(buffer))
+        data = self._from_whole(len(buffer))
+        if data is None:
+            data = run(self._reader.read, len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
     def read(self, size: int = -1) -> bytes:
-        return run(self._reader.read, size)
+        data = self._from_whole(size)
+        return data if data is not None else run(self._reader.read, size)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return self._reader.seek(offset, whence)
@@ -292,6 +310,26 @@ class RemoteWriter(io.RawIOBase):
             self._held.clear()
             run(_write_and_close, self._writer, held)
         super().close()
+
+
+async def _open_to_read(client: DFSClient, path: str) -> tuple[FileReader, bytes | None]:
+    """The file open for reading, and a small one's bytes (its request went out with
+    the open); None when it is not small, or its read failed (it then fails again, and
+    says why, when the caller reads)."""
+    reader = await client.open(path)
+    if reader.length == 0:
+        return reader, b""
+    if not reader.small:
+        return reader, None
+    try:
+        whole = await reader.read()
+    except CancelledError:
+        raise
+    except Exception:
+        whole = None
+        reader.close()  # the caller's read starts over, from every replica
+    reader.seek(0)
+    return reader, whole
 
 
 async def _write_and_close(writer: FileWriter, data: bytes) -> None:
@@ -409,7 +447,7 @@ class BlockingClient:
     def open(self, path: str, mode: str = "rb", **options: Any) -> io.RawIOBase:
         """``"rb"`` to read, ``"wb"`` to create (``"xb"`` to fail if it exists)."""
         if mode == "rb":
-            return RemoteReader(self._run(self._client.open, path))
+            return RemoteReader(*self._run(_open_to_read, self._client, path))
         if mode in ("wb", "xb"):
             writer = self._run(self._client.create, path, overwrite=mode == "wb", **options)
             return RemoteWriter(writer, self._client)

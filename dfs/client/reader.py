@@ -83,11 +83,16 @@ class FileReader:
         #: chunk id -> its read token, renewed as the read goes on
         self._grants = {chunk.chunk_id: ChunkGrant(chunk.token, now) for chunk in chunks}
 
+    @property
+    def small(self) -> bool:
+        """Whether the file is read in one request."""
+        return 0 < self.length <= REQUEST
+
     def read_ahead(self) -> None:
         """Ask for a small file (one request) now, where its first replica's session
         is open already: a reader that opens it to read it finds the answer on its
         way, the round trip overlapping the caller's return from open."""
-        if self._stream is not None or not 0 < self.length <= REQUEST:
+        if self._stream is not None or not self.small:
             return  # only a small file: a reader that seeks first wastes little
         chunk = self._chunks[0]
         if not chunk.locations:
