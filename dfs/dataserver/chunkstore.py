@@ -7,7 +7,7 @@ crash-safety argument are in docs/chunk-format.md; keep the two in step.
 A chunk is stored as ``<chunk_id>_<version>.chunk`` (the bytes, nothing else) and
 ``<chunk_id>_<version>.crc`` (a CRC32C of every 64 KiB block) under
 ``<root>/chunks/<chunk_id & 0xff as two hex digits>/``. Writers append to ``*.tmp``
-names; :meth:`ChunkWriter.finish` fsyncs both files, renames the sidecar, then the data
+names; :meth:`ChunkWriter.finish` fsyncs both files (at once), renames the sidecar, then the data
 file (the commit point), then fsyncs the folder. The store serves only the exact
 version asked for: an older replica is stale, never served, and deleted as soon as a
 newer version is complete.
@@ -169,6 +169,8 @@ STAGE_SIZE = 1024 * 1024
 #: Threads that write full stages while the writers fill the next one (one write in
 #: flight per writer). Started on first use.
 _FLUSHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chunk-flush")
+#: Threads that fsync a replica's sidecar while its finish fsyncs the data file.
+_SYNCER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chunk-sync")
 #: Bytes a replica written without direct I/O may hold in the page cache before the
 #: kernel is asked to start writing them out: the fsync at the end then finds little
 #: left to do, so a chunk's finish does not stall its pipeline for the whole chunk's
@@ -558,21 +560,27 @@ class ChunkWriter:
         renamed: list[str] = []
         try:
             self._flush_all()
-            if store.fsync:
-                os.fsync(self._fd)
-                if not self._direct and not self._cached:
-                    # Drop-behind: the replica is on disk; its pages would only crowd
-                    # out data being read (and, on fresh memory, new pages cost more).
-                    _drop_cache(self._fd)
-            self._close_files()
             raw = encode_sidecar(chunk_id, version, self._length, self.checksums)
             fd = os.open(sidecar_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 _write_all(fd, raw, 0)
                 if store.fsync:
-                    os.fsync(fd)
+                    # Both files at once, before either is renamed: the file system
+                    # can make them durable in one journal commit where one after the
+                    # other takes two (half the time for small replicas).
+                    sidecar_synced = _SYNCER.submit(os.fsync, fd)
+                    try:
+                        os.fsync(self._fd)
+                    finally:
+                        sidecar_synced.result()
+                    if not self._direct and not self._cached:
+                        # Drop-behind: the replica is on disk; its pages would only
+                        # crowd out data being read (and, on fresh memory, new pages
+                        # cost more).
+                        _drop_cache(self._fd)
             finally:
                 os.close(fd)
+            self._close_files()
             os.rename(sidecar_tmp, sidecar)
             renamed.append(sidecar)
             os.rename(data_tmp, data)
