@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any, Generic, TypeVar, cast
 
 import crochet
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.python.log import err
 from twisted.python.threadable import isInIOThread
@@ -30,7 +30,7 @@ from twisted.python.threadable import isInIOThread
 from dfs.client.admin import FsckReport
 from dfs.client.client import DFSClient, Progress
 from dfs.client.reader import FileReader
-from dfs.client.writer import FileWriter
+from dfs.client.writer import SMALL_CHUNK, FileWriter
 from dfs.config import ClientConfig, load_client_config
 from dfs.protocol.records import Entry
 
@@ -203,11 +203,26 @@ def run_eventually(
 
 
 class RemoteReader(io.RawIOBase):
-    """A DFS file open for reading, as a Python binary file."""
+    """A DFS file open for reading, as a Python binary file.
 
-    def __init__(self, reader: FileReader) -> None:
+    A small file's bytes come with the open (``whole``: one hop to the reactor thread
+    for the file, not two) and reads are served from them."""
+
+    def __init__(self, reader: FileReader, whole: bytes | None = None) -> None:
         super().__init__()
         self._reader = reader
+        self._whole = whole
+
+    def _from_whole(self, size: int) -> bytes | None:
+        whole = self._whole
+        if whole is None:
+            return None
+        start = self._reader.position
+        end = len(whole) if size < 0 else min(len(whole), start + size)
+        if start >= end:
+            return b""
+        self._reader.position = end
+        return whole if start == 0 and end == len(whole) else whole[start:end]
 
     def readable(self) -> bool:
         return True
@@ -216,12 +231,15 @@ class RemoteReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = run(self._reader.read, len(buffer))
+        data = self._from_whole(len(buffer))
+        if data is None:
+            data = run(self._reader.read, len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
     def read(self, size: int = -1) -> bytes:
-        return run(self._reader.read, size)
+        data = self._from_whole(size)
+        return data if data is not None else run(self._reader.read, size)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return self._reader.seek(offset, whence)
@@ -231,7 +249,9 @@ class RemoteReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            crochet.run_in_reactor(self._reader.close)().wait(10)
+            # Only cancels the requests still running ahead: nothing to wait for, and
+            # whatever this thread asks the reactor next runs after it.
+            _reactor().callFromThread(self._reader.close)
         super().close()
 
 
@@ -240,12 +260,19 @@ class RemoteWriter(io.RawIOBase):
 
     Leaving a ``with`` block through an exception does not close it: the file is
     removed instead, so that no partial file looks complete.
+
+    The first SMALL_CHUNK bytes wait here, in the caller's thread: a small file then
+    goes to the reactor once, with its close, rather than once per write.
     """
 
     def __init__(self, writer: FileWriter, client: DFSClient) -> None:
         super().__init__()
         self._writer = writer
         self._client = client
+        #: bytes written and not handed to the writer yet
+        self._held = bytearray()
+        #: whether writes go straight to the writer (the file is not a small one)
+        self._streaming = False
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         if kind is None:
@@ -257,6 +284,7 @@ class RemoteWriter(io.RawIOBase):
         """Stop writing and remove the file."""
         if self.closed:
             return
+        self._held.clear()
         run(self._client.discard, self._writer)
         super().close()
 
@@ -265,13 +293,49 @@ class RemoteWriter(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         data = bytes(data)
+        size = len(data)
+        if not self._streaming:
+            if len(self._held) + size <= SMALL_CHUNK:
+                self._held += data
+                return size
+            self._streaming = True
+            data = bytes(self._held) + data
+            self._held.clear()
         run(self._writer.write, data)
-        return len(data)
+        return size
 
     def close(self) -> None:
         if not self.closed:
-            run(self._writer.close)
+            held = bytes(self._held)
+            self._held.clear()
+            run(_write_and_close, self._writer, held)
         super().close()
+
+
+async def _open_to_read(client: DFSClient, path: str) -> tuple[FileReader, bytes | None]:
+    """The file open for reading, and a small one's bytes (its request went out with
+    the open); None when it is not small, or its read failed (it then fails again, and
+    says why, when the caller reads)."""
+    reader = await client.open(path)
+    if reader.length == 0:
+        return reader, b""
+    if not reader.small:
+        return reader, None
+    try:
+        whole = await reader.read()
+    except CancelledError:
+        raise
+    except Exception:
+        whole = None
+        reader.close()  # the caller's read starts over, from every replica
+    reader.seek(0)
+    return reader, whole
+
+
+async def _write_and_close(writer: FileWriter, data: bytes) -> None:
+    if data:
+        await writer.write(data)
+    await writer.close()
 
 
 class BlockingClient:
@@ -383,7 +447,7 @@ class BlockingClient:
     def open(self, path: str, mode: str = "rb", **options: Any) -> io.RawIOBase:
         """``"rb"`` to read, ``"wb"`` to create (``"xb"`` to fail if it exists)."""
         if mode == "rb":
-            return RemoteReader(self._run(self._client.open, path))
+            return RemoteReader(*self._run(_open_to_read, self._client, path))
         if mode in ("wb", "xb"):
             writer = self._run(self._client.create, path, overwrite=mode == "wb", **options)
             return RemoteWriter(writer, self._client)

@@ -228,7 +228,7 @@ class DFSClient(ClusterAdmin):
             first += len(answer["chunks"])
             if not answer["more"] or not answer["chunks"]:
                 break
-        return FileReader(
+        reader = FileReader(
             self._reactor,
             self.metaserver,
             self.pool,
@@ -236,6 +236,8 @@ class DFSClient(ClusterAdmin):
             answer["length"],
             chunks,
         )
+        reader.read_ahead()
+        return reader
 
     async def write_file(
         self, path: str, data: bytes, *, overwrite: bool = False, **options: Any

@@ -110,6 +110,11 @@ class DataserverPool:
             self._reactor, address, self._credentials, timeout=self._timeout
         )
 
+    def open_session(self, address: Location) -> PeerSession | None:
+        """The session with ``address`` if one is open now, without dialling."""
+        session = self._sessions.get(address)
+        return session if session is not None and session.is_open else None
+
     async def get(self, address: Location, *, fresh: bool = False) -> PeerSession:
         """The session with ``address``; with ``fresh``, a new one (after a failure)."""
         session = self._sessions.get(address)

@@ -83,6 +83,26 @@ class FileReader:
         #: chunk id -> its read token, renewed as the read goes on
         self._grants = {chunk.chunk_id: ChunkGrant(chunk.token, now) for chunk in chunks}
 
+    @property
+    def small(self) -> bool:
+        """Whether the file is read in one request."""
+        return 0 < self.length <= REQUEST
+
+    def read_ahead(self) -> None:
+        """Ask for a small file (one request) now, where its first replica's session
+        is open already: a reader that opens it to read it finds the answer on its
+        way, the round trip overlapping the caller's return from open."""
+        if self._stream is not None or not self.small:
+            return  # only a small file: a reader that seeks first wastes little
+        chunk = self._chunks[0]
+        if not chunk.locations:
+            return
+        session = self._pool.open_session(chunk.locations[0])
+        if session is None:
+            return
+        stream = self._stream = _ChunkStream(self, chunk, 0)
+        stream.start(session)
+
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.length}[whence]
         if base + offset < 0:
@@ -266,6 +286,11 @@ class _ChunkStream:
         self._renewed = False
         #: dialled again after the dataserver closed the connection, no answer since
         self._redialled = False
+
+    def start(self, session: PeerSession) -> None:
+        """Send the first requests on ``session``, the first replica's, now."""
+        self._session = session
+        self._top_up()
 
     async def read(self, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset``; at least one unless the chunk ended."""

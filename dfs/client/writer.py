@@ -18,6 +18,12 @@ Every command to a dataserver carries the chunk's write token (from AddChunk or
 Create, then from each BumpChunkVersion). A chunk that takes longer than the token
 lasts has it renewed (RenewChunkTokens) before a command, and once more on a
 refusal: an expired token never fails a write.
+
+A file that ends before SMALL_CHUNK bytes is held until close, then goes to its
+dataservers in one StoreChunk carrying the whole chunk (protocol 2.2): one trip down
+and up the pipeline instead of an open and a finish. If that fails, or the first
+dataserver predates it, the chunk goes through the pipeline as any other, under a new
+version after a failure (a replica may be complete under the old one).
 """
 
 from __future__ import annotations
@@ -45,16 +51,21 @@ from dfs.protocol.commands import (
     RecoverChunkWrite,
     RenewChunkTokens,
     RenewLease,
+    StoreChunk,
 )
 from dfs.protocol.errors import DFSError, InvalidToken, MalformedRecord, PipelineBroken
 from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream
+from dfs.protocol.version import STORE_CHUNK_SINCE
 from dfs.security.tokens import WRITE
 
 PACKET = 65536
 #: Bytes sent on the chunk stream and not yet acknowledged by every replica.
 WINDOW_BYTES = 2 * 1024 * 1024
+#: A file of at most this many bytes (and one chunk) is held until close and stored
+#: with one StoreChunk: as much as one ReadChunk answer.
+SMALL_CHUNK = 8 * PACKET
 
 
 class WriteFailed(DFSError):
@@ -125,6 +136,47 @@ class ChunkPipeline:
                 raise failed.error from None
             except Exception as error:
                 await self._lose(self._failed_address(error))
+
+    async def store_whole(self, data: bytes) -> list[Location]:
+        """The whole chunk, ``data``, on every replica; their addresses. Sent in one
+        StoreChunk; when the first dataserver predates it, or it fails, written
+        through the pipeline instead (after a failure under a new version, leaving
+        out a dataserver the failure names)."""
+        try:
+            self._session = await self._file.dial(self.targets[0])
+            await self._session.introduced()  # its protocol version is known
+            peer = self._session.peer_protocol
+            if peer is not None and peer >= STORE_CHUNK_SINCE:
+                answer = await self._ask(
+                    StoreChunk,
+                    chunk_id=self.chunk_id,
+                    version=self.version,
+                    downstream=self.targets[1:],
+                    data=data,
+                )
+                self.length = self.acked = len(data)
+                return list(answer["locations"])
+        except CancelledError:
+            raise
+        except _RenewalFailed as failed:
+            raise failed.error from None
+        except Exception as error:
+            self.log.info(
+                "chunk {chunk_id}: StoreChunk failed ({error}), writing it through the pipeline",
+                chunk_id=self.chunk_id,
+                error=f"{type(error).__name__}: {error}",
+            )
+            if isinstance(error, PipelineBroken):
+                named = self._target_at(error.address)
+                if named is not None:
+                    await self._lose(named)
+            self.version, token = await self._file.bump_version(self.chunk_id)
+            self.grant = ChunkGrant(token, self._file.now())
+        await self.open()
+        with memoryview(data) as view:
+            for start in range(0, len(data), PACKET):
+                await self.write(bytes(view[start : start + PACKET]))
+        return await self.finish()
 
     async def _ask(self, command: Any, **arguments: Any) -> Any:
         """``command`` to the first dataserver with the write token, renewed first
@@ -335,6 +387,8 @@ class FileWriter:
         self.chunk_size = chunk_size
         self._lease_period = lease_period
         self._buffer = bytearray()
+        #: whether a chunk was started: until then a small file is held in _buffer
+        self._started = False
         self._chunk: ChunkPipeline | None = None
         self._committed = 0  # bytes of the file in committed chunks
         #: the previous chunk, full, being finished and committed meanwhile
@@ -405,6 +459,14 @@ class FileWriter:
         if self.closed:
             raise ValueError("write to a closed file")
         view = memoryview(data).cast("B")
+        if not self._started:
+            if len(self._buffer) + len(view) <= min(SMALL_CHUNK, self.chunk_size):
+                self._buffer += view  # perhaps a small file: held until close
+                return
+            if self._buffer:
+                # It is not: what was held goes out first, as any other bytes.
+                view = memoryview(bytes(self._buffer) + bytes(view))
+                self._buffer.clear()
         position = 0
         while True:
             room = self.chunk_size - (self._chunk.length if self._chunk else 0)
@@ -432,15 +494,19 @@ class FileWriter:
             await self._hand_off()
 
     async def _start_chunk(self) -> None:
+        self._chunk = await self._new_chunk()
+        await self._chunk.open()
+
+    async def _new_chunk(self) -> ChunkPipeline:
+        self._started = True
         answer, self._first_chunk = self._first_chunk, None
         if answer is None:
             answer = await self._ask_meta(
                 AddChunk, **self._names, client_id=self._client_id, request_id=request_id()
             )
-        self._chunk = ChunkPipeline(
+        return ChunkPipeline(
             self, answer["chunk_id"], answer["version"], list(answer["targets"]), answer["token"]
         )
-        await self._chunk.open()
 
     async def _hand_off(self) -> None:
         """Finish and commit the current chunk in the background, once the previous
@@ -476,7 +542,14 @@ class FileWriter:
         with the close, in one request."""
         if self.closed:
             return
-        if self._buffer:
+        whole: list[Location] | None = None
+        if self._buffer and not self._started:
+            # A small file, whole: its one chunk in one request.
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            self._chunk = await self._new_chunk()
+            whole = await self._chunk.store_whole(data)
+        elif self._buffer:
             packet = bytes(self._buffer)
             self._buffer.clear()
             await self._send(packet)
@@ -485,7 +558,7 @@ class FileWriter:
         chunk = self._chunk
         if chunk is not None:
             # Still the writer's chunk meanwhile: a writer given up aborts it.
-            locations = await chunk.finish()
+            locations = whole if whole is not None else await chunk.finish()
             last = {
                 "chunk_id": chunk.chunk_id,
                 "version": chunk.version,

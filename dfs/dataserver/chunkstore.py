@@ -7,7 +7,7 @@ crash-safety argument are in docs/chunk-format.md; keep the two in step.
 A chunk is stored as ``<chunk_id>_<version>.chunk`` (the bytes, nothing else) and
 ``<chunk_id>_<version>.crc`` (a CRC32C of every 64 KiB block) under
 ``<root>/chunks/<chunk_id & 0xff as two hex digits>/``. Writers append to ``*.tmp``
-names; :meth:`ChunkWriter.finish` fsyncs both files, renames the sidecar, then the data
+names; :meth:`ChunkWriter.finish` fsyncs both files (at once), renames the sidecar, then the data
 file (the commit point), then fsyncs the folder. The store serves only the exact
 version asked for: an older replica is stale, never served, and deleted as soon as a
 newer version is complete.
@@ -169,6 +169,8 @@ STAGE_SIZE = 1024 * 1024
 #: Threads that write full stages while the writers fill the next one (one write in
 #: flight per writer). Started on first use.
 _FLUSHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chunk-flush")
+#: Threads that fsync a replica's sidecar while its finish fsyncs the data file.
+_SYNCER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chunk-sync")
 #: Bytes a replica written without direct I/O may hold in the page cache before the
 #: kernel is asked to start writing them out: the fsync at the end then finds little
 #: left to do, so a chunk's finish does not stall its pipeline for the whole chunk's
@@ -291,9 +293,18 @@ class ChunkWriter:
     """
 
     def __init__(
-        self, store: ChunkStore, chunk_id: int, version: int, expected_length: int | None
+        self,
+        store: ChunkStore,
+        chunk_id: int,
+        version: int,
+        expected_length: int | None,
+        *,
+        cached: bool = False,
     ) -> None:
         self._store = store
+        #: written through the page cache and left there (a small chunk, likely read
+        #: soon: its few pages save the reader a trip to the disk)
+        self._cached = cached
         self.chunk_id = chunk_id
         self.version = version
         self.expected_length = expected_length
@@ -316,7 +327,7 @@ class ChunkWriter:
             size = max(DIRECT_ALIGN, min(size, _align_up(expected_length)))
         self._stage = mmap.mmap(-1, size)  # page aligned, as direct I/O wants
         self._fd, self._direct = _open_data(
-            store._file(chunk_id, version, _DATA_TMP), direct=store.direct_io
+            store._file(chunk_id, version, _DATA_TMP), direct=store.direct_io and not cached
         )
 
     @property
@@ -549,21 +560,27 @@ class ChunkWriter:
         renamed: list[str] = []
         try:
             self._flush_all()
-            if store.fsync:
-                os.fsync(self._fd)
-                if not self._direct:
-                    # Drop-behind: the replica is on disk; its pages would only crowd
-                    # out data being read (and, on fresh memory, new pages cost more).
-                    _drop_cache(self._fd)
-            self._close_files()
             raw = encode_sidecar(chunk_id, version, self._length, self.checksums)
             fd = os.open(sidecar_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 _write_all(fd, raw, 0)
                 if store.fsync:
-                    os.fsync(fd)
+                    # Both files at once, before either is renamed: the file system
+                    # can make them durable in one journal commit where one after the
+                    # other takes two (half the time for small replicas).
+                    sidecar_synced = _SYNCER.submit(os.fsync, fd)
+                    try:
+                        os.fsync(self._fd)
+                    finally:
+                        sidecar_synced.result()
+                    if not self._direct and not self._cached:
+                        # Drop-behind: the replica is on disk; its pages would only
+                        # crowd out data being read (and, on fresh memory, new pages
+                        # cost more).
+                        _drop_cache(self._fd)
             finally:
                 os.close(fd)
+            self._close_files()
             os.rename(sidecar_tmp, sidecar)
             renamed.append(sidecar)
             os.rename(data_tmp, data)
@@ -772,7 +789,12 @@ class ChunkStore:
     # -- writing --------------------------------------------------------------------
 
     def open_writer(
-        self, chunk_id: int, version: int, expected_length: int | None = None
+        self,
+        chunk_id: int,
+        version: int,
+        expected_length: int | None = None,
+        *,
+        cached: bool = False,
     ) -> ChunkWriter:
         """Start a replica. FileExists if this version is complete here or the chunk
         already has a writer; StaleChunk if a newer version is complete here; NoSpace
@@ -803,12 +825,21 @@ class ChunkStore:
                 )
             try:
                 self._ensure_folder(chunk_id)
-                writer = ChunkWriter(self, chunk_id, version, expected_length)
+                writer = ChunkWriter(self, chunk_id, version, expected_length, cached=cached)
             except OSError as e:
                 _raise_no_space(e, f"chunk {chunk_id}")
                 raise
             self._writers[chunk_id] = writer
         return writer
+
+    def store_whole(self, chunk_id: int, version: int, data: bytes) -> StoredChunk:
+        """A whole replica at once: open_writer, append and finish in one call (one
+        visit to a thread for a small chunk); nothing is left behind if it fails. It
+        goes through the page cache and stays there: a small file is often read soon
+        after it is written, and its pages are few."""
+        with self.open_writer(chunk_id, version, len(data), cached=True) as writer:
+            writer.append(data)
+            return writer.finish()
 
     def _rebase(self, writer: ChunkWriter, new_version: int) -> None:
         chunk_id = writer.chunk_id

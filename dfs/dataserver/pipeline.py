@@ -22,6 +22,12 @@ acknowledgement; each dataserver forwards it at once and completes its own repli
 the replicas' fsyncs overlap. The answer still comes only once every replica is
 complete.
 
+A chunk small enough to travel in one request (a small file) skips all of that:
+StoreChunk carries its bytes, goes on down at once, and each dataserver opens, fills
+and completes its replica in one visit to a thread; the answer comes once every
+replica is on disk, as FinishChunkWrite's does. One trip down and up the pipeline
+instead of two, and no chunk stream.
+
 Every command of a write carries the writer's token (checked by the session before
 it gets here) and passes it on to the next dataserver, which checks it too. The
 chunk stream carries none: its data goes only to a write opened (or recovered) by
@@ -45,11 +51,13 @@ from dfs.protocol.commands import (
     FinishChunkWrite,
     OpenChunkWrite,
     RecoverChunkWrite,
+    StoreChunk,
 )
 from dfs.protocol.errors import DFSError, InvalidArgument, PipelineBroken
 from dfs.protocol.records import Location
 from dfs.protocol.session import PeerSession
 from dfs.protocol.stream import ChunkStream, StreamPool
+from dfs.protocol.version import STORE_CHUNK_SINCE
 from dfs.security.identity import Identity
 
 #: Bytes a dataserver lets wait before it acknowledges them upstream at once; fewer
@@ -666,6 +674,82 @@ class ChunkService:
             token=token,
         )
         return list(answer["locations"])
+
+    async def store_whole(
+        self,
+        chunk_id: int,
+        version: int,
+        downstream: Sequence[Location],
+        data: bytes,
+        owner: Identity | None = None,
+        *,
+        token: str | None = None,
+    ) -> list[Location]:
+        """Store a whole chunk here and on every dataserver below (StoreChunk); the
+        addresses of the replicas, once every one is on disk. Forwarded before this
+        replica is written (in a thread meanwhile), so the replicas' fsyncs overlap.
+        A dataserver below that speaks a protocol without StoreChunk fails it with
+        InvalidArgument before anything is stored here: the writer then writes the
+        chunk through the pipeline under a new version."""
+        below: PeerSession | None = None
+        if downstream:
+            address = downstream[0]
+            try:
+                below = await self._peers.get(address)
+                await below.introduced()  # its protocol version is known
+            except Exception as error:
+                self._hop_failed(address, error)
+                raise PipelineBroken(str(address)) from None
+            if below.peer_protocol is None or below.peer_protocol < STORE_CHUNK_SINCE:
+                raise InvalidArgument(
+                    f"dataserver {address} speaks DFS protocol {below.peer_protocol}, "
+                    f"which has no StoreChunk"
+                )
+        existing = self._writes.get(chunk_id)
+        if existing is not None:
+            # An earlier attempt's partial replica goes, once no thread works on it.
+            await self._settled(existing)
+            if self._writes.get(chunk_id) is existing:
+                del self._writes[chunk_id]
+            existing.discard()
+        write = ReplicaWrite(
+            chunk_id, version, None, list(downstream), owner, self._reactor.seconds()
+        )
+        self._writes[chunk_id] = write
+        remote: Deferred[Any] = (
+            Deferred.fromCoroutine(
+                self._hop(
+                    downstream,
+                    StoreChunk,
+                    chunk_id=chunk_id,
+                    version=version,
+                    downstream=downstream[1:],
+                    data=data,
+                    token=token,
+                )
+            )
+            if downstream
+            else succeed({"locations": []})
+        )
+        write.storing = self._run(self.store.store_whole, chunk_id, version, data)
+        local = write.storing
+        [(stored_ok, stored), (remote_ok, answer)] = await DeferredList(
+            [local, remote], consumeErrors=True
+        )
+        write.storing = None
+        self._forget(write)
+        if not stored_ok:
+            stored.raiseException()
+        self.log.info(
+            "chunk {chunk_id} version {version} stored ({length} bytes)",
+            chunk_id=chunk_id,
+            version=version,
+            length=stored.length,
+        )
+        self._on_received(stored)
+        if not remote_ok:
+            answer.raiseException()
+        return [self.location, *answer["locations"]]
 
     async def recover(
         self,

@@ -50,6 +50,7 @@ from dfs.protocol.commands import (
     ReplicaCorrupt,
     ReplicateChunk,
     ReportChunks,
+    StoreChunk,
     VerifyChunk,
 )
 from dfs.protocol.dial import dial
@@ -186,6 +187,21 @@ class DataserverSession(PeerSession):
     ) -> dict:
         self._check("FinishChunkWrite", token, chunk_id, version)
         return {"locations": await self.chunks.finish(chunk_id, version, length, token=token)}
+
+    @StoreChunk.responder
+    async def store_chunk(
+        self,
+        chunk_id: int,
+        version: int,
+        downstream: list[Location],
+        data: bytes,
+        token: str | None = None,
+    ) -> dict:
+        self._check("StoreChunk", token, chunk_id, version)
+        locations = await self.chunks.store_whole(
+            chunk_id, version, list(downstream), data, self.peer, token=token
+        )
+        return {"locations": locations}
 
     @RecoverChunkWrite.responder
     async def recover_chunk_write(

@@ -937,6 +937,23 @@ class FinishChunkWrite(DFSCommand):
     allowed_roles = DATA_PEERS
 
 
+class StoreChunk(DFSCommand):
+    """A whole chunk in one request (protocol 2.2): open the replica, store ``data``
+    and complete it as FinishChunkWrite does, forwarding the same to ``downstream``
+    at once; answered once every replica of the pipeline is on disk."""
+
+    commandName = b"StoreChunk"
+    arguments: ClassVar[list] = [
+        (b"chunk_id", amp.Integer()),
+        (b"version", amp.Integer()),
+        (b"downstream", LocationList()),
+        (b"data", Bulk()),
+        (b"token", amp.Unicode(optional=True)),  # write
+    ]
+    response: ClassVar[list] = [(b"locations", LocationList())]
+    allowed_roles = DATA_PEERS
+
+
 class RecoverChunkWrite(DFSCommand):
     """Pipeline recovery: keep the first ``length`` bytes of the replica being
     written, make it ``new_version`` and continue with ``downstream``."""
@@ -1031,6 +1048,7 @@ ALL_COMMANDS: tuple[type[DFSCommand], ...] = (
     OpenChunkWrite,
     OpenChunkStream,
     FinishChunkWrite,
+    StoreChunk,
     RecoverChunkWrite,
     AbortChunkWrite,
     ReadChunk,

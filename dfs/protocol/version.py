@@ -54,7 +54,11 @@ class ProtocolVersion:
 
 
 #: The protocol this code speaks.
-PROTOCOL_VERSION = ProtocolVersion(2, 1)
+PROTOCOL_VERSION = ProtocolVersion(2, 2)
+
+#: The first protocol whose dataservers take a whole chunk in one StoreChunk: it is
+#: sent only to a dataserver whose Hello stated this version or later.
+STORE_CHUNK_SINCE = ProtocolVersion(2, 2)
 
 
 class IncompatibleProtocol(DFSError):

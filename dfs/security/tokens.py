@@ -36,7 +36,8 @@ from dfs.protocol.errors import InvalidToken
 
 READ = "read"
 #: Covers every step of a replica write: OpenChunkWrite and its data on the chunk
-#: stream, RecoverChunkWrite (for the new version), FinishChunkWrite, AbortChunkWrite.
+#: stream, RecoverChunkWrite (for the new version), FinishChunkWrite, StoreChunk,
+#: AbortChunkWrite.
 WRITE = "write"
 #: A dataserver pulling a replica from another on the leader's ReplicateChunk order.
 #: Distinct from READ so that a copy token (minted for a dataserver's name) is

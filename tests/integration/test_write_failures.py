@@ -248,6 +248,25 @@ def test_the_blocking_facade_streams_like_a_python_file(cluster, tmp_path):
                 pieces.append(piece)
             raw.close()
             assert b"".join(pieces) == data
+            # A small file: held until close, read with its open.
+            small = data[:300_000]
+            with client.open("/small", "xb") as out:
+                for start in range(0, len(small), 70_000):
+                    out.write(small[start : start + 70_000])
+            with io.BufferedReader(client.open("/small")) as source:
+                assert source.read(10) == small[:10]
+                source.seek(-17, io.SEEK_END)
+                assert source.read() == small[-17:]
+                source.seek(100_000)
+                assert source.read(5) == small[100_000:100_005]
+            with client.open("/small") as raw:
+                pieces = []
+                while piece := raw.read(64_000):
+                    pieces.append(piece)
+                assert b"".join(pieces) == small
+            with client.open("/empty", "xb"):
+                pass
+            assert client.open("/empty").read() == b""
             try:
                 client.open("/stream", "xb")
             except Exception as error:
@@ -351,4 +370,32 @@ async def test_min_replication_is_required_of_new_chunks(make_cluster):
         await client.write_file("/one", b"y" * 1000, replication=2)
     with pytest.raises(FileNotFound):
         await client.stat("/one")
+    client.close()
+
+
+@pytest.mark.parametrize("position", [0, 2], ids=["first", "last"])
+@pytest_twisted.ensureDeferred
+async def test_a_small_file_meeting_a_dead_dataserver_is_written_without_it(make_cluster, position):
+    """A small file goes in one StoreChunk; when a dataserver of its pipeline is dead,
+    the writer writes the chunk through the pipeline of the survivors instead, under a
+    new version, and the user sees no error."""
+    cluster = make_cluster(dataservers=3)
+    client = await connect(cluster)
+    await client.write_file("/warm", b"w" * 1000)  # sessions with every dataserver
+    data = os.urandom(100_000)
+    writer = await client.create("/small")
+    first = writer._first_chunk
+    assert first is not None and len(first["targets"]) == 3
+    victim = node_at(cluster, first["targets"][position])
+    cluster.kill_node(victim)
+
+    await writer.write(data)
+    await writer.close()
+
+    assert await client.read_file("/small") == data
+    reader = await client.open("/small")
+    reader.close()
+    [chunk] = reader._chunks
+    assert chunk.version > first["version"]
+    assert len(chunk.locations) == 2 and victim.address not in map(str, chunk.locations)
     client.close()

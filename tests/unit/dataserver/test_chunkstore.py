@@ -674,15 +674,16 @@ def test_finish_fsyncs_data_sidecar_and_folder(tmp_path, monkeypatch):
         writer = store.open_writer(chunk_id, 2)
         writer.append(payload(B + 1))
         writer.finish()
-    assert synced == [
-        str(store.chunks_dir),  # the new subfolder's entry
-        str(folder / "300_2.chunk.tmp"),
-        str(folder / "300_2.crc.tmp"),
-        str(folder),
-        str(folder / "44_2.chunk.tmp"),
-        str(folder / "44_2.crc.tmp"),
-        str(folder),
-    ]
+    # Each replica's data and sidecar are fsynced at once (in either order), both
+    # under their temporary names, then the folder that holds their final names.
+    assert synced[0] == str(store.chunks_dir)  # the new subfolder's entry
+    for start, chunk_id in ((1, 300), (4, 44)):
+        assert sorted(synced[start : start + 2]) == [
+            str(folder / f"{chunk_id}_2.chunk.tmp"),
+            str(folder / f"{chunk_id}_2.crc.tmp"),
+        ]
+        assert synced[start + 2] == str(folder)
+    assert len(synced) == 7
 
 
 def test_no_fsync_when_disabled(store, monkeypatch):

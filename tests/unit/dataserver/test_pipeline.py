@@ -106,9 +106,11 @@ class Grid:
         client, server, pump = connectedServerAndClient(
             lambda: DataserverSession(service, identity, ChunkAccess(KEYS, self.clock)),
             dialling,
+            greet=False,
         )
         server.authenticated(caller)
         client.authenticated(identity)
+        pump.flush()  # the Hello, now that the server knows who calls
         self.pumps.append(pump)
         return succeed(client)
 
@@ -505,3 +507,71 @@ def test_a_replica_completed_ahead_of_its_acknowledgements_survives_a_recovery(g
     assert answer == {"locations": [DS3]}
     stored = grid.services[DS3][0].store.get(5)
     assert stored is not None and (stored.version, stored.length) == (2, 2 * PACKET)
+
+
+# -- a whole chunk in one request (StoreChunk) ----------------------------------------
+
+
+def store_call(grid: Grid, chunk_id: int, version: int, data: bytes, **extra: Any) -> Deferred:
+    arguments: dict[str, Any] = {"token": write_token(chunk_id, version), **extra}
+    return grid.session(DS1).callRemote(
+        commands.StoreChunk,
+        chunk_id=chunk_id,
+        version=version,
+        downstream=[DS2, DS3],
+        data=data,
+        **arguments,
+    )
+
+
+def test_a_whole_chunk_in_one_request_is_complete_on_every_replica_when_answered(grid):
+    data = bytes(range(256)) * 300
+    assert grid.outcome(store_call(grid, 9, 1, data)) == {"locations": [DS1, DS2, DS3]}
+    for address in (DS1, DS2, DS3):
+        service = grid.services[address][0]
+        stored = service.store.get(9)
+        assert stored is not None and (stored.version, stored.length) == (1, len(data))
+        assert service.store.read(9, 1, 0, len(data)) == data
+        assert service._writes == {}
+
+
+def test_a_whole_chunk_goes_down_the_pipeline_before_this_replica_is_stored(grid):
+    for threads in grid.threads.values():
+        threads.held = True
+    answers: list[Any] = []
+    store_call(grid, 9, 1, b"w" * 1000).addBoth(answers.append)
+    grid.settle()
+    # Every dataserver's open, append and fsyncs run at the same time.
+    for address in (DS1, DS2, DS3):
+        assert [name for name, _ in grid.threads[address].waiting] == ["store_whole"]
+    assert answers == []
+    for threads in grid.threads.values():
+        threads.release()
+    grid.settle()
+    assert answers == [{"locations": [DS1, DS2, DS3]}]
+
+
+def test_a_whole_chunk_with_a_dataserver_down_below_names_it(grid):
+    del grid.services[DS3]
+    with pytest.raises(PipelineBroken) as caught:
+        grid.outcome(store_call(grid, 9, 1, b"x" * 100))
+    assert caught.value.address == str(DS3)
+
+
+def test_a_whole_chunk_is_refused_without_a_good_token_before_the_store_is_touched(grid):
+    with pytest.raises(InvalidToken):
+        grid.outcome(store_call(grid, 9, 1, b"x" * 100, token=write_token(9, 2)))
+    assert grid.services[DS1][0].store.get(9) is None
+
+
+def test_a_whole_chunk_is_not_sent_to_a_dataserver_below_of_an_older_protocol(grid):
+    from dfs.protocol.version import ProtocolVersion
+
+    service = grid.services[DS1][0]
+    below = grid.outcome(Deferred.fromCoroutine(service._peers.get(DS2)))
+    below.peer_protocol = ProtocolVersion(2, 1)
+    with pytest.raises(InvalidArgument, match="no StoreChunk"):
+        grid.outcome(store_call(grid, 9, 1, b"x" * 100))
+    # Nothing stored anywhere: the writer writes it through the pipeline instead.
+    for address in (DS1, DS2, DS3):
+        assert grid.services[address][0].store.get(9) is None
