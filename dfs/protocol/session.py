@@ -78,27 +78,30 @@ _MAX_VALUE = 65535
 _new_box: Callable[[], amp.AmpBox] = functools.partial(amp.AmpBox.__new__, amp.AmpBox)
 
 
+#: Length prefixes of keys (every length a key may have) and of short values.
+_PREFIXES = tuple(length.to_bytes(2, "big") for length in range(1024))
+_KEY_PREFIXES = _PREFIXES[: _MAX_KEY + 1]
+
+
 def serialize_box(box: amp.AmpBox) -> bytes:
     """``box.serialize()``, byte for byte, in one join: keys sorted, each key and
     value after its length in two bytes, two zero bytes at the end. A box that
     AmpBox.serialize would refuse (a str key or value, a key or value too long)
     goes to it, so that it raises what it always raised."""
-    parts: list[bytes] = []
-    append = parts.append
-    for key, value in sorted(box.items()):
-        if (
-            type(key) is not bytes
-            or type(value) is not bytes
-            or len(key) > _MAX_KEY
-            or len(value) > _MAX_VALUE
-        ):
-            return box.serialize()  # type: ignore[no-any-return]
-        append(len(key).to_bytes(2, "big"))
-        append(key)
-        append(len(value).to_bytes(2, "big"))
-        append(value)
-    append(b"\x00\x00")
-    return b"".join(parts)
+    parts = [b""]
+    try:
+        for key, value in sorted(box.items()):
+            size = len(value)
+            parts += (
+                _KEY_PREFIXES[len(key)],
+                key,
+                _PREFIXES[size] if size < 1024 else size.to_bytes(2, "big"),
+                value,
+            )
+        parts.append(b"\x00\x00")
+        return b"".join(parts)
+    except (IndexError, OverflowError, TypeError):
+        return box.serialize()  # type: ignore[no-any-return]
 
 
 #: Commands whose callRemote goes the short way: those sent as Twisted's Command
