@@ -408,18 +408,77 @@ def unpack_chunks(data: bytes) -> list[ChunkRecord]:
 # -- AMP argument types --------------------------------------------------------------
 
 
+#: A page of exactly one entry up to its text: header, flags, the integers, mtime.
+_ONE_ENTRY = struct.Struct("<BIB5qd")
+
+
+def pack_entry(entry: Entry) -> bytes:
+    """``pack_entries([entry])``, byte for byte, in one struct call: Stat answers
+    one entry, and the general columns cost three times more for one."""
+    path, name, owner, group = entry.path, entry.name, entry.owner, entry.group
+    if "\x00" in path or "\x00" in name or "\x00" in owner or "\x00" in group:
+        return pack_entries([entry])  # which says what is wrong
+    try:
+        head = _ONE_ENTRY.pack(
+            PAGE_FORMAT,
+            1,
+            (_DIRECTORY_FLAG if entry.kind == DIRECTORY else 0)
+            | (_COMPLETE_FLAG if entry.complete else 0),
+            entry.inode,
+            entry.mode,
+            entry.length,
+            entry.replication,
+            entry.chunk_size,
+            entry.mtime,
+        )
+    except struct.error:
+        return pack_entries([entry])
+    return head + f"{path}\x00{name}\x00{owner}\x00{group}\x00".encode()
+
+
+def unpack_entry(data: bytes) -> Entry:
+    """The one entry of a page :func:`pack_entry` wrote; MalformedRecord for any
+    other value (as :func:`unpack_entries` says it)."""
+    if type(data) is bytes and len(data) > _ONE_ENTRY.size and data[-1] == 0:
+        form, count, flags, inode, mode, length, replication, chunk_size, mtime = (
+            _ONE_ENTRY.unpack_from(data)
+        )
+        if form == PAGE_FORMAT and count == 1 and flags <= _DIRECTORY_FLAG | _COMPLETE_FLAG:
+            try:
+                texts = data[_ONE_ENTRY.size : -1].decode("utf-8").split("\x00")
+            except UnicodeDecodeError:
+                texts = []
+            if len(texts) == 4:
+                path, name, owner, group = texts
+                return Entry(
+                    path,
+                    name,
+                    DIRECTORY if flags & _DIRECTORY_FLAG else FILE,
+                    inode,
+                    owner,
+                    group,
+                    mode,
+                    mtime,
+                    length,
+                    replication,
+                    chunk_size,
+                    bool(flags & _COMPLETE_FLAG),
+                )
+    entries = unpack_entries(data)
+    if len(entries) != 1:
+        raise MalformedRecord(f"malformed entry: a page of {len(entries)}, expected 1")
+    return entries[0]
+
+
 class EntryArgument(amp.Argument):
     """One :class:`Entry` as one value (a page of one: at most 4.5 KB, as a path
     is at most 4,096 bytes)."""
 
     def toString(self, inObject: Entry) -> bytes:
-        return pack_entries([inObject])
+        return pack_entry(inObject)
 
     def fromString(self, inString: bytes) -> Entry:
-        entries = unpack_entries(inString)
-        if len(entries) != 1:
-            raise MalformedRecord(f"malformed entry: a page of {len(entries)}, expected 1")
-        return entries[0]
+        return unpack_entry(inString)
 
 
 class LocationArgument(amp.Argument):

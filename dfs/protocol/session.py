@@ -15,8 +15,10 @@ incompatible version, or sends another command first, is refused.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any, cast
 
 from cryptography import x509
@@ -30,7 +32,7 @@ from zope.interface import implementer
 
 from dfs import __version__
 from dfs.protocol import bulktls
-from dfs.protocol.commands import Ping
+from dfs.protocol.commands import DFSCommand, Ping
 from dfs.protocol.errors import InvalidArgument, PermissionDenied
 from dfs.protocol.limits import ConnectionGuard, ServerLimits, unsent_bytes
 from dfs.protocol.version import (
@@ -68,20 +70,43 @@ def _describe(reason: Failure) -> str:
     return f"{type(value).__name__}: {value}".rstrip(": ")
 
 
-def _stray_answer(box: amp.AmpBox, outstanding: dict[bytes, Any] | None) -> str | None:
-    """Why ``box``, an answer or error, answers nothing asked (AMP would raise a
-    KeyError from deep inside), or None."""
-    if amp.ANSWER in box:
-        tag = box[amp.ANSWER]
-    elif amp.ERROR in box:
-        tag = box[amp.ERROR]
-        if amp.ERROR_CODE not in box or amp.ERROR_DESCRIPTION not in box:
-            return "an error without its code and description"
-    else:
-        return None
-    if tag not in (outstanding or {}):
-        return f"an answer to no request (tag {tag[:20]!r})"
-    return None
+#: The longest key a box may have (a longer one is a malformed frame).
+_MAX_KEY = 255
+_MAX_VALUE = 65535
+
+#: An empty AmpBox without AmpBox.__init__, which looks for keys to encode.
+_new_box: Callable[[], amp.AmpBox] = functools.partial(amp.AmpBox.__new__, amp.AmpBox)
+
+
+#: Length prefixes of keys (every length a key may have) and of short values.
+_PREFIXES = tuple(length.to_bytes(2, "big") for length in range(1024))
+_KEY_PREFIXES = _PREFIXES[: _MAX_KEY + 1]
+
+
+def serialize_box(box: amp.AmpBox) -> bytes:
+    """``box.serialize()``, byte for byte, in one join: keys sorted, each key and
+    value after its length in two bytes, two zero bytes at the end. A box that
+    AmpBox.serialize would refuse (a str key or value, a key or value too long)
+    goes to it, so that it raises what it always raised."""
+    parts = [b""]
+    try:
+        for key, value in sorted(box.items()):
+            size = len(value)
+            parts += (
+                _KEY_PREFIXES[len(key)],
+                key,
+                _PREFIXES[size] if size < 1024 else size.to_bytes(2, "big"),
+                value,
+            )
+        parts.append(b"\x00\x00")
+        return b"".join(parts)
+    except (IndexError, OverflowError, TypeError):
+        return box.serialize()  # type: ignore[no-any-return]
+
+
+#: Commands whose callRemote goes the short way: those sent as Twisted's Command
+#: sends them (not a protocol switch or StartTLS, which override _doCommand).
+_PLAIN_DO_COMMAND = amp.Command._doCommand
 
 
 #: Bytes read from the socket at once (Twisted reads 64 KiB at a time).
@@ -191,6 +216,10 @@ class PeerSession(amp.AMP):
         #: the protocol version the peer's Hello stated, once known (what it may be
         #: sent, and how it is answered, depends on it)
         self.peer_protocol: ProtocolVersion | None = None
+        #: the command of each request sent the short way (callRemote), by tag
+        self._expected: dict[bytes, type[DFSCommand]] = {}
+        #: each command's responder, wrapped to convert its arguments and answer
+        self._responders: dict[bytes, Callable[[amp.AmpBox], Any]] = {}
 
     def apply_limits(self, limits: ServerLimits) -> None:
         """Put ``limits`` on this connection (a server's, before it is connected)."""
@@ -385,43 +414,113 @@ class PeerSession(amp.AMP):
     def dataReceived(self, data: bytes) -> None:
         if self.guard is not None:
             self.guard.received()
+        if self._justStartedTLS:
+            self._justStartedTLS = False
+        if self.innerProtocol is not None:
+            # The connection was handed over to a stream (dfs.protocol.stream).
+            self.innerProtocol.dataReceived(data)
+            return
         self._receiving = True
         try:
-            super().dataReceived(data)
+            self._read_boxes(data)
         finally:
             self._receiving = False
             # The answers this read called for go out together, now.
             if self._flush is not None:
                 self._flush()
 
-    def proto_key(self, string: bytes) -> str:
-        if self._refused:
-            return "key"  # the connection is being dropped: keep nothing more
-        if not string:
-            # The box is complete; its size goes with it to ampBoxReceived.
-            self._box_size = self._box_bytes + 2
-            self._box_bytes = self._box_keys = self._next_check = 0
-        else:
-            self._box_bytes += 2 + len(string)
-            self._box_keys += 1
-            if self._box_keys > MAX_BOX_KEYS:
-                return self._refuse_box("a box of more than {limit} keys", MAX_BOX_KEYS)
-        return str(super().proto_key(string))
+    def _read_boxes(self, data: bytes) -> None:
+        """Cut what arrived into boxes, in one loop over the buffer.
 
-    def proto_value(self, string: bytes) -> str:
+        Twisted's parser calls a method per key and per value through a state
+        machine (Int16StringReceiver, StatefulStringProtocol); this loop does the
+        same cutting, with the same limits checked at the same points: a key
+        longer than 255 bytes (a malformed frame), more than MAX_BOX_KEYS keys or
+        MAX_BOX_BYTES bytes in a box, and the connection's memory limit weighed at
+        the first value of a box and every BUFFER_CHECK_BYTES after. A box may
+        arrive over many reads: the part of it cut so far waits in
+        ``_currentBox``/``_currentKey``, the bytes not yet cut in ``_unprocessed``.
+        """
         if self._refused:
-            return "key"
-        self._box_bytes += 2 + len(string)
-        if self._box_bytes > MAX_BOX_BYTES:
-            return self._refuse_box("a box of more than {limit} bytes", MAX_BOX_BYTES)
-        if self.guard is not None and self._box_bytes >= self._next_check:
-            self._next_check = self._box_bytes + BUFFER_CHECK_BYTES
-            if not self.guard.check_buffered(self._box_bytes + self._held_bytes):
-                self._currentBox = None
-                return "key"
-        return str(super().proto_value(string))
+            return  # the connection is being dropped: keep nothing more
+        buffer = self._unprocessed + data if self._unprocessed else data
+        end = len(buffer)
+        position = 0
+        box: amp.AmpBox | None = self._currentBox
+        key: bytes | None = self._currentKey
+        size = self._box_bytes
+        keys = self._box_keys
+        guard = self.guard
+        while position + 2 <= end:
+            length = buffer[position] << 8 | buffer[position + 1]
+            start = position + 2
+            if key is None:
+                if not length:
+                    # The box is complete; its size goes with it to ampBoxReceived.
+                    position = start
+                    self._box_size = size + 2
+                    size = keys = self._next_check = self._box_bytes = 0
+                    self._currentBox = self._currentKey = None
+                    # Where the next box starts, for a switch to another protocol
+                    # (BinaryBoxProtocol._switchTo reads what is left from here).
+                    self._unprocessed = buffer
+                    self._compatibilityOffset = position
+                    self.ampBoxReceived(_new_box() if box is None else box)
+                    box = None
+                    if self._refused or self.innerProtocol is not None:
+                        self.__dict__.pop("recvd", None)
+                        self._unprocessed = b""
+                        self._compatibilityOffset = 0
+                        return
+                    if self.paused:
+                        break  # resumeProducing delivers the rest
+                    continue
+                if length > _MAX_KEY:
+                    self._unprocessed = buffer
+                    self._compatibilityOffset = position
+                    self.lengthLimitExceeded(length)
+                    return
+                stop = start + length
+                if stop > end:
+                    break
+                key = buffer[start:stop]
+                size += 2 + length
+                keys += 1
+                if keys > MAX_BOX_KEYS:
+                    self._refuse_box("a box of more than {limit} keys", MAX_BOX_KEYS)
+                    return
+            else:
+                stop = start + length
+                if stop > end:
+                    break
+                size += 2 + length
+                if size > MAX_BOX_BYTES:
+                    self._refuse_box("a box of more than {limit} bytes", MAX_BOX_BYTES)
+                    return
+                if guard is not None and size >= self._next_check:
+                    self._next_check = size + BUFFER_CHECK_BYTES
+                    if not guard.check_buffered(size + self._held_bytes):
+                        self._drop_input()
+                        return
+                if box is None:
+                    box = _new_box()
+                box[key] = buffer[start:stop]
+                key = None
+            position = stop
+        self._unprocessed = buffer[position:] if position else buffer
+        self._compatibilityOffset = 0
+        self._currentBox = box
+        self._currentKey = key
+        self._box_bytes = size
+        self._box_keys = keys
 
-    def _refuse_box(self, reason_format: str, limit: int) -> str:
+    def _drop_input(self) -> None:
+        self._currentBox = self._currentKey = None
+        self._unprocessed = b""
+        self._compatibilityOffset = 0
+        self._box_bytes = self._box_keys = self._next_check = 0
+
+    def _refuse_box(self, reason_format: str, limit: int) -> None:
         self.log.warn(
             "refused input from {peer} at {address}: " + reason_format + "; closing the connection",
             peer=str(self.peer),
@@ -429,9 +528,8 @@ class PeerSession(amp.AMP):
             limit=limit,
         )
         self._refused = True
-        self._currentBox = None
+        self._drop_input()
         self.abort()
-        return "key"
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         guard = self.guard
@@ -445,10 +543,18 @@ class PeerSession(amp.AMP):
         self._box_received(box)
 
     def _box_received(self, box: amp.AmpBox) -> None:
-        problem = _stray_answer(box, self._outstandingRequests)  # type: ignore[attr-defined]
+        """Dispatch one box: an answer, an error or a command. What answers nothing
+        asked, or is no AMP box at all, closes the connection with its reason."""
         try:
-            if problem is None:
-                super().ampBoxReceived(box)
+            if amp.ANSWER in box:
+                problem = self._answerReceived(box)
+            elif amp.ERROR in box:
+                problem = self._errorReceived(box)
+            elif amp.COMMAND in box:
+                self._commandReceived(box)
+                problem = None
+            else:
+                problem = amp.NoEmptyBoxes.__name__
         except amp.AmpError as error:
             problem = type(error).__name__
         if problem is not None:
@@ -463,20 +569,87 @@ class PeerSession(amp.AMP):
             if self.transport is not None:
                 self.transport.loseConnection()
 
-    def dispatchCommand(self, box: amp.AmpBox) -> Any:
+    # -- answering commands ------------------------------------------------
+
+    def _commandReceived(self, box: amp.AmpBox) -> None:
+        """Run the responder of ``box`` and answer: at once when it returns a value
+        (or a Deferred already fired), else when its Deferred fires.
+
+        Twisted's BoxDispatcher sends every command through maybeDeferred and four
+        callbacks on each side of the responder; what goes on the wire, and which
+        error answers which failure, is the same here."""
         if self._awaiting_hello:
-            return self._first_command(box)
+            self._first_command(box)
+            return None
         guard = self.guard
         if guard is not None:
             guard.command_started()
-        answered = super().dispatchCommand(box)
-        if guard is not None:
-            answered.addBoth(self._command_done)
-        if amp.ASK not in box:
-            # No answer is wanted, so a refusal has nowhere to go: log it here, or
-            # AMP reports it as unhandled and drops the connection.
-            answered.addErrback(self._unanswered, box.get(amp.COMMAND, b""))
-        return answered
+        name = box[amp.COMMAND]
+        responder = self.locateResponder(name)
+        outcome: Any
+        if responder is None:
+            outcome = Failure(
+                amp.RemoteAmpError(
+                    amp.UNHANDLED_ERROR_CODE,
+                    f"Unhandled Command: {name!r}",
+                    False,
+                    local=Failure(amp.UnhandledCommand()),
+                )
+            )
+        else:
+            try:
+                outcome = responder(box)
+            except BaseException:
+                outcome = Failure()
+        if isinstance(outcome, Deferred):
+            outcome.addBoth(self._answer, box.get(amp.ASK), name)
+        else:
+            self._answer(outcome, box.get(amp.ASK), name)
+        return None
+
+    def _answer(self, outcome: Any, ask: bytes | None, name: bytes) -> None:
+        """Send ``outcome`` (an answer box, or a Failure) as the answer to ``ask``."""
+        try:
+            if isinstance(outcome, Failure):
+                if ask is None:
+                    # No answer is wanted, so a refusal has nowhere to go: log it here.
+                    self._unanswered(outcome, name)
+                else:
+                    self._emit(self._error_box(outcome, ask))
+            elif ask is not None:
+                outcome[amp.ANSWER] = ask
+                self._emit(outcome)
+        except Exception:
+            self.unhandledError(Failure())
+        finally:
+            if self.guard is not None:
+                self.guard.command_done()  # resumes reading (held requests first) if it may
+
+    def _emit(self, box: amp.AmpBox) -> None:
+        try:
+            box._sendTo(self)  # type: ignore[no-untyped-call]
+        except (amp.ProtocolSwitched, amp.ConnectionLost):
+            pass  # nothing can be done about it (as BoxDispatcher._safeEmit)
+
+    def _error_box(self, error: Failure, ask: bytes) -> amp.AmpBox:
+        """The box answering ``ask`` with ``error`` (as BoxDispatcher._commandReceived
+        formats it)."""
+        value = error.value
+        if isinstance(value, amp.RemoteAmpError):
+            code = value.errorCode
+            description = value.description
+            if isinstance(description, str):
+                description = description.encode("utf-8", "replace")
+            box = amp.QuitBox() if value.fatal else amp.AmpBox()
+        else:
+            box = amp.QuitBox()
+            self.log.failure("while receiving response to command", error)
+            code = amp.UNKNOWN_ERROR_CODE
+            description = b"Unknown Error"
+        box[amp.ERROR] = ask
+        box[amp.ERROR_DESCRIPTION] = description
+        box[amp.ERROR_CODE] = code
+        return box
 
     def _unanswered(self, failure: Failure, command: bytes) -> None:
         # Refusals were logged where they were made (bad arguments, unknown command,
@@ -485,11 +658,6 @@ class PeerSession(amp.AMP):
             self.log.failure(
                 "{command} from {peer} failed", failure, command=command, peer=str(self.peer)
             )
-
-    def _command_done(self, result: Any) -> Any:
-        assert self.guard is not None
-        self.guard.command_done()  # resumes reading (held requests first) if it may
-        return result
 
     def _release_held(self) -> None:
         """Dispatch held requests, in order, while there is room in flight."""
@@ -506,12 +674,116 @@ class PeerSession(amp.AMP):
             self._releasing = False
 
     def sendBox(self, box: amp.AmpBox) -> None:
-        super().sendBox(box)
+        # As BinaryBoxProtocol.sendBox, with the box written by serialize_box.
+        if self._locked:
+            raise amp.ProtocolSwitched("This connection has switched: no AMP traffic allowed.")
+        if self.transport is None:
+            raise amp.ConnectionLost()
+        if self._startingTLSBuffer is not None:
+            self._startingTLSBuffer.append(box)
+        else:
+            self.transport.write(serialize_box(box))
         if self.guard is not None:
             self.guard.check_buffered(self._box_bytes + self._held_bytes)
         if not self._receiving and self._flush is not None:
             # A request, or an answer that came later than the read that asked.
             self._flush()
+
+    # -- calling the peer ------------------------------------------------------
+
+    def callRemote(self, commandType: Any, *a: Any, **kw: Any) -> Any:
+        """As AMP's callRemote; a DFS command goes the short way: its arguments
+        converted from the command's schema, no Command instance, and its answer
+        converted when it arrives (by _answerReceived) rather than through
+        callbacks on the Deferred."""
+        if (
+            a
+            or commandType._doCommand is not _PLAIN_DO_COMMAND
+            or not issubclass(commandType, DFSCommand)
+        ):
+            return super().callRemote(commandType, *a, **kw)
+        arguments = commandType._schemas()[0]
+        forgotten = [
+            python
+            for _, python, argument, _ in arguments
+            if python not in kw and not argument.optional
+        ]
+        if forgotten:
+            return fail(
+                amp.InvalidSignature(
+                    "forgot {} for {}".format(", ".join(forgotten), commandType.commandName)
+                )
+            )
+        box = commandType.makeArguments(kw, self)
+        if self._failAllReason is not None:
+            return fail(self._failAllReason) if commandType.requiresAnswer else None
+        box[amp.COMMAND] = commandType.commandName
+        self._counter += 1
+        tag = b"%x" % (self._counter,)
+        if not commandType.requiresAnswer:
+            self.sendBox(box)
+            return None
+        box[amp.ASK] = tag
+        self.sendBox(box)
+        question: Deferred[Any] = Deferred()
+        self._outstandingRequests[tag] = question
+        self._expected[tag] = commandType
+        return question
+
+    def failAllOutgoing(self, reason: Failure) -> None:
+        self._expected.clear()
+        super().failAllOutgoing(reason)
+
+    def _answerReceived(self, box: amp.AmpBox) -> str | None:
+        """Fire the Deferred of the request ``box`` answers with the answer; or say
+        why ``box`` answers nothing asked (AMP would raise a KeyError from deep
+        inside)."""
+        tag = box[amp.ANSWER]
+        question = self._question(tag)
+        if question is None:
+            return f"an answer to no request (tag {tag[:20]!r})"
+        command = self._expected.pop(tag, None)
+        # As AMP does: a failure no callback of the caller took drops the connection.
+        question.addErrback(self.unhandledError)
+        if command is None:
+            question.callback(box)  # sent the long way: its callbacks convert
+            return None
+        try:
+            answer = command.parseResponse(box, self)
+        except Exception:
+            question.errback(Failure())
+        else:
+            question.callback(answer)
+        return None
+
+    def _errorReceived(self, box: amp.AmpBox) -> str | None:
+        """Fail the Deferred of the request ``box`` answers with the error it names
+        (the class the command declares for its code); or say why ``box`` is no
+        error answer to anything asked."""
+        if amp.ERROR_CODE not in box or amp.ERROR_DESCRIPTION not in box:
+            return "an error without its code and description"
+        tag = box[amp.ERROR]
+        question = self._question(tag)
+        if question is None:
+            return f"an answer to no request (tag {tag[:20]!r})"
+        command = self._expected.pop(tag, None)
+        question.addErrback(self.unhandledError)
+        code = box[amp.ERROR_CODE]
+        description = box[amp.ERROR_DESCRIPTION].decode("utf-8", "replace")
+        error: Exception
+        if code in amp.PROTOCOL_ERRORS:
+            error = amp.PROTOCOL_ERRORS[code](code, description)
+        elif command is not None:
+            reverse: dict[bytes, type[Exception]] = command.reverseErrors  # type: ignore[attr-defined]
+            error = reverse.get(code, amp.UnknownRemoteError)(description)
+        else:
+            error = amp.RemoteAmpError(code, description)  # its callbacks convert
+        question.errback(Failure(error))
+        return None
+
+    def _question(self, tag: bytes) -> Deferred[Any] | None:
+        outstanding = self._outstandingRequests
+        return outstanding.pop(tag, None) if outstanding else None
 
     @Hello.responder
     def hello(self, protocol: str, software: str) -> dict[str, str]:
@@ -703,7 +975,10 @@ class PeerSession(amp.AMP):
                 allowed=", ".join(sorted(role.value for role in allowed)),
             )
             return self._denial(command)
-        return super().locateResponder(name)
+        responder = self._responders.get(name)
+        if responder is None:
+            responder = self._responders[name] = super().locateResponder(name)
+        return responder
 
     def _denial(self, command: type[amp.Command]) -> Callable[[amp.AmpBox], Any]:
         who = str(self.peer) if self.peer is not None else "an unidentified peer"
@@ -721,26 +996,66 @@ class PeerSession(amp.AMP):
     def _wrapWithSerialization(
         self, aCallable: Callable[..., Any], command: type[amp.Command]
     ) -> Callable[[amp.AmpBox], Any]:
-        parse_and_call = super()._wrapWithSerialization(aCallable, command)
+        """``aCallable`` as a function of the request box, returning the answer box
+        when it answers at once, else a Deferred of it; a failure is a
+        RemoteAmpError for the errors the command declares, as Twisted's
+        CommandLocator makes it (its version returns a Deferred in every case)."""
+        parse = command.parseArguments
+        make_response = command.makeResponse
+        declared: dict[type[Exception], bytes] = command.allErrors  # type: ignore[attr-defined]
+        all_errors = tuple(declared)
+        name = command.commandName.decode()
 
-        def guarded(box: amp.AmpBox) -> Any:
-            # Arguments are parsed synchronously before the responder runs: a
-            # missing or undecodable argument becomes InvalidArgument, not a crash.
+        def known(failure: Failure) -> Failure:
+            error = failure.check(*all_errors)
+            if error is None:
+                return failure
+            return Failure(
+                amp.RemoteAmpError(
+                    declared[error],
+                    str(failure.value),
+                    error in command.fatalErrors,
+                    local=failure,
+                )
+            )
+
+        def answer(objects: Any) -> Any:
             try:
-                return parse_and_call(box)
+                return make_response(objects, self)
+            except BaseException:
+                raise amp.BadLocalReturn(
+                    f"{aCallable!r} returned {objects!r} and {command!r} could not serialize it",
+                    Failure(),
+                ) from None
+
+        def respond(box: amp.AmpBox) -> Any:
+            # Arguments are parsed before the responder runs: a missing or
+            # undecodable argument becomes InvalidArgument, not a crash.
+            try:
+                arguments = parse(box, self)
             except Exception as error:
                 self.log.warn(
                     "refused {command} from {peer}: bad arguments ({error})",
-                    command=command.commandName.decode(),
+                    command=name,
                     peer=str(self.peer),
                     error=f"{type(error).__name__}: {error}",
                 )
                 return fail(
                     amp.RemoteAmpError(
                         InvalidArgument.code,
-                        f"bad arguments to {command.commandName.decode()}: "
-                        f"{type(error).__name__}: {error}",
+                        f"bad arguments to {name}: {type(error).__name__}: {error}",
                     )
                 )
+            try:
+                result = aCallable(**arguments)
+                if type(result) is CoroutineType:
+                    result = Deferred.fromCoroutine(result)
+                if isinstance(result, Deferred):
+                    return result.addCallback(answer).addErrback(known)
+                if isinstance(result, Failure):
+                    return fail(known(result))
+                return answer(result)
+            except BaseException:
+                return fail(known(Failure()))
 
-        return guarded
+        return respond
