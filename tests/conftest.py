@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from dfs.localcluster import LocalCluster
+
+# Property tests check what holds, not how fast: hypothesis's per-example deadline is a
+# timed assertion, and fails on a machine busy with other work.
+settings.register_profile("dfs", deadline=None)
+settings.load_profile("dfs")
 
 # Fast heartbeats so that death and recovery are seen within seconds.
 HEARTBEAT_INTERVAL = 0.2
