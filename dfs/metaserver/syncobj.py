@@ -360,10 +360,12 @@ class DurableSyncObj(_SyncObj):
         conf: Any,
         consumers: list[ReplicatedState],
         journal: DurableJournal,
+        applied: Callable[[], None] | None = None,
     ) -> None:
         check_supported()
         # Attributes set before SyncObj.__init__ stay out of its snapshots.
         self._journal = journal
+        self._applied = applied
         with _journal_given(journal):
             super().__init__(
                 self_address, partners, conf, consumers=consumers, transportClass=DurableTransport
@@ -392,7 +394,11 @@ class DurableSyncObj(_SyncObj):
         return self._SyncObj__transport
 
     def release(self) -> None:
-        """Sync the journal and send the messages held until it was synced."""
+        """At the end of a tick: call ``applied`` (what this tick applied can be
+        answered while the journal syncs), sync the journal and send the messages
+        held until it was synced."""
+        if self._applied is not None:
+            self._applied()
         self.transport.release()
 
     # -- what the reactor asks -------------------------------------------------------
