@@ -316,7 +316,17 @@ class SnapshotUnreadable(Exception):
 
 class DurableTransport(_TCPTransport):
     """PySyncObj's TCP transport, holding outgoing messages while the journal has
-    unsynced records; :meth:`release` syncs the journal, then sends them in order."""
+    unsynced records; :meth:`release` syncs the journal, then sends them in order.
+
+    A leader's ``append_entries`` (only a leader sends them) is the one message that
+    goes at once, while nothing is held: it acknowledges nothing, so the followers
+    store and sync the new entries while the leader syncs its own. The leader counts
+    itself toward a majority only at the start of its next tick, after the sync that
+    ends this one; an entry a follower holds and the leader lost in a crash was never
+    committed, never answered, and Raft lets the next leader keep or overwrite it."""
+
+    #: What a node may send before its own journal is synced.
+    UNHELD = "append_entries"
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
@@ -324,7 +334,9 @@ class DurableTransport(_TCPTransport):
         self._held: list[tuple[Any, Any]] = []
 
     def send(self, node: Any, message: Any) -> bool:
-        if self._held or (self.journal is not None and self.journal.dirty):
+        if self._held or (
+            self.journal is not None and self.journal.dirty and message.get("type") != self.UNHELD
+        ):
             self._held.append((node, message))
             return True
         return bool(super().send(node, message))
