@@ -4,8 +4,8 @@ the base of replicated state machines and PySyncObj's snapshot format.
 DFS keeps PySyncObj's Raft (elections, replication, membership, forked snapshots) and
 changes how it stores and sends (see docs/architecture.md, "Metadata on disk"):
 :class:`DurableSyncObj` runs PySyncObj over :class:`dfs.metaserver.journal.DurableJournal`
-and holds every outgoing Raft message while the journal has records not yet fsynced;
-the tick loop syncs the journal (one fsync for everything added since the last) before
+and holds every outgoing Raft message (but a leader's new entries, which acknowledge
+nothing) while the journal has records not yet fsynced; the tick loop syncs the journal (one fsync for everything added since the last) before
 each tick's commit decisions and before held messages leave. So a follower's
 acknowledgement, a vote and the leader's own count toward a majority all stand on
 records that are on disk. Snapshots are fsynced and renamed durably
