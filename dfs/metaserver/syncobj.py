@@ -5,12 +5,13 @@ DFS keeps PySyncObj's Raft (elections, replication, membership, forked snapshots
 changes how it stores and sends (see docs/architecture.md, "Metadata on disk"):
 :class:`DurableSyncObj` runs PySyncObj over :class:`dfs.metaserver.journal.DurableJournal`
 and holds every outgoing Raft message (but a leader's new entries, which acknowledge
-nothing) while the journal has records not yet fsynced; the tick loop syncs the journal (one fsync for everything added since the last) before
-each tick's commit decisions and before held messages leave. So a follower's
-acknowledgement, a vote and the leader's own count toward a majority all stand on
-records that are on disk. Snapshots are fsynced and renamed durably
-(:func:`route_snapshot_renames`), and a restart that finds a snapshot newer than the
-journal's start trims the journal to it instead of throwing the journal away.
+nothing) while the journal has records not yet fsynced; the tick loop syncs the
+journal (one fsync for everything added since the last) before each tick's commit
+decisions and before held messages leave. So a follower's acknowledgement, a vote and
+the leader's own count toward a majority all stand on records that are on disk.
+Snapshots are fsynced and renamed durably (:func:`route_snapshot_renames`), and a
+restart that finds a snapshot newer than the journal's start trims the journal to it
+instead of throwing the journal away.
 
 PySyncObj has no API for any of this, so this module reads and replaces private names
 of PySyncObj 0.3.17. Every name it relies on is listed here: classes, methods (with
