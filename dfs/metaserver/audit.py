@@ -20,16 +20,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import CoroutineType
 from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -105,6 +107,7 @@ _ERROR_NAMES: dict[bytes, str] = {error.code: error.__name__ for error in ALL_ER
 OK = "ok"
 
 
+@functools.cache
 def audited(command: type[amp.Command]) -> bool:
     """Whether an answered ``command`` is recorded whatever its outcome: those a person
     (client or admin role) may send, but for :data:`UNAUDITED`. Dataserver and
@@ -171,12 +174,25 @@ def _plain(argument: amp.Argument) -> bool:
 def _stamp(when: float) -> str:
     """``when`` as ISO 8601 in UTC to the millisecond (``2026-12-06T15:04:05.123Z``).
     Formatted from the fields, not with strftime: the C library may look at the time
-    zone files on every call, and every request a person sends is recorded."""
-    moment = datetime.fromtimestamp(when, UTC)
+    zone files on every call, and every request a person sends is recorded. The
+    part up to the second is worked out once a second (:func:`_second`)."""
+    # Rounded to the microsecond as datetime.fromtimestamp rounds (half to even).
+    fraction, whole = math.modf(when)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    elif micro < 0:
+        whole, micro = whole - 1, micro + 1_000_000
+    return f"{_second(int(whole))}{micro // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    """``2026-12-06T15:04:05.``: the stamp of second ``whole`` up to its milliseconds."""
+    moment = datetime.fromtimestamp(whole, UTC)
     return (
         f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
         f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
-        f"{moment.microsecond // 1000:03d}Z"
     )
 
 
@@ -216,6 +232,60 @@ def format_line(record: Mapping[str, Any]) -> bytes:
     record is always exactly one line."""
     text = json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
     return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+_json_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def _json(value: Any) -> str:
+    """``value`` as :func:`format_line`'s ``json.dumps`` writes it, quicker for the
+    text, numbers and flags a record mostly holds."""
+    kind = type(value)
+    if kind is str:
+        return _json_string(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def record_line(
+    when: float,
+    caller: Identity | None,
+    remote: str,
+    operation: str,
+    arguments: Mapping[str, Any],
+    result: str,
+) -> bytes:
+    """``format_line(audit_record(...))``, the same bytes, built without the dict and
+    the general JSON encoder: every request a person sends is recorded."""
+    if caller is None:
+        who = '"user": null, "role": null'
+    else:
+        who = f'"user": {_json_string(caller.name)}, "role": {_json_string(caller.role.value)}'
+    parts = [
+        f'{{"time": "{_stamp(when)}", {who}, "remote": {_json_string(remote)}, '
+        f'"operation": {_json_string(operation)}, "path": {_json(arguments.get("path"))}, '
+        f'"destination": {_json(arguments.get("destination"))}, '
+        f'"result": {_json_string(result)}'
+    ]
+    for name, value in arguments.items():
+        if name in ("path", "destination"):
+            continue
+        if name in _FIXED_FIELDS:
+            name = "target_" + name
+        parts.append(f", {_json_string(name)}: {_json(value)}")
+    parts.append("}\n")
+    return "".join(parts).encode("utf-8", "backslashreplace")
+
+
+#: The fields every record starts with (:func:`audit_record`).
+_FIXED_FIELDS = frozenset(
+    ("time", "user", "role", "remote", "operation", "path", "destination", "result")
+)
 
 
 class AuditFile(LogFile):
@@ -302,10 +372,15 @@ def open_audit_file(settings: AuditSettings, source: str) -> AuditFile:
 
 
 class AuditLog(Service):
-    """Writes audit records to a rotated file, without buffering: a line is in the file
-    (the page cache) once its operation is answered, so a clean stop or a crash of
-    the process loses none. A failure to write is logged as an error and operations
-    go on (the count of lost records is logged when writing works again).
+    """Writes audit records to a rotated file. A record is built once its operation is
+    answered and held only until that answer leaves: the connection that answers
+    calls :meth:`flush` before it sends (``MetaserverSession``), so the lines of
+    the requests one read of a connection brought go in one write, ahead of their
+    answers, and a clean stop or a crash of the process loses no record of an
+    answered request. A record whose answer never leaves (the connection was lost)
+    is written at the reactor's next turn. A failure to write is logged as an error
+    and operations go on (the count of lost records is logged when writing works
+    again).
 
     With no file (security_config.json names none) it records nothing. A reload
     (:meth:`apply_security`) can turn it on or off, move it or change its rotation:
@@ -329,6 +404,9 @@ class AuditLog(Service):
         self.lost = 0
         self._failing = False
         self._reopen = False
+        #: lines built and not written yet, and the turn's flush that writes them
+        self._pending: list[bytes] = []
+        self._scheduled: IDelayedCall | None = None
 
     @classmethod
     def open(
@@ -344,6 +422,11 @@ class AuditLog(Service):
         """Whether operations are recorded (a file is configured)."""
         return self._file is not None
 
+    @property
+    def pending(self) -> bool:
+        """Whether records wait to be written (:meth:`flush`)."""
+        return bool(self._pending)
+
     def wrap(
         self,
         command: type[amp.Command],
@@ -354,12 +437,25 @@ class AuditLog(Service):
         """``responder`` recording its outcome once answered. The answer passes
         through unchanged."""
 
-        def respond(box: amp.AmpBox) -> Any:
-            def answered(outcome: object) -> object:
-                self.answered(command, caller, remote, box, outcome)
-                return outcome
+        def answered(outcome: object, box: amp.AmpBox) -> object:
+            self.answered(command, caller, remote, box, outcome)
+            return outcome
 
-            return maybeDeferred(responder, box).addBoth(answered)
+        def respond(box: amp.AmpBox) -> Any:
+            # Called directly, not through maybeDeferred: an answer known at once (a
+            # Stat) is recorded without a Deferred of its own.
+            try:
+                result = responder(box)
+            except BaseException:
+                failure = Failure()
+                self.answered(command, caller, remote, box, failure)
+                return fail(failure)
+            if isinstance(result, CoroutineType):
+                result = Deferred.fromCoroutine(result)
+            if isinstance(result, Deferred):
+                return result.addBoth(answered, box)
+            self.answered(command, caller, remote, box, result)
+            return result
 
         return respond
 
@@ -379,7 +475,7 @@ class AuditLog(Service):
             result = outcome_name(outcome)
             if result is None or not (audited(command) or result == PermissionDenied.__name__):
                 return
-            record = audit_record(
+            line = record_line(
                 self._clock.seconds(),
                 caller,
                 remote,
@@ -387,22 +483,42 @@ class AuditLog(Service):
                 recorded_arguments(command, box),
                 result,
             )
-            self.write(format_line(record))
         except Exception:
             # The answer must still reach the caller, whatever went wrong here.
             self.log.failure("cannot build an audit record for {command}", command=command)
+            return
+        self._pending.append(line)
+        if self._scheduled is None:
+            self._scheduled = self._clock.callLater(0, self._turn_ended)
+
+    def _turn_ended(self) -> None:
+        self._scheduled = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the records built so far, in one write."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._write(b"".join(pending) if len(pending) > 1 else pending[0], len(pending))
 
     def write(self, line: bytes) -> None:
+        """Write ``line`` (one record) now, after the records waiting."""
+        self._pending.append(line)
+        self.flush()
+
+    def _write(self, lines: bytes, count: int) -> None:
         if self._file is None:
             return
         try:
             if self._reopen or self._file.closed:
                 self._file.open_again()
                 self._reopen = False
-            self._file.write(line)
+            self._file.write(lines)
         except (OSError, ValueError) as error:
             self._reopen = True
-            self.lost += 1
+            self.lost += count
             if not self._failing:
                 self._failing = True
                 self.log.error(
@@ -411,7 +527,7 @@ class AuditLog(Service):
                     error=str(error),
                 )
             return
-        self.written += 1
+        self.written += count
         if self._failing:
             self._failing = False
             self.log.warn(
@@ -437,6 +553,8 @@ class AuditLog(Service):
         """Record to the file ``settings`` names from now on (None: record nothing).
         False, with one error logged, if it cannot be opened: the file in use stays."""
         before = self.path
+        # Records of answers already given belong to the file in use until now.
+        self.flush()
         if settings is None:
             self._close()
             self._file, self.settings, self.path = None, None, None
@@ -470,8 +588,11 @@ class AuditLog(Service):
                 self._file.close()
 
     def stopService(self) -> None:
-        # Nothing is buffered (each line is written as it comes): closing is all.
         super().stopService()
+        self.flush()
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
         self._close()
 
 

@@ -172,6 +172,8 @@ class RaftService(Service):
         # Written by one thread each, read by the others: no lock needed.
         self._submitted = 0
         self._answered = 0
+        #: results applied in this tick, handed to the reactor together (Raft thread)
+        self._results: list[tuple[Deferred[Any], Any, int]] = []
         self._lease_until = 0.0
         self.journal: DurableJournal | None = None
 
@@ -228,6 +230,7 @@ class RaftService(Service):
                 conf,
                 [self.namespace],
                 self.open_journal(),
+                applied=self._hand_over,
             )
         except Unsupported as error:
             self._report_fatal(str(error))
@@ -280,6 +283,7 @@ class RaftService(Service):
                 self._fatal(sync, f"{type(error).__name__}: {error}")
                 return
             except Exception as error:
+                self._hand_over()
                 self._reactor.callFromThread(
                     self.log.error, "Raft tick failed: {error}", error=repr(error)
                 )
@@ -339,19 +343,28 @@ class RaftService(Service):
 
         def done(value: Any, error: int) -> None:  # runs in the Raft thread
             self._answered += 1
-            self._reactor.callFromThread(self._deliver, result, value, error)
+            self._results.append((result, value, error))
 
         self._submitted += 1
         self.namespace.apply(operation, callback=done)
         return result
 
-    def _deliver(self, result: Deferred[Any], value: Any, error: int) -> None:
-        if error == FAIL_REASON.SUCCESS:
-            result.callback(value)
-        else:
-            # Not committed here (or outcome unknown): the caller retries, with the
-            # same request id, wherever the leader is.
-            result.errback(NotLeader(self.leader_hint()))
+    def _hand_over(self) -> None:  # runs in the Raft thread, at the end of a tick
+        # The results of one tick (several clients' entries are committed together)
+        # cross to the reactor in one call: one wake-up, and the answers leave
+        # together while this thread syncs the journal.
+        if self._results:
+            results, self._results = self._results, []
+            self._reactor.callFromThread(self._deliver, results)
+
+    def _deliver(self, results: list[tuple[Deferred[Any], Any, int]]) -> None:
+        for result, value, error in results:
+            if error == FAIL_REASON.SUCCESS:
+                result.callback(value)
+            else:
+                # Not committed here (or outcome unknown): the caller retries, with
+                # the same request id, wherever the leader is.
+                result.errback(NotLeader(self.leader_hint()))
 
     def leader_hint(self) -> str:
         """The client address of the leader as far as this node knows, or ""."""

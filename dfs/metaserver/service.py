@@ -248,11 +248,50 @@ DISK_BACKUPS = ProtocolVersion(2, 1)
 class MetaserverSession(PeerSession):
     """One AMP connection to the metaserver."""
 
+    #: Bytes of answers one read may gather (they leave together at its end) before
+    #: the audit records waiting are written: well under the 64,000 bytes at which
+    #: the TLS layer sends what it gathered at once.
+    GATHERED_ANSWERS = 16_000
+
     def __init__(self, metaserver: Metaserver) -> None:
         super().__init__(metaserver.identity)
         self.metaserver = metaserver
         #: the peer's address as audit records name it
         self._remote: str | None = None
+        #: about how many bytes of answers this read has gathered so far
+        self._gathered = 0
+
+    # A record of an answered request is in the audit log before the answer leaves:
+    # the records of what one read asked are written in one write just before the
+    # answers of that read go out together (or at once, for an answer sent later).
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        send_answers = self._flush
+        if send_answers is not None:
+
+            def flush() -> None:
+                audit = self.metaserver.audit
+                if audit is not None:
+                    audit.flush()
+                send_answers()
+
+            self._flush = flush
+
+    def dataReceived(self, data: bytes) -> None:
+        self._gathered = 0
+        super().dataReceived(data)
+
+    def sendBox(self, box: amp.AmpBox) -> None:
+        audit = self.metaserver.audit
+        if audit is not None:
+            if not self._receiving or self._flush is None:
+                audit.flush()  # this answer leaves now
+            else:
+                self._gathered += sum(len(key) + len(value) + 4 for key, value in box.items())
+                if self._gathered > self.GATHERED_ANSWERS:
+                    audit.flush()  # the TLS layer may send what gathered now
+        super().sendBox(box)
 
     def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], Any] | None:
         # One hook for every command, role refusals included: the audit log decides

@@ -4,13 +4,14 @@ the base of replicated state machines and PySyncObj's snapshot format.
 DFS keeps PySyncObj's Raft (elections, replication, membership, forked snapshots) and
 changes how it stores and sends (see docs/architecture.md, "Metadata on disk"):
 :class:`DurableSyncObj` runs PySyncObj over :class:`dfs.metaserver.journal.DurableJournal`
-and holds every outgoing Raft message while the journal has records not yet fsynced;
-the tick loop syncs the journal (one fsync for everything added since the last) before
-each tick's commit decisions and before held messages leave. So a follower's
-acknowledgement, a vote and the leader's own count toward a majority all stand on
-records that are on disk. Snapshots are fsynced and renamed durably
-(:func:`route_snapshot_renames`), and a restart that finds a snapshot newer than the
-journal's start trims the journal to it instead of throwing the journal away.
+and holds every outgoing Raft message (but a leader's new entries, which acknowledge
+nothing) while the journal has records not yet fsynced; the tick loop syncs the
+journal (one fsync for everything added since the last) before each tick's commit
+decisions and before held messages leave. So a follower's acknowledgement, a vote and
+the leader's own count toward a majority all stand on records that are on disk.
+Snapshots are fsynced and renamed durably (:func:`route_snapshot_renames`), and a
+restart that finds a snapshot newer than the journal's start trims the journal to it
+instead of throwing the journal away.
 
 PySyncObj has no API for any of this, so this module reads and replaces private names
 of PySyncObj 0.3.17. Every name it relies on is listed here: classes, methods (with
@@ -316,7 +317,17 @@ class SnapshotUnreadable(Exception):
 
 class DurableTransport(_TCPTransport):
     """PySyncObj's TCP transport, holding outgoing messages while the journal has
-    unsynced records; :meth:`release` syncs the journal, then sends them in order."""
+    unsynced records; :meth:`release` syncs the journal, then sends them in order.
+
+    A leader's ``append_entries`` (only a leader sends them) is the one message that
+    goes at once, while nothing is held: it acknowledges nothing, so the followers
+    store and sync the new entries while the leader syncs its own. The leader counts
+    itself toward a majority only at the start of its next tick, after the sync that
+    ends this one; an entry a follower holds and the leader lost in a crash was never
+    committed, never answered, and Raft lets the next leader keep or overwrite it."""
+
+    #: What a node may send before its own journal is synced.
+    UNHELD = "append_entries"
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
@@ -324,7 +335,9 @@ class DurableTransport(_TCPTransport):
         self._held: list[tuple[Any, Any]] = []
 
     def send(self, node: Any, message: Any) -> bool:
-        if self._held or (self.journal is not None and self.journal.dirty):
+        if self._held or (
+            self.journal is not None and self.journal.dirty and message.get("type") != self.UNHELD
+        ):
             self._held.append((node, message))
             return True
         return bool(super().send(node, message))
@@ -360,10 +373,12 @@ class DurableSyncObj(_SyncObj):
         conf: Any,
         consumers: list[ReplicatedState],
         journal: DurableJournal,
+        applied: Callable[[], None] | None = None,
     ) -> None:
         check_supported()
         # Attributes set before SyncObj.__init__ stay out of its snapshots.
         self._journal = journal
+        self._applied = applied
         with _journal_given(journal):
             super().__init__(
                 self_address, partners, conf, consumers=consumers, transportClass=DurableTransport
@@ -392,7 +407,11 @@ class DurableSyncObj(_SyncObj):
         return self._SyncObj__transport
 
     def release(self) -> None:
-        """Sync the journal and send the messages held until it was synced."""
+        """At the end of a tick: call ``applied`` (what this tick applied can be
+        answered while the journal syncs), sync the journal and send the messages
+        held until it was synced."""
+        if self._applied is not None:
+            self._applied()
         self.transport.release()
 
     # -- what the reactor asks -------------------------------------------------------

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.protocols import amp
@@ -28,7 +30,7 @@ from dfs.metaserver.operations import (
 )
 from dfs.metaserver.registry import DataserverRegistry
 from dfs.metaserver.service import Metaserver, MetaserverMetrics, MetaserverSession
-from dfs.protocol import commands
+from dfs.protocol import bulktls, commands
 from dfs.protocol.commands import Bulk, DFSCommand
 from dfs.protocol.errors import FileNotFound, InvalidArgument, NotLeader, PermissionDenied
 from dfs.protocol.session import PeerSession
@@ -113,6 +115,47 @@ def test_a_line_is_one_line_of_json_whatever_the_path_holds():
     line = audit.format_line(record)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert json.loads(line)["path"] == "/a\nb\u00e9\x00"
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(),
+    st.lists(st.text(), max_size=3),
+    st.floats(allow_nan=False),
+)
+
+
+@given(
+    when=st.floats(min_value=0, max_value=4e9),
+    caller=st.sampled_from([ALICE, META, None]),
+    remote=st.text(),
+    path=st.one_of(st.none(), st.text()),
+    arguments=st.dictionaries(
+        st.sampled_from(["destination", "mode", "user", "users", "recursive", "length"]),
+        _VALUES,
+    ),
+    result=st.sampled_from(["ok", "PermissionDenied", "FileNotFound"]),
+)
+def test_a_line_built_directly_is_the_line_of_the_record(
+    when, caller, remote, path, arguments, result
+):
+    arguments = {"path": path, **arguments} if path is not None else arguments
+    record = audit.audit_record(when, caller, remote, "Mkdir", arguments, result)
+    assert audit.record_line(when, caller, remote, "Mkdir", arguments, result) == (
+        audit.format_line(record)
+    )
+
+
+@given(st.floats(min_value=0, max_value=4e9))
+def test_the_time_is_stamped_as_datetime_rounds_it(when):
+    from datetime import UTC, datetime
+
+    moment = datetime.fromtimestamp(when, UTC)
+    assert audit._stamp(when) == moment.strftime("%Y-%m-%dT%H:%M:%S.") + (
+        f"{moment.microsecond // 1000:03d}Z"
+    )
 
 
 def test_create_records_path_mode_and_flags_but_not_client_or_request_ids():
@@ -264,11 +307,60 @@ def test_outcome_names():
 
 
 def answer(audit_log, command, caller, outcome, **arguments):
-    """Run a responder answering ``outcome`` through the audit log's wrapper."""
+    """Run a responder answering ``outcome`` through the audit log's wrapper, and
+    write the records as a connection does before it sends the answer."""
     results: list[object] = []
     respond = audit_log.wrap(command, caller, "10.0.0.5:41234", lambda box: outcome)
-    respond(box_for(command, **arguments)).addBoth(results.append)
+    returned = respond(box_for(command, **arguments))
+    if isinstance(returned, dict):
+        returned = succeed(returned)
+    returned.addBoth(results.append)
+    audit_log.flush()
     return results[0]
+
+
+def test_records_wait_for_the_answer_and_go_in_one_write(audit_log, log_path):
+    writes: list[bytes] = []
+    real_write = audit_log._file.write
+    audit_log._file.write = lambda data: (writes.append(data), real_write(data))
+    respond = audit_log.wrap(commands.Stat, ALICE, "h:1", lambda box: {"entry": None})
+    for number in range(3):
+        respond(box_for(commands.Stat, path=f"/file{number}"))
+    assert audit_log.pending and log_path.read_text() == ""
+    audit_log.flush()
+    assert len(writes) == 1
+    assert [r["path"] for r in lines_of(log_path)] == ["/file0", "/file1", "/file2"]
+    assert audit_log.written == 3
+
+
+def test_a_record_whose_answer_never_leaves_is_written_at_the_next_turn(audit_log, log_path, clock):
+    waiting: Deferred[dict] = Deferred()
+    respond = audit_log.wrap(commands.Mkdir, ALICE, "h:1", lambda box: waiting)
+    respond(box_for(commands.Mkdir, **MKDIR))
+    waiting.callback({})
+    assert log_path.read_text() == ""
+    clock.advance(0)
+    assert [r["operation"] for r in lines_of(log_path)] == ["Mkdir"]
+
+
+def test_a_responder_that_raises_is_recorded_and_its_failure_passes_through(audit_log, log_path):
+    def refuse(box):
+        raise PermissionDenied("no")
+
+    respond = audit_log.wrap(commands.Mkdir, ALICE, "h:1", refuse)
+    failures: list[Failure] = []
+    respond(box_for(commands.Mkdir, **MKDIR)).addErrback(failures.append)
+    audit_log.flush()
+    assert failures[0].check(PermissionDenied)
+    assert [r["result"] for r in lines_of(log_path)] == ["PermissionDenied"]
+
+
+def test_stopping_writes_the_records_waiting(log_path, clock):
+    log = AuditLog.open(log_path, 1024 * 1024, 3, clock, "security_config.json")
+    respond = log.wrap(commands.Stat, ALICE, "h:1", lambda box: {"entry": None})
+    respond(box_for(commands.Stat, path="/file"))
+    log.stopService()
+    assert [r["path"] for r in lines_of(log_path)] == ["/file"]
 
 
 def test_allowed_and_denied_operations_are_written_and_answers_pass_through(audit_log, log_path):
@@ -573,3 +665,17 @@ def test_a_client_of_protocol_2_0_asking_for_a_backup_is_told_why_not(clock, mak
     failure.trap(InvalidArgument)
     message = str(failure.value)
     assert "protocol 2.0 cannot fetch them" in message and "2.1 or later" in message
+
+
+def test_the_answers_of_a_read_leave_after_their_records_are_written(
+    audit_log, log_path, clock, make_handlers, monkeypatch
+):
+    # What the log holds each time a connection sends the answers one read gathered.
+    sent_with: list[str] = []
+    monkeypatch.setattr(
+        bulktls, "flusher", lambda transport: lambda: sent_with.append(log_path.read_text())
+    )
+    client, pump = connect(ALICE, audit_log, clock, make_handlers)
+    call(client, pump, commands.Stat, path="/missing").trap(FileNotFound)
+    assert any('"operation": "Stat"' in text for text in sent_with)
+    assert [r["operation"] for r in lines_of(log_path)] == ["Stat"]

@@ -244,3 +244,30 @@ def test_dfs_meta_with_an_unsupported_pysyncobj_stops_with_one_line(monkeypatch,
     assert len(lines) == 1, lines
     assert lines[0].startswith("dfs-meta: error: pysyncobj 0.3.17 is not supported: ")
     assert "pysyncobj.syncobj.createJournal" in lines[0]
+
+
+def test_a_leaders_new_entries_leave_before_its_journal_is_synced(follower, monkeypatch):
+    # The followers sync them while the leader syncs its own; anything that answers
+    # for the log (an acknowledgement, a vote) still waits for the sync.
+    sync, partner, journal = follower
+    sent = []
+    monkeypatch.setattr(
+        pysyncobj.transport.TCPTransport, "send", lambda self, node, message: sent.append(message)
+    )
+    journal.add(b"\x00", 7, 2)
+    assert journal.dirty
+    entries = {
+        "type": "append_entries",
+        "term": 2,
+        "commit_index": 6,
+        "prevLogIdx": 6,
+        "prevLogTerm": 1,
+        "entries": [(b"\x00", 7, 2)],
+    }
+    sync.transport.send(partner, entries)
+    assert sent == [entries]
+    sync.transport.send(partner, {"type": "next_node_idx", "next_node_idx": 8, "success": True})
+    sync.transport.send(partner, dict(entries, commit_index=7))
+    assert sent == [entries]  # behind a held answer, in order
+    sync.release()
+    assert [m["type"] for m in sent] == ["append_entries", "next_node_idx", "append_entries"]
